@@ -233,8 +233,8 @@ class Teacher(nn.Module):
         C = x.shape[1]
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
         self.nfe += 1
-        if w is None or cond is None or not self.guided:
-            out = self.net(x, t, cond)
+        if w is None or cond is None or not self.guided or (isinstance(w, (int, float)) and w == 1.0):
+            out = self.net(x, t, cond)  # w = 1 is the plain conditional model: one pass
             return out[:, :C], (out[:, C:] if self.learned_variance else None)
         out = self.net(torch.cat([x, x]), torch.cat([t, t]), cat_cond(cond, self.null_cond(cond)))
         out_c, out_n = out.chunk(2)
@@ -942,6 +942,50 @@ def load_checkpoint(path, map_location="cpu"):
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
+class RunDir:
+    """A run directory: config.json, metrics.jsonl, checkpoints/latest.pt, student/, preview.png.
+
+    Rerunning the same command resumes from checkpoints/latest.pt; a different config in an existing
+    directory is refused (fields in `resumable` — e.g. the iteration budget — may change).
+    """
+
+    def __init__(self, path, config: dict, rank: int = 0, resumable=("iters", "minutes", "log_every", "ckpt_every")):
+        self.path, self.rank = Path(path), rank
+        self.ckpt = self.path / "checkpoints" / "latest.pt"
+        cfg_file = self.path / "config.json"
+        if cfg_file.is_file():
+            old = json.loads(cfg_file.read_text())
+            diff = sorted(k for k in set(old) | set(config) if k not in resumable and old.get(k) != config.get(k))
+            if diff:
+                raise UserError(f"run directory '{self.path}' holds a run with another config "
+                                f"(differs in {', '.join(diff)}); pass another --out or delete it")
+        self.config = config
+
+    def start(self):
+        """Create the directory and write config.json (call after all input checks passed)."""
+        if self.rank == 0:
+            (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (self.path / "config.json").write_text(json.dumps(self.config, indent=2))
+
+    def load(self):
+        return load_checkpoint(self.ckpt) if self.ckpt.is_file() else None
+
+    def save(self, state: dict):
+        if self.rank == 0:
+            save_checkpoint(self.ckpt, state)
+
+    def log(self, record: dict):
+        if self.rank == 0:
+            with open(self.path / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def check_finite(self, loss, step: int):
+        """Stop a diverged run with a message naming the step; the last good checkpoint stays."""
+        if not torch.isfinite(torch.as_tensor(loss)).all():
+            kept = f"last good checkpoint kept at {self.ckpt}" if self.ckpt.is_file() else "no checkpoint yet"
+            raise SystemExit(f"error: non-finite loss at step {step}; {kept}")
+
+
 def parser_from_dataclass(cls, doc: str):
     """argparse flags from a config dataclass: --field-name, defaults shown, bools as --flag/--no-flag."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -971,6 +1015,12 @@ def _optional_conv(typ):
         return None if s.lower() in ("none", "") else base(s)
 
     return conv
+
+
+def upscale(images, min_size: int = 32):
+    """Nearest-neighbour upscaling of tiny images (8x8 digits) so that grids are viewable."""
+    k = max(1, min_size // images.shape[-1])
+    return F.interpolate(images, scale_factor=k, mode="nearest") if k > 1 else images
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1006,7 +1056,7 @@ def main(argv=None):
             x = ddim(t, noise, args.steps, cond, w)
             from torchvision.utils import save_image
 
-            save_image(t.decode(x), args.out, nrow=int(math.sqrt(args.n)) or 1)
+            save_image(upscale(t.decode(x)), args.out, nrow=int(math.sqrt(args.n)) or 1)
             print(f"{args.n} DDIM-{args.steps} samples of '{args.sample}' in {time.time() - start:.1f} s -> {args.out}")
         else:
             p.print_help()
