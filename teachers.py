@@ -193,7 +193,9 @@ class Teacher(nn.Module):
         raise NotImplementedError
 
     def decode(self, x):
-        """Model space -> images in [0, 1] (pixel teachers live in [-1, 1])."""
+        """Model space -> images in [0, 1]: pixel teachers live in [-1, 1]; latents go through the VAE."""
+        if self.latent:
+            return _decode_latent(self, x)
         return ((x + 1) / 2).clamp(0, 1)
 
     # --- conditions ------------------------------------------------------------------------
@@ -311,14 +313,14 @@ def trailing_steps(T: int, steps: int):
 
 
 @torch.no_grad()
-def ddim(teacher: Teacher, noise, steps: int, cond=None, w=None, t_start: float = 1.0):
+def ddim(teacher: Teacher, noise, steps: int, cond=None, w=None):
     """DDIM (BOOT Eq. 1): x_s = sigma_s/sigma_t x_t + (alpha_s - alpha_t sigma_s/sigma_t) f(x_t, t).
 
-    Starts from x = noise at t_start (1 = the last integer step) and ends with x0 = f(x_t, t_last),
-    i.e. alpha_bar = 1 after the final step. steps = NFE.
+    Starts from x = noise at the last integer step T - 1 and ends with x0 = f(x_t, t_last), i.e.
+    alpha_bar = 1 after the final step. steps = NFE.
     """
     sch = teacher.schedule
-    grid = [i * t_start for i in trailing_steps(sch.T, steps)]
+    grid = trailing_steps(sch.T, steps)
     x = noise
     for k, i in enumerate(grid):
         t = torch.full((x.shape[0],), i / (sch.T - 1), dtype=x.dtype, device=x.device)
@@ -520,7 +522,7 @@ def train_digits(out_dir=DIGITS_DIR, steps=2500, batch=128, lr=1e-3, seed=0, p_u
     info = {"dataset": "sklearn.datasets.load_digits (1,797 8x8 digits, scaled to [-1, 1])",
             "steps": steps, "batch": batch, "lr": lr, "seed": seed, "p_uncond": p_uncond, "ema": 0.999,
             "loss": "IDDPM hybrid (L_simple + L_vlb, t > 0)", "seconds": round(time.time() - start, 1),
-            "command": f"python teachers.py --train-digits --steps {steps}"}
+            "command": f"python teachers.py --train-digits --train-steps {steps} --seed {seed}"}
     (out_dir / "training.json").write_text(json.dumps(info, indent=2))
     print(f"saved {out_dir} ({info['seconds']} s)")
     return model
@@ -689,9 +691,6 @@ class TextTeacher(UNetTeacher):
 
     def set_negative(self, prompt: str = ""):
         self.null = {"encoder_hidden_states": self.encode_prompts([prompt])["encoder_hidden_states"]}
-
-    def decode(self, x):
-        return _decode_latent(self, x) if self.latent else super().decode(x)
 
     def lowres_cond(self, lowres, noise_level: int = 250, generator=None):
         """IF-II: bilinear upscale of stage-I images, noised at `noise_level`, as the extra input."""
@@ -1030,7 +1029,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--list", action="store_true", help="print the registry")
     p.add_argument("--sample", metavar="TEACHER", help="write a DDIM sample grid of a teacher")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps for --sample / training steps for --train-digits")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps for --sample")
+    p.add_argument("--train-steps", type=int, default=2500, help="optimisation steps for --train-digits")
     p.add_argument("--w", type=float, default=None, help="guidance weight (Eq. 9); default: the teacher's")
     p.add_argument("--n", type=int, default=100, help="number of samples for --sample")
     p.add_argument("--out", default="samples.png", help="output PNG for --sample")
@@ -1042,7 +1042,7 @@ def main(argv=None):
             for name, e in REGISTRY.items():
                 print(f"{name:14s} {e.kind:9s} {e.default_id or '(built in)':42s} {e.about}")
         elif args.train_digits:
-            train_digits(steps=args.steps if args.steps != 50 else 2500, seed=args.seed)
+            train_digits(steps=args.train_steps, seed=args.seed)
         elif args.sample:
             if args.n < 1:
                 raise UserError("--n must be at least 1")
