@@ -363,7 +363,7 @@ def call_net(model, x, timestep, cond: dict | None, **extra):
     if "lowres" in cond:  # IF-II: the noised upscaled stage-I image is concatenated to x_t
         x = torch.cat([x, cond["lowres"].to(x.dtype)], dim=1)
     kwargs = {k: v for k, v in cond.items() if k in ("class_labels", "encoder_hidden_states")}
-    name = type(model).__name__
+    name = type(getattr(model, "module", model)).__name__  # a DDP-wrapped student too
     if name == "UNet2DConditionModel":
         kwargs.setdefault("encoder_hidden_states", None)
         return model(x, timestep, **kwargs, **extra, return_dict=False)[0]
@@ -473,8 +473,11 @@ def iddpm_loss(model, x0, cond, sch: Schedule, generator=None):
     ab = _bcast(sch.alpha_bar(i).float(), x0)
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
     out = call_net(model, x_t, i.float(), cond)
-    eps_hat, v = out[:, :1], out[:, 1:]
+    C = x0.shape[1]
+    eps_hat, v = out[:, :C], out[:, C:]
     mse = ((eps - eps_hat) ** 2).mean(dim=(1, 2, 3))
+    if v.shape[1] == 0:  # a fixed-variance model: L_simple only
+        return mse.mean()
     x0_hat = (x_t - (1 - ab).sqrt() * eps_hat.detach()) / ab.sqrt()
     m_p, lv_p = gaussian_step(sch, x_t, x0_hat, i, i - 1, v, "learned_range")
     m_q, lv_q = gaussian_step(sch, x_t, x0, i, i - 1, None, "fixed_small")
@@ -659,7 +662,8 @@ def _load_plain(where, index, dtype):
     vt = cfg.get("variance_type", "fixed_small")
     latent = "vqvae" in index or "vae" in index
     t = UNetTeacher(unet, sched, (C, size, size), prediction_type=cfg.get("prediction_type", "epsilon"),
-                    variance_type=vt, clip=None if latent else "static", num_classes=num_classes or None,
+                    variance_type=vt, clip=None if latent or not cfg.get("clip_sample", True) else "static",
+                    num_classes=num_classes or None,
                     latent=latent)
     if num_classes:
         t.null = {"class_labels": torch.tensor([num_classes])}
