@@ -696,12 +696,14 @@ class TextTeacher(UNetTeacher):
     def set_negative(self, prompt: str = ""):
         self.null = {"encoder_hidden_states": self.encode_prompts([prompt])["encoder_hidden_states"]}
 
-    def lowres_cond(self, lowres, noise_level: int = 250, generator=None):
-        """IF-II: bilinear upscale of stage-I images, noised at `noise_level`, as the extra input."""
+    def lowres_cond(self, lowres, noise_level: int = 250, generator=None, noise=None):
+        """IF-II: bilinear upscale of stage-I images, noised at `noise_level`, as the extra input.
+
+        `noise` (shape of the upscaled batch) replaces the internal draw, e.g. a slice of a global one."""
         size = self.sample_shape[-1]
         up = F.interpolate(lowres.float(), size=(size, size), mode="bilinear", align_corners=True)
         ab = self.noising.alpha_bar(torch.tensor(noise_level)).float()
-        z = torch.randn(up.shape, generator=generator).to(up)
+        z = (torch.randn(up.shape, generator=generator) if noise is None else noise).to(up)
         up = ab.sqrt() * up + (1 - ab).sqrt() * z
         level = torch.full((lowres.shape[0],), noise_level, dtype=torch.long, device=lowres.device)
         return {"lowres": up.to(self.unet.dtype), "class_labels": level}
@@ -849,9 +851,12 @@ def boot_generate(model, info: dict, eps, t, cond=None, w=None):
     if info.get("time_cond_dim"):
         w = w if (w is not None or not info.get("guided")) else info.get("default_w")
         extra["timestep_cond"] = target_time_cond(t, w, info["time_cond_dim"]).to(eps)
-        timestep = torch.full_like(t, info["t_max"] * (T - 1))
-    else:  # a fresh student of another architecture takes the target time as its own timestep
-        timestep = t * (T - 1)
+    if info.get("time_input") == "class_labels":  # a UNet2DModel copy: t enters its zeroed class embedding
+        cond = {**(cond or {}), "class_labels": t * (T - 1)}
+    if info.get("native_time") == "target" or not (info.get("time_cond_dim") or info.get("time_input")):
+        timestep = t * (T - 1)  # a fresh student of another architecture: the target time is its timestep
+    else:
+        timestep = torch.full_like(t, info["t_max"] * (T - 1))  # a teacher copy: fixed at t_max
     out = call_net(model, eps, timestep, cond, **extra)[:, : eps.shape[1]]
     if info["output"] == "eps":  # y = (eps - sigma_tmax eps_hat) / alpha_tmax: the teacher's x0 at t_max
         return (eps - info["sigma_tmax"] * out) / info["alpha_tmax"]

@@ -1,0 +1,742 @@
+"""BOOT: data-free distillation of a diffusion model into a one-step generator.
+
+Gu, Wang, Zhai, Zhang, Liu, Susskind. "BOOT: Data-free Distillation of Denoising Diffusion Models
+with Bootstrapping", ICML 2024, arXiv:2306.05544.
+
+A student y_theta(eps, t, c, w) learns the Signal-ODE (Eq. 5) of a frozen teacher f_phi from pure
+noise eps: no image of the training set is ever read. Each iteration draws eps, a target time t and
+a condition c, runs one Signal-ODE step t -> s = max(t - delta, t_min) from the student's own
+y_theta(eps, t) with the teacher (Euler = Eq. 4/7, Heun = Eq. 15) and regresses y_theta(eps, s) on
+that stop-gradient target; every k-th iteration adds the boundary loss (Eq. 8) at t_max. After
+training, y_theta(eps, 0, c, w) is a sample in one network evaluation.
+
+    python boot.py                         # CPU, ~15 min: distils the embedded digits teacher
+                                           #   -> runs/boot-digits/{config.json, metrics.jsonl,
+                                           #      checkpoints/, student/, preview.png}
+    python boot.py --teacher gmm           # CPU, < 1 min: analytic teacher, prints the distance
+                                           #   of the 1-step student to the teacher's ODE output
+    python boot.py --dry-run               # print the resolved config, write nothing
+    python boot.py sample runs/boot-digits --label 3 --n 16      # one-step samples -> PNG
+    python evaluate.py --run runs/boot-digits --json eval.json   # FID vs teacher DDIM-1/10/50
+
+    # 1 GPU, Stable Diffusion 2.1-base (latent; prompts: one per line), half-precision teacher
+    python boot.py --teacher sd21 --prompts prompts.txt --half
+    python boot.py sample runs/boot-sd21 --prompt "a raccoon astronaut, oil painting" --w 7.5
+    # 8 GPUs (global batch 64 = 8 x 8), same numbers as one process with the same --batch
+    torchrun --standalone --nproc_per_node=8 boot.py --teacher sd21 --prompts prompts.txt --half
+    # DeepFloyd IF: stage I, then stage II on the stage-I student's outputs (gated: accept licence)
+    torchrun --standalone --nproc_per_node=8 boot.py --teacher if --prompts prompts.txt --half
+    torchrun --standalone --nproc_per_node=8 boot.py --teacher if --stage 2 \\
+        --stage1-run runs/boot-if --prompts prompts.txt --half
+
+Rerunning a command resumes its run directory from checkpoints/latest.pt. Bad input stops with
+one line on stderr (exit code 2) before anything is written.
+
+Conventions (the paper leaves them open; each is tested in tests/test_boot_equations.py):
+  * CFG is Eq. 9 on x0-hat, f_n + w (f_c - f_n); w = 1 is the plain conditional teacher.
+  * delta lambda' = 1 - alpha_t sigma_s / (sigma_t alpha_s) = 1 - e^(lambda_s - lambda_t) exactly,
+    so the Euler target is one DDIM step in signal space (Eq. 4 = Eq. 11).
+  * Heun (Eq. 15) averages the two denoised predictions, y_t + dl ((f_t + f_s) / 2 - y_t). Eq. 15
+    as printed uses (f_s - y~_s) as its second slope; with the exact dl that form is only first
+    order (its local error is dl^2 / 2 (f_t - y_t)); the averaged form is second order.
+  * Loss weights (Eq. 13/14): uniform = 1 / delta^2, lambda = 1 / (delta lambda'_t)^2 (Alg. 1).
+  * The student's native timestep is t_max; the target time t and w enter through a zero-
+    initialised projection of their sinusoidal embeddings, and the student predicts eps at
+    t_max: y = (eps - sigma_tmax eps_hat) / alpha_tmax, so at init y_theta(eps, t) = f_phi(eps, t_max).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+import teachers
+from teachers import UserError, print0
+
+
+def opt(default, help_):
+    return field(default=default, metadata={"help": help_})
+
+
+# ---------------------------------------------------------------------------------------------
+# Config: one dataclass, flags derived from it; None means "the teacher's preset" (Table 3)
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class BootConfig:
+    # the teacher f_phi
+    teacher: str = opt("digits", "registry name (digits, gmm, ddpm-cifar10, sd21, if), hub id or local diffusers dir")
+    model_id: str | None = opt(None, "hub id or local copy replacing the registry's default for --teacher")
+    stage: int = opt(1, "IF cascade stage; 2 distils IF-II on the outputs of a stage-1 student")
+    stage1_run: str | None = opt(None, "finished stage-1 run directory (with --stage 2)")
+    prompts: str | None = opt(None, "text file with one prompt per line (text-to-image teachers)")
+    half: bool = opt(False, "run the frozen teacher in float16 (GPU only)")
+    clip: str = opt("auto", "targets' thresholding: auto (the teacher's own), none, static, dynamic")
+    # the student y_theta(eps, t, c, w)
+    student: str = opt("auto", "copy (teacher copy + zero-init t/w embedding), small (a smaller random "
+                               "UNet), auto (copy where the teacher has a network)")
+    t_max: float = opt(0.9, "upper end of the trained time range; the copy student's fixed native timestep")
+    t_min: float = opt(0.0, "lower end of the trained time range (the sample is y_theta(eps, t_min))")
+    time_cond_dim: int = opt(128, "size of the sinusoidal embedding of (t, w) fed to the student")
+    # the objective (Alg. 1)
+    solver: str = opt("heun", "Signal-ODE step for the targets: euler (Eq. 7) or heun (Eq. 15)")
+    delta: float | None = opt(None, "bootstrapping step size delta (preset: 0.04; 0.01 for sd21)")
+    weighting: str | None = opt(None, "loss weight: uniform (1/delta^2) or lambda (1/(delta lambda')^2)")
+    boundary_every: int | None = opt(None, "boundary loss (Eq. 8) every k iterations; 0 = never")
+    beta: float = opt(1.0, "weight of the boundary loss")
+    time_sampling: str = opt("uniform", "t ~ U(t_min, t_max), or progressive (a window sliding down; ablation)")
+    w: float | None = opt(None, "CFG weight (Eq. 9); default: the teacher's")
+    w_max: float | None = opt(None, "draw w ~ U(w, w_max) per example; the student is conditioned on it")
+    noise_level: int = opt(250, "IF stage 2: noise augmentation level of the upsampled stage-1 output")
+    # optimisation
+    iters: int | None = opt(None, "training iterations (preset)")
+    batch: int | None = opt(None, "global batch size, divisible by the number of processes (preset)")
+    lr: float | None = opt(None, "AdamW learning rate, no decay, no warm-up (preset)")
+    ema: float | None = opt(None, "EMA decay of the exported student (preset)")
+    seed: int = opt(0, "seed of the global noise / time / condition stream and of a fresh student")
+    minutes: float | None = opt(None, "stop (checkpoint + export) after this many minutes; rerun to go on")
+    # output
+    out: str | None = opt(None, "run directory (default runs/boot-<teacher>[-stage2])")
+    log_every: int = opt(50, "iterations between metrics.jsonl records")
+    ckpt_every: int = opt(250, "iterations between checkpoints")
+    preview: int = opt(10, "columns of preview.png: teacher DDIM-50 row vs student 1-step row")
+
+
+BASE = dict(delta=0.04, weighting="uniform", boundary_every=4, iters=3000, batch=128, lr=3e-4, ema=0.995)
+PRESETS = {  # Table 3 where the paper gives a value; measured on this CPU for digits and gmm
+    "digits": dict(),
+    "gmm": dict(iters=400, batch=64, lr=1e-3, ema=0.98, boundary_every=1),
+    "ddpm-cifar10": dict(lr=1e-4, ema=0.9999, iters=500_000),
+    "sd21": dict(delta=0.01, weighting="lambda", lr=2e-5, batch=64, ema=0.9999, iters=500_000),
+    "if": dict(weighting="lambda", lr=2e-5, batch=64, ema=0.9999, iters=500_000),
+    "if-2": dict(weighting="lambda", lr=2e-5, batch=32, ema=0.9999, iters=100_000),
+}
+CHOICES = dict(solver=("euler", "heun"), weighting=("uniform", "lambda"), student=("auto", "copy", "small"),
+               time_sampling=("uniform", "progressive"), clip=("auto", "none", "static", "dynamic"))
+
+
+def resolve(cfg: BootConfig) -> BootConfig:
+    """Fill the preset fields (None) from the teacher's row of PRESETS, then BASE."""
+    preset = PRESETS.get(cfg.teacher + ("-2" if cfg.stage == 2 else ""), {})
+    fills = {k: preset.get(k, v) for k, v in BASE.items() if getattr(cfg, k) is None}
+    out = cfg.out or f"runs/boot-{Path(cfg.teacher).name}" + ("-stage2" if cfg.stage == 2 else "")
+    return dataclasses.replace(cfg, **fills, out=out)
+
+
+def validate(cfg: BootConfig, world: int):
+    """All checks that need no teacher: one-line UserErrors before anything is loaded or written."""
+    for name, allowed in CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            raise UserError(f"unknown {name.replace('_', '-')} '{getattr(cfg, name)}' (known: {', '.join(allowed)})")
+    if not 0.0 <= cfg.t_min < cfg.t_max < 1.0:
+        raise UserError(f"need 0 <= t_min < t_max < 1, got t_min={cfg.t_min}, t_max={cfg.t_max}")
+    if not 0.0 < cfg.delta <= cfg.t_max - cfg.t_min:
+        raise UserError(f"need 0 < delta <= t_max - t_min, got delta={cfg.delta}")
+    if cfg.batch < 1 or cfg.batch % world:
+        raise UserError(f"global batch {cfg.batch} is not a positive multiple of the {world} processes")
+    if cfg.iters < 0 or cfg.boundary_every < 0 or cfg.beta < 0 or cfg.lr <= 0 or not 0 <= cfg.ema < 1:
+        raise UserError("need iters >= 0, boundary-every >= 0, beta >= 0, lr > 0 and 0 <= ema < 1")
+    if cfg.log_every < 1 or cfg.ckpt_every < 1 or cfg.preview < 0 or cfg.time_cond_dim < 2:
+        raise UserError("need log-every >= 1, ckpt-every >= 1, preview >= 0, time-cond-dim >= 2")
+    if cfg.w_max is not None and (cfg.w is None or cfg.w_max < cfg.w):
+        raise UserError("--w-max needs --w with w <= w-max (w ~ U(w, w_max) per example)")
+    if cfg.stage not in (1, 2):
+        raise UserError(f"--stage must be 1 or 2, got {cfg.stage}")
+    if cfg.stage == 2 and not cfg.stage1_run:
+        raise UserError("--stage 2 needs --stage1-run DIR, a finished stage-1 run of the same cascade")
+    if cfg.stage == 2 and not (Path(cfg.stage1_run) / "student" / "generator.json").is_file():
+        raise UserError(f"--stage1-run '{cfg.stage1_run}' is not a finished stage-1 run (no student/generator.json)")
+    if cfg.half and not torch.cuda.is_available():
+        raise UserError("--half needs a GPU (float16 teachers are slow and inexact on CPU)")
+    if cfg.prompts is not None:
+        teachers.load_prompts(cfg.prompts)
+
+
+# ---------------------------------------------------------------------------------------------
+# --- BOOT Eq. (4)/(11): one DDIM step written in signal space, y_t = (x_t - sigma_t eps) / alpha_t
+# ---------------------------------------------------------------------------------------------
+def bc(v, x):
+    """A per-example scalar [B] (float64 schedule values) broadcast against x, in x's dtype."""
+    return torch.as_tensor(v).to(x.device, x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def delta_lambda(schedule, t, s):
+    """delta lambda' = 1 - alpha_t sigma_s / (sigma_t alpha_s) = 1 - e^(lambda_s - lambda_t) (Alg. 1, exact)."""
+    return 1 - schedule.alpha(t) * schedule.sigma(s) / (schedule.sigma(t) * schedule.alpha(s))
+
+
+def noisy(schedule, y, eps, t):
+    """x_t = alpha_t y_t + sigma_t eps (Alg. 1 line 8): the noisy image a signal y_t stands for."""
+    return bc(schedule.alpha(t), y) * y + bc(schedule.sigma(t), y) * eps
+
+
+def signal_step(y_t, f_t, dl):
+    """Eq. (4): y_s = (1 - e^(lambda_s - lambda_t)) f_phi(x_t, t) + e^(lambda_s - lambda_t) y_t."""
+    return y_t + bc(dl, y_t) * (f_t - y_t)
+
+
+def step_back(t, delta: float, t_min: float):
+    """s = max(t - delta, t_min). Alg. 1 line 4 prints min(); the step must not go below t_min."""
+    return (t - delta).clamp(min=t_min)
+
+
+# ---------------------------------------------------------------------------------------------
+# --- BOOT Eq. (7)/(13)/(15): the stop-gradient bootstrapping target y^_theta(eps, s)
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def bootstrap_target(f, schedule, y_t, eps, t, s, solver: str = "heun"):
+    """SG[y^_s] from the student's y_t: one Euler (Eq. 7) or Heun (Eq. 15) step of the Signal-ODE.
+
+    f(x, t) is the guided teacher f~_phi (Eq. 9). Heun's corrector evaluates the teacher at the
+    Euler point x~_s and steps with the mean of both denoised signals.
+    """
+    dl = delta_lambda(schedule, t, s)
+    f_t = f(noisy(schedule, y_t, eps, t), t)
+    y_euler = signal_step(y_t, f_t, dl)
+    if solver == "euler":
+        return y_euler
+    f_s = f(noisy(schedule, y_euler, eps, s), s)
+    return signal_step(y_t, (f_t + f_s) / 2, dl)
+
+
+def lambda_prime(schedule, t, h: float = 1e-3):
+    """d lambda / dt by a central difference (lambda is smooth and increasing in t)."""
+    return (schedule.lam(t + h) - schedule.lam(t - h)) / (2 * h)
+
+
+def loss_weight(schedule, t, delta: float, weighting: str):
+    """Eq. (13)/(14): w~_t / delta^2 with w~_t = 1 (uniform) or 1 / lambda'_t^2 (Alg. 1, text-to-image)."""
+    if weighting == "uniform":
+        return torch.full_like(torch.as_tensor(t, dtype=torch.float64), 1.0 / delta**2)
+    return 1.0 / (delta * lambda_prime(schedule, t)) ** 2
+
+
+def bootstrap_loss(y_s, target, weight):
+    """Eq. (14): E w~_t / delta^2 ||y_theta(eps, s) - SG(y^_theta(eps, s))||^2 (mean over dimensions)."""
+    per_example = (y_s - target).pow(2).flatten(1).mean(1)
+    return (weight.to(per_example) * per_example).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# --- BOOT Eq. (8): boundary loss at t_max, where the teacher sees pure noise
+# ---------------------------------------------------------------------------------------------
+def boundary_loss(y_tmax, f_tmax):
+    """Eq. (8): E ||f_phi(eps, t_max) - y_theta(eps, t_max)||^2 (mean over dimensions)."""
+    return (f_tmax - y_tmax).pow(2).mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# --- BOOT Sec. 3.3 / Eq. (9): the guided, thresholded teacher the targets are built from
+# ---------------------------------------------------------------------------------------------
+def guided_teacher(teacher, cond, w, clock=None):
+    """f~(x, t) = f_n + w (f_c - f_n) (Eq. 9), clipped as the teacher's convention says, in float32."""
+    dtype = teacher.unet.dtype if hasattr(teacher, "unet") else torch.float32
+    tcond = None if cond is None else {k: v.to(dtype) if v.is_floating_point() else v for k, v in cond.items()}
+
+    def f(x, t):
+        with (clock("teacher") if clock else _null()):
+            return teacher.x0(x.to(dtype), t.to(x.device, torch.float32), tcond, w).float()
+
+    return f
+
+
+@contextmanager
+def _null():
+    yield
+
+
+# ---------------------------------------------------------------------------------------------
+# Students: the teacher's network + zero-initialised (t, w) embedding, or a smaller fresh UNet
+# ---------------------------------------------------------------------------------------------
+def make_student(teacher, cfg: BootConfig, default_w):
+    """(student network, generator.json info). teachers.boot_generate is the forward y_theta."""
+    kind = cfg.student if cfg.student != "auto" else ("copy" if hasattr(teacher, "unet") else "small")
+    sch = teacher.schedule
+    t_max = torch.tensor(cfg.t_max, dtype=torch.float64)
+    info = dict(method="boot", teacher=cfg.teacher, model_id=cfg.model_id, stage=cfg.stage, T=sch.T,
+                t_max=cfg.t_max, alpha_tmax=float(sch.alpha(t_max)), sigma_tmax=float(sch.sigma(t_max)),
+                time_cond_dim=cfg.time_cond_dim, guided=teacher.guided, default_w=default_w,
+                num_classes=teacher.num_classes, sample_shape=list(teacher.sample_shape), latent=teacher.latent,
+                text=hasattr(teacher, "encode_prompts"), student=kind, seed=cfg.seed)
+    if cfg.stage == 2:
+        info.update(stage1_run=str(Path(cfg.stage1_run).resolve()), noise_level=cfg.noise_level)
+    model = copy_student(teacher, cfg.time_cond_dim, info) if kind == "copy" else small_student(teacher, cfg.time_cond_dim, info)
+    info["class_name"] = type(model).__name__
+    return model, info
+
+
+def copy_student(teacher, dim: int, info: dict):
+    """REFERENCE §4: from_config(teacher, time_cond_proj_dim=D), teacher weights, cond_proj zeroed."""
+    from diffusers import UNet2DConditionModel
+
+    if not hasattr(teacher, "unet"):
+        raise UserError(f"teacher '{teacher.name}' has no network to copy; use --student small")
+    if teacher.prediction_type != "epsilon":
+        raise UserError(f"--student copy needs an eps-prediction teacher ('{teacher.name}' predicts "
+                        f"{teacher.prediction_type}); use --student small")
+    state = {k: v.float() for k, v in teacher.unet.state_dict().items()}
+    if type(teacher.unet).__name__ == "UNet2DConditionModel":
+        model = UNet2DConditionModel.from_config(teacher.unet.config, time_cond_proj_dim=dim)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        assert set(missing) == {"time_embedding.cond_proj.weight"} and not unexpected, (missing, unexpected)
+        torch.nn.init.zeros_(model.time_embedding.cond_proj.weight)
+    elif type(teacher.unet).__name__ == "UNet2DModel" and teacher.unet.config.class_embed_type is None \
+            and not teacher.unet.config.num_class_embeds:
+        # an unconditional UNet2DModel: t enters through a new, zeroed timestep-type class embedding
+        from diffusers import UNet2DModel
+
+        model = UNet2DModel.from_config(teacher.unet.config, class_embed_type="timestep")
+        model.load_state_dict(state, strict=False)
+        torch.nn.init.zeros_(model.class_embedding.linear_2.weight)
+        torch.nn.init.zeros_(model.class_embedding.linear_2.bias)
+        info.update(time_cond_dim=None, time_input="class_labels")
+    else:
+        raise UserError(f"cannot add a target-time input to a {type(teacher.unet).__name__} with a class "
+                        f"embedding; use --student small")
+    info["output"] = "eps"
+    return model.float()
+
+
+def small_student(teacher, dim: int, info: dict):
+    """A fresh, smaller UNet2DConditionModel whose native timestep is the target time t."""
+    from diffusers import UNet2DConditionModel
+
+    C, H = teacher.sample_shape[0], teacher.sample_shape[-1]
+    if hasattr(teacher, "unet"):
+        base = dict(teacher.unet.config)
+        chans = [max(8, c // 2) for c in base["block_out_channels"]]
+        groups = math.gcd(*chans, base.get("norm_num_groups") or 32)
+        cfg = {**base, "block_out_channels": chans, "layers_per_block": 1, "norm_num_groups": groups}
+    else:  # the analytic gmm: the embedded digits architecture, one output channel per input channel
+        cfg = teachers.digits_unet_config(num_classes=teacher.num_classes or 0, channels=(32, 64))
+        cfg.update(in_channels=C, out_channels=C, sample_size=H)
+        if not teacher.num_classes:
+            cfg.pop("num_class_embeds")
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    torch.manual_seed(info["seed"])
+    model = UNet2DConditionModel.from_config({**cfg, "time_cond_proj_dim": dim})
+    info.update(output="sample", native_time="target")
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditions: labels, prompts, IF stage-2 low-resolution inputs (all drawn from the global stream)
+# ---------------------------------------------------------------------------------------------
+class Conditions:
+    """Draws the condition c (and w) of a global batch; each rank keeps its slice [lo:hi]."""
+
+    def __init__(self, teacher, cfg: BootConfig, device, prompts=None, encoder=None, stage1=None):
+        self.teacher, self.cfg, self.device = teacher, cfg, device
+        self.prompts, self.encoder, self.stage1 = prompts, encoder or teacher, stage1
+        self.w = cfg.w if cfg.w is not None else teacher.default_guidance
+        if not teacher.guided:
+            self.w = None
+
+    def draw(self, g, B, lo, hi):
+        """(cond for the student (float32), w as a float or a [b] tensor) for examples lo..hi of B."""
+        cfg, cond = self.cfg, None
+        if self.prompts is not None:
+            idx = torch.randint(0, len(self.prompts), (B,), generator=g)[lo:hi]
+            cond = self.encoder.encode_prompts([self.prompts[i] for i in idx.tolist()])
+        elif self.teacher.num_classes:
+            cond = self.teacher.label_cond(torch.randint(0, self.teacher.num_classes, (B,), generator=g)[lo:hi])
+        w = self.w
+        if cfg.w_max is not None and self.w is not None:
+            w = (cfg.w + (cfg.w_max - cfg.w) * torch.rand(B, generator=g, dtype=torch.float64))[lo:hi].to(self.device)
+        if self.stage1 is not None:
+            cond = {**cond, **self.lowres(g, B, lo, hi, cond)}
+        cond = None if cond is None else {k: (v.float() if v.is_floating_point() else v).to(self.device) for k, v in cond.items()}
+        return cond, w
+
+    def lowres(self, g, B, lo, hi, cond):
+        """IF-II input: the stage-1 student's one-step output, upsampled and noised (Sec. 3.3, App. C.4)."""
+        gen = self.stage1
+        eps1 = torch.randn((B, *gen.sample_shape), generator=g)[lo:hi].to(self.device)
+        z = torch.randn((B, gen.sample_shape[0], *self.teacher.sample_shape[1:]), generator=g)[lo:hi]
+        cond1 = {"encoder_hidden_states": cond["encoder_hidden_states"].float()}
+        x1 = gen.generate(eps1, cond1, gen.default_guidance).clamp(-1, 1)
+        return self.teacher.lowres_cond(x1, self.cfg.noise_level, noise=z.to(self.device))
+
+
+# ---------------------------------------------------------------------------------------------
+# One BOOT iteration (Alg. 1)
+# ---------------------------------------------------------------------------------------------
+def sample_times(g, cfg: BootConfig, B: int, step: int):
+    """t ~ U(t_min, t_max) (Sec. 3.2), or the progressive ablation: a window of width 2 delta
+    sliding from t_max down to t_min over the run (Sec. 4.3, Fig. 6c)."""
+    u = torch.rand(B, generator=g, dtype=torch.float64)
+    if cfg.time_sampling == "uniform":
+        return cfg.t_min + (cfg.t_max - cfg.t_min) * u
+    centre = cfg.t_max - (cfg.t_max - cfg.t_min) * step / max(cfg.iters - 1, 1)
+    lo, hi = max(centre - cfg.delta, cfg.t_min), min(centre + cfg.delta, cfg.t_max)
+    return lo + (hi - lo) * u
+
+
+def boot_step(model, raw, info, teacher, eps, t, cond, w, cfg: BootConfig, boundary: bool, clock):
+    """L_BS (+ beta L_BC on boundary iterations) for one local batch; returns (loss, parts)."""
+    sch, dev = teacher.schedule, eps.device
+    y_theta = teachers.boot_generate
+    s = step_back(t, cfg.delta, cfg.t_min)
+    f = guided_teacher(teacher, cond, w, clock)
+    with clock("student"), torch.no_grad():
+        y_t = y_theta(raw, info, eps, t.to(dev, torch.float32), cond, w)  # Alg. 1 line 7, under SG
+    target = bootstrap_target(f, sch, y_t, eps, t, s, cfg.solver)
+    weight = loss_weight(sch, t, cfg.delta, cfg.weighting)
+    tt, ee, cc, ww = s, eps, cond, w
+    if boundary:  # one student forward for y_theta(eps, s) and y_theta(eps, t_max)
+        tt = torch.cat([s, torch.full_like(s, cfg.t_max)])
+        ee, cc = torch.cat([eps, eps]), teachers.cat_cond(cond, cond)
+        ww = torch.cat([w, w]) if torch.is_tensor(w) else w
+    with clock("student"):
+        y = y_theta(model, info, ee, tt.to(dev, torch.float32), cc, ww)
+    loss_bs = bootstrap_loss(y[: len(eps)], target, weight)
+    loss_bc = torch.zeros((), device=dev)
+    if boundary:
+        f_tmax = f(eps, torch.full_like(t, cfg.t_max))  # Eq. 8: the teacher sees x = eps at t_max
+        loss_bc = boundary_loss(y[len(eps):], f_tmax)
+    return loss_bs + cfg.beta * loss_bc, {"bs": loss_bs.detach(), "bc": loss_bc.detach()}
+
+
+class Clock:
+    """Wall time per part (teacher / student), synchronised on GPU."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        self.ms = {"teacher": 0.0, "student": 0.0}
+
+    @contextmanager
+    def __call__(self, key):
+        if self.cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        yield
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.ms[key] += 1000 * (time.perf_counter() - t0)
+
+    def take(self):
+        out, self.ms = self.ms, {k: 0.0 for k in self.ms}
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup: teachers, prompts, stage-1 generator, run directory (all checks before anything is written)
+# ---------------------------------------------------------------------------------------------
+def load_all(cfg: BootConfig, device):
+    """(teacher, Conditions): loads and checks every input, writes nothing."""
+    dtype = torch.float16 if cfg.half else torch.float32
+    teacher = teachers.load_teacher(cfg.teacher, device, dtype, model_id=cfg.model_id, stage=cfg.stage, clip=cfg.clip)
+    is_text = hasattr(teacher, "encode_prompts")
+    if getattr(teacher, "stage", 1) == 2 and cfg.stage != 2:
+        raise UserError(f"'{cfg.teacher}' is an IF stage-II pipeline: pass --stage 2 --stage1-run DIR")
+    if cfg.stage == 2 and getattr(teacher, "stage", 1) != 2:
+        raise UserError(f"--stage 2 needs an IF stage-II teacher; '{cfg.teacher}' is not one")
+    if cfg.w is not None and not teacher.guided:
+        raise UserError(f"teacher '{cfg.teacher}' is unconditional: --w (CFG) does not apply")
+    prompts = encoder = stage1 = None
+    if is_text or cfg.stage == 2:
+        if cfg.prompts is None:
+            raise UserError(f"text-to-image teacher '{cfg.teacher}' needs --prompts FILE (one prompt per line)")
+        prompts = teachers.load_prompts(cfg.prompts)
+    elif cfg.prompts is not None:
+        raise UserError(f"teacher '{cfg.teacher}' is not text-conditioned: --prompts does not apply")
+    if cfg.stage == 2:
+        stage1 = teachers.load_generator(cfg.stage1_run, device)
+        if stage1.info.get("stage", 1) != 1 or stage1.sample_shape[0] != teacher.sample_shape[0]:
+            raise UserError(f"'{cfg.stage1_run}' is not a stage-1 run with {teacher.sample_shape[0]}-channel outputs")
+        encoder = teacher
+        if not hasattr(teacher, "tokenizer"):  # IF-II may ship without T5: stage I's encodes the prompts
+            info = stage1.info
+            encoder = teachers.load_teacher(info["teacher"], device, dtype, model_id=info.get("model_id"))
+    return teacher, Conditions(teacher, cfg, device, prompts, encoder, stage1)
+
+
+def default_weight(cfg: BootConfig, teacher):
+    """The w a user gets when sampling without --w (None for unguided teachers)."""
+    if not teacher.guided:
+        return None
+    if cfg.w_max is not None:
+        d = teacher.default_guidance
+        return d if d is not None and cfg.w <= d <= cfg.w_max else cfg.w
+    return cfg.w if cfg.w is not None else teacher.default_guidance
+
+
+# ---------------------------------------------------------------------------------------------
+# Training loop: one code path for one CPU/GPU process and torchrun DDP
+# ---------------------------------------------------------------------------------------------
+def train(cfg: BootConfig):
+    validate(cfg, int(os.environ.get("WORLD_SIZE", 1)))
+    rank, world, device = teachers.dist_setup()
+    try:
+        return _train(cfg, rank, world, device)
+    finally:
+        teachers.dist_teardown()
+
+
+def _train(cfg: BootConfig, rank, world, device):
+    teacher, conds = load_all(cfg, device)
+    run = teachers.RunDir(cfg.out, dataclasses.asdict(cfg), rank)
+    run.start()
+    student, info = make_student(teacher, cfg, default_weight(cfg, teacher))
+    raw = student.to(device).train()
+    ema = teachers.EMA(raw, cfg.ema)
+    opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(cfg.seed)  # the global stream: same on every rank
+    step, elapsed = 0, 0.0
+    state = run.load()
+    if state is not None:
+        raw.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        g.set_state(state["gen"])
+        step, elapsed = state["step"], state["elapsed"]
+        drop_metrics_after(run, step)
+        print0(f"resuming {cfg.out} at step {step}")
+    model = raw
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None)
+    step = loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed, rank, world, device)
+    if rank == 0:
+        finish(cfg, raw, ema, info, teacher, conds, device)
+    return step
+
+
+def drop_metrics_after(run, step):
+    """A killed run may have logged past its last checkpoint: keep the records up to `step`."""
+    path = run.path / "metrics.jsonl"
+    if run.rank == 0 and path.is_file():
+        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def checkpoint(run, raw, ema, opt, g, step, elapsed):
+    run.save({"model": raw.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+              "gen": g.get_state(), "step": step, "elapsed": elapsed})
+
+
+def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed, rank, world, device):
+    """Alg. 1 until cfg.iters (or cfg.minutes); checkpoints, metrics.jsonl, progress bar."""
+    from tqdm import tqdm
+
+    B, b = cfg.batch, cfg.batch // world
+    lo, hi = rank * b, (rank + 1) * b
+    clock, t_run = Clock(device), time.time()
+    bar = tqdm(total=cfg.iters, initial=step, disable=rank != 0, desc=f"boot {cfg.teacher}", dynamic_ncols=True)
+    since, t_log, sums = 0, time.perf_counter(), torch.zeros(4, dtype=torch.float64)
+    while step < cfg.iters:
+        eps = torch.randn((B, *teacher.sample_shape), generator=g)[lo:hi].to(device)  # Alg. 1 line 2
+        t = sample_times(g, cfg, B, step)[lo:hi].to(device)  # line 4
+        cond, w = conds.draw(g, B, lo, hi)  # line 3
+        boundary = cfg.boundary_every > 0 and step % cfg.boundary_every == 0
+        loss, parts = boot_step(model, raw, info, teacher, eps, t, cond, w, cfg, boundary, clock)
+        run.check_finite(loss, step)
+        with clock("student"):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # DDP averages the gradients over ranks: the global-batch mean
+            opt.step()
+            ema.update(raw)
+        step, since = step + 1, since + 1
+        sums += torch.stack([loss.detach().double().cpu(), parts["bs"].double().cpu(),
+                             parts["bc"].double().cpu(), torch.tensor(float(boundary), dtype=torch.float64)])
+        bar.update(1)
+        minutes_up = cfg.minutes is not None and elapsed + time.time() - t_run > 60 * cfg.minutes
+        if step % cfg.log_every == 0 or step == cfg.iters or minutes_up:
+            now = time.perf_counter()
+            rec = log_record(sums, clock.take(), 1000 * (now - t_log), since, step, world, device)
+            rec["elapsed_s"] = round(elapsed + time.time() - t_run, 1)
+            run.log(rec)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", bc=f"{rec['bc']:.4f}",
+                            ms=f"T{rec['ms_teacher']:.0f}/S{rec['ms_student']:.0f}/O{rec['ms_other']:.0f}")
+            since, t_log, sums = 0, now, torch.zeros_like(sums)
+        if step % cfg.ckpt_every == 0 or step == cfg.iters or minutes_up:
+            checkpoint(run, raw, ema, opt, g, step, elapsed + time.time() - t_run)
+        if minutes_up:
+            print0(f"\n--minutes {cfg.minutes} reached at step {step}; rerun the command to continue")
+            break
+    bar.close()
+    return step
+
+
+def log_record(sums, ms, total_ms, n, step, world, device):
+    """Losses averaged over the window and the ranks (bc over boundary iterations); per-iteration
+    milliseconds split teacher / student / other."""
+    vals = sums.to(device)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(vals)
+        vals /= world
+    n = max(n, 1)
+    per = {k: v / n for k, v in ms.items()}
+    return {"step": step, "loss": vals[0].item() / n, "bs": vals[1].item() / n, "bc": vals[2].item() / max(vals[3].item(), 1),
+            "ms_teacher": round(per["teacher"], 1), "ms_student": round(per["student"], 1),
+            "ms_other": round(max(total_ms / n - per["teacher"] - per["student"], 0.0), 1)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Output: the EMA student in diffusers format + generator.json, a preview grid, a distance check
+# ---------------------------------------------------------------------------------------------
+def finish(cfg, raw, ema, info, teacher, conds, device):
+    import copy
+
+    student = copy.deepcopy(raw)
+    ema.copy_to(student)
+    student.eval().requires_grad_(False)
+    d = Path(cfg.out) / "student"
+    student.save_pretrained(d / "unet")
+    (d / "generator.json").write_text(json.dumps(info, indent=2))
+    if cfg.preview:
+        preview(cfg, student, info, teacher, conds, device)
+
+
+@torch.no_grad()
+def preview(cfg, student, info, teacher, conds, device):
+    """preview.png: teacher DDIM-50 (top) vs student one step (bottom) from the same noise. Prints
+    the mean squared distance of the student to the teacher's DDIM-50 ODE solution beside the
+    teacher's own DDIM-1 and DDIM-10 (on 256 samples for small images, else on the preview's)."""
+    from torchvision.utils import save_image
+
+    n = cfg.preview if math.prod(teacher.sample_shape) > 4096 else max(cfg.preview, 256)
+    noise = teachers.seeded_noise(range(n), teacher.sample_shape, device)
+    cond, w = preview_cond(cfg, teacher, conds, n, device)
+    f = guided_teacher(teacher, cond, w)
+    ddim = lambda steps: teachers.ddim(_Guided(teacher, f), noise, steps)  # noqa: E731
+    x = {"DDIM-50": ddim(50), "DDIM-1": ddim(1), "DDIM-10": ddim(10)}
+    x["student"] = teachers.boot_generate(student, info, noise, torch.zeros(n, device=device), cond, w)
+    k = cfg.preview
+    rows = torch.cat([teacher.decode(x[key][:k].to(_dtype(teacher))) for key in ("DDIM-50", "student")])
+    save_image(rows.float(), Path(cfg.out) / "preview.png", nrow=k)
+    dist = {key: (x[key] - x["DDIM-50"]).pow(2).mean().item() for key in ("student", "DDIM-1", "DDIM-10")}
+    print0(f"mean sq. distance to the teacher's DDIM-50 from the same noise (n={n}): student 1-step "
+           f"{dist['student']:.4f} | teacher DDIM-1 {dist['DDIM-1']:.4f}, DDIM-10 {dist['DDIM-10']:.4f}")
+    print0(f"wrote {Path(cfg.out) / 'preview.png'} and {Path(cfg.out) / 'student'}")
+    (Path(cfg.out) / "distance.json").write_text(json.dumps({"n": n, **dist}, indent=2))
+    return dist
+
+
+def _dtype(teacher):
+    return teacher.unet.dtype if hasattr(teacher, "unet") and not teacher.latent else torch.float32
+
+
+class _Guided:
+    """The guided teacher f~ seen through the samplers' interface (x0 + schedule)."""
+
+    def __init__(self, teacher, f):
+        self.schedule, self.f = teacher.schedule, f
+
+    def x0(self, x, t, cond=None, w=None):
+        return self.f(x, t)
+
+
+def preview_cond(cfg, teacher, conds, n, device):
+    """Labels 0..K-1 repeated, or the first prompts; a fixed stage-1 draw for IF-II."""
+    w = conds.w
+    if cfg.w_max is not None and w is not None:
+        w = default_weight(cfg, teacher)
+    if conds.prompts is not None:
+        cond = conds.encoder.encode_prompts([conds.prompts[i % len(conds.prompts)] for i in range(n)])
+        if conds.stage1 is not None:
+            g = torch.Generator().manual_seed(10_000)
+            cond = {**cond, **conds.lowres(g, n, 0, n, cond)}
+    elif teacher.num_classes:
+        cond = teacher.label_cond(torch.arange(n) % teacher.num_classes)
+    else:
+        cond = None
+    cond = None if cond is None else {k: (v.float() if v.is_floating_point() else v).to(device) for k, v in cond.items()}
+    return cond, w
+
+
+# ---------------------------------------------------------------------------------------------
+# One-step sampling of a finished run:  python boot.py sample RUN [--label K | --prompt TEXT] [--w W]
+# ---------------------------------------------------------------------------------------------
+def sample_main(argv):
+    import argparse
+
+    p = argparse.ArgumentParser(prog="boot.py sample", description="one-step samples of a finished BOOT run")
+    p.add_argument("run", help="run directory (with student/)")
+    p.add_argument("--label", type=int, default=None, help="class label (class-conditional teachers)")
+    p.add_argument("--prompt", default=None, help="text prompt (text-to-image teachers)")
+    p.add_argument("--w", type=float, default=None, help="guidance weight the student is conditioned on")
+    p.add_argument("--n", type=int, default=16, help="number of samples (seeds --seed .. --seed + n - 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="PNG path (default RUN/samples.png)")
+    a = p.parse_args(argv)
+    if a.n < 1:
+        raise UserError("--n must be at least 1")
+    gen = teachers.load_generator(a.run)
+    cond = sample_cond(gen, a.label, a.prompt, a.n, a.seed)
+    noise = teachers.seeded_noise(range(a.seed, a.seed + a.n), gen.sample_shape)
+    t0 = time.perf_counter()
+    x = gen.generate(noise, cond, a.w)
+    dt = time.perf_counter() - t0
+    from torchvision.utils import save_image
+
+    out = a.out or str(Path(a.run) / "samples.png")
+    save_image(gen.decode(x).float(), out, nrow=int(math.sqrt(a.n)) or 1)
+    print(f"{a.n} one-step samples in {dt:.2f} s -> {out}")
+
+
+def sample_cond(gen, label, prompt, n, seed):
+    """The condition of `boot.py sample`: labels, prompt embeddings, IF-II's stage-1 input."""
+    info = gen.info
+    if info.get("num_classes") and prompt is None:
+        k = label if label is not None else None
+        labels = torch.arange(n) % info["num_classes"] if k is None else torch.full((n,), k)
+        if labels.min() < 0 or labels.max() >= info["num_classes"]:
+            raise UserError(f"--label must lie in 0..{info['num_classes'] - 1}")
+        return gen.label_cond(labels)
+    if label is not None:
+        raise UserError("this student is not class-conditional: --label does not apply")
+    stage2 = info.get("stage", 1) == 2
+    if prompt is None:
+        if info.get("text"):
+            raise UserError("this student is text-conditioned: pass --prompt TEXT")
+        return None
+    teacher = teachers.load_teacher(info["teacher"], model_id=info.get("model_id"), stage=info.get("stage", 1))
+    if not hasattr(teacher, "encode_prompts"):
+        raise UserError("this student is not text-conditioned: --prompt does not apply")
+    cond = {"encoder_hidden_states": teacher.encode_prompts([prompt] * n)["encoder_hidden_states"].float()}
+    if stage2:
+        stage1 = teachers.load_generator(info["stage1_run"])
+        noise1 = teachers.seeded_noise(range(seed, seed + n), stage1.sample_shape)
+        x1 = stage1.generate(noise1, cond, None).clamp(-1, 1)
+        low = teacher.lowres_cond(x1, info["noise_level"], generator=torch.Generator().manual_seed(seed))
+        cond = {**cond, **{k: v.float() if v.is_floating_point() else v for k, v in low.items()}}
+    return cond
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv[:1] == ["sample"]:
+            sample_main(argv[1:])
+            return 0
+        args = vars(teachers.parser_from_dataclass(BootConfig, __doc__).parse_args(argv))
+        dry_run = args.pop("dry_run")
+        cfg = resolve(BootConfig(**args))
+        if dry_run:
+            validate(cfg, int(os.environ.get("WORLD_SIZE", 1)))
+            print(json.dumps(dataclasses.asdict(cfg), indent=2))
+            return 0
+        train(cfg)
+    except UserError as e:
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
