@@ -1,0 +1,649 @@
+"""Evaluate diffusion teachers and their distilled students: sample quality and speed.
+
+Scores the samplers of BOOT (Gu et al. 2023, "BOOT: Data-free Distillation of Denoising Diffusion
+Models with Bootstrapping", arXiv:2306.05544) and DKDM (Xiang et al. 2024, "DKDM: Data-Free
+Knowledge Distillation for Diffusion Models with Any Architecture", arXiv:2409.03550) the way
+both papers report them, on samples with per-image seeds (sample i uses seed --seed + i):
+
+    FD          Frechet distance between Gaussian fits of features (Heusel et al. 2017, via
+                clean-fid); "FID" when the features are Inception's
+    precision,  the k = 3 nearest-neighbour manifold estimate of Kynkaenniemi et al. 2019
+    recall
+    IS          Inception Score exp E KL(p(y|x) || p(y)) with the shipped digits classifier
+    CLIP score  mean cosine similarity of CLIP image and prompt embeddings (text teachers; the
+                convention of BOOT Sec. 4.1)
+    images/s    generation throughput after one warm-up batch, and the speed-up over the
+                teacher's slowest sampler timed in the same run
+
+Every number names its feature space:
+    digits      128-d penultimate layer of a small CNN trained on scikit-learn's real 8x8 digits,
+                shipped in assets/digits-classifier (offline; the default for 1x8x8 teachers)
+    pixels      the flattened image in [-1, 1] (the raw-pixel Frechet distance for 8x8)
+    inception   clean-fid's Inception-V3 pool features, "clean" resize to 299 (downloads its
+                weights on first use: online only; the default for other teachers)
+FD has a strong sample-size bias: rows print n (samples) and n_ref (reference images), and only
+rows with equal n compare. The `real` row is a fixed random half of the real data against the
+other half: the floor the samplers are measured against.
+
+    python evaluate.py --teacher digits --nfe 1 10 50            # CPU, ~30 s: markdown table
+    python evaluate.py --teacher digits --nfe 1 10 50 --json eval.json --grid grid.png
+    python evaluate.py --run runs/boot-digits                    # student 1-step vs DDIM-1/10/50
+    python evaluate.py --teacher ddpm-cifar10 --ref DIR --n 10000 # Inception FID, 1 GPU, online
+    python evaluate.py --teacher sd21 --prompts prompts.txt --n 1000 --nfe 50  # + CLIP score
+    torchrun --standalone --nproc_per_node=8 evaluate.py --teacher digits --num-samples 1000  # same numbers
+    python evaluate.py --train-classifier   # re-train the digits feature classifier (~30 s CPU)
+
+--json PATH writes the table as records {"name", "sampler", "nfe", "features", "fid",
+"precision", "recall", "images_per_s", "n", ...}; --grid PATH writes a PNG whose rows share the
+same initial noise (teacher at each NFE, largest first, then the student). Bad input stops
+with one line on stderr and exit code 2, before any work.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import teachers
+from teachers import UserError, print0
+
+ROOT = Path(__file__).resolve().parent
+CLASSIFIER_DIR = ROOT / "assets" / "digits-classifier"
+FEATURE_SPACES = ("digits", "pixels", "inception")
+DIGITS_SHAPE = (1, 8, 8)
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+GRID_COLUMNS = 16
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class EvalConfig:
+    teacher: str | None = field(default=None, metadata={"help": "teacher to score: registry name, hub id or dir"})
+    run: str | None = field(default=None, metadata={"help": "run directory of a distilled student (has student/)"})
+    nfe: tuple[int, ...] = field(default=(1, 10, 50), metadata={"nargs": "+", "elem": int,
+                                                                "help": "teacher sampler steps to score"})
+    sampler: str = field(default="ddim", metadata={"choices": ["ddim", "ancestral"], "help": "teacher sampler"})
+    n: int = field(default=1000, metadata={"help": "samples per sampler (seeds seed .. seed + n - 1)"})
+    seed: int = field(default=0, metadata={"help": "seed of the first sample"})
+    batch: int = field(default=128, metadata={"help": "generation batch per process (throughput is at this batch)"})
+    features: tuple[str, ...] | None = field(default=None, metadata={
+        "nargs": "+", "elem": str, "help": "feature spaces: digits pixels inception; default digits pixels "
+                                           "for 1x8x8 teachers, else inception"})
+    w: float | None = field(default=None, metadata={"help": "guidance weight (BOOT Eq. 9); default: the teacher's"})
+    ref: str | None = field(default=None, metadata={"help": "folder of real images (teachers without embedded data)"})
+    prompts: str | None = field(default=None, metadata={"help": "text teachers: prompt file; seed s gets line s mod L"})
+    clip_model: str = field(default="openai/clip-vit-base-patch32", metadata={"help": "CLIP for the CLIP score"})
+    json: str | None = field(default=None, metadata={"help": "write the records to this JSON file"})
+    grid: str | None = field(default=None, metadata={"help": "write a PNG grid (rows share the initial noise)"})
+    train_classifier: bool = field(default=False, metadata={"help": "train assets/digits-classifier and exit"})
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped feature extractor: a small CNN trained on the embedded real digits
+# ---------------------------------------------------------------------------------------------
+class DigitsClassifier(nn.Module):
+    """1x8x8 in [-1, 1] -> 10 logits; `features` is the penultimate layer (feature_dim)."""
+
+    def __init__(self, channels=(32, 64, 64), feature_dim=128, num_classes=10):
+        super().__init__()
+        c1, c2, c3 = channels
+        self.body = nn.Sequential(
+            nn.Conv2d(1, c1, 3, padding=1), nn.SiLU(),  # 8x8
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.SiLU(),  # 4x4
+            nn.Conv2d(c2, c3, 3, stride=2, padding=1), nn.SiLU(),  # 2x2
+            nn.Flatten(), nn.Linear(c3 * 4, feature_dim), nn.SiLU(),
+        )
+        self.head = nn.Linear(feature_dim, num_classes)
+
+    def features(self, x):
+        return self.body(x)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def _shift_and_jitter(x, generator):
+    """Augmentation: a random shift of up to one pixel (background fill) and small Gaussian noise,
+    so that features of continuous-valued samples are as stable as those of the 17-level data."""
+    pad = F.pad(x, (1, 1, 1, 1), value=-1.0)
+    dy, dx = torch.randint(0, 3, (2,), generator=generator).tolist()
+    x = pad[:, :, dy:dy + 8, dx:dx + 8]
+    return x + 0.05 * torch.randn(x.shape, generator=generator)
+
+
+def train_classifier(out_dir=CLASSIFIER_DIR, seed=0, held_out=360, epochs=60, batch=64, lr=2e-3):
+    """Train the digits feature classifier on a seeded split; print and save held-out accuracy."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    x, y = teachers.load_digits_tensor()
+    perm = torch.randperm(len(x), generator=g)
+    test, train = perm[:held_out], perm[held_out:]
+    model = DigitsClassifier()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * -(-len(train) // batch)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    start = time.time()
+    for _ in range(epochs):
+        order = train[torch.randperm(len(train), generator=g)]
+        for i in range(0, len(order), batch):
+            idx = order[i:i + batch]
+            loss = F.cross_entropy(model(_shift_and_jitter(x[idx], g)), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    with torch.no_grad():
+        acc = (model(x[test]).argmax(1) == y[test]).float().mean().item()
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out_dir / "model.safetensors")
+    cfg = {"channels": [32, 64, 64], "feature_dim": 128, "num_classes": 10, "seed": seed, "held_out": held_out,
+           "held_out_accuracy": round(acc, 4), "epochs": epochs, "batch": batch, "lr": lr,
+           "trained_by": "python evaluate.py --train-classifier",
+           "data": "sklearn.datasets.load_digits, x = pixels / 8 - 1, split by torch.randperm(seed)"}
+    (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"digits classifier: {n_params:,} parameters, {steps} steps in {time.time() - start:.0f} s, "
+          f"held-out accuracy {100 * acc:.1f} % on {held_out} images -> {out_dir}")
+    return acc
+
+
+@functools.lru_cache(maxsize=2)
+def load_classifier(path=CLASSIFIER_DIR):
+    """(frozen DigitsClassifier, its config dict) from safetensors weights + config.json."""
+    path = Path(path)
+    if not (path / "model.safetensors").is_file() or not (path / "config.json").is_file():
+        raise UserError(f"digits classifier missing in '{path}': run python evaluate.py --train-classifier")
+    from safetensors.torch import load_file
+
+    cfg = json.loads((path / "config.json").read_text())
+    model = DigitsClassifier(tuple(cfg["channels"]), cfg["feature_dim"], cfg["num_classes"])
+    model.load_state_dict(load_file(path / "model.safetensors"))
+    return model.eval().requires_grad_(False), cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature spaces: images in [0, 1], N x C x H x W -> float64 features N x D
+# ---------------------------------------------------------------------------------------------
+def check_space(space: str, image_shape):
+    """One-line error when a feature space is unknown or does not fit the images."""
+    if space not in FEATURE_SPACES:
+        raise UserError(f"unknown feature space '{space}' (known: {', '.join(FEATURE_SPACES)})")
+    if space == "digits" and tuple(image_shape) != DIGITS_SHAPE:
+        raise UserError(f"feature space 'digits' needs 1x8x8 images, got {'x'.join(map(str, image_shape))}")
+    if space == "inception" and image_shape[0] not in (1, 3):
+        raise UserError(f"feature space 'inception' needs 1 or 3 channels, got {image_shape[0]}")
+
+
+def default_spaces(image_shape):
+    return ("digits", "pixels") if tuple(image_shape) == DIGITS_SHAPE else ("inception",)
+
+
+def _inception_features(images, batch, device):
+    """clean-fid's Inception-V3 features with its "clean" (PIL bicubic, float) resize to 299."""
+    from cleanfid.features import build_feature_extractor
+    from cleanfid.resize import build_resizer
+
+    model = build_feature_extractor("clean", device=torch.device(device), use_dataparallel=False)
+    resize = build_resizer("clean")
+    out = []
+    for chunk in images.split(batch):
+        u8 = (chunk * 255).round().clamp(0, 255).expand(-1, 3, -1, -1)  # as if saved to PNG
+        hwc = u8.permute(0, 2, 3, 1).numpy()
+        big = torch.stack([torch.from_numpy(resize(im)).permute(2, 0, 1) for im in hwc])
+        with torch.no_grad():
+            out.append(model(big.to(device)).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def features(images, space: str, batch: int = 500, device="cpu") -> np.ndarray:
+    """Features of images in [0, 1] in one of FEATURE_SPACES, as a float64 array N x D."""
+    if images.ndim != 4 or len(images) == 0:
+        raise UserError(f"expected a non-empty batch of images N x C x H x W, got shape {tuple(images.shape)}")
+    check_space(space, images.shape[1:])
+    images = images.float().cpu()
+    if space == "pixels":
+        f = (images * 2 - 1).flatten(1)
+    elif space == "digits":
+        model, _ = load_classifier()
+        f = torch.cat([model.features(chunk * 2 - 1) for chunk in images.split(batch)])
+    else:
+        f = _inception_features(images, batch, device)
+    return f.double().numpy()
+
+
+@torch.no_grad()
+def digits_probs(images, batch: int = 500) -> np.ndarray:
+    """p(y | x) of the digits classifier for 1x8x8 images in [0, 1]."""
+    model, _ = load_classifier()
+    logits = torch.cat([model(chunk.float() * 2 - 1) for chunk in images.split(batch)])
+    return logits.softmax(1).double().numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics on features
+# ---------------------------------------------------------------------------------------------
+def _check_pair(a, b, what):
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise UserError(f"{what}: feature sets must be N x D with equal D, got {a.shape} and {b.shape}")
+
+
+# --- Frechet distance (Heusel et al. 2017): |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^1/2)
+def frechet_distance_features(feats_a, feats_b) -> float:
+    """Frechet distance between Gaussian fits (mean, unbiased covariance) of two feature sets."""
+    _check_pair(feats_a, feats_b, "Frechet distance")
+    if min(len(feats_a), len(feats_b)) < 2 or feats_a.shape[1] < 2:  # scipy's sqrtm breaks clean-fid at 1x1
+        raise UserError("Frechet distance needs at least 2 samples per set and at least 2 feature dimensions")
+    from cleanfid import fid
+    from scipy.linalg import LinAlgWarning
+
+    mu_a, mu_b = feats_a.mean(0), feats_b.mean(0)
+    s_a, s_b = np.cov(feats_a, rowvar=False), np.cov(feats_b, rowvar=False)
+    with warnings.catch_warnings():
+        # scipy >= 1.16 deprecates sqrtm(disp=...), which clean-fid passes; pixel covariances are
+        # singular (digits' corner pixels are always blank) and sqrtm warns, yet stays accurate.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", LinAlgWarning)
+        return float(fid.frechet_distance(mu_a, s_a, mu_b, s_b))
+
+
+# --- Improved precision and recall (Kynkaenniemi et al. 2019, Sec. 3): a set's manifold is the
+# union of balls around its points, radius = distance to the k-th nearest neighbour in the set.
+def _knn_radii(x, k):
+    d = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+    return d.kthvalue(k + 1, dim=1).values  # the 1st "neighbour" is the point itself
+
+
+def _in_manifold(points, radii, queries, chunk=1024):
+    """For each query: does it lie in some ball (point, radius) of the manifold?"""
+    hits = [(torch.cdist(q, points, compute_mode="donot_use_mm_for_euclid_dist") <= radii).any(1)
+            for q in queries.split(chunk)]
+    return torch.cat(hits)
+
+
+def precision_recall(real_feats, fake_feats, k: int = 3) -> tuple[float, float]:
+    """precision = share of fakes inside the real manifold; recall = share of reals inside the fake one."""
+    _check_pair(real_feats, fake_feats, "precision/recall")
+    if min(len(real_feats), len(fake_feats)) <= k:
+        raise UserError(f"precision/recall with k = {k} needs more than {k} samples per set")
+    r, f = torch.as_tensor(real_feats, dtype=torch.float64), torch.as_tensor(fake_feats, dtype=torch.float64)
+    precision = _in_manifold(r, _knn_radii(r, k), f).double().mean().item()
+    recall = _in_manifold(f, _knn_radii(f, k), r).double().mean().item()
+    return precision, recall
+
+
+# --- Inception Score (Salimans et al. 2016) with any classifier's p(y|x)
+def inception_score(probs) -> float:
+    probs = np.asarray(probs, dtype=np.float64)
+    p_y = probs.mean(0, keepdims=True)
+    kl = (probs * (np.log(probs + 1e-12) - np.log(p_y + 1e-12))).sum(1)
+    return float(np.exp(kl.mean()))
+
+
+# --- CLIP score (Radford et al. 2021; BOOT Sec. 4.1 reports the mean cosine similarity)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def _clip_pixels(images, size):
+    """CLIP's preprocessing in torch: bicubic resize of the short side, centre crop, normalise."""
+    x = images.float().expand(-1, 3, -1, -1)
+    h, w = x.shape[-2:]
+    scale = size / min(h, w)
+    x = F.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))), mode="bicubic",
+                      align_corners=False, antialias=True).clamp(0, 1)
+    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+    x = x[..., top:top + size, left:left + size]
+    return (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+
+
+@torch.no_grad()
+def clip_score(images, prompts, model_dir="openai/clip-vit-base-patch32", batch=64, device="cpu") -> float:
+    """Mean cosine similarity between CLIP embeddings of images in [0, 1] and their prompts."""
+    if len(images) != len(prompts):
+        raise UserError(f"CLIP score: {len(images)} images but {len(prompts)} prompts")
+    from transformers import CLIPModel, CLIPTokenizer
+
+    model = CLIPModel.from_pretrained(model_dir).to(device).eval()
+    tok = CLIPTokenizer.from_pretrained(model_dir)
+    size, max_len = model.config.vision_config.image_size, model.config.text_config.max_position_embeddings
+    scores = []
+    for i in range(0, len(images), batch):
+        text = tok(list(prompts[i:i + batch]), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        img = model.get_image_features(pixel_values=_clip_pixels(images[i:i + batch].cpu(), size).to(device))
+        txt = model.get_text_features(**{k: v.to(device) for k, v in text.items()})
+        img, txt = _embedding(img), _embedding(txt)
+        scores.append(F.cosine_similarity(img, txt, dim=-1).cpu())
+    return torch.cat(scores).mean().item()
+
+
+def _embedding(out):
+    """get_*_features returns a tensor, or (newer transformers) an output with pooler_output."""
+    return out if torch.is_tensor(out) else out.pooler_output
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation with per-image seeds (identical on 1 or N processes), timed after a warm-up
+# ---------------------------------------------------------------------------------------------
+def condition(teacher, seeds, prompts=None):
+    """cond for these seeds: label seed mod num_classes, prompt seed mod len(prompts), or None."""
+    if teacher.num_classes:
+        return teacher.label_cond(torch.tensor([s % teacher.num_classes for s in seeds]))
+    if prompts:
+        return teacher.encode_prompts([prompts[s % len(prompts)] for s in seeds])
+    return None
+
+
+def teacher_sampler(teacher, sampler="ddim", nfe=50, w=None, prompts=None):
+    """seeds -> images in [0, 1] (CPU) from the teacher's DDIM or ancestral sampler at `nfe` steps."""
+    def sample(seeds):
+        noise = teachers.seeded_noise(seeds, teacher.sample_shape, teacher.device)
+        cond = condition(teacher, seeds, prompts)
+        if sampler == "ddim":
+            x0 = teachers.ddim(teacher, noise, nfe, cond, w)
+        else:  # the step noise of one batch comes from its first seed: reproducible at equal --batch
+            x0 = teachers.ancestral(teacher, noise, nfe, cond, w, generator=torch.Generator().manual_seed(seeds[0]))
+        return teacher.decode(x0).float().cpu()
+    return sample
+
+
+def student_sampler(student, teacher, w=None, prompts=None):
+    """seeds -> images in [0, 1] (CPU) from a distilled generator, from the same noise and cond."""
+    @torch.no_grad()
+    def sample(seeds):
+        noise = teachers.seeded_noise(seeds, teacher.sample_shape, teacher.device)
+        return teacher.decode(student.generate(noise, condition(teacher, seeds, prompts), w=w)).float().cpu()
+    return sample
+
+
+def generate(sample, seeds, batch, rank=0, world=1, warmup=1):
+    """(images for all seeds in order, images/s). Rank r makes seeds[r::world]; results gathered."""
+    seeds = list(seeds)
+    mine = seeds[rank::world]
+    for _ in range(warmup if mine else 0):
+        sample(mine[:batch])
+    start = time.perf_counter()
+    chunks = [sample(mine[i:i + batch]) for i in range(0, len(mine), batch)]
+    seconds = time.perf_counter() - start
+    local = torch.cat(chunks) if chunks else None
+    if world == 1:
+        return local, len(seeds) / seconds
+    import torch.distributed as dist
+
+    parts = [None] * world
+    dist.all_gather_object(parts, (local, seconds))
+    first = next(p[0] for p in parts if p[0] is not None)
+    images = torch.empty(len(seeds), *first.shape[1:], dtype=first.dtype)
+    for r, (part, _) in enumerate(parts):
+        if part is not None:
+            images[r::world] = part
+    return images, len(seeds) / max(s for _, s in parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Records and the table
+# ---------------------------------------------------------------------------------------------
+def evaluate_samples(images, ref_feats: dict, name, sampler=None, nfe=None, images_per_s=None,
+                     prompts=None, clip_model=None, device="cpu") -> list[dict]:
+    """One record per feature space in ref_feats (space -> reference features N_ref x D).
+
+    IS (digits classifier) goes with the digits record; the CLIP score (with prompts) with all.
+    """
+    clip = clip_score(images, prompts, clip_model, device=device) if prompts else None
+    records = []
+    for space, ref in ref_feats.items():
+        f = features(images, space, device=device)
+        precision, recall = precision_recall(ref, f)
+        records.append({
+            "name": name, "sampler": sampler, "nfe": nfe, "features": space,
+            "fid": frechet_distance_features(f, ref), "precision": precision, "recall": recall,
+            "images_per_s": images_per_s, "n": len(images), "n_ref": len(ref),
+            "inception_score": inception_score(digits_probs(images)) if space == "digits" else None,
+            "clip_score": clip,
+        })
+    return records
+
+
+def add_speedups(records):
+    """speedup = images/s over that of the slowest (largest-NFE) teacher row timed in this run."""
+    timed = [r for r in records if r["images_per_s"] and r["sampler"] != "student"]
+    if not timed:
+        return None
+    base = max(timed, key=lambda r: r["nfe"])
+    for r in records:
+        r["speedup"] = r["images_per_s"] / base["images_per_s"] if r["images_per_s"] else None
+    return f"{base['sampler'].upper()}-{base['nfe']}"
+
+
+def _fmt(v, spec):
+    return "–" if v is None else format(v, spec)
+
+
+def format_table(records, baseline=None) -> str:
+    """Markdown, one table per feature space; every header names the space of its numbers."""
+    out = []
+    for space in dict.fromkeys(r["features"] for r in records):
+        rows = [r for r in records if r["features"] == space]
+        has_is, has_clip = any(r["inception_score"] for r in rows), any(r["clip_score"] for r in rows)
+        head = ["name", "sampler", "NFE", "n vs n_ref", f"FD ({space})", f"precision ({space}, k=3)",
+                f"recall ({space}, k=3)"]
+        head += ["IS (digits classifier)"] * has_is + ["CLIP score (CLIP cosine)"] * has_clip
+        head += ["images/s", f"speed-up vs {baseline}" if baseline else "speed-up"]
+        lines = [f"features: {SPACE_ABOUT[space]()}", "", "| " + " | ".join(head) + " |",
+                 "|" + "---|" * len(head)]
+        for r in rows:
+            cells = [r["name"], r["sampler"] or "–", _fmt(r["nfe"], "d"), f"{r['n']} vs {r['n_ref']}",
+                     _fmt(r["fid"], ".3f"), _fmt(r["precision"], ".3f"), _fmt(r["recall"], ".3f")]
+            cells += [_fmt(r["inception_score"], ".2f")] * has_is + [_fmt(r["clip_score"], ".4f")] * has_clip
+            speedup = r.get("speedup")
+            cells += [_fmt(r["images_per_s"], ".0f"), "–" if speedup is None else f"{speedup:.1f}×"]
+            lines.append("| " + " | ".join(cells) + " |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
+def _about_digits():
+    _, cfg = load_classifier()
+    return (f"digits = {cfg['feature_dim']}-d penultimate layer of assets/digits-classifier "
+            f"(held-out accuracy {100 * cfg['held_out_accuracy']:.1f} %)")
+
+
+SPACE_ABOUT = {
+    "digits": _about_digits,
+    "pixels": lambda: "pixels = flattened images in [-1, 1]",
+    "inception": lambda: "inception = clean-fid Inception-V3 pool features (FID), clean resize to 299",
+}
+
+
+def save_grid(rows, path, upscale_to=32):
+    """PNG grid from [(label, images)], one row per sampler; columns share their initial noise."""
+    from torchvision.utils import save_image
+
+    cols = min(GRID_COLUMNS, min(len(images) for _, images in rows))
+    x = torch.cat([images[:cols] for _, images in rows])
+    if x.shape[-1] < upscale_to:
+        x = F.interpolate(x, scale_factor=upscale_to // x.shape[-1], mode="nearest")
+    save_image(x, path, nrow=cols, padding=2, pad_value=1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: real images, students
+# ---------------------------------------------------------------------------------------------
+def load_image_folder(path) -> torch.Tensor:
+    """All images of a folder (sorted) as N x C x H x W in [0, 1]; one size, gray or RGB."""
+    from PIL import Image
+
+    p = Path(path)
+    if not p.is_dir():
+        raise UserError(f"image folder '{path}' does not exist")
+    files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise UserError(f"image folder '{path}' is empty (no {'/'.join(IMAGE_EXTS)} files)")
+    arrays = []
+    for f in files:
+        with Image.open(f) as im:
+            if not arrays:
+                mode, size = ("L" if im.mode in ("1", "L", "I;16") else "RGB"), im.size  # as the first image
+            if im.size != size:
+                raise UserError(f"images in '{path}' differ in size: {files[0].name} is {size[0]}x{size[1]}, "
+                                f"{f.name} is {im.size[0]}x{im.size[1]}")
+            arrays.append(np.asarray(im.convert(mode), dtype=np.float32) / 255.0)
+    x = torch.from_numpy(np.stack(arrays))
+    return x[:, None] if mode == "L" else x.permute(0, 3, 1, 2)
+
+
+def real_images(teacher, ref=None):
+    """Real images in [0, 1]: --ref if given, else the embedded digits for 1x8x8 teachers."""
+    if ref:
+        return load_image_folder(ref)
+    if teacher.sample_shape == DIGITS_SHAPE:
+        x, _ = teachers.load_digits_tensor()
+        return (x + 1) / 2
+    raise UserError(f"no real images for teacher '{teacher.name}': pass --ref DIR (a folder of real images)")
+
+
+def load_student(run_dir, device="cpu"):
+    """The distilled generator of a run directory (teachers.load_generator reads its student/)."""
+    p = Path(run_dir)
+    if not p.is_dir():
+        raise UserError(f"run directory '{run_dir}' does not exist")
+    if not any(p.iterdir()):
+        raise UserError(f"run directory '{run_dir}' is empty")
+    if not (p / "student").is_dir():
+        raise UserError(f"run directory '{run_dir}' has no student/ (has training finished?)")
+    return teachers.load_generator(p, device=device)
+
+
+def split_real(n, seed=0):
+    """A fixed random half (held out) and the other half (reference) of n real images."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[: n // 2], perm[n // 2:]
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+def check_config(cfg: EvalConfig):
+    """Argument errors that need no model: raised before any work."""
+    if not cfg.train_classifier and (cfg.teacher is None) == (cfg.run is None):
+        raise UserError("give exactly one of --teacher NAME or --run DIR (or --train-classifier)")
+    if cfg.n < 4:
+        raise UserError("--n must be at least 4 (precision/recall uses k = 3 neighbours)")
+    if cfg.batch < 1 or any(k < 1 for k in cfg.nfe):
+        raise UserError("--batch and every --nfe must be at least 1")
+    for space in cfg.features or ():
+        if space not in FEATURE_SPACES:
+            raise UserError(f"unknown feature space '{space}' (known: {', '.join(FEATURE_SPACES)})")
+    for flag, out in (("--json", cfg.json), ("--grid", cfg.grid)):
+        if out and not Path(out).resolve().parent.is_dir():
+            raise UserError(f"{flag}: directory of '{out}' does not exist")
+
+
+def run_evaluation(cfg: EvalConfig, rank=0, world=1, device="cpu"):
+    """(records, grid rows, speed-up baseline) for a teacher or a run; records on rank 0 only."""
+    student = load_student(cfg.run, device) if cfg.run else None
+    if student:
+        teacher = teachers.load_teacher(student.teacher_name, device=device, model_id=student.info.get("model_id"))
+    else:
+        teacher = teachers.load_teacher(cfg.teacher, device=device)
+    prompts = teachers.load_prompts(cfg.prompts) if cfg.prompts else None
+    if hasattr(teacher, "encode_prompts") != bool(prompts):
+        raise UserError(f"teacher '{teacher.name}' is text-conditioned: pass --prompts FILE" if prompts is None
+                        else f"teacher '{teacher.name}' takes no prompts (drop --prompts)")
+    for k in cfg.nfe:
+        teachers.trailing_steps(teacher.schedule.T, k)
+    with torch.no_grad():
+        image_shape = tuple(teacher.decode(torch.zeros(1, *teacher.sample_shape, device=teacher.device)).shape[1:])
+    spaces = tuple(cfg.features or default_spaces(image_shape))
+    for space in spaces:
+        check_space(space, image_shape)
+    real = real_images(teacher, cfg.ref)
+    if real.shape[1:] != image_shape:
+        raise UserError(f"image sizes differ: samples are {'x'.join(map(str, image_shape))}, "
+                        f"real images {'x'.join(map(str, real.shape[1:]))}")
+    if "digits" in spaces:
+        load_classifier()
+    w = cfg.w if cfg.w is not None else teacher.default_guidance
+
+    records, rows = [], []
+    if rank == 0:  # the `real` row: held-out half vs reference half; samples are scored against all
+        held, refh = split_real(len(real))
+        records += evaluate_samples(real[held], {s: features(real[refh], s, device=device) for s in spaces}, "real",
+                                    device=device)
+        ref_feats = {s: features(real, s, device=device) for s in spaces}
+    runs = [(teacher.name, cfg.sampler, k, teacher_sampler(teacher, cfg.sampler, k, w, prompts))
+            for k in sorted(cfg.nfe, reverse=True)]
+    if student:
+        runs.append((Path(cfg.run).name, "student", student.nfe, student_sampler(student, teacher, w, prompts)))
+    seeds = range(cfg.seed, cfg.seed + cfg.n)
+    for name, sampler, nfe, sample in runs:
+        images, ips = generate(sample, seeds, cfg.batch, rank, world)
+        print0(f"{name} {sampler}-{nfe}: {cfg.n} samples, batch {cfg.batch} x {world} process(es), {ips:.0f} images/s")
+        if rank == 0:
+            ps = [prompts[s % len(prompts)] for s in seeds] if prompts else None
+            records += evaluate_samples(images, ref_feats, name, sampler, nfe, ips, ps, cfg.clip_model, device)
+            rows.append((f"{sampler}-{nfe}", images))
+    return records, rows, add_speedups(records)
+
+
+def main(argv=None):
+    p = teachers.parser_from_dataclass(EvalConfig, __doc__)
+
+    def one_line_error(message):
+        print(f"evaluate.py: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+    p.error = one_line_error
+    # torchrun's own flags (--nnodes, --node-rank, ...) make a bare --n ambiguous on its command line
+    p.add_argument("--num-samples", dest="n", type=int, help="same as --n (use this one under torchrun)")
+    args = vars(p.parse_args(argv))
+    dry_run = args.pop("dry_run")
+    cfg = EvalConfig(**args)
+    try:
+        check_config(cfg)
+        if dry_run:
+            print(json.dumps(dataclasses.asdict(cfg), indent=2))
+            return 0
+        if cfg.train_classifier:
+            train_classifier()
+            return 0
+        rank, world, device = teachers.dist_setup()
+        try:
+            records, rows, baseline = run_evaluation(cfg, rank, world, device)
+        finally:
+            teachers.dist_teardown()
+    except UserError as e:
+        print(f"evaluate.py: error: {e}", file=sys.stderr)
+        return 2
+    if rank == 0:
+        n_real = records[0]["n"] + records[0]["n_ref"]
+        print(f"\n{cfg.n} samples per sampler (seeds {cfg.seed}..{cfg.seed + cfg.n - 1}) against {n_real} real images; "
+              f"`real` = a fixed random half vs the other half. FD is biased by n: compare equal n.\n")
+        print(format_table(records, baseline))
+        if cfg.json:
+            Path(cfg.json).write_text(json.dumps(records, indent=2) + "\n")
+            print(f"\nrecords -> {cfg.json}")
+        if cfg.grid:
+            save_grid(rows, cfg.grid)
+            print(f"grid (rows, top to bottom: {', '.join(label for label, _ in rows)}) -> {cfg.grid}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
