@@ -530,10 +530,15 @@ def load_student(run_dir, device="cpu"):
     return teachers.load_generator(p, device=device)
 
 
-def split_real(n, seed=0):
-    """A fixed random half (held out) and the other half (reference) of n real images."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return perm[: n // 2], perm[n // 2:]
+def split_real(n_real, n_held, seed=0):
+    """A fixed random split of n_real real images: n_held held out (the `real` row) and the rest,
+    the reference every row is scored against. Holding out as many real images as each sampler
+    draws samples gives every row the same n and n_ref, so FD's sample-size bias cancels."""
+    if n_real - n_held < max(n_held // 2, 4):
+        raise UserError(f"--n {n_held} leaves too few of the {n_real} real images for the reference split "
+                        f"(use --n {2 * n_real // 3} or less)")
+    perm = torch.randperm(n_real, generator=torch.Generator().manual_seed(seed))
+    return perm[:n_held], perm[n_held:]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -582,11 +587,10 @@ def run_evaluation(cfg: EvalConfig, rank=0, world=1, device="cpu"):
     w = cfg.w if cfg.w is not None else teacher.default_guidance
 
     records, rows = [], []
-    if rank == 0:  # the `real` row: held-out half vs reference half; samples are scored against all
-        held, refh = split_real(len(real))
-        records += evaluate_samples(real[held], {s: features(real[refh], s, device=device) for s in spaces}, "real",
-                                    device=device)
-        ref_feats = {s: features(real, s, device=device) for s in spaces}
+    held, refh = split_real(len(real), cfg.n)
+    if rank == 0:  # the `real` row: n held-out real images; every row is scored against the rest
+        ref_feats = {s: features(real[refh], s, device=device) for s in spaces}
+        records += evaluate_samples(real[held], ref_feats, "real", device=device)
     runs = [(teacher.name, cfg.sampler, k, teacher_sampler(teacher, cfg.sampler, k, w, prompts))
             for k in sorted(cfg.nfe, reverse=True)]
     if student:
@@ -604,12 +608,6 @@ def run_evaluation(cfg: EvalConfig, rank=0, world=1, device="cpu"):
 
 def main(argv=None):
     p = teachers.parser_from_dataclass(EvalConfig, __doc__)
-
-    def one_line_error(message):
-        print(f"evaluate.py: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-    p.error = one_line_error
     # torchrun's own flags (--nnodes, --node-rank, ...) make a bare --n ambiguous on its command line
     p.add_argument("--num-samples", dest="n", type=int, help="same as --n (use this one under torchrun)")
     args = vars(p.parse_args(argv))
@@ -633,8 +631,9 @@ def main(argv=None):
         return 2
     if rank == 0:
         n_real = records[0]["n"] + records[0]["n_ref"]
-        print(f"\n{cfg.n} samples per sampler (seeds {cfg.seed}..{cfg.seed + cfg.n - 1}) against {n_real} real images; "
-              f"`real` = a fixed random half vs the other half. FD is biased by n: compare equal n.\n")
+        print(f"\n{cfg.n} samples per sampler (seeds {cfg.seed}..{cfg.seed + cfg.n - 1}) against a fixed reference "
+              f"split of {records[0]['n_ref']} of the {n_real} real images; `real` = the other {cfg.n} real images "
+              f"(equal n in every row: FD is biased by n).\n")
         print(format_table(records, baseline))
         if cfg.json:
             Path(cfg.json).write_text(json.dumps(records, indent=2) + "\n")

@@ -994,22 +994,32 @@ class RunDir:
             raise SystemExit(f"error: non-finite loss at step {step}; {kept}")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr (exit code 2), like every other input error."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def parser_from_dataclass(cls, doc: str):
     """argparse flags from a config dataclass: --field-name, defaults shown, bools as --flag/--no-flag."""
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
-        help_ = (f.metadata.get("help", "") + f" (default: {f.default})").strip()
+        default = f.default_factory() if f.default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING \
+            else f.default
+        help_ = (f.metadata.get("help", "") + f" (default: {default})").strip()
         typ = f.type if isinstance(f.type, type) else eval(f.type, vars(sys.modules[cls.__module__]) | {"float": float})  # noqa: S307
         if typ is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
         elif f.metadata.get("choices"):
-            p.add_argument(flag, type=str, choices=f.metadata["choices"], default=f.default, help=help_)
+            p.add_argument(flag, type=str, choices=f.metadata["choices"], default=default, help=help_)
         elif f.metadata.get("nargs"):
-            p.add_argument(flag, type=f.metadata["elem"], nargs=f.metadata["nargs"], default=f.default, help=help_)
+            p.add_argument(flag, type=f.metadata["elem"], nargs=f.metadata["nargs"], default=default, help=help_)
         else:
             conv = {int: int, float: float, str: str}.get(typ, _optional_conv(f.type))
-            p.add_argument(flag, type=conv, default=f.default, help=help_)
+            p.add_argument(flag, type=conv, default=default, help=help_)
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     return p
 
@@ -1035,7 +1045,7 @@ def upscale(images, min_size: int = 32):
 # CLI
 # ---------------------------------------------------------------------------------------------
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--list", action="store_true", help="print the registry")
     p.add_argument("--sample", metavar="TEACHER", help="write a DDIM sample grid of a teacher")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps for --sample")

@@ -106,7 +106,10 @@ def real_digits():
 
 @pytest.mark.parametrize("space", ["digits", "pixels"])
 def test_real_split_far_closer_than_noise(real_digits, space):
-    held, ref = E.split_real(len(real_digits))
+    held, ref = E.split_real(len(real_digits), 900)
+    assert len(set(held.tolist()) | set(ref.tolist())) == len(real_digits) == len(held) + len(ref)
+    with pytest.raises(E.UserError, match="too few"):
+        E.split_real(len(real_digits), 1500)
     f_held, f_ref = E.features(real_digits[held], space), E.features(real_digits[ref], space)
     f_noise = E.features(torch.rand(len(held), 1, 8, 8, generator=torch.Generator().manual_seed(0)), space)
     fd_real, fd_noise = E.frechet_distance_features(f_held, f_ref), E.frechet_distance_features(f_noise, f_ref)
@@ -257,7 +260,7 @@ def test_gmm_teacher_end_to_end(tmp_path, capsys):
     assert [(r["name"], r["nfe"], r["features"]) for r in records] == [
         ("real", None, "digits"), ("real", None, "pixels"), ("gmm", 5, "digits"), ("gmm", 5, "pixels"),
         ("gmm", 1, "digits"), ("gmm", 1, "pixels")]
-    assert records[0]["n"] == 898 and records[0]["n_ref"] == 899 and records[2]["n_ref"] == 1797
+    assert records[0]["n"] == records[2]["n"] == 100 and records[0]["n_ref"] == records[2]["n_ref"] == 1697
     assert Image.open(tmp_path / "g.png").size == (2 + 16 * 34, 2 + 2 * 34)  # 32-px tiles, 2-px padding
     # same seed, same numbers (throughput aside)
     assert E.main(argv[:-4] + ["--json", str(tmp_path / "b.json")]) == 0
@@ -281,7 +284,7 @@ def test_text_teacher_with_clip_score(tiny_sd_dir, tiny_clip_dir, tmp_path, caps
     assert "CLIP score" in capsys.readouterr().out
     records = json.loads((tmp_path / "t.json").read_text())
     assert records[0]["name"] == "real" and records[0]["n"] == 6 and records[0]["clip_score"] is None
-    assert -1 <= records[1]["clip_score"] <= 1 and records[1]["n_ref"] == 12
+    assert -1 <= records[1]["clip_score"] <= 1 and records[1]["n_ref"] == 12 - 6 == records[0]["n_ref"]
     assert "takes no prompts" in _one_line_error(capsys, ["--teacher", "gmm", "--prompts", str(prompts)])
 
 
