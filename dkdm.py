@@ -79,7 +79,7 @@ class DKDMConfig:
     chains: int = field(default=512, metadata={"help": "staggered init: teacher chains M run in one batch (well above rho b)"})
     init_batch: int = field(default=512, metadata={"help": "shuffle-denoise init: samples per teacher pass"})
     batch: int = field(default=64, metadata={"help": "global batch b (divided over torchrun processes)"})
-    iters: int = field(default=12000, metadata={"help": "training iterations"})
+    iters: int = field(default=10000, metadata={"help": "training iterations"})
     minutes: float | None = field(default=None, metadata={"help": "also stop after this many minutes of training"})
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate (constant after warm-up)"})
     warmup: int = field(default=200, metadata={"help": "linear lr warm-up iterations"})
@@ -750,6 +750,7 @@ def prepare(cfg, rank, world, device):
         raise UserError("--method data needs the embedded digits teacher (its real data ships with scikit-learn)")
     if cfg.p_uncond > 0 and not teacher.num_classes:
         raise UserError(f"--p-uncond needs a class-conditional teacher; '{teacher.name}' is unconditional")
+    torch.manual_seed(cfg.seed)  # the student's random init (the same on every process)
     student = build_student(cfg, teacher)
     if cfg.method in ("dynamic", "shuffled", "iterative") and resolved_init(cfg) == "staggered":
         need = int(staggered_counts(pool_size(cfg, teacher.schedule.T, cfg.batch // world), teacher.schedule.T).max())
