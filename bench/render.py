@@ -1,0 +1,131 @@
+"""bench/results.json -> the tables in README.md (between <!-- bench:NAME --> markers)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+
+def _pick(records, sampler=None, nfe=None, name=None):
+    """{feature space: record} of the rows that match."""
+    out = {}
+    for r in records:
+        if (name is None or r["name"] == name) and (sampler is None or r["sampler"] == sampler) \
+                and (nfe is None or r["nfe"] == nfe):
+            out[r["features"]] = r
+    return out
+
+
+def _f(v, spec=".3f"):
+    return "–" if v is None else format(v, spec)
+
+
+def _quality_row(label, nfe, rows, extra):
+    d, p = rows.get("digits", {}), rows.get("pixels", {})
+    n = d.get("n") or p.get("n")
+    return (f"| {label} | {_f(nfe, 'd') if isinstance(nfe, int) else nfe} | {_f(d.get('fid'))} | {_f(p.get('fid'))} | "
+            f"{_f(d.get('precision'), '.2f')} | {_f(d.get('recall'), '.2f')} | {n} | {extra} |")
+
+
+HEAD = ("| | NFE | FD (digits features) | FD (pixels) | precision (digits, k=3) | recall (digits, k=3) | n | "
+        "training |\n|---|---|---|---|---|---|---|---|")
+
+
+def _training(res):
+    m = res.get("last_metrics") or {}
+    it = m.get("step")
+    return f"{it} it, {res['train_wall_s'] / 60:.1f} min" if it else "–"
+
+
+def table_teacher(results):
+    res = results.get("teacher")
+    if not res:
+        return "(not measured yet: `python bench/run.py teacher`)"
+    recs = res["records"]
+    lines = [HEAD, _quality_row("real digits (held-out half vs reference)", "–", _pick(recs, name="real"), "–")]
+    for nfe in sorted({r["nfe"] for r in recs if r["sampler"] == "ddim"}):
+        lines.append(_quality_row(f"teacher DDIM-{nfe}", nfe, _pick(recs, "ddim", nfe), "–"))
+    return "\n".join(lines) + f"\n\n`{res['eval']}`"
+
+
+def table_group(results, group_rows):
+    lines, cmds = [HEAD], []
+    for name in group_rows:
+        res = results.get(name)
+        if not res:
+            lines.append(f"| {name} (not measured yet) | | | | | | | |")
+            continue
+        student = _pick(res["records"], sampler="student")
+        nfe = next(iter(student.values()))["nfe"] if student else None
+        lines.append(_quality_row(res["about"], nfe, student, _training(res)))
+        cmds.append(f"- {res['about']}: `{res['train']}`")
+    return "\n".join(lines) + "\n\n" + "\n".join(cmds)
+
+
+def table_speed(results):
+    s = results.get("speed")
+    lines = []
+    boot = results.get("boot-default")
+    if boot:
+        stud = _pick(boot["records"], sampler="student").get("digits")
+        ddim50 = _pick(boot["records"], "ddim", 50).get("digits")
+        if stud and ddim50 and stud["images_per_s"] and ddim50["images_per_s"]:
+            lines.append(f"- one-step BOOT student: {stud['images_per_s']:.0f} images/s vs teacher DDIM-50 "
+                         f"{ddim50['images_per_s']:.0f} images/s: **{stud['images_per_s'] / ddim50['images_per_s']:.0f}×** "
+                         f"(same run, batch 128: `{boot['eval']}`)")
+    if s:
+        lines.append(f"- BOOT iteration {s['boot_iter_ms']:.0f} ms vs the floor of its network passes "
+                     f"{s['boot_floor_ms']:.0f} ms (2 teacher + 1 student forward, 1 student forward+backward, "
+                     f"+1/4 boundary pass): **{s['boot_ratio']:.2f}×**")
+        lines.append(f"- DKDM iteration {s['dkdm_iter_ms']:.0f} ms vs the floor (1 teacher forward, 1 student "
+                     f"forward+backward) {s['dkdm_floor_ms']:.0f} ms: **{s['dkdm_ratio']:.2f}×**")
+        lines.append(f"- DKDM iteration with T = 1000 vs T = 100: {s['dkdm_iter_ms']:.0f} ms vs "
+                     f"{s['dkdm_T100_iter_ms']:.0f} ms (**{s['dkdm_T1000_over_T100']:.2f}×**: flat in T)")
+        lines.append(f"\nOne thread each; `python bench/run.py speed` ({s['date']}).")
+    return "\n".join(lines) or "(not measured yet: `python bench/run.py speed`)"
+
+
+def blocks(results) -> dict[str, str]:
+    return {
+        "teacher": table_teacher(results),
+        "boot": table_group(results, ["boot-default", "boot-heun", "boot-euler", "boot-no-boundary",
+                                      "boot-progressive"]),
+        "dkdm": table_group(results, ["dkdm-dynamic", "dkdm-shuffled", "dkdm-iterative", "dkdm-data",
+                                      "dkdm-data-free", "dkdm-vit"]),
+        "dkdm-pool": table_group(results, ["dkdm-rho0.1", "dkdm-dynamic", "dkdm-rho1.0", "dkdm-chains26",
+                                           "dkdm-chains128"]),
+        "speed": table_speed(results),
+    }
+
+
+ROOT = Path(__file__).resolve().parents[1]
+LINK = re.compile(r"\[`([A-Za-z_][\w.]*)`\]\(([\w/]+\.py)#L\d+\)")
+
+
+def line_of(path: str, name: str) -> int:
+    """1-based line of `def name` / `class name` (`Class.method`: the method inside the class)."""
+    lines = (ROOT / path).read_text().splitlines()
+    start = 0
+    for part in name.split("."):
+        pat = re.compile(rf"^\s*(def|class)\s+{re.escape(part)}\b")
+        hit = next((k for k in range(start, len(lines)) if pat.match(lines[k])), None)
+        if hit is None:
+            raise KeyError(f"README links to {path}:{name}, which does not exist")
+        start = hit
+    return start + 1
+
+
+def fix_links(text: str) -> str:
+    """Point every [`name`](file.py#L..) link at the line where `name` is defined now."""
+    return LINK.sub(lambda m: f"[`{m.group(1)}`]({m.group(2)}#L{line_of(m.group(2), m.group(1))})", text)
+
+
+def render(text: str, results) -> str:
+    """Replace each <!-- bench:NAME --> ... <!-- /bench:NAME --> block's body; refresh code links."""
+    for name, body in blocks(results).items():
+        pat = re.compile(rf"(<!-- bench:{re.escape(name)} -->\n).*?(<!-- /bench:{re.escape(name)} -->)", re.S)
+        text = pat.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+    return fix_links(text)
+
+
+def write_readme(results, readme: Path):
+    readme.write_text(render(readme.read_text(), results))

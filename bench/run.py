@@ -1,0 +1,146 @@
+"""Benchmarks behind every table of README.md: each row is a command run here, on this CPU.
+
+    python bench/run.py --list                 # experiments, their commands and groups
+    python bench/run.py boot dkdm speed        # run groups or single experiments (finished ones
+                                               #   are skipped; --force reruns), two at a time
+    python bench/run.py --render               # rewrite README.md's bench blocks from results
+
+Every experiment trains with boot.py / dkdm.py into runs/bench/<name> (a rerun resumes or, when
+finished, only re-evaluates) and scores with evaluate.py; the records land in
+bench/results.json together with the exact commands, the wall time and the thread count.
+`--render` turns results.json into the README's tables (between `<!-- bench:NAME -->` markers);
+tests/test_bench.py fails when README.md and results.json disagree, so every number in the README
+is one that this script produced.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results.json"
+README = ROOT / "README.md"
+PY = sys.executable
+N_EVAL = 1000  # samples per FD (FD is biased by n: every row of a table uses the same n)
+
+
+@dataclasses.dataclass
+class Exp:
+    name: str
+    group: str
+    about: str
+    train: list[str] | None  # argv after `python`; None = evaluation only
+    eval: list[str] | None  # argv after `python evaluate.py`
+    run_dir: str | None = None
+
+
+def boot(name, about, *flags, iters=1000):
+    out = f"runs/bench/{name}"
+    return Exp(name, "boot", about, ["boot.py", "--iters", str(iters), "--out", out, *flags],
+               ["--run", out, "--nfe", "50", "--n", str(N_EVAL)], out)
+
+
+def dkdm(name, about, *flags, iters=2000, group="dkdm"):
+    out = f"runs/bench/{name}"
+    return Exp(name, group, about, ["dkdm.py", "--iters", str(iters), "--out", out, *flags],
+               ["--run", out, "--nfe", "50", "--n", str(N_EVAL)], out)
+
+
+EXPERIMENTS = [
+    Exp("teacher", "boot", "teacher DDIM-1/2/5/10/50 and real-vs-real", None,
+        ["--teacher", "digits", "--nfe", "1", "2", "5", "10", "50", "--n", str(N_EVAL)]),
+    boot("boot-default", "BOOT, the default command (Heun, boundary every 4, uniform t)", iters=3000),
+    boot("boot-heun", "BOOT Heun, boundary every 4, uniform t"),
+    boot("boot-euler", "Euler targets (Eq. 7)", "--solver", "euler"),
+    boot("boot-no-boundary", "no boundary loss (Eq. 8 off)", "--boundary-every", "0"),
+    boot("boot-progressive", "progressive time schedule", "--time-sampling", "progressive"),
+    dkdm("dkdm-dynamic", "dynamic iterative (staggered init, M = 512)"),
+    dkdm("dkdm-shuffled", "shuffled iterative", "--method", "shuffled"),
+    dkdm("dkdm-iterative", "iterative", "--method", "iterative"),
+    dkdm("dkdm-data", "baseline: real digits (data-based training)", "--method", "data"),
+    dkdm("dkdm-data-free", "baseline: synthetic set sampled by the teacher", "--method", "data-free"),
+    dkdm("dkdm-vit", "dynamic, DiT student", "--student", "vit"),
+    dkdm("dkdm-rho0.1", "dynamic, rho = 0.1", "--rho", "0.1"),
+    dkdm("dkdm-rho1.0", "dynamic, rho = 1.0", "--rho", "1.0"),
+    dkdm("dkdm-chains26", "dynamic, staggered init with M = rho b = 26 chains", "--chains", "26"),
+    dkdm("dkdm-chains128", "dynamic, staggered init with M = 128 chains", "--chains", "128"),
+]
+BY_NAME = {e.name: e for e in EXPERIMENTS}
+
+
+def load_results() -> dict:
+    return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+
+
+def run_one(exp: Exp, force: bool) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    log = ROOT / "runs" / "bench" / f"{exp.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    with open(log, "a") as f:
+        if exp.train:
+            subprocess.run([PY, *exp.train], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, check=True)
+        train_s = time.time() - start
+        out_json = log.with_suffix(".json")
+        subprocess.run([PY, "evaluate.py", *exp.eval, "--json", str(out_json)], cwd=ROOT, env=env, stdout=f,
+                       stderr=subprocess.STDOUT, check=True)
+    records = json.loads(out_json.read_text())
+    metrics = []
+    if exp.run_dir and (ROOT / exp.run_dir / "metrics.jsonl").is_file():
+        metrics = [json.loads(line) for line in (ROOT / exp.run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    return {"about": exp.about, "train": " ".join(["python", *exp.train]) if exp.train else None,
+            "eval": " ".join(["python", "evaluate.py", *exp.eval]), "records": records,
+            "last_metrics": metrics[-1] if metrics else None, "train_wall_s": round(train_s, 1),
+            "threads": 1, "date": time.strftime("%Y-%m-%d")}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("targets", nargs="*", help="groups (boot, dkdm, speed) or experiment names")
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--force", action="store_true", help="rerun finished experiments")
+    p.add_argument("--jobs", type=int, default=2, help="experiments at once (1 thread each)")
+    p.add_argument("--render", action="store_true", help="rewrite README.md's bench blocks")
+    args = p.parse_args(argv)
+    if args.list:
+        for e in EXPERIMENTS:
+            print(f"{e.group:6s} {e.name:18s} {e.about}\n{'':25s} python {' '.join(e.train or ['evaluate.py', *e.eval])}")
+        return 0
+    groups = {e.group for e in EXPERIMENTS} | {"speed"}
+    bad = [t for t in args.targets if t not in BY_NAME and t not in groups]
+    if bad:
+        print(f"error: unknown experiment or group {', '.join(bad)}; see --list", file=sys.stderr)
+        return 2
+    todo = [e for e in EXPERIMENTS if e.name in args.targets or e.group in args.targets]
+    results = load_results()
+    todo = [e for e in todo if args.force or e.name not in results]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = {e.name: pool.submit(run_one, e, args.force) for e in todo}
+        for name, fut in futures.items():
+            results = load_results()
+            results[name] = fut.result()
+            RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
+            print(f"done {name}", flush=True)
+    if "speed" in args.targets:
+        from bench import speed
+
+        results = load_results()
+        results["speed"] = speed.measure()
+        RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
+    if args.render or args.targets:
+        from bench import render
+
+        render.write_readme(load_results(), README)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())
