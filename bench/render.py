@@ -41,7 +41,9 @@ def table_teacher(results):
     if not res:
         return "(not measured yet: `python bench/run.py teacher`)"
     recs = res["records"]
-    lines = [HEAD, _quality_row("real digits (held-out half vs reference)", "–", _pick(recs, name="real"), "–")]
+    real = _pick(recs, name="real")
+    n_ref = next(iter(real.values()))["n_ref"]
+    lines = [HEAD, _quality_row(f"real digits (held out; reference: the other {n_ref})", "–", real, "–")]
     for nfe in sorted({r["nfe"] for r in recs if r["sampler"] == "ddim"}):
         lines.append(_quality_row(f"teacher DDIM-{nfe}", nfe, _pick(recs, "ddim", nfe), "–"))
     return "\n".join(lines) + f"\n\n`{res['eval']}`"
