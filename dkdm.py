@@ -322,7 +322,7 @@ def init_cost(cfg, T, n):
         return cfg.chains * (T - 1), T - 1
     if how == "shuffle":
         evals = shuffle_denoise_cost(T, n)
-        return evals, math.ceil(evals / cfg.init_batch) if n > cfg.init_batch else T - 1
+        return evals, max(T - 1, math.ceil(evals / cfg.init_batch))
     return 0, 0
 
 
@@ -576,12 +576,13 @@ def train(cfg, teacher, student, run, rank, world, device):
     else:
         save_all(run, 0, raw, ema, opt, stream, rank)
 
-    started, acc = time.time(), [0.0] * 6  # loss, mse, vb, teacher s, student s, total s
+    started, acc = time.time(), [0.0] * 6  # loss, mse, vb, teacher s, student s, other s
     bar = tqdm(total=cfg.iters, initial=step, disable=rank != 0, desc=f"dkdm {cfg.method}")
     while not stop_now(cfg, step, started):
         t0 = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+        t1 = time.perf_counter()
         loss, mse, vb, t_teacher = student_step(cfg, teacher, model, stream, b, w)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -589,12 +590,14 @@ def train(cfg, teacher, student, run, rank, world, device):
         opt.step()
         ema.update(raw)
         sync(device)
-        total = time.perf_counter() - t0
+        t2 = time.perf_counter()
         step += 1
-        acc = [a + v for a, v in zip(acc, (loss.item(), mse.item(), vb.item(), t_teacher, 0.0, total))]
+        losses = (loss.item(), mse.item(), vb.item())
         bar.update(1)
+        t_student, t_other = t2 - t1 - t_teacher, (t1 - t0) + (time.perf_counter() - t2)
+        acc = [a + v for a, v in zip(acc, (*losses, t_teacher, t_student, t_other))]
         if step % cfg.log_every == 0 or step == cfg.iters:
-            log_progress(cfg, run, bar, step, acc, stream, device)
+            log_progress(cfg, run, bar, step, acc, stream, device, teacher.schedule.T)
             acc = [0.0] * 6
         if step % cfg.ckpt_every == 0:
             save_all(run, step, raw, ema, opt, stream, rank)
@@ -603,24 +606,21 @@ def train(cfg, teacher, student, run, rank, world, device):
     return raw, ema, step
 
 
-def log_progress(cfg, run, bar, step, acc, stream, device):
-    """metrics.jsonl + progress bar: losses (averaged over processes) and the time split per iteration."""
+def log_progress(cfg, run, bar, step, acc, stream, device, T):
+    """metrics.jsonl + progress bar: losses (averaged over processes) and the time split per iteration:
+    teacher = knowledge step (teacher forward + pool draw and write-back), student = forward,
+    backward, AdamW and EMA, other = the rest of the loop."""
     k = (step - 1) % cfg.log_every + 1
-    loss, mse, vb, t_teacher, _, total = mean_over_ranks([a / k for a in acc], device)
+    loss, mse, vb, t_teacher, t_student, t_other = mean_over_ranks([a / k for a in acc], device)
     run.check_finite(loss, step)
-    t_student = total - t_teacher  # forward + backward + optimiser + EMA (+ a little overhead)
-    rec = {"step": step, "loss": loss, "mse": mse, "vb": vb, "ms_iter": 1e3 * total,
-           "ms_teacher": 1e3 * t_teacher, "ms_student": 1e3 * t_student}
+    rec = {"step": step, "loss": loss, "mse": mse, "vb": vb, "ms_iter": 1e3 * (t_teacher + t_student + t_other),
+           "ms_teacher": 1e3 * t_teacher, "ms_student": 1e3 * t_student, "ms_other": 1e3 * t_other}
     if isinstance(stream, Pool):  # is the pool's t-histogram still flat? (std of 10 bins / mean)
-        hist = torch.histc(stream.i.float().cpu(), bins=10, min=0, max=stream_T(stream))
+        hist = torch.histc(stream.i.float().cpu(), bins=10, min=0, max=T - 1)
         rec["pool_t_spread"] = float(hist.std() / hist.mean())
     run.log(rec)
     bar.set_postfix_str(f"loss {loss:.4f} mse {mse:.4f} vb {vb:.4f} | ms/it teacher {1e3 * t_teacher:.0f} "
-                        f"student {1e3 * t_student:.0f}")
-
-
-def stream_T(pool):
-    return float(pool.i.max().clamp(min=1))
+                        f"student {1e3 * t_student:.0f} other {1e3 * t_other:.0f}")
 
 
 # ---------------------------------------------------------------------------------------------
