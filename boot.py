@@ -52,7 +52,7 @@ import math
 import os
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,6 +107,8 @@ class BootConfig:
     log_every: int = opt(50, "iterations between metrics.jsonl records")
     ckpt_every: int = opt(250, "iterations between checkpoints")
     preview: int = opt(10, "columns of preview.png: teacher DDIM-50 row vs student 1-step row")
+    check: int = opt(256, "samples of the final distance check against the teacher's DDIM-50 (images "
+                          "of <= 1024 values without prompts; else the preview's)")
 
 
 BASE = dict(delta=0.04, weighting="uniform", boundary_every=4, iters=3000, batch=128, lr=3e-4, ema=0.995)
@@ -118,6 +120,7 @@ PRESETS = {  # Table 3 where the paper gives a value; measured on this CPU for d
     "if": dict(weighting="lambda", lr=2e-5, batch=64, ema=0.9999, iters=500_000),
     "if-2": dict(weighting="lambda", lr=2e-5, batch=32, ema=0.9999, iters=100_000),
 }
+RESUMABLE = ("iters", "minutes", "log_every", "ckpt_every", "preview", "check")  # may change on a rerun
 CHOICES = dict(solver=("euler", "heun"), weighting=("uniform", "lambda"), student=("auto", "copy", "small"),
                time_sampling=("uniform", "progressive"), clip=("auto", "none", "static", "dynamic"))
 
@@ -143,8 +146,8 @@ def validate(cfg: BootConfig, world: int):
         raise UserError(f"global batch {cfg.batch} is not a positive multiple of the {world} processes")
     if cfg.iters < 0 or cfg.boundary_every < 0 or cfg.beta < 0 or cfg.lr <= 0 or not 0 <= cfg.ema < 1:
         raise UserError("need iters >= 0, boundary-every >= 0, beta >= 0, lr > 0 and 0 <= ema < 1")
-    if cfg.log_every < 1 or cfg.ckpt_every < 1 or cfg.preview < 0 or cfg.time_cond_dim < 2:
-        raise UserError("need log-every >= 1, ckpt-every >= 1, preview >= 0, time-cond-dim >= 2")
+    if cfg.log_every < 1 or cfg.ckpt_every < 1 or cfg.preview < 0 or cfg.check < 0 or cfg.time_cond_dim < 2:
+        raise UserError("need log-every >= 1, ckpt-every >= 1, preview >= 0, check >= 0, time-cond-dim >= 2")
     if cfg.w_max is not None and (cfg.w is None or cfg.w_max < cfg.w):
         raise UserError("--w-max needs --w with w <= w-max (w ~ U(w, w_max) per example)")
     if cfg.stage not in (1, 2):
@@ -241,15 +244,11 @@ def guided_teacher(teacher, cond, w, clock=None):
     tcond = None if cond is None else {k: v.to(dtype) if v.is_floating_point() else v for k, v in cond.items()}
 
     def f(x, t):
-        with (clock("teacher") if clock else _null()):
+        with clock("teacher") if clock else nullcontext():
             return teacher.x0(x.to(dtype), t.to(x.device, torch.float32), tcond, w).float()
 
     return f
 
-
-@contextmanager
-def _null():
-    yield
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,8 +428,20 @@ class Clock:
 # ---------------------------------------------------------------------------------------------
 # Setup: teachers, prompts, stage-1 generator, run directory (all checks before anything is written)
 # ---------------------------------------------------------------------------------------------
+def quiet_libraries():
+    """Keep stderr for our own one-line errors: no weight-loading bars or config notices."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def load_all(cfg: BootConfig, device):
     """(teacher, Conditions): loads and checks every input, writes nothing."""
+    quiet_libraries()
     dtype = torch.float16 if cfg.half else torch.float32
     teacher = teachers.load_teacher(cfg.teacher, device, dtype, model_id=cfg.model_id, stage=cfg.stage, clip=cfg.clip)
     is_text = hasattr(teacher, "encode_prompts")
@@ -482,7 +493,7 @@ def train(cfg: BootConfig):
 
 def _train(cfg: BootConfig, rank, world, device):
     teacher, conds = load_all(cfg, device)
-    run = teachers.RunDir(cfg.out, dataclasses.asdict(cfg), rank)
+    run = teachers.RunDir(cfg.out, dataclasses.asdict(cfg), rank, resumable=RESUMABLE)
     run.start()
     student, info = make_student(teacher, cfg, default_weight(cfg, teacher))
     raw = student.to(device).train()
@@ -594,7 +605,7 @@ def finish(cfg, raw, ema, info, teacher, conds, device):
     d = Path(cfg.out) / "student"
     student.save_pretrained(d / "unet")
     (d / "generator.json").write_text(json.dumps(info, indent=2))
-    if cfg.preview:
+    if cfg.preview or cfg.check:
         preview(cfg, student, info, teacher, conds, device)
 
 
@@ -602,10 +613,11 @@ def finish(cfg, raw, ema, info, teacher, conds, device):
 def preview(cfg, student, info, teacher, conds, device):
     """preview.png: teacher DDIM-50 (top) vs student one step (bottom) from the same noise. Prints
     the mean squared distance of the student to the teacher's DDIM-50 ODE solution beside the
-    teacher's own DDIM-1 and DDIM-10 (on 256 samples for small images, else on the preview's)."""
+    teacher's own DDIM-1 and DDIM-10 (on --check samples for small images, else on the preview's)."""
     from torchvision.utils import save_image
 
-    n = cfg.preview if math.prod(teacher.sample_shape) > 4096 else max(cfg.preview, 256)
+    small = math.prod(teacher.sample_shape) <= 1024 and conds.prompts is None
+    n = max(cfg.preview, cfg.check) if small else cfg.preview
     noise = teachers.seeded_noise(range(n), teacher.sample_shape, device)
     cond, w = preview_cond(cfg, teacher, conds, n, device)
     f = guided_teacher(teacher, cond, w)
@@ -613,12 +625,13 @@ def preview(cfg, student, info, teacher, conds, device):
     x = {"DDIM-50": ddim(50), "DDIM-1": ddim(1), "DDIM-10": ddim(10)}
     x["student"] = teachers.boot_generate(student, info, noise, torch.zeros(n, device=device), cond, w)
     k = cfg.preview
-    rows = torch.cat([teacher.decode(x[key][:k].to(_dtype(teacher))) for key in ("DDIM-50", "student")])
-    save_image(rows.float(), Path(cfg.out) / "preview.png", nrow=k)
+    if k:
+        rows = torch.cat([teacher.decode(x[key][:k].to(_dtype(teacher))) for key in ("DDIM-50", "student")])
+        save_image(rows.float(), Path(cfg.out) / "preview.png", nrow=k)
     dist = {key: (x[key] - x["DDIM-50"]).pow(2).mean().item() for key in ("student", "DDIM-1", "DDIM-10")}
     print0(f"mean sq. distance to the teacher's DDIM-50 from the same noise (n={n}): student 1-step "
            f"{dist['student']:.4f} | teacher DDIM-1 {dist['DDIM-1']:.4f}, DDIM-10 {dist['DDIM-10']:.4f}")
-    print0(f"wrote {Path(cfg.out) / 'preview.png'} and {Path(cfg.out) / 'student'}")
+    print0(f"wrote {Path(cfg.out) / 'student'}" + (f" and {Path(cfg.out) / 'preview.png'}" if k else ""))
     (Path(cfg.out) / "distance.json").write_text(json.dumps({"n": n, **dist}, indent=2))
     return dist
 
@@ -672,6 +685,7 @@ def sample_main(argv):
     a = p.parse_args(argv)
     if a.n < 1:
         raise UserError("--n must be at least 1")
+    quiet_libraries()
     gen = teachers.load_generator(a.run)
     cond = sample_cond(gen, a.label, a.prompt, a.n, a.seed)
     noise = teachers.seeded_noise(range(a.seed, a.seed + a.n), gen.sample_shape)

@@ -1,0 +1,218 @@
+"""boot.py end to end: smoke runs on every teacher family (tiny offline pipelines), kill and rerun,
+a 2-process torchrun against 1 process, bad input, and the gmm student matching its teacher."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import boot
+import teachers
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--iters", "3", "--batch", "4", "--preview", "2", "--check", "4", "--log-every", "1"]
+
+
+def env(**extra):
+    e = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return {**e, **extra}
+
+
+def boot_cli(*args, check=True, **kw):
+    p = subprocess.run([sys.executable, str(ROOT / "boot.py"), *map(str, args)], capture_output=True, text=True,
+                       env=env(), cwd=kw.pop("cwd", ROOT), timeout=kw.pop("timeout", 300))
+    if check:
+        assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+
+def weights(run, key="model"):
+    return teachers.load_checkpoint(Path(run) / "checkpoints" / "latest.pt")[key]
+
+
+def assert_finished(run, steps):
+    run = Path(run)
+    info = json.loads((run / "student" / "generator.json").read_text())
+    assert (run / "student" / "unet" / "config.json").is_file() and (run / "preview.png").is_file()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == steps and all(k in records[-1] for k in ("ms_teacher", "ms_student", "ms_other"))
+    assert json.loads((run / "config.json").read_text())["iters"] == steps
+    return info
+
+
+# --- bad input: one line on stderr, exit code 2, nothing written --------------------------------
+BAD = {
+    "t_min >= t_max": ["--teacher", "gmm", "--t-min", "0.9", "--t-max", "0.5"],
+    "delta <= 0": ["--teacher", "gmm", "--delta", "0"],
+    "negative delta": ["--teacher", "gmm", "--delta", "-0.1"],
+    "unknown solver": ["--teacher", "gmm", "--solver", "rk4"],
+    "stage 2 without a stage-1 run": ["--teacher", "if", "--stage", "2"],
+    "stage 2 with a missing stage-1 run": ["--teacher", "if", "--stage", "2", "--stage1-run", "nope"],
+    "missing prompts file": ["--teacher", "gmm", "--prompts", "missing.txt"],
+    "unknown teacher": ["--teacher", "no-such-teacher"],
+    "w-max without w": ["--teacher", "gmm", "--w-max", "3"],
+    "prompts for a class teacher": ["--teacher", "gmm", "--prompts", "prompts.txt"],
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line_and_writes_nothing(case, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts.txt").write_text("a cat\n")
+    assert boot.main(BAD[case]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_batch_not_divisible_by_world_size(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # checked before any process group is made
+    assert boot.main(["--teacher", "gmm", "--batch", "3"]) == 2
+    assert "not a positive multiple of the 2 processes" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_text_teacher_without_prompts(tiny_sd_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert boot.main(["--teacher", str(tiny_sd_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs --prompts" in err[0] and not (tmp_path / "runs").exists()
+
+
+def test_bad_input_from_the_command_line(tmp_path):
+    p = boot_cli("--teacher", "gmm", "--solver", "rk4", check=False, cwd=tmp_path)
+    assert p.returncode == 2 and p.stderr.strip() == "error: unknown solver 'rk4' (known: euler, heun)"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_prints_resolved_config_and_writes_nothing(tmp_path):
+    p = boot_cli("--teacher", "sd21", "--dry-run", cwd=tmp_path)
+    cfg = json.loads(p.stdout)
+    assert cfg["delta"] == 0.01 and cfg["weighting"] == "lambda" and cfg["out"] == "runs/boot-sd21"  # Table 3
+    assert not (tmp_path / "runs").exists()
+
+
+# --- smoke runs ---------------------------------------------------------------------------------
+def test_gmm_smoke_and_one_step_sampling(tmp_path):
+    run = tmp_path / "gmm"
+    boot_cli("--teacher", "gmm", *TINY, "--out", run)
+    info = assert_finished(run, 3)
+    assert info["student"] == "small" and info["output"] == "sample"
+    p = boot_cli("sample", run, "--label", "3", "--n", "4", "--out", tmp_path / "s.png")
+    assert (tmp_path / "s.png").is_file() and "4 one-step samples" in p.stdout
+    assert boot_cli("sample", run, "--label", "12", check=False).returncode == 2
+
+
+def test_digits_smoke_generator_loads(tmp_path):
+    run = tmp_path / "digits"
+    boot_cli(*TINY, "--w", "2", "--w-max", "3", "--out", run)
+    info = assert_finished(run, 3)
+    assert info["student"] == "copy" and info["guided"] and info["default_w"] == 2.0
+    gen = teachers.load_generator(run)
+    x = gen.generate(torch.randn(5, 1, 8, 8), gen.label_cond(torch.arange(5)), 2.5)
+    assert x.shape == (5, 1, 8, 8) and torch.isfinite(x).all() and gen.nfe == 1
+
+
+def test_tiny_sd_latent_smoke(tiny_sd_dir, tmp_path):
+    (tmp_path / "p.txt").write_text("a red cube\na blue ball\n\na green cone\n")
+    run = tmp_path / "sd"
+    boot_cli("--teacher", tiny_sd_dir, "--prompts", tmp_path / "p.txt", *TINY, "--w", "3", "--out", run)
+    info = assert_finished(run, 3)
+    assert info["latent"] and info["text"] and info["time_cond_dim"]
+    p = boot_cli("sample", run, "--prompt", "a red cube", "--n", "2")
+    assert "2 one-step samples" in p.stdout and (run / "samples.png").is_file()
+    assert boot_cli("sample", run, check=False).returncode == 2  # a text student needs --prompt
+
+
+def test_tiny_if_both_stages(tiny_if_dirs, tmp_path):
+    stage1, stage2 = tiny_if_dirs
+    (tmp_path / "p.txt").write_text("a red cube\na blue ball\n")
+    prompts = ["--prompts", tmp_path / "p.txt"]
+    boot_cli("--teacher", stage1, *prompts, *TINY, "--out", tmp_path / "if1")
+    assert_finished(tmp_path / "if1", 3)
+    # stage II before stage I is finished, and a stage-II pipeline passed as stage I, are refused
+    assert boot_cli("--teacher", stage2, *prompts, *TINY, "--out", tmp_path / "x", check=False).returncode == 2
+    boot_cli("--teacher", stage2, "--stage", "2", "--stage1-run", tmp_path / "if1", *prompts, *TINY,
+             "--out", tmp_path / "if2")
+    info = assert_finished(tmp_path / "if2", 3)
+    assert info["stage"] == 2 and info["noise_level"] == 250 and info["sample_shape"] == [3, 16, 16]
+    p = boot_cli("sample", tmp_path / "if2", "--prompt", "a red cube", "--n", "2")
+    assert "2 one-step samples" in p.stdout
+
+
+def test_unet2dmodel_teacher_copy(tmp_path):
+    """An unconditional UNet2DModel teacher (the ddpm-cifar10 family): the target time enters a new,
+    zeroed timestep-type class embedding, so the copy equals the teacher at t_max at init."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=8)
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+    teacher = teachers.load_teacher(str(tmp_path / "ddpm"), clip="none")
+    cfg = boot.resolve(boot.BootConfig(teacher=str(tmp_path / "ddpm")))
+    model, info = boot.make_student(teacher, cfg, None)
+    eps = torch.randn(3, 3, 8, 8)
+    y = teachers.boot_generate(model, info, eps, torch.tensor([0.0, 0.4, 0.9]))
+    assert torch.allclose(y, teacher.x0(eps, torch.full((3,), cfg.t_max)), atol=1e-5)
+    boot_cli("--teacher", tmp_path / "ddpm", *TINY, "--out", tmp_path / "run")
+    assert_finished(tmp_path / "run", 3)
+
+
+# --- resume and torchrun --------------------------------------------------------------------------
+def test_killed_run_rerun_reproduces_the_uninterrupted_run(tmp_path):
+    args = ["--teacher", "gmm", "--iters", "120", "--batch", "8", "--ckpt-every", "5", "--preview", "0", "--check", "0"]
+    boot_cli(*args, "--out", tmp_path / "a")
+    cmd = [sys.executable, str(ROOT / "boot.py"), *args, "--out", str(tmp_path / "b")]
+    p = subprocess.Popen(cmd, env=env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "b" / "checkpoints" / "latest.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)
+    assert p.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = teachers.load_checkpoint(ckpt)["step"]
+    assert killed_at < 120
+    out = boot_cli(*args, "--out", tmp_path / "b").stdout
+    assert f"resuming {tmp_path / 'b'} at step {killed_at}" in out
+    for key in ("model", "ema"):
+        a, b = weights(tmp_path / "a", key), weights(tmp_path / "b", key)
+        assert all(torch.equal(a[k], b[k]) for k in a), key
+    steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # no record twice after the resume
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one_process(tmp_path):
+    args = ["--teacher", "gmm", "--iters", "4", "--batch", "8", "--preview", "0", "--check", "0", "--boundary-every", "2"]
+    boot_cli(*args, "--out", tmp_path / "one")
+    torchrun = Path(sys.executable).parent / "torchrun"
+    p = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(ROOT / "boot.py"), *args,
+                        "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env(), cwd=ROOT,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
+    worst = max((one[k] - two[k]).abs().max().item() for k in one)
+    print(f"largest weight difference, 1 vs 2 processes: {worst:.2e}")
+    assert worst < 1e-4
+    rec1 = json.loads((tmp_path / "one" / "metrics.jsonl").read_text().splitlines()[-1])
+    rec2 = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert abs(rec1["loss"] - rec2["loss"]) < 1e-4 * max(1.0, abs(rec1["loss"]))
+
+
+@pytest.mark.slow
+def test_gmm_default_run_learns_within_a_minute(tmp_path):
+    """`python boot.py --teacher gmm`: the one-step student lands on the teacher's ODE output
+    (DDIM-50) from the same noise: mean squared distance < 0.01, under a tenth of DDIM-1's."""
+    t0 = time.time()
+    p = boot_cli("--teacher", "gmm", "--out", tmp_path / "gmm", timeout=600)
+    d = json.loads((tmp_path / "gmm" / "distance.json").read_text())
+    print(p.stdout.strip().splitlines()[-2], f"({time.time() - t0:.0f} s)")
+    assert d["n"] == 256 and d["student"] < 0.01 and d["student"] < 0.1 * d["DDIM-1"]
