@@ -31,6 +31,12 @@ def boot_cli(*args, check=True, **kw):
     return p
 
 
+def boot_main(*args, capsys=None):
+    """The same command line, run in this process (no interpreter start-up, imports already done)."""
+    rc = boot.main([str(a) for a in args])
+    return rc if capsys is None else (rc, capsys.readouterr())
+
+
 def weights(run, key="model"):
     return teachers.load_checkpoint(Path(run) / "checkpoints" / "latest.pt")[key]
 
@@ -99,19 +105,20 @@ def test_dry_run_prints_resolved_config_and_writes_nothing(tmp_path):
 
 
 # --- smoke runs ---------------------------------------------------------------------------------
-def test_gmm_smoke_and_one_step_sampling(tmp_path):
+def test_gmm_smoke_and_one_step_sampling(tmp_path, capsys):
     run = tmp_path / "gmm"
     boot_cli("--teacher", "gmm", *TINY, "--out", run)
     info = assert_finished(run, 3)
     assert info["student"] == "small" and info["output"] == "sample"
-    p = boot_cli("sample", run, "--label", "3", "--n", "4", "--out", tmp_path / "s.png")
-    assert (tmp_path / "s.png").is_file() and "4 one-step samples" in p.stdout
-    assert boot_cli("sample", run, "--label", "12", check=False).returncode == 2
+    rc, out = boot_main("sample", run, "--label", "3", "--n", "4", "--out", tmp_path / "s.png", capsys=capsys)
+    assert rc == 0 and (tmp_path / "s.png").is_file() and "4 one-step samples" in out.out
+    rc, out = boot_main("sample", run, "--label", "12", capsys=capsys)
+    assert rc == 2 and out.err.startswith("error: --label must lie in 0..9")
 
 
 def test_digits_smoke_generator_loads(tmp_path):
     run = tmp_path / "digits"
-    boot_cli(*TINY, "--w", "2", "--w-max", "3", "--out", run)
+    assert boot_main(*TINY, "--w", "2", "--w-max", "3", "--out", run) == 0
     info = assert_finished(run, 3)
     assert info["student"] == "copy" and info["guided"] and info["default_w"] == 2.0
     gen = teachers.load_generator(run)
@@ -119,31 +126,32 @@ def test_digits_smoke_generator_loads(tmp_path):
     assert x.shape == (5, 1, 8, 8) and torch.isfinite(x).all() and gen.nfe == 1
 
 
-def test_tiny_sd_latent_smoke(tiny_sd_dir, tmp_path):
+def test_tiny_sd_latent_smoke(tiny_sd_dir, tmp_path, capsys):
     (tmp_path / "p.txt").write_text("a red cube\na blue ball\n\na green cone\n")
     run = tmp_path / "sd"
-    boot_cli("--teacher", tiny_sd_dir, "--prompts", tmp_path / "p.txt", *TINY, "--w", "3", "--out", run)
+    assert boot_main("--teacher", tiny_sd_dir, "--prompts", tmp_path / "p.txt", *TINY, "--w", "3", "--out", run) == 0
     info = assert_finished(run, 3)
     assert info["latent"] and info["text"] and info["time_cond_dim"]
-    p = boot_cli("sample", run, "--prompt", "a red cube", "--n", "2")
-    assert "2 one-step samples" in p.stdout and (run / "samples.png").is_file()
-    assert boot_cli("sample", run, check=False).returncode == 2  # a text student needs --prompt
+    rc, out = boot_main("sample", run, "--prompt", "a red cube", "--n", "2", capsys=capsys)
+    assert rc == 0 and "2 one-step samples" in out.out and (run / "samples.png").is_file()
+    assert boot_main("sample", run) == 2  # a text student needs --prompt
 
 
-def test_tiny_if_both_stages(tiny_if_dirs, tmp_path):
+def test_tiny_if_both_stages(tiny_if_dirs, tmp_path, capsys):
     stage1, stage2 = tiny_if_dirs
     (tmp_path / "p.txt").write_text("a red cube\na blue ball\n")
     prompts = ["--prompts", tmp_path / "p.txt"]
-    boot_cli("--teacher", stage1, *prompts, *TINY, "--out", tmp_path / "if1")
+    assert boot_main("--teacher", stage1, *prompts, *TINY, "--out", tmp_path / "if1") == 0
     assert_finished(tmp_path / "if1", 3)
-    # stage II before stage I is finished, and a stage-II pipeline passed as stage I, are refused
-    assert boot_cli("--teacher", stage2, *prompts, *TINY, "--out", tmp_path / "x", check=False).returncode == 2
-    boot_cli("--teacher", stage2, "--stage", "2", "--stage1-run", tmp_path / "if1", *prompts, *TINY,
-             "--out", tmp_path / "if2")
+    # a stage-II pipeline passed as stage I is refused, before anything is written
+    assert boot_main("--teacher", stage2, *prompts, *TINY, "--out", tmp_path / "x") == 2
+    assert not (tmp_path / "x").exists()
+    assert boot_main("--teacher", stage2, "--stage", "2", "--stage1-run", tmp_path / "if1", *prompts, *TINY,
+                     "--out", tmp_path / "if2") == 0
     info = assert_finished(tmp_path / "if2", 3)
     assert info["stage"] == 2 and info["noise_level"] == 250 and info["sample_shape"] == [3, 16, 16]
-    p = boot_cli("sample", tmp_path / "if2", "--prompt", "a red cube", "--n", "2")
-    assert "2 one-step samples" in p.stdout
+    rc, out = boot_main("sample", tmp_path / "if2", "--prompt", "a red cube", "--n", "2", capsys=capsys)
+    assert rc == 0 and "2 one-step samples" in out.out
 
 
 def test_unet2dmodel_teacher_copy(tmp_path):
@@ -162,14 +170,19 @@ def test_unet2dmodel_teacher_copy(tmp_path):
     eps = torch.randn(3, 3, 8, 8)
     y = teachers.boot_generate(model, info, eps, torch.tensor([0.0, 0.4, 0.9]))
     assert torch.allclose(y, teacher.x0(eps, torch.full((3,), cfg.t_max)), atol=1e-5)
-    boot_cli("--teacher", tmp_path / "ddpm", *TINY, "--out", tmp_path / "run")
+    assert boot_main("--teacher", tmp_path / "ddpm", *TINY, "--out", tmp_path / "run") == 0
     assert_finished(tmp_path / "run", 3)
 
 
 # --- resume and torchrun --------------------------------------------------------------------------
 def test_killed_run_rerun_reproduces_the_uninterrupted_run(tmp_path):
-    args = ["--teacher", "gmm", "--iters", "120", "--batch", "8", "--ckpt-every", "5", "--preview", "0", "--check", "0"]
-    boot_cli(*args, "--out", tmp_path / "a")
+    args = ["--teacher", "gmm", "--iters", "60", "--batch", "8", "--ckpt-every", "5", "--preview", "0", "--check", "0"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the subprocesses (OMP_NUM_THREADS=1): bitwise-equal arithmetic
+    try:
+        assert boot_main(*args, "--out", tmp_path / "a") == 0
+    finally:
+        torch.set_num_threads(threads)
     cmd = [sys.executable, str(ROOT / "boot.py"), *args, "--out", str(tmp_path / "b")]
     p = subprocess.Popen(cmd, env=env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = tmp_path / "b" / "checkpoints" / "latest.pt"
@@ -179,7 +192,7 @@ def test_killed_run_rerun_reproduces_the_uninterrupted_run(tmp_path):
     p.send_signal(signal.SIGKILL)
     assert p.wait() == -signal.SIGKILL, "the run finished before it could be killed"
     killed_at = teachers.load_checkpoint(ckpt)["step"]
-    assert killed_at < 120
+    assert killed_at < 60
     out = boot_cli(*args, "--out", tmp_path / "b").stdout
     assert f"resuming {tmp_path / 'b'} at step {killed_at}" in out
     for key in ("model", "ema"):
