@@ -212,9 +212,15 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
                        timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
-    worst = max((one[k] - two[k]).abs().max().item() for k in one)
-    print(f"largest weight difference, 1 vs 2 processes: {worst:.2e}")
-    assert worst < 1e-4
+    init, _ = boot.make_student(teachers.load_teacher("gmm"), boot.resolve(boot.BootConfig(teacher="gmm")), None)
+    init = init.state_dict()
+    norm = lambda d: sum((v.double() ** 2).sum() for v in d.values()).sqrt().item()  # noqa: E731
+    rel = norm({k: one[k] - two[k] for k in one}) / norm({k: one[k] - init[k] for k in one})
+    off = sum(((one[k] - two[k]).abs() > 1e-5).sum().item() for k in one) / sum(v.numel() for v in one.values())
+    # Adam turns float-rounding noise on near-zero gradients into steps of ~lr on a few weights:
+    # compare the whole update, |one - two| / |one - init|, and count the weights that differ
+    print(f"1 vs 2 processes: relative difference of the updates {rel:.1e}, weights off by > 1e-5: {off:.1e}")
+    assert rel < 1e-3 and off < 1e-4
     rec1 = json.loads((tmp_path / "one" / "metrics.jsonl").read_text().splitlines()[-1])
     rec2 = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[-1])
     assert abs(rec1["loss"] - rec2["loss"]) < 1e-4 * max(1.0, abs(rec1["loss"]))
