@@ -266,7 +266,8 @@ def make_student(teacher, cfg: BootConfig, default_w):
                 text=hasattr(teacher, "encode_prompts"), student=kind, seed=cfg.seed)
     if cfg.stage == 2:
         info.update(stage1_run=str(Path(cfg.stage1_run).resolve()), noise_level=cfg.noise_level)
-    model = copy_student(teacher, cfg.time_cond_dim, info) if kind == "copy" else small_student(teacher, cfg.time_cond_dim, info)
+    build = copy_student if kind == "copy" else small_student
+    model = build(teacher, cfg.time_cond_dim, info)
     info["class_name"] = type(model).__name__
     return model, info
 
@@ -313,6 +314,10 @@ def small_student(teacher, dim: int, info: dict):
         chans = [max(8, c // 2) for c in base["block_out_channels"]]
         groups = math.gcd(*chans, base.get("norm_num_groups") or 32)
         cfg = {**base, "block_out_channels": chans, "layers_per_block": 1, "norm_num_groups": groups}
+        if type(teacher.unet).__name__ != "UNet2DConditionModel":  # a UNet2DModel's config, no text
+            cfg = {k: v for k, v in cfg.items() if k in ("sample_size", "in_channels", "out_channels",
+                   "block_out_channels", "layers_per_block", "norm_num_groups", "down_block_types", "up_block_types")}
+            cfg["mid_block_type"] = "UNetMidBlock2D"
     else:  # the analytic gmm: the embedded digits architecture, one output channel per input channel
         cfg = teachers.digits_unet_config(num_classes=teacher.num_classes or 0, channels=(32, 64))
         cfg.update(in_channels=C, out_channels=C, sample_size=H)
@@ -328,6 +333,13 @@ def small_student(teacher, dim: int, info: dict):
 # ---------------------------------------------------------------------------------------------
 # Conditions: labels, prompts, IF stage-2 low-resolution inputs (all drawn from the global stream)
 # ---------------------------------------------------------------------------------------------
+def as_student_cond(cond, device):
+    """The condition dict in float32 on the student's device (the teacher may run in float16)."""
+    if cond is None:
+        return None
+    return {k: (v.float() if v.is_floating_point() else v).to(device) for k, v in cond.items()}
+
+
 class Conditions:
     """Draws the condition c (and w) of a global batch; each rank keeps its slice [lo:hi]."""
 
@@ -351,8 +363,7 @@ class Conditions:
             w = (cfg.w + (cfg.w_max - cfg.w) * torch.rand(B, generator=g, dtype=torch.float64))[lo:hi].to(self.device)
         if self.stage1 is not None:
             cond = {**cond, **self.lowres(g, B, lo, hi, cond)}
-        cond = None if cond is None else {k: (v.float() if v.is_floating_point() else v).to(self.device) for k, v in cond.items()}
-        return cond, w
+        return as_student_cond(cond, self.device), w
 
     def lowres(self, g, B, lo, hi, cond):
         """IF-II input: the stage-1 student's one-step output, upsampled and noised (Sec. 3.3, App. C.4)."""
@@ -588,7 +599,8 @@ def log_record(sums, ms, total_ms, n, step, world, device):
         vals /= world
     n = max(n, 1)
     per = {k: v / n for k, v in ms.items()}
-    return {"step": step, "loss": vals[0].item() / n, "bs": vals[1].item() / n, "bc": vals[2].item() / max(vals[3].item(), 1),
+    return {"step": step, "loss": vals[0].item() / n, "bs": vals[1].item() / n,
+            "bc": vals[2].item() / max(vals[3].item(), 1),
             "ms_teacher": round(per["teacher"], 1), "ms_student": round(per["student"], 1),
             "ms_other": round(max(total_ms / n - per["teacher"] - per["student"], 0.0), 1)}
 
@@ -637,7 +649,8 @@ def preview(cfg, student, info, teacher, conds, device):
 
 
 def _dtype(teacher):
-    return teacher.unet.dtype if hasattr(teacher, "unet") and not teacher.latent else torch.float32
+    """The dtype the teacher's networks (and its latent decoder) were loaded in."""
+    return teacher.unet.dtype if hasattr(teacher, "unet") else torch.float32
 
 
 class _Guided:
@@ -664,8 +677,7 @@ def preview_cond(cfg, teacher, conds, n, device):
         cond = teacher.label_cond(torch.arange(n) % teacher.num_classes)
     else:
         cond = None
-    cond = None if cond is None else {k: (v.float() if v.is_floating_point() else v).to(device) for k, v in cond.items()}
-    return cond, w
+    return as_student_cond(cond, device), w
 
 
 # ---------------------------------------------------------------------------------------------

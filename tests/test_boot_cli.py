@@ -124,6 +124,9 @@ def test_digits_smoke_generator_loads(tmp_path):
     gen = teachers.load_generator(run)
     x = gen.generate(torch.randn(5, 1, 8, 8), gen.label_cond(torch.arange(5)), 2.5)
     assert x.shape == (5, 1, 8, 8) and torch.isfinite(x).all() and gen.nfe == 1
+    assert boot_main(*TINY, "--student", "small", "--solver", "euler", "--weighting", "lambda",
+                     "--time-sampling", "progressive", "--out", tmp_path / "small") == 0
+    assert assert_finished(tmp_path / "small", 3)["output"] == "sample"
 
 
 def test_tiny_sd_latent_smoke(tiny_sd_dir, tmp_path, capsys):
@@ -172,6 +175,8 @@ def test_unet2dmodel_teacher_copy(tmp_path):
     assert torch.allclose(y, teacher.x0(eps, torch.full((3,), cfg.t_max)), atol=1e-5)
     assert boot_main("--teacher", tmp_path / "ddpm", *TINY, "--out", tmp_path / "run") == 0
     assert_finished(tmp_path / "run", 3)
+    assert boot_main("--teacher", tmp_path / "ddpm", *TINY, "--student", "small", "--out", tmp_path / "small") == 0
+    assert assert_finished(tmp_path / "small", 3)["class_name"] == "UNet2DConditionModel"
 
 
 # --- resume and torchrun --------------------------------------------------------------------------
