@@ -89,7 +89,7 @@ def test_vit_on_digits_iterative(tmp_path):
     assert json.loads((run / "student" / "model_index.json").read_text())["unet"][1] == "DiTTransformer2DModel"
 
 
-@pytest.mark.parametrize("student", ["cnn", "vit"])
+@pytest.mark.parametrize("student", ["cnn", pytest.param("vit", marks=pytest.mark.slow)])
 def test_latent_teacher_students(tmp_path, latent_teacher, student):
     run = tmp_path / "run"
     ok(dkdm("--teacher", latent_teacher, "--student", student, "--iters", 3, *TINY, "--out", run))
@@ -100,6 +100,7 @@ def test_latent_teacher_students(tmp_path, latent_teacher, student):
     assert all(r["vb"] == 0 for r in recs if "vb" in r)  # fixed-variance teacher: L*simple only
 
 
+@pytest.mark.slow
 def test_baselines(tmp_path, latent_teacher):
     ok(dkdm("--method", "data", "--iters", 3, "--batch", 8, "--out", tmp_path / "data"))
     check_run(tmp_path / "data", (1, 8, 8))
@@ -110,6 +111,7 @@ def test_baselines(tmp_path, latent_teacher):
     assert torch.load(run / "synthetic.pt", weights_only=True)["x"].shape == (12, 3, 8, 8)
 
 
+@pytest.mark.slow
 def test_budget_resume_equals_one_run(tmp_path, latent_teacher):
     args = ["--teacher", latent_teacher, *TINY]
     ok(dkdm(*args, "--iters", 12, "--out", tmp_path / "straight"))
@@ -157,11 +159,10 @@ def test_torchrun_two_processes(tmp_path, latent_teacher):
 
 
 def misfit_student(tmp_path):
-    import dkdm as d
-    import teachers
-
-    conf = d.cnn_config(teachers.load_teacher("digits"))
-    conf.update(_class_name="UNet2DModel", in_channels=3)
+    """A UNet2DModel config for 3-channel inputs: the digits teacher makes 1x8x8."""
+    conf = dict(_class_name="UNet2DModel", sample_size=8, in_channels=3, out_channels=2, layers_per_block=1,
+                block_out_channels=[16, 32], down_block_types=["DownBlock2D"] * 2,
+                up_block_types=["UpBlock2D"] * 2, norm_num_groups=8, num_class_embeds=11)
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "config.json").write_text(json.dumps(conf))
     return tmp_path / "bad"
