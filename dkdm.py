@@ -12,9 +12,11 @@ teacher's every denoising step (Eq. 19-21), on noisy samples the teacher itself 
 Commands (each writes runs/dkdm-<teacher>-<student>-<method>/: config.json, metrics.jsonl,
 checkpoints/, student/ (a diffusers DDPMPipeline directory + generator.json), preview.png):
 
-    python dkdm.py                              # CPU (2 cores) ~15 min: digits teacher, cnn student,
-                                                # dynamic distillation, staggered pool init
-    python dkdm.py --student vit                # a DiT student of the same CNN teacher
+    python dkdm.py                              # CPU (2 cores): digits teacher, cnn student, dynamic
+                                                # distillation, staggered pool init; 10,000 iterations
+                                                # at >= 61 ms + the init (~2 min on a free CPU)
+    python dkdm.py --student vit --minutes 15   # a DiT student of the same CNN teacher (~5x the cnn's
+                                                # student time per iteration on CPU: budget by minutes)
     python dkdm.py --method data --iters 4000   # baselines at equal iterations: real digits, or
     python dkdm.py --method data-free           #   a synthetic set the teacher samples (Table 2)
     python dkdm.py --method shuffled --iters 2000   # ablation (Sec. 4.3): iterative | shuffled | dynamic
