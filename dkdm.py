@@ -15,7 +15,7 @@ checkpoints/, student/ (a diffusers DDPMPipeline directory + generator.json), pr
     python dkdm.py                              # CPU (2 cores): digits teacher, cnn student, dynamic
                                                 # distillation, staggered pool init; 10,000 iterations
                                                 # at >= 61 ms + the init (~2 min on a free CPU)
-    python dkdm.py --student vit --minutes 15   # a DiT student of the same CNN teacher (~5x the cnn's
+    python dkdm.py --student vit --minutes 15   # a DiT student of the same CNN teacher (~3x the cnn's
                                                 # student time per iteration on CPU: budget by minutes)
     python dkdm.py --method data --iters 4000   # baselines at equal iterations: real digits, or
     python dkdm.py --method data-free           #   a synthetic set the teacher samples (Table 2)
