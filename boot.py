@@ -29,8 +29,21 @@ training, y_theta(eps, 0, c, w) is a sample in one network evaluation.
     torchrun --standalone --nproc_per_node=8 boot.py --teacher if --stage 2 \\
         --stage1-run runs/boot-if --prompts prompts.txt --half
 
-Rerunning a command resumes its run directory from checkpoints/latest.pt. Bad input stops with
-one line on stderr (exit code 2) before anything is written.
+Rerunning a command resumes its run directory from checkpoints/latest.pt (--iters may grow: a
+finished run continues). Bad input stops with one line on stderr (exit code 2) before anything
+is written.
+
+Measured on a 2-core CPU, one thread per process (OMP_NUM_THREADS=1; other jobs shared the cores):
+the default digits run is 3,000 iterations at batch 128 of ~245 ms each (teacher 78 / student 164 /
+other 3 ms: two teacher passes for Heun, a no-grad and a training student pass), about 13 min of
+one core. `python evaluate.py --run runs/boot-digits` (n = 1,000 samples vs 797 held-out real
+digits, Frechet distance in the shipped digits-classifier features; real-vs-real floor 15.6):
+
+    teacher DDIM-1 173.2 | DDIM-10 16.8 | DDIM-50 15.9 || BOOT 1 step: 17.4 after 3,000 iterations
+    (default), 15.6 after 6,250, 15.2 after 9,000 (`python boot.py --iters 9000`, which resumes the
+    default run: ~38 min of one core in all). Pixel-space FD 0.43 / 0.39 / 0.39 vs DDIM-10's 0.51.
+`python boot.py --teacher gmm` (300 iterations, ~45 s of one core): mean squared distance to the
+teacher's DDIM-50 output from the same noise 0.0024 (n = 256), teacher DDIM-1 0.057, DDIM-10 0.0023.
 
 Conventions (the paper leaves them open; each is tested in tests/test_boot_equations.py):
   * CFG is Eq. 9 on x0-hat, f_n + w (f_c - f_n); w = 1 is the plain conditional teacher.
