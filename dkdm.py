@@ -778,12 +778,6 @@ def describe(cfg, teacher, student, run, world):
 
 def main(argv=None):
     p = teachers.parser_from_dataclass(DKDMConfig, __doc__)
-
-    def one_line_error(message):
-        print(f"dkdm.py: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-    p.error = one_line_error
     args = vars(p.parse_args(argv))
     dry_run = args.pop("dry_run")
     cfg = DKDMConfig(**args)
