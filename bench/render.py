@@ -31,9 +31,17 @@ HEAD = ("| | NFE | FD (digits features) | FD (pixels) | precision (digits, k=3) 
 
 
 def _training(res):
+    """Iterations and the time per iteration the run logged last (teacher + student + other)."""
     m = res.get("last_metrics") or {}
-    it = m.get("step")
-    return f"{it} it, {res['train_wall_s'] / 60:.1f} min" if it else "–"
+    if not m.get("step"):
+        return "–"
+    ms = m.get("ms_iter") or sum(m.get(k, 0.0) for k in ("ms_teacher", "ms_student", "ms_other"))
+    text = f"{m['step']} it × {ms:.0f} ms"
+    first = res.get("first_metrics") or {}
+    if first.get("init_seconds") is not None:  # DKDM pool initialisation cost
+        text += (f"; pool of {first['pool_size']:,} by {first['pool_init']}: {first['init_evals']:,.0f} sample "
+                 f"evaluations, {first['init_seconds']:.0f} s")
+    return text
 
 
 def table_teacher(results):
@@ -82,19 +90,22 @@ def table_speed(results):
                      f"forward+backward) {s['dkdm_floor_ms']:.0f} ms: **{s['dkdm_ratio']:.2f}×**")
         lines.append(f"- DKDM iteration with T = 1000 vs T = 100: {s['dkdm_iter_ms']:.0f} ms vs "
                      f"{s['dkdm_T100_iter_ms']:.0f} ms (**{s['dkdm_T1000_over_T100']:.2f}×**: flat in T)")
-        lines.append(f"\nOne thread each; `python bench/run.py speed` ({s['date']}).")
+        lines.append(f"\nThe floor is the sum of the passes timed one by one in the same run; a ratio near 1 means the "
+                     f"training loop adds nothing measurable beyond its network passes. One thread each; "
+                     f"`python bench/run.py speed` ({s['date']}).")
     return "\n".join(lines) or "(not measured yet: `python bench/run.py speed`)"
 
 
 def blocks(results) -> dict[str, str]:
     return {
         "teacher": table_teacher(results),
-        "boot": table_group(results, ["boot-default", "boot-heun", "boot-euler", "boot-no-boundary",
+        "boot": table_group(results, ["boot-default", "boot-long", "boot-heun", "boot-euler", "boot-no-boundary",
                                       "boot-progressive"]),
+        "dkdm-default": table_group(results, ["dkdm-default", "dkdm-data-10k"]),
         "dkdm": table_group(results, ["dkdm-dynamic", "dkdm-shuffled", "dkdm-iterative", "dkdm-data",
                                       "dkdm-data-free", "dkdm-vit"]),
-        "dkdm-pool": table_group(results, ["dkdm-rho0.1", "dkdm-dynamic", "dkdm-rho1.0", "dkdm-chains26",
-                                           "dkdm-chains128"]),
+        "dkdm-pool": table_group(results, ["dkdm-dynamic", "dkdm-rho0.02-M512", "dkdm-rho0.02-M2",
+                                           "dkdm-rho0.02-shuffle"]),
         "speed": table_speed(results),
     }
 

@@ -47,30 +47,42 @@ def boot(name, about, *flags, iters=1000):
                ["--run", out, "--nfe", "50", "--n", str(N_EVAL)], out)
 
 
-def dkdm(name, about, *flags, iters=2000, group="dkdm"):
-    out = f"runs/bench/{name}"
-    return Exp(name, group, about, ["dkdm.py", "--iters", str(iters), "--out", out, *flags],
-               ["--run", out, "--nfe", "50", "--n", str(N_EVAL)], out)
+def dkdm(name, about, flags, out=None):
+    """A dkdm.py run; `out` None = its own directory under runs/bench (else the command's --out)."""
+    out = out or f"runs/bench/{name}"
+    train = ["dkdm.py", *flags] + ([] if out.startswith("runs/dkdm-digits-") else ["--out", out])
+    return Exp(name, "dkdm", about, train, ["--run", out, "--nfe", "50", "--n", str(N_EVAL)], out)
 
 
 EXPERIMENTS = [
     Exp("teacher", "boot", "teacher DDIM-1/2/5/10/50 and real-vs-real", None,
         ["--teacher", "digits", "--nfe", "1", "2", "5", "10", "50", "--n", str(N_EVAL)]),
     boot("boot-default", "BOOT, the default command (Heun, boundary every 4, uniform t)", iters=3000),
+    Exp("boot-long", "boot", "BOOT, the longer command (the default run continued to 9,000 iterations)",
+        ["boot.py", "--iters", "9000"], ["--run", "runs/boot-digits", "--nfe", "50", "--n", str(N_EVAL)],
+        "runs/boot-digits"),
     boot("boot-heun", "BOOT Heun, boundary every 4, uniform t"),
     boot("boot-euler", "Euler targets (Eq. 7)", "--solver", "euler"),
     boot("boot-no-boundary", "no boundary loss (Eq. 8 off)", "--boundary-every", "0"),
     boot("boot-progressive", "progressive time schedule", "--time-sampling", "progressive"),
-    dkdm("dkdm-dynamic", "dynamic iterative (staggered init, M = 512)"),
-    dkdm("dkdm-shuffled", "shuffled iterative", "--method", "shuffled"),
-    dkdm("dkdm-iterative", "iterative", "--method", "iterative"),
-    dkdm("dkdm-data", "baseline: real digits (data-based training)", "--method", "data"),
-    dkdm("dkdm-data-free", "baseline: synthetic set sampled by the teacher", "--method", "data-free"),
-    dkdm("dkdm-vit", "dynamic, DiT student", "--student", "vit"),
-    dkdm("dkdm-rho0.1", "dynamic, rho = 0.1", "--rho", "0.1"),
-    dkdm("dkdm-rho1.0", "dynamic, rho = 1.0", "--rho", "1.0"),
-    dkdm("dkdm-chains26", "dynamic, staggered init with M = rho b = 26 chains", "--chains", "26"),
-    dkdm("dkdm-chains128", "dynamic, staggered init with M = 128 chains", "--chains", "128"),
+    dkdm("dkdm-default", "DKDM, the default command (cnn student, dynamic, staggered init M = 512)", [],
+         out="runs/dkdm-digits-cnn-dynamic"),
+    dkdm("dkdm-data-10k", "baseline: real digits (data-based training)", ["--method", "data"],
+         out="runs/dkdm-digits-cnn-data"),
+    dkdm("dkdm-dynamic", "dynamic iterative (staggered init, M = 512)", ["--iters", "2000"], out="runs/abl-dynamic"),
+    dkdm("dkdm-shuffled", "shuffled iterative", ["--method", "shuffled", "--iters", "2000"], out="runs/abl-shuffled"),
+    dkdm("dkdm-iterative", "iterative", ["--method", "iterative", "--iters", "2000"], out="runs/abl-iterative"),
+    dkdm("dkdm-data", "baseline: real digits (data-based training)", ["--method", "data", "--iters", "2000"]),
+    dkdm("dkdm-data-free", "baseline: synthetic set sampled by the teacher (Table 2)",
+         ["--method", "data-free", "--iters", "2000"]),
+    dkdm("dkdm-vit", "dynamic, DiT student", ["--student", "vit", "--iters", "2000"],
+         out="runs/dkdm-digits-vit-dynamic"),
+    dkdm("dkdm-rho0.02-M512", "rho = 0.02 (pool 1,280), staggered init, M = 512",
+         ["--rho", "0.02", "--chains", "512", "--iters", "2000"], out="runs/init-staggered-M512"),
+    dkdm("dkdm-rho0.02-M2", "rho = 0.02, staggered init, M = 2 chains",
+         ["--rho", "0.02", "--chains", "2", "--iters", "2000"], out="runs/init-staggered-M2"),
+    dkdm("dkdm-rho0.02-shuffle", "rho = 0.02, shuffle-denoise init (the paper's)",
+         ["--rho", "0.02", "--pool-init", "shuffle", "--iters", "2000"], out="runs/init-shuffle"),
 ]
 BY_NAME = {e.name: e for e in EXPERIMENTS}
 
@@ -97,7 +109,7 @@ def run_one(exp: Exp, force: bool) -> dict:
         metrics = [json.loads(line) for line in (ROOT / exp.run_dir / "metrics.jsonl").read_text().splitlines() if line]
     return {"about": exp.about, "train": " ".join(["python", *exp.train]) if exp.train else None,
             "eval": " ".join(["python", "evaluate.py", *exp.eval]), "records": records,
-            "last_metrics": metrics[-1] if metrics else None, "train_wall_s": round(train_s, 1),
+            "first_metrics": metrics[0] if metrics else None, "last_metrics": metrics[-1] if metrics else None, "train_wall_s": round(train_s, 1),
             "threads": 1, "date": time.strftime("%Y-%m-%d")}
 
 
@@ -124,8 +136,9 @@ def main(argv=None):
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = {e.name: pool.submit(run_one, e, args.force) for e in todo}
         for name, fut in futures.items():
+            record = fut.result()  # wait first, then read what other bench processes wrote meanwhile
             results = load_results()
-            results[name] = fut.result()
+            results[name] = record
             RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
             print(f"done {name}", flush=True)
     if "speed" in args.targets:

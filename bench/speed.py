@@ -42,7 +42,7 @@ def _train(argv, out):
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def floors(boot_student_dir: Path, dkdm_student_dir: Path, boot_batch=128, dkdm_batch=64):
+def floors(boot_run: Path, dkdm_student_dir: Path, boot_batch=128, dkdm_batch=64):
     """ms of the network passes one BOOT (Heun, boundary every 4) and one DKDM iteration need."""
     import torch
 
@@ -50,7 +50,7 @@ def floors(boot_student_dir: Path, dkdm_student_dir: Path, boot_batch=128, dkdm_
 
     torch.set_num_threads(1)
     t = teachers.load_teacher("digits")
-    gen = teachers.Generator(boot_student_dir.parent)
+    gen = teachers.Generator(boot_run)
     s_boot = gen.model.train().requires_grad_(True)
     s_dkdm = teachers.load_teacher(str(dkdm_student_dir)).unet.train().requires_grad_(True)
     info = gen.info
@@ -109,7 +109,7 @@ def measure():
     _train(["dkdm.py", "--iters", "600", "--log-every", "100"], base / "dkdm-T1000")
     _train(["dkdm.py", "--iters", "600", "--log-every", "100", "--teacher", str(digits_T100(base / "digits-T100"))],
            base / "dkdm-T100")
-    f = floors(base / "boot" / "student" / "unet", base / "dkdm-T1000" / "student")
+    f = floors(base / "boot", base / "dkdm-T1000" / "student")
     boot_ms, dkdm_ms = _ms_per_iter(base / "boot", "boot"), _ms_per_iter(base / "dkdm-T1000", "dkdm")
     t100_ms = _ms_per_iter(base / "dkdm-T100", "dkdm")
     return {**f, "boot_iter_ms": boot_ms, "dkdm_iter_ms": dkdm_ms, "dkdm_T100_iter_ms": t100_ms,
