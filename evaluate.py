@@ -22,8 +22,9 @@ Every number names its feature space:
     inception   clean-fid's Inception-V3 pool features, "clean" resize to 299 (downloads its
                 weights on first use: online only; the default for other teachers)
 FD has a strong sample-size bias: rows print n (samples) and n_ref (reference images), and only
-rows with equal n compare. The `real` row is a fixed random half of the real data against the
-other half: the floor the samplers are measured against.
+rows with equal n compare. A fixed random split holds out n real images (the `real` row: the
+floor the samplers are measured against) and keeps the rest as the reference of every row, so all
+rows share n and n_ref.
 
     python evaluate.py --teacher digits --nfe 1 10 50            # CPU, ~30 s: markdown table
     python evaluate.py --teacher digits --nfe 1 10 50 --json eval.json --grid grid.png
