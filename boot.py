@@ -72,7 +72,7 @@ from pathlib import Path
 import torch
 
 import teachers
-from teachers import UserError, print0
+from teachers import UserError, bcast, print0
 
 
 def opt(default, help_):
@@ -178,11 +178,6 @@ def validate(cfg: BootConfig, world: int):
 # ---------------------------------------------------------------------------------------------
 # --- BOOT Eq. (4)/(11): one DDIM step written in signal space, y_t = (x_t - sigma_t eps) / alpha_t
 # ---------------------------------------------------------------------------------------------
-def bc(v, x):
-    """A per-example scalar [B] (float64 schedule values) broadcast against x, in x's dtype."""
-    return torch.as_tensor(v).to(x.device, x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
-
-
 def delta_lambda(schedule, t, s):
     """delta lambda' = 1 - alpha_t sigma_s / (sigma_t alpha_s) = 1 - e^(lambda_s - lambda_t) (Alg. 1, exact)."""
     return 1 - schedule.alpha(t) * schedule.sigma(s) / (schedule.sigma(t) * schedule.alpha(s))
@@ -190,12 +185,12 @@ def delta_lambda(schedule, t, s):
 
 def noisy(schedule, y, eps, t):
     """x_t = alpha_t y_t + sigma_t eps (Alg. 1 line 8): the noisy image a signal y_t stands for."""
-    return bc(schedule.alpha(t), y) * y + bc(schedule.sigma(t), y) * eps
+    return bcast(schedule.alpha(t), y) * y + bcast(schedule.sigma(t), y) * eps
 
 
 def signal_step(y_t, f_t, dl):
     """Eq. (4): y_s = (1 - e^(lambda_s - lambda_t)) f_phi(x_t, t) + e^(lambda_s - lambda_t) y_t."""
-    return y_t + bc(dl, y_t) * (f_t - y_t)
+    return y_t + bcast(dl, y_t) * (f_t - y_t)
 
 
 def step_back(t, delta: float, t_min: float):
@@ -586,7 +581,7 @@ def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed,
         minutes_up = cfg.minutes is not None and elapsed + time.time() - t_run > 60 * cfg.minutes
         if step % cfg.log_every == 0 or step == cfg.iters or minutes_up:
             now = time.perf_counter()
-            rec = log_record(sums, clock.take(), 1000 * (now - t_log), since, step, world, device)
+            rec = log_record(sums, clock.take(), 1000 * (now - t_log), since, step, device)
             rec["elapsed_s"] = round(elapsed + time.time() - t_run, 1)
             run.log(rec)
             bar.set_postfix(loss=f"{rec['loss']:.4f}", bc=f"{rec['bc']:.4f}",
@@ -601,15 +596,10 @@ def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed,
     return step
 
 
-def log_record(sums, ms, total_ms, n, step, world, device):
+def log_record(sums, ms, total_ms, n, step, device):
     """Losses averaged over the window and the ranks (bc over boundary iterations); per-iteration
     milliseconds split teacher / student / other."""
-    vals = sums.to(device)
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(vals)
-        vals /= world
+    vals = torch.tensor(teachers.mean_over_ranks(sums.tolist(), device))
     n = max(n, 1)
     per = {k: v / n for k, v in ms.items()}
     return {"step": step, "loss": vals[0].item() / n, "bs": vals[1].item() / n,

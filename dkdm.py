@@ -118,7 +118,7 @@ def l_simple(eps_T, eps_S):
 def student_mean_logvar(sch, x_t, i, eps_S, v_S):
     """p_S(x_{t-1} | x_t): mean from the student's eps (detached: L*simple trains it, as in IDDPM;
     x0-hat not clipped, as in the official code), log-variance from its v by Eq. (12)."""
-    ab = teachers._bcast(sch.alpha_bar(i).to(x_t), x_t)
+    ab = teachers.bcast(sch.alpha_bar(i).to(x_t), x_t)
     x0_S = (x_t - (1 - ab).sqrt() * eps_S.detach()) / ab.sqrt()
     return teachers.gaussian_step(sch, x_t, x0_S, i, i - 1, v_S, "learned_range")
 
@@ -485,16 +485,6 @@ def barrier():
         dist.barrier()
 
 
-def mean_over_ranks(values, device):
-    import torch.distributed as dist
-
-    v = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized():
-        dist.all_reduce(v)
-        v /= dist.get_world_size()
-    return v.tolist()
-
-
 def stream_file(run, rank, step):
     return run.path / "checkpoints" / f"stream-rank{rank}-step{step}.pt"
 
@@ -614,7 +604,7 @@ def log_progress(cfg, run, bar, step, acc, stream, device, T):
     teacher = knowledge step (teacher forward + pool draw and write-back), student = forward,
     backward, AdamW and EMA, other = the rest of the loop."""
     k = (step - 1) % cfg.log_every + 1
-    loss, mse, vb, t_teacher, t_student, t_other = mean_over_ranks([a / k for a in acc], device)
+    loss, mse, vb, t_teacher, t_student, t_other = teachers.mean_over_ranks([a / k for a in acc], device)
     run.check_finite(loss, step)
     rec = {"step": step, "loss": loss, "mse": mse, "vb": vb, "ms_iter": 1e3 * (t_teacher + t_student + t_other),
            "ms_teacher": 1e3 * t_teacher, "ms_student": 1e3 * t_student, "ms_other": 1e3 * t_other}

@@ -127,7 +127,7 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
     return 0.5 * (logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2) - 1.0)
 
 
-def _bcast(v, x):
+def bcast(v, x):
     """A per-example scalar (shape [B] or []) as a tensor broadcastable against x."""
     v = torch.as_tensor(v, device=x.device, dtype=x.dtype)
     return v.reshape(-1, *([1] * (x.dim() - 1))) if v.dim() else v
@@ -141,7 +141,7 @@ def threshold(x0, mode: str | None, p: float = 0.995, max_value: float = 1.0):
         return x0.clamp(-1, 1)
     if mode == "dynamic":
         s = torch.quantile(x0.flatten(1).abs().float(), p, dim=1).to(x0.dtype)
-        s = _bcast(s.clamp(1.0, max_value), x0)
+        s = bcast(s.clamp(1.0, max_value), x0)
         return x0.clamp(-s, s) / s
     raise UserError(f"unknown thresholding '{mode}' (known: static, dynamic, none)")
 
@@ -242,12 +242,12 @@ class Teacher(nn.Module):
         out_c, out_n = out.chunk(2)
         # f_n + w (f_c - f_n): x0, eps and v are affine in the output for a fixed x_t, so guiding
         # the output is guiding x0-hat exactly (Eq. 9). Variance comes from the conditional half.
-        guided = out_n[:, :C] + _bcast(w, x) * (out_c[:, :C] - out_n[:, :C])
+        guided = out_n[:, :C] + bcast(w, x) * (out_c[:, :C] - out_n[:, :C])
         return guided, (out_c[:, C:] if self.learned_variance else None)
 
     def split(self, out, x, t):
         """(eps, x0) from a raw output of this teacher's prediction type, at continuous t."""
-        a, s = _bcast(self.schedule.alpha(t), x), _bcast(self.schedule.sigma(t), x)
+        a, s = bcast(self.schedule.alpha(t), x), bcast(self.schedule.sigma(t), x)
         if self.prediction_type == "epsilon":
             return out, (x - s * out) / a
         if self.prediction_type == "sample":
@@ -283,11 +283,11 @@ class Teacher(nn.Module):
 
 def gaussian_step(sch: Schedule, x, x0, i, prev, var, variance_type):
     """Posterior mean from x0-hat and the log-variance of one ancestral step i -> prev."""
-    ab_t, ab_p = _bcast(sch.alpha_bar(i), x), _bcast(sch.alpha_bar(prev), x)
+    ab_t, ab_p = bcast(sch.alpha_bar(i), x), bcast(sch.alpha_bar(prev), x)
     beta = 1 - ab_t / ab_p
     mean = (ab_p.sqrt() * beta * x0 + (1 - beta).sqrt() * (1 - ab_p) * x) / (1 - ab_t)
     post = beta * (1 - ab_p) / (1 - ab_t)
-    floor = _bcast(sch.posterior_variance(torch.ones_like(i)), x)  # beta~_1: the t = 0 clip
+    floor = bcast(sch.posterior_variance(torch.ones_like(i)), x)  # beta~_1: the t = 0 clip
     min_log = torch.log(torch.where(post > 0, post, floor))
     max_log = torch.log(beta)
     if variance_type == "learned_range":
@@ -296,7 +296,7 @@ def gaussian_step(sch: Schedule, x, x0, i, prev, var, variance_type):
     elif variance_type == "learned":
         logvar = var
     elif variance_type in ("fixed_large", "fixed_large_log"):
-        logvar = torch.where(_bcast(prev, x) < 0, min_log, max_log).expand_as(x)
+        logvar = torch.where(bcast(prev, x) < 0, min_log, max_log).expand_as(x)
     else:
         logvar = min_log.expand_as(x)
     return mean, logvar
@@ -328,8 +328,8 @@ def ddim(teacher: Teacher, noise, steps: int, cond=None, w=None):
         if k + 1 == len(grid):
             return f
         s = torch.full_like(t, grid[k + 1] / (sch.T - 1))
-        a_t, s_t = _bcast(sch.alpha(t), x), _bcast(sch.sigma(t), x)
-        a_s, s_s = _bcast(sch.alpha(s), x), _bcast(sch.sigma(s), x)
+        a_t, s_t = bcast(sch.alpha(t), x), bcast(sch.sigma(t), x)
+        a_s, s_s = bcast(sch.alpha(s), x), bcast(sch.sigma(s), x)
         x = s_s / s_t * x + (a_s - a_t * s_s / s_t) * f
 
 
@@ -427,7 +427,7 @@ class GaussianMixture(Teacher):
     def net(self, x, t, cond):
         labels = None if cond is None else cond["class_labels"]
         x0 = self.posterior_mean(x, t, labels).to(x.dtype)
-        a, s = _bcast(self.schedule.alpha(t), x), _bcast(self.schedule.sigma(t), x)
+        a, s = bcast(self.schedule.alpha(t), x), bcast(self.schedule.sigma(t), x)
         return (x - a * x0) / s
 
     def sample_data(self, n, generator=None, labels=None):
@@ -435,7 +435,7 @@ class GaussianMixture(Teacher):
         if labels is None:
             labels = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
         z = torch.randn((n, *self.sample_shape), generator=generator)
-        return self.means[labels] + _bcast(self.stds[labels], z) * z, labels
+        return self.means[labels] + bcast(self.stds[labels], z) * z, labels
 
 
 def load_digits_tensor():
@@ -470,7 +470,7 @@ def iddpm_loss(model, x0, cond, sch: Schedule, generator=None):
     B = x0.shape[0]
     i = torch.randint(0, sch.T, (B,), generator=generator).to(x0.device)
     eps = torch.randn(x0.shape, generator=generator).to(x0)
-    ab = _bcast(sch.alpha_bar(i).float(), x0)
+    ab = bcast(sch.alpha_bar(i).float(), x0)
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
     out = call_net(model, x_t, i.float(), cond)
     C = x0.shape[1]
@@ -892,6 +892,17 @@ def dist_teardown():
 
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def mean_over_ranks(values, device):
+    """A list of numbers averaged over the torchrun processes (itself in a single process)."""
+    import torch.distributed as dist
+
+    v = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(v)
+        v /= dist.get_world_size()
+    return v.tolist()
 
 
 def print0(*args, **kw):

@@ -142,7 +142,7 @@ def test_heun_error_shrinks_an_order_faster_than_euler(gmm):
     deltas = [0.08, 0.04, 0.02, 0.01]
 
     def printed_eq15(f, sch, y, eps, t, s):
-        dl = boot.bc(boot.delta_lambda(sch, t, s), y)
+        dl = teachers.bcast(boot.delta_lambda(sch, t, s), y)
         f_t = f(boot.noisy(sch, y, eps, t), t)
         y_tilde = y + dl * (f_t - y)
         f_s = f(boot.noisy(sch, y_tilde, eps, s), s)
