@@ -148,6 +148,7 @@ def resolve(cfg: BootConfig) -> BootConfig:
 
 def validate(cfg: BootConfig, world: int):
     """All checks that need no teacher: one-line UserErrors before anything is loaded or written."""
+    teachers.check_finite_fields(cfg)
     for name, allowed in CHOICES.items():
         if getattr(cfg, name) not in allowed:
             raise UserError(f"unknown {name.replace('_', '-')} '{getattr(cfg, name)}' (known: {', '.join(allowed)})")
@@ -157,7 +158,6 @@ def validate(cfg: BootConfig, world: int):
         raise UserError(f"need 0 < delta <= t_max - t_min, got delta={cfg.delta}")
     if cfg.batch < 1 or cfg.batch % world:
         raise UserError(f"global batch {cfg.batch} is not a positive multiple of the {world} processes")
-    teachers.check_finite_fields(cfg)
     if cfg.iters < 1 or (cfg.minutes is not None and cfg.minutes <= 0):
         raise UserError(f"need --iters >= 1 and --minutes > 0 (or unset), got iters={cfg.iters}, minutes={cfg.minutes}")
     if cfg.boundary_every < 0 or cfg.beta < 0 or cfg.lr <= 0 or not 0 <= cfg.ema < 1:

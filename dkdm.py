@@ -717,6 +717,7 @@ def sample_run(cfg):
 # ---------------------------------------------------------------------------------------------
 def check_config(cfg):
     """Errors that need no model."""
+    teachers.check_finite_fields(cfg)
     checks = [(cfg.rho > 0, "--rho must be positive"), (cfg.lam >= 0, "--lam must be non-negative"),
               (cfg.batch >= 1, "--batch must be at least 1"), (cfg.chains >= 1, "--chains must be at least 1"),
               (cfg.init_batch >= 1, "--init-batch must be at least 1"), (cfg.iters >= 1, "--iters must be at least 1"),
@@ -731,7 +732,6 @@ def check_config(cfg):
     for ok, message in checks:
         if not ok:
             raise UserError(message)
-    teachers.check_finite_fields(cfg)
     if cfg.width is not None and cfg.width < 1:
         raise UserError("--width must be at least 1")
     if cfg.student not in ("cnn", "vit") and not (Path(cfg.student) / "config.json").is_file():

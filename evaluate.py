@@ -548,6 +548,7 @@ def split_real(n_real, n_held, seed=0):
 # ---------------------------------------------------------------------------------------------
 def check_config(cfg: EvalConfig):
     """Argument errors that need no model: raised before any work."""
+    teachers.check_finite_fields(cfg)
     if not cfg.train_classifier and (cfg.teacher is None) == (cfg.run is None):
         raise UserError("give exactly one of --teacher NAME or --run DIR (or --train-classifier)")
     if cfg.n < 4:
@@ -557,7 +558,6 @@ def check_config(cfg: EvalConfig):
     for space in cfg.features or ():
         if space not in FEATURE_SPACES:
             raise UserError(f"unknown feature space '{space}' (known: {', '.join(FEATURE_SPACES)})")
-    teachers.check_finite_fields(cfg)
     for flag, out in (("--json", cfg.json), ("--grid", cfg.grid)):
         if out:
             teachers.check_output_file(out, flag)
@@ -572,6 +572,8 @@ def check_config(cfg: EvalConfig):
         p = Path(cfg.run)
         if not p.is_dir():
             raise UserError(f"run directory '{cfg.run}' does not exist")
+        if not any(p.iterdir()):
+            raise UserError(f"run directory '{cfg.run}' is empty")
         if not (p / "student" / "generator.json").is_file():
             raise UserError(f"run directory '{cfg.run}' has no student/generator.json (has training finished?)")
         info = teachers.read_json(p / "student" / "generator.json", "student description")
