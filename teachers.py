@@ -1321,6 +1321,8 @@ class RunDir:
         if self.rank == 0:
             self.lock.acquire()
             (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+            for tmp in (self.path / "checkpoints").glob(".*.tmp"):  # left by a writer killed mid-save
+                tmp.unlink(missing_ok=True)
             write_text_atomic(self.path / "config.json", json.dumps(self.config, indent=2))
 
     def close(self):
