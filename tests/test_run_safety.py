@@ -180,7 +180,11 @@ def test_bad_input_under_torchrun_stops_every_process_with_code_2(tmp_path):
                        env=ENV, cwd=ROOT, timeout=300)
     ours = [ln for ln in p.stderr.splitlines() if ln.startswith("error: ")]
     assert ours == ["error: teacher 'gmm' has no network to copy; use --student small"], p.stderr
-    assert p.stderr.count("exitcode  : 2") == 2, p.stderr  # both processes, as torchrun reports them
+    # torchrun reports each process; one that had not yet exited 2 itself when the first did is
+    # sent SIGTERM by torchrun (exit code -15)
+    codes = [ln.split(":")[1].split()[0] for ln in p.stderr.splitlines() if ln.strip().startswith("exitcode")]
+    assert len(codes) == 2 and "2" in codes and set(codes) <= {"2", "-15"}, p.stderr
+    assert p.returncode == 1  # torchrun's own code once a worker failed
     assert "boot.py\", line" not in p.stderr  # no traceback of ours: only torchrun's own summary
     assert not (tmp_path / "run").exists()
     print(f"torchrun, 2 processes, bad input: exit {p.returncode}, {len(p.stderr.splitlines())} stderr lines "
