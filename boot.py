@@ -578,7 +578,7 @@ def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed,
         sums += torch.stack([loss.detach().double().cpu(), parts["bs"].double().cpu(),
                              parts["bc"].double().cpu(), torch.tensor(float(boundary), dtype=torch.float64)])
         bar.update(1)
-        minutes_up = cfg.minutes is not None and elapsed + time.time() - t_run > 60 * cfg.minutes
+        minutes_up = stop_flags(cfg, elapsed + time.time() - t_run)["minutes"]
         if step % cfg.log_every == 0 or step == cfg.iters or minutes_up:
             now = time.perf_counter()
             rec = log_record(sums, clock.take(), 1000 * (now - t_log), since, step, device)
@@ -594,6 +594,12 @@ def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed,
             break
     bar.close()
     return step
+
+
+def stop_flags(cfg, elapsed_s):
+    """Reasons to stop after this iteration, decided once on rank 0 and broadcast: every process
+    leaves the loop at the same step (a per-process clock would leave collectives unmatched)."""
+    return teachers.rank0_decides(minutes=cfg.minutes is not None and elapsed_s > 60 * cfg.minutes)
 
 
 def log_record(sums, ms, total_ms, n, step, device):

@@ -478,11 +478,8 @@ def synth_n(cfg):
 # ---------------------------------------------------------------------------------------------
 # Training loop (Alg. 1): one knowledge step, one student step, EMA; checkpoints with the pool
 # ---------------------------------------------------------------------------------------------
-def barrier():
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.barrier()
+def barrier(site="barrier"):
+    teachers.barrier(site)
 
 
 def stream_file(run, rank, step):
@@ -522,15 +519,10 @@ def sync(device):
 
 
 def stop_now(cfg, step, started):
-    """Iteration or minute budget reached (rank 0 decides for all processes)."""
-    import torch.distributed as dist
-
-    stop = step >= cfg.iters or (cfg.minutes is not None and time.time() - started > 60 * cfg.minutes)
-    if dist.is_initialized():
-        flag = torch.tensor([float(stop)])
-        dist.broadcast(flag, 0)
-        stop = bool(flag.item())
-    return stop
+    """Iteration or minute budget reached. The step count is the same on every process; the clock is
+    not, so rank 0's reading decides for all (teachers.rank0_decides builds the flag on the device)."""
+    minutes_up = cfg.minutes is not None and time.time() - started > 60 * cfg.minutes
+    return step >= cfg.iters or teachers.rank0_decides(minutes=minutes_up)["minutes"]
 
 
 def train(cfg, teacher, student, run, rank, world, device):

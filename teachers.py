@@ -871,19 +871,33 @@ def load_generator(run_dir, device="cpu") -> Generator:
 # Run plumbing shared by boot.py and dkdm.py: torchrun, EMA, atomic checkpoints, dataclass CLI
 # ---------------------------------------------------------------------------------------------
 def dist_setup():
-    """(rank, world_size, device). torchrun is detected from RANK; gloo on CPU, nccl on GPU."""
+    """(rank, world_size, device). torchrun is detected from RANK; gloo on CPU, nccl on GPU.
+
+    The device is also recorded as the run device: every collective (see `collective`) builds its
+    tensors there, as NCCL requires. STRICT_DIST=1 turns on the strict mode described there.
+    """
     import torch.distributed as dist
 
     if "RANK" not in os.environ:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        _RUN.update(device=device, rank=0, count=0)
+        return 0, 1, device
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
     else:
         device = torch.device("cpu")
+    _RUN.update(device=device, rank=rank, count=0)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        kw = {}
+        if strict_dist():  # a desynchronised collective fails within a minute instead of hanging
+            import datetime
+
+            kw["timeout"] = datetime.timedelta(seconds=float(os.environ.get("STRICT_DIST_TIMEOUT", 60)))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", **kw)
+    if strict_dist():
+        _install_strict_mode(rank)
     return rank, world, device
 
 
@@ -894,15 +908,114 @@ def dist_teardown():
         dist.destroy_process_group()
 
 
-def mean_over_ranks(values, device):
-    """A list of numbers averaged over the torchrun processes (itself in a single process)."""
+# ---------------------------------------------------------------------------------------------
+# Collectives: one door for every cross-process exchange of boot.py and dkdm.py
+# ---------------------------------------------------------------------------------------------
+# NCCL takes only tensors on the process's GPU, and every rank must call the same collectives in the
+# same order; gloo on CPU forgives the first and fails the second only by luck (a per-rank wall clock
+# deciding when to stop). So every exchange goes through `collective`, which builds its tensors itself
+# on the run device from plain numbers. STRICT_DIST=1 (the CPU tests' torchrun runs) makes CPU CI
+# catch what NCCL would: any torch.distributed collective called elsewhere raises; each collective
+# first all-gathers its call-site name and a counter and raises when the ranks disagree; and on rank
+# r > 0 `time.time()` runs (1 + r) times as fast, so a decision taken from a local clock always
+# differs between the ranks instead of agreeing by luck.
+_RUN = {"device": None, "rank": 0, "count": 0}
+_COLLECTIVES = ("broadcast", "all_reduce", "all_gather", "all_gather_into_tensor", "reduce", "gather", "scatter",
+                "reduce_scatter", "reduce_scatter_tensor", "all_to_all", "barrier", "broadcast_object_list",
+                "all_gather_object", "gather_object", "scatter_object_list")
+_ORIGINAL: dict = {}
+
+
+def strict_dist() -> bool:
+    return os.environ.get("STRICT_DIST", "") == "1"
+
+
+def _install_strict_mode(rank: int):
     import torch.distributed as dist
 
-    v = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized():
-        dist.all_reduce(v)
-        v /= dist.get_world_size()
+    def refuse(name):
+        def guard(*args, **kw):
+            raise RuntimeError(f"strict distributed mode: torch.distributed.{name} called directly; route it "
+                               f"through teachers.collective (tensors on the run device, same call site on every rank)")
+        return guard
+
+    for name in _COLLECTIVES:
+        if name not in _ORIGINAL and hasattr(dist, name):
+            _ORIGINAL[name] = getattr(dist, name)
+            setattr(dist, name, refuse(name))
+    if rank > 0 and "time" not in _ORIGINAL:
+        real, t0 = time.time, time.time()
+        _ORIGINAL["time"] = real
+        time.time = lambda: t0 + (real() - t0) * (1 + rank)
+
+
+def _dist_op(name):
+    import torch.distributed as dist
+
+    return _ORIGINAL.get(name) or getattr(dist, name)
+
+
+def _check_call_site(site: str, device):
+    """Strict mode: all ranks must be at the same call site, at the same collective count."""
+    import torch.distributed as dist
+
+    code = list(site.encode()[:48].ljust(48, b" "))
+    tag = torch.tensor([_RUN["count"], *code], dtype=torch.int64, device=device)
+    tags = [torch.empty_like(tag) for _ in range(dist.get_world_size())]
+    _dist_op("all_gather")(tags, tag)
+    seen = [(int(x[0]), bytes(x[1:].tolist()).decode(errors="replace").strip()) for x in tags]
+    if len(set(seen)) > 1:
+        where = ", ".join(f"rank {r} at '{s}' (collective #{n})" for r, (n, s) in enumerate(seen))
+        raise RuntimeError(f"strict distributed mode: ranks desynchronised: {where}")
+
+
+def collective(op: str, values, site: str) -> list:
+    """One cross-process exchange of a few numbers; in a single process, the values themselves.
+
+    op: "mean" (averaged over ranks), "sum", or "broadcast" (rank 0's values on every rank). The
+    tensor is built here on the run device (NCCL needs the GPU's), never passed in by a caller.
+    """
+    import torch.distributed as dist
+
+    vals = values.tolist() if torch.is_tensor(values) else list(values)
+    if not dist.is_initialized():
+        return vals
+    device = _RUN["device"] or torch.device("cpu")
+    _RUN["count"] += 1
+    if strict_dist():
+        _check_call_site(site, device)
+    v = torch.tensor(vals, dtype=torch.float64, device=device)
+    if op == "broadcast":
+        _dist_op("broadcast")(v, 0)
+    elif op in ("mean", "sum"):
+        _dist_op("all_reduce")(v)
+        if op == "mean":
+            v /= dist.get_world_size()
+    else:
+        raise ValueError(f"unknown collective '{op}'")
     return v.tolist()
+
+
+def barrier(site: str = "barrier"):
+    """All processes wait here (a no-op in a single process); strict mode checks the call site."""
+    collective("sum", [0.0], site)
+
+
+def rank0_decides(**flags) -> dict:
+    """Control-flow flags (stop, budget reached, ...) as rank 0 sees them, the same on every rank.
+
+    Every rank must leave a loop at the same step: one that stops on its own clock while the other
+    goes on leaves a collective unmatched (gloo aborts, NCCL hangs). Call it on every rank at the
+    same place; pass every reason to stop as a keyword, use the returned dict.
+    """
+    keys = sorted(flags)
+    got = collective("broadcast", [float(bool(flags[k])) for k in keys], "rank0_decides:" + ",".join(keys))
+    return {k: bool(v) for k, v in zip(keys, got)}
+
+
+def mean_over_ranks(values, device=None, site="mean_over_ranks"):
+    """A list of numbers averaged over the torchrun processes (itself in a single process)."""
+    return collective("mean", values, site)
 
 
 def print0(*args, **kw):
