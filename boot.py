@@ -87,6 +87,8 @@ class BootConfig:
     # the teacher f_phi
     teacher: str = opt("digits", "registry name (digits, gmm, ddpm-cifar10, sd21, if), hub id or local diffusers dir")
     model_id: str | None = opt(None, "hub id or local copy replacing the registry's default for --teacher")
+    preset: str | None = opt(None, "row of PRESETS (Table 3) to fill the preset fields from; default: the "
+                                   "teacher's registry entry, found from what the teacher is (a local copy too)")
     stage: int = opt(1, "IF cascade stage; 2 distils IF-II on the outputs of a stage-1 student")
     stage1_run: str | None = opt(None, "finished stage-1 run directory (with --stage 2)")
     prompts: str | None = opt(None, "text file with one prompt per line (text-to-image teachers)")
@@ -139,15 +141,33 @@ CHOICES = dict(solver=("euler", "heun"), weighting=("uniform", "lambda"), studen
 
 
 def resolve(cfg: BootConfig) -> BootConfig:
-    """Fill the preset fields (None) from the teacher's row of PRESETS, then BASE."""
-    preset = PRESETS.get(cfg.teacher + ("-2" if cfg.stage == 2 else ""), {})
-    fills = {k: preset.get(k, v) for k, v in BASE.items() if getattr(cfg, k) is None}
+    """Fill the preset fields (None) from the teacher's row of PRESETS, then BASE; local paths made absolute."""
+    preset, _ = preset_for(cfg)
+    row = PRESETS.get(preset, {})
+    fills = {k: row.get(k, v) for k, v in BASE.items() if getattr(cfg, k) is None}
     out = cfg.out or f"runs/boot-{Path(cfg.teacher).name}" + ("-stage2" if cfg.stage == 2 else "")
-    return dataclasses.replace(cfg, **fills, out=out)
+    paths = {k: teachers.local_path(getattr(cfg, k)) for k in ("teacher", "model_id", "prompts", "stage1_run")}
+    return dataclasses.replace(cfg, **fills, **paths, out=out, preset=preset)
+
+
+def preset_for(cfg: BootConfig):
+    """(row of PRESETS, why): --preset, else the registry entry the teacher is (teachers.teacher_family);
+    'base' when none fits. A local copy of SD 2.1 gets the sd21 row, not the digits defaults."""
+    if cfg.preset is not None:
+        return cfg.preset, "--preset"
+    family, why = (cfg.teacher, "registry entry") if cfg.teacher in PRESETS else teachers.teacher_family(cfg.teacher)
+    if family is None and cfg.model_id:
+        family, why = teachers.teacher_family(cfg.model_id)
+    key = (family or "") + ("-2" if cfg.stage == 2 else "")
+    if key in PRESETS:
+        return key, why
+    return "base", f"no preset for {why}" if family is None else f"no preset for '{family}' ({why})"
 
 
 def validate(cfg: BootConfig, world: int):
     """All checks that need no teacher: one-line UserErrors before anything is loaded or written."""
+    if cfg.preset not in (*PRESETS, "base"):
+        raise UserError(f"unknown preset '{cfg.preset}' (known: {', '.join(PRESETS)}, base)")
     for name, allowed in CHOICES.items():
         if getattr(cfg, name) not in allowed:
             raise UserError(f"unknown {name.replace('_', '-')} '{getattr(cfg, name)}' (known: {', '.join(allowed)})")
@@ -703,24 +723,52 @@ def sample_main(argv):
     p.add_argument("--n", type=int, default=16, help="number of samples (seeds --seed .. --seed + n - 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="PNG path (default RUN/samples.png)")
+    p.add_argument("--device", default=None, help="cuda, cuda:K or cpu (default: cuda when there is a GPU)")
     a = p.parse_args(argv)
     if a.n < 1:
         raise UserError("--n must be at least 1")
+    device = sample_device(a.device)
     quiet_libraries()
-    gen = teachers.load_generator(a.run)
-    cond = sample_cond(gen, a.label, a.prompt, a.n, a.seed)
-    noise = teachers.seeded_noise(range(a.seed, a.seed + a.n), gen.sample_shape)
+    gen = teachers.load_generator(a.run, device)
+    teacher = sample_teacher(gen, a.prompt, device)  # loaded once: prompt encoder and latent decoder
+    if gen.latent and teacher is not None:
+        gen._decoder = teacher
+    cond = sample_cond(gen, a.label, a.prompt, a.n, a.seed, teacher)
+    noise = teachers.seeded_noise(range(a.seed, a.seed + a.n), gen.sample_shape, device)
     t0 = time.perf_counter()
     x = gen.generate(noise, cond, a.w)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     dt = time.perf_counter() - t0
     from torchvision.utils import save_image
 
     out = a.out or str(Path(a.run) / "samples.png")
-    save_image(gen.decode(x).float(), out, nrow=int(math.sqrt(a.n)) or 1)
-    print(f"{a.n} one-step samples in {dt:.2f} s -> {out}")
+    save_image(gen.decode(x).float().cpu(), out, nrow=int(math.sqrt(a.n)) or 1)
+    print(f"{a.n} one-step samples in {dt:.2f} s on {device} -> {out}")
 
 
-def sample_cond(gen, label, prompt, n, seed):
+def sample_device(name):
+    """--device of `boot.py sample`: the GPU when there is one, unless told otherwise."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"unknown --device '{name}' (cuda, cuda:K or cpu)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no GPU is visible to torch here")
+    return device
+
+
+def sample_teacher(gen, prompt, device):
+    """The teacher pipeline, loaded once, when sampling needs its text encoder or latent decoder."""
+    info = gen.info
+    if not (gen.latent or (prompt is not None and info.get("text"))):
+        return None
+    return teachers.load_teacher(info["teacher"], device, model_id=info.get("model_id"), stage=info.get("stage", 1))
+
+
+def sample_cond(gen, label, prompt, n, seed, teacher=None):
     """The condition of `boot.py sample`: labels, prompt embeddings, IF-II's stage-1 input."""
     info = gen.info
     if info.get("num_classes") and prompt is None:
@@ -736,13 +784,17 @@ def sample_cond(gen, label, prompt, n, seed):
         if info.get("text"):
             raise UserError("this student is text-conditioned: pass --prompt TEXT")
         return None
-    teacher = teachers.load_teacher(info["teacher"], model_id=info.get("model_id"), stage=info.get("stage", 1))
+    if teacher is None:
+        teacher = teachers.load_teacher(info["teacher"], gen.device, model_id=info.get("model_id"), stage=info.get("stage", 1))
     if not hasattr(teacher, "encode_prompts"):
         raise UserError("this student is not text-conditioned: --prompt does not apply")
-    cond = {"encoder_hidden_states": teacher.encode_prompts([prompt] * n)["encoder_hidden_states"].float()}
+    stage1 = teachers.load_generator(info["stage1_run"], gen.device) if stage2 else None
+    encoder = teacher
+    if not hasattr(teacher, "tokenizer"):  # IF-II saved without T5: stage I's encoder, as in training
+        encoder = teachers.load_teacher(stage1.info["teacher"], gen.device, model_id=stage1.info.get("model_id"))
+    cond = {"encoder_hidden_states": encoder.encode_prompts([prompt] * n)["encoder_hidden_states"].float()}
     if stage2:
-        stage1 = teachers.load_generator(info["stage1_run"])
-        noise1 = teachers.seeded_noise(range(seed, seed + n), stage1.sample_shape)
+        noise1 = teachers.seeded_noise(range(seed, seed + n), stage1.sample_shape, gen.device)
         x1 = stage1.generate(noise1, cond, None).clamp(-1, 1)
         low = teacher.lowres_cond(x1, info["noise_level"], generator=torch.Generator().manual_seed(seed))
         cond = {**cond, **{k: v.float() if v.is_floating_point() else v for k, v in low.items()}}
@@ -765,6 +817,7 @@ def main(argv=None):
             validate(cfg, int(os.environ.get("WORLD_SIZE", 1)))
             print(json.dumps(dataclasses.asdict(cfg), indent=2))
             return 0
+        print0(f"preset '{cfg.preset}' for teacher '{cfg.teacher}' ({preset_for(BootConfig(**args))[1]})")
         train(cfg)
     except UserError as e:
         if int(os.environ.get("RANK", 0)) == 0:

@@ -99,10 +99,11 @@ class DKDMConfig:
     sampler: str = field(default="ancestral", metadata={"choices": ["ancestral", "ddim"], "help": "--sample: IDDPM ancestral or DDIM"})
     steps: int = field(default=50, metadata={"help": "--sample: sampler steps"})
     n: int = field(default=64, metadata={"help": "--sample: number of images (seeds 0..n-1, label seed mod classes)"})
+    device: str | None = field(default=None, metadata={"help": "--sample: cuda, cuda:K or cpu (default: cuda when there is a GPU)"})
 
 
 RESUMABLE = ("iters", "minutes", "log_every", "ckpt_every")
-SAMPLING_FIELDS = ("sample", "sampler", "steps", "n")
+SAMPLING_FIELDS = ("sample", "sampler", "steps", "n", "device")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -654,7 +655,7 @@ def export_student(cfg, teacher, raw, ema, run_path):
         "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", cls]}, indent=2))
     name = cfg.teacher if cfg.teacher in teachers.REGISTRY else str(Path(cfg.teacher).resolve())
     (tmp / "generator.json").write_text(json.dumps({
-        "method": "dkdm", "teacher": name, "model_id": cfg.model_id, "steps": 50, "sampler": "ddim",
+        "method": "dkdm", "teacher": name, "model_id": teachers.local_path(cfg.model_id), "steps": 50, "sampler": "ddim",
         "sample_shape": list(teacher.sample_shape), "num_classes": teacher.num_classes,
         "latent": teacher.latent, "default_w": teacher.default_guidance, "class_name": cls,
         "training": cfg.method}, indent=2))
@@ -684,7 +685,8 @@ def write_preview(teacher, student_dir, path, n=16, steps=50):
 def sample_run(cfg):
     from torchvision.utils import save_image
 
-    gen = teachers.load_generator(cfg.sample)
+    device = sample_device(cfg.device)
+    gen = teachers.load_generator(cfg.sample, device)
     student = gen.model
     teachers.trailing_steps(student.schedule.T, cfg.steps)
     seeds = list(range(cfg.n))
@@ -699,6 +701,19 @@ def sample_run(cfg):
     save_image(gen.decode(x).float().cpu(), out, nrow=int(math.sqrt(cfg.n)) or 1)
     print(f"{cfg.n} {cfg.sampler}-{cfg.steps} samples in {time.time() - start:.1f} s -> {out}")
     return 0
+
+
+def sample_device(name):
+    """--device of --sample: the GPU when there is one, unless told otherwise."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"unknown --device '{name}' (cuda, cuda:K or cpu)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no GPU is visible to torch here")
+    return device
 
 
 # ---------------------------------------------------------------------------------------------
@@ -764,6 +779,7 @@ def main(argv=None):
     args = vars(p.parse_args(argv))
     dry_run = args.pop("dry_run")
     cfg = DKDMConfig(**args)
+    cfg = dataclasses.replace(cfg, **{k: teachers.local_path(getattr(cfg, k)) for k in ("teacher", "model_id")})
     if cfg.iters is None:
         cfg = dataclasses.replace(cfg, iters=3000 if cfg.student == "vit" else 10000)
     try:

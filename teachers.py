@@ -572,7 +572,47 @@ def _read_index(path_or_id: str) -> dict:
             break
     hint = " (gated: accept its licence on huggingface.co and log in)" if "Gated" in type(err).__name__ else ""
     raise UserError(f"cannot load hub id '{path_or_id}'{hint}: {type(err).__name__}; "
-                    f"without network, download it elsewhere and pass the local directory instead")
+                    f"without network, download it elsewhere and pass the local directory instead "
+                    f"(--teacher DIR, or --teacher NAME --model-id DIR)")
+
+
+# What a teacher is, whatever string named it: the registry entry whose settings fit it
+HUB_FAMILY = {"stabilityai/stable-diffusion-2-1-base": "sd21", "DeepFloyd/IF-I-XL-v1.0": "if",
+              "DeepFloyd/IF-I-M-v1.0": "if", IF_STAGE2_ID: "if", "DeepFloyd/IF-II-L-v1.0": "if"}
+PIPELINE_FAMILY = {"StableDiffusionPipeline": "sd21", "IFPipeline": "if", "IFSuperResolutionPipeline": "if",
+                   "DDPMPipeline": "ddpm-cifar10", "DDIMPipeline": "ddpm-cifar10", "LDMPipeline": "ldm-celebahq"}
+
+
+def local_path(path_or_id):
+    """An existing local path made absolute (so a run directory works from anywhere); else unchanged."""
+    if path_or_id is None or path_or_id in REGISTRY:
+        return path_or_id
+    p = Path(path_or_id).expanduser()
+    return str(p.resolve()) if p.exists() else path_or_id
+
+
+def teacher_family(name_or_path: str, model_id=None):
+    """(registry name, reason): the entry a teacher belongs to, from what it is, not how it is spelt.
+
+    A registry name is itself; the embedded digits directory is 'digits'; a hub id is matched against
+    the registry's ids; anything else by the pipeline class in its model_index.json (a local copy of
+    SD 2.1 is 'sd21'). (None, reason) when nothing fits or the index cannot be read.
+    """
+    if name_or_path in REGISTRY:
+        return name_or_path, "registry entry"
+    p = Path(name_or_path).expanduser()
+    if p.exists() and p.resolve() == DIGITS_DIR.resolve():
+        return "digits", "the embedded digits teacher"
+    ids = {e.default_id: k for k, e in REGISTRY.items() if e.default_id and k != "digits"} | HUB_FAMILY
+    if name_or_path in ids:
+        return ids[name_or_path], f"hub id of the registry's '{ids[name_or_path]}'"
+    try:
+        cls = _read_index(name_or_path).get("_class_name", "")
+    except UserError as e:
+        return None, str(e)
+    if cls in PIPELINE_FAMILY:
+        return PIPELINE_FAMILY[cls], f"a {cls}"
+    return None, f"a {cls or 'bare model'}"
 
 
 def _sub(path_or_id, name):
@@ -674,10 +714,24 @@ def _load_plain(where, index, dtype):
     return t
 
 
+def latent_scale(vae) -> float:
+    """The factor latents were multiplied by before diffusion: decode(x / scale).
+
+    A KL autoencoder (SD) always carries it (0.18215 for SD 2.1). A VQ autoencoder uses it only when
+    its checkpoint's config sets it: CompVis/ldm-celebahq-256 was trained on unscaled VQ latents
+    (scale 1, the original LDM-VQ recipe) and its config predates the key, which diffusers then
+    fills with the class default 0.18215; diffusers' LDMPipeline divides by that default and draws
+    broken faces (huggingface/diffusers#6725). A VQ model saved with an explicit factor gets it.
+    """
+    scale = getattr(vae.config, "scaling_factor", None)
+    if type(vae).__name__ != "AutoencoderKL" and "scaling_factor" in (vae.config.get("_use_default_values") or []):
+        return 1.0
+    return float(scale or 1.0)
+
+
 def _decode_latent(teacher, x):
     vae = teacher.vae
-    scale = getattr(vae.config, "scaling_factor", 1.0) or 1.0
-    img = vae.decode(x / scale).sample if type(vae).__name__ == "AutoencoderKL" else vae.decode(x).sample
+    img = vae.decode(x / latent_scale(vae)).sample
     return ((img.float() + 1) / 2).clamp(0, 1)
 
 
