@@ -700,6 +700,10 @@ def _load_plain(where, index, dtype):
     size = cfg_u.sample_size if isinstance(cfg_u.sample_size, int) else cfg_u.sample_size[0]
     num_classes = (getattr(cfg_u, "num_class_embeds", None) or getattr(cfg_u, "num_embeds_ada_norm", None) or 1) - 1
     vt = cfg.get("variance_type", "fixed_small")
+    out = cfg_u.out_channels
+    if out != (2 * C if vt in ("learned", "learned_range") else C):
+        raise UserError(f"'{where}': the denoiser has {out} output channels for {C} input channels but its scheduler's "
+                        f"variance_type is '{vt}' (learned variance needs {2 * C}: eps + v, fixed needs {C})")
     latent = "vqvae" in index or "vae" in index
     t = UNetTeacher(unet, sched, (C, size, size), prediction_type=cfg.get("prediction_type", "epsilon"),
                     variance_type=vt, clip=None if latent or not cfg.get("clip_sample", True) else "static",
