@@ -92,7 +92,9 @@ class BootConfig:
     stage: int = opt(1, "IF cascade stage; 2 distils IF-II on the outputs of a stage-1 student")
     stage1_run: str | None = opt(None, "finished stage-1 run directory (with --stage 2)")
     prompts: str | None = opt(None, "text file with one prompt per line (text-to-image teachers)")
-    half: bool = opt(False, "run the frozen teacher in float16 (GPU only)")
+    half: bool = opt(False, "run the frozen teacher in float16 (GPU only; the same in dkdm.py)")
+    precision: str = opt("auto", "student: auto (bf16 autocast + TF32 matmuls on a GPU, float32 on CPU), bf16, fp32")
+    grad_checkpointing: bool = opt(False, "recompute the student's activations in backward (less memory, more time)")
     clip: str = opt("auto", "targets' thresholding: auto (the teacher's own), none, static, dynamic")
     # the student y_theta(eps, t, c, w)
     student: str = opt("auto", "copy (teacher copy + zero-init t/w embedding), small (a smaller random "
@@ -135,9 +137,10 @@ PRESETS = {  # Table 3 where the paper gives a value; measured on this CPU for d
     "if": dict(weighting="lambda", lr=2e-5, batch=64, ema=0.9999, iters=500_000),
     "if-2": dict(weighting="lambda", lr=2e-5, batch=32, ema=0.9999, iters=100_000),
 }
-RESUMABLE = ("iters", "minutes", "log_every", "ckpt_every", "preview", "check")  # may change on a rerun
+RESUMABLE = ("iters", "minutes", "log_every", "ckpt_every", "preview", "check", "precision", "grad_checkpointing")  # may change on a rerun
 CHOICES = dict(solver=("euler", "heun"), weighting=("uniform", "lambda"), student=("auto", "copy", "small"),
-               time_sampling=("uniform", "progressive"), clip=("auto", "none", "static", "dynamic"))
+               time_sampling=("uniform", "progressive"), clip=("auto", "none", "static", "dynamic"),
+               precision=teachers.PRECISIONS)
 
 
 def resolve(cfg: BootConfig) -> BootConfig:
@@ -423,8 +426,9 @@ def boot_step(model, raw, info, teacher, eps, t, cond, w, cfg: BootConfig, bound
     y_theta = teachers.boot_generate
     s = step_back(t, cfg.delta, cfg.t_min)
     f = guided_teacher(teacher, cond, w, clock)
-    with clock("student"), torch.no_grad():
-        y_t = y_theta(raw, info, eps, t.to(dev, torch.float32), cond, w)  # Alg. 1 line 7, under SG
+    amp = lambda: teachers.student_autocast(cfg.precision, dev)  # noqa: E731 - bf16 on a GPU by default
+    with clock("student"), torch.no_grad(), amp():
+        y_t = y_theta(raw, info, eps, t.to(dev, torch.float32), cond, w).float()  # Alg. 1 line 7, under SG
     target = bootstrap_target(f, sch, y_t, eps, t, s, cfg.solver)
     weight = loss_weight(sch, t, cfg.delta, cfg.weighting)
     tt, ee, cc, ww = s, eps, cond, w
@@ -432,8 +436,8 @@ def boot_step(model, raw, info, teacher, eps, t, cond, w, cfg: BootConfig, bound
         tt = torch.cat([s, torch.full_like(s, cfg.t_max)])
         ee, cc = torch.cat([eps, eps]), teachers.cat_cond(cond, cond)
         ww = torch.cat([w, w]) if torch.is_tensor(w) else w
-    with clock("student"):
-        y = y_theta(model, info, ee, tt.to(dev, torch.float32), cc, ww)
+    with clock("student"), amp():
+        y = y_theta(model, info, ee, tt.to(dev, torch.float32), cc, ww).float()
     loss_bs = bootstrap_loss(y[: len(eps)], target, weight)
     loss_bc = torch.zeros((), device=dev)
     if boundary:
@@ -536,6 +540,8 @@ def _train(cfg: BootConfig, rank, world, device):
     run.start()
     student, info = make_student(teacher, cfg, default_weight(cfg, teacher))
     raw = student.to(device).train()
+    teachers.enable_checkpointing(raw, cfg.grad_checkpointing)
+    teachers.setup_precision(cfg.precision, device)
     ema = teachers.EMA(raw, cfg.ema)
     opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(cfg.seed)  # the global stream: same on every rank

@@ -92,6 +92,9 @@ class DKDMConfig:
     synth_steps: int = field(default=100, metadata={"help": "data-free baseline: ancestral steps per synthetic sample (Table 4)"})
     synth_n: int | None = field(default=None, metadata={"help": "data-free baseline: synthetic set size; default the training-set size"})
     seed: int = field(default=0, metadata={"help": "seed of every random draw (process r uses seed + 1000003 r)"})
+    half: bool = field(default=False, metadata={"help": "run the frozen teacher in float16 (GPU only; the same in boot.py)"})
+    precision: str = field(default="auto", metadata={"choices": list(teachers.PRECISIONS), "help": "student: auto (bf16 autocast + TF32 matmuls on a GPU, float32 on CPU), bf16, fp32"})
+    grad_checkpointing: bool = field(default=False, metadata={"help": "recompute the student's activations in backward (less memory, more time)"})
     out: str | None = field(default=None, metadata={"help": "run dir; default runs/dkdm-<teacher>-<student>-<method>"})
     log_every: int = field(default=100, metadata={"help": "metrics.jsonl / progress interval"})
     ckpt_every: int = field(default=1000, metadata={"help": "checkpoint interval (a rerun resumes from the latest)"})
@@ -102,7 +105,7 @@ class DKDMConfig:
     device: str | None = field(default=None, metadata={"help": "--sample: cuda, cuda:K or cpu (default: cuda when there is a GPU)"})
 
 
-RESUMABLE = ("iters", "minutes", "log_every", "ckpt_every")
+RESUMABLE = ("iters", "minutes", "log_every", "ckpt_every", "precision", "grad_checkpointing")
 SAMPLING_FIELDS = ("sample", "sampler", "steps", "n", "device")
 
 
@@ -503,13 +506,15 @@ def student_step(cfg, teacher, model, stream, b, w):
     sch = teacher.schedule
     if isinstance(stream, DataStream):
         x0, labels = stream.draw(b)
-        loss = teachers.iddpm_loss(model, x0, as_cond(labels), sch, stream.g)
+        with teachers.student_autocast(cfg.precision, x0.device):
+            loss = teachers.iddpm_loss(model, x0, as_cond(labels), sch, stream.g)
         return loss, loss.detach(), torch.zeros(()), 0.0
     start = time.perf_counter()
     x_t, i, labels, target = knowledge_step(teacher, stream, b, w, cfg.p_uncond)
     sync(x_t.device)
     t_teacher = time.perf_counter() - start
-    out = teachers.call_net(model, x_t, i.to(x_t.dtype), as_cond(labels))
+    with teachers.student_autocast(cfg.precision, x_t.device):  # bf16 on a GPU by default
+        out = teachers.call_net(model, x_t, i.to(x_t.dtype), as_cond(labels)).float()
     loss, mse, vb = dkdm_loss(sch, x_t, i, out, target, cfg.lam, teacher.learned_variance)
     return loss.mean(), mse.mean().detach(), vb.mean().detach(), t_teacher
 
@@ -533,6 +538,8 @@ def train(cfg, teacher, student, run, rank, world, device):
     g = torch.Generator().manual_seed(cfg.seed + 1000003 * rank)
     b, w = cfg.batch // world, teacher.default_guidance
     raw = student.to(device).train()
+    teachers.enable_checkpointing(raw, cfg.grad_checkpointing)
+    teachers.setup_precision(cfg.precision, device)
     model = DDP(raw) if world > 1 else raw
     ema = teachers.EMA(raw, cfg.ema)
     opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -730,6 +737,7 @@ def check_config(cfg):
               (cfg.synth_n is None or cfg.synth_n >= 1, "--synth-n must be at least 1"),
               (cfg.log_every >= 1 and cfg.ckpt_every >= 1, "--log-every and --ckpt-every must be at least 1"),
               (cfg.steps >= 1 and cfg.n >= 1, "--steps and --n must be at least 1"),
+              (not cfg.half or torch.cuda.is_available(), "--half needs a GPU (float16 teachers are slow and inexact on CPU)"),
               (cfg.method != "iterative" or cfg.pool_init in ("auto", "noise"),
                "--method iterative starts every sample at T-1 (--pool-init auto or noise)")]
     for ok, message in checks:
@@ -745,7 +753,8 @@ def prepare(cfg, rank, world, device):
     """(teacher, student, RunDir): the teacher loaded, the student built, every check done."""
     if cfg.batch % world:
         raise UserError(f"--batch {cfg.batch} is not divisible by the {world} processes")
-    teacher = teachers.load_teacher(cfg.teacher, device=device, model_id=cfg.model_id)
+    teacher = teachers.load_teacher(cfg.teacher, device=device, model_id=cfg.model_id,
+                                    dtype=teachers.teacher_dtype(cfg.half, device))
     if cfg.method == "data" and teacher.name != "digits":
         raise UserError("--method data needs the embedded digits teacher (its real data ships with scikit-learn)")
     if cfg.p_uncond > 0 and not teacher.num_classes:

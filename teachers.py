@@ -382,7 +382,11 @@ class UNetTeacher(Teacher):
         self.unet = unet
 
     def net(self, x, t, cond):
-        return call_net(self.unet, x, t * (self.schedule.T - 1), cond)
+        """The network in its own dtype (float16 with --half); the output in the caller's dtype."""
+        dt = self.unet.dtype
+        if cond is not None and dt != x.dtype:
+            cond = {k: v.to(dt) if v.is_floating_point() else v for k, v in cond.items()}
+        return call_net(self.unet, x.to(dt), t * (self.schedule.T - 1), cond).to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1074,6 +1078,51 @@ def rank0_decides(**flags) -> dict:
 def mean_over_ranks(values, device=None, site="mean_over_ranks"):
     """A list of numbers averaged over the torchrun processes (itself in a single process)."""
     return collective("mean", values, site)
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision: the same three switches in boot.py and dkdm.py
+# ---------------------------------------------------------------------------------------------
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def teacher_dtype(half: bool, device):
+    """--half: the frozen teacher in float16, on a GPU only (slow and inexact on CPU)."""
+    if half and torch.device(device).type != "cuda":
+        raise UserError("--half needs a GPU (float16 teachers are slow and inexact on CPU)")
+    return torch.float16 if half else torch.float32
+
+
+def use_bf16(precision: str, device) -> bool:
+    """--precision auto: bf16 autocast for the student on a GPU, float32 elsewhere; bf16 / fp32 force it."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision '{precision}' (known: {', '.join(PRECISIONS)})")
+    return precision == "bf16" or (precision == "auto" and torch.device(device).type == "cuda")
+
+
+def setup_precision(precision: str, device):
+    """TF32 matmuls and convolutions on a GPU (unless --precision fp32); nothing on CPU."""
+    if torch.device(device).type == "cuda" and precision != "fp32":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def student_autocast(precision: str, device):
+    """The context the student's forward passes run in: bf16 autocast, or nothing."""
+    from contextlib import nullcontext
+
+    if use_bf16(precision, device):
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def enable_checkpointing(model, on: bool):
+    """--grad-checkpointing: recompute the student's activations in backward (diffusers models)."""
+    if not on:
+        return
+    if not getattr(model, "_supports_gradient_checkpointing", False):
+        raise UserError(f"{type(model).__name__} does not support gradient checkpointing")
+    model.enable_gradient_checkpointing()
 
 
 def print0(*args, **kw):
