@@ -123,6 +123,8 @@ class BootConfig:
     out: str | None = opt(None, "run directory (default runs/boot-<teacher>[-stage2])")
     log_every: int = opt(50, "iterations between metrics.jsonl records")
     ckpt_every: int = opt(250, "iterations between checkpoints")
+    keep: int = opt(1, "checkpoints kept: the last N (checkpoints/step-*.pt; latest.pt is the newest)")
+    export_every: int = opt(0, "also export the EMA student + preview.png every K iterations while training (0: at the end)")
     preview: int = opt(10, "columns of preview.png: teacher DDIM-50 row vs student 1-step row")
     check: int = opt(256, "samples of the final distance check against the teacher's DDIM-50 (images "
                           "of <= 1024 values without prompts; else the preview's)")
@@ -137,7 +139,8 @@ PRESETS = {  # Table 3 where the paper gives a value; measured on this CPU for d
     "if": dict(weighting="lambda", lr=2e-5, batch=64, ema=0.9999, iters=500_000),
     "if-2": dict(weighting="lambda", lr=2e-5, batch=32, ema=0.9999, iters=100_000),
 }
-RESUMABLE = ("iters", "minutes", "log_every", "ckpt_every", "preview", "check", "precision", "grad_checkpointing")  # may change on a rerun
+RESUMABLE = ("iters", "minutes", "log_every", "ckpt_every", "preview", "check", "precision", "grad_checkpointing",
+             "keep", "export_every")  # may change on a rerun
 CHOICES = dict(solver=("euler", "heun"), weighting=("uniform", "lambda"), student=("auto", "copy", "small"),
                time_sampling=("uniform", "progressive"), clip=("auto", "none", "static", "dynamic"),
                precision=teachers.PRECISIONS)
@@ -184,6 +187,8 @@ def validate(cfg: BootConfig, world: int):
         raise UserError("need iters >= 0, boundary-every >= 0, beta >= 0, lr > 0 and 0 <= ema < 1")
     if cfg.log_every < 1 or cfg.ckpt_every < 1 or cfg.preview < 0 or cfg.check < 0 or cfg.time_cond_dim < 2:
         raise UserError("need log-every >= 1, ckpt-every >= 1, preview >= 0, check >= 0, time-cond-dim >= 2")
+    if cfg.keep < 1 or cfg.export_every < 0:
+        raise UserError("need keep >= 1 and export-every >= 0")
     if cfg.w_max is not None and (cfg.w is None or cfg.w_max < cfg.w):
         raise UserError("--w-max needs --w with w <= w-max (w ~ U(w, w_max) per example)")
     if cfg.stage not in (1, 2):
@@ -536,7 +541,7 @@ def train(cfg: BootConfig):
 
 def _train(cfg: BootConfig, rank, world, device):
     teacher, conds = load_all(cfg, device)
-    run = teachers.RunDir(cfg.out, dataclasses.asdict(cfg), rank, resumable=RESUMABLE)
+    run = teachers.RunDir(cfg.out, dataclasses.asdict(cfg), rank, resumable=RESUMABLE, keep=cfg.keep)
     run.start()
     student, info = make_student(teacher, cfg, default_weight(cfg, teacher))
     raw = student.to(device).train()
@@ -546,12 +551,12 @@ def _train(cfg: BootConfig, rank, world, device):
     opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(cfg.seed)  # the global stream: same on every rank
     step, elapsed = 0, 0.0
-    state = run.load()
+    state = run.load(device)
     if state is not None:
         raw.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
-        g.set_state(state["gen"])
+        g.set_state(state["gen"].cpu())  # a CPU generator's state, whatever the map_location
         step, elapsed = state["step"], state["elapsed"]
         drop_metrics_after(run, step)
         print0(f"resuming {cfg.out} at step {step}")
@@ -615,6 +620,8 @@ def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed,
             since, t_log, sums = 0, now, torch.zeros_like(sums)
         if step % cfg.ckpt_every == 0 or step == cfg.iters or minutes_up:
             checkpoint(run, raw, ema, opt, g, step, elapsed + time.time() - t_run)
+        if cfg.export_every and step % cfg.export_every == 0 and step < cfg.iters and not minutes_up and rank == 0:
+            finish(cfg, raw, ema, info, teacher, conds, device)  # student/ + preview.png to look at mid-run
         if minutes_up:
             print0(f"\n--minutes {cfg.minutes} reached at step {step}; rerun the command to continue")
             break

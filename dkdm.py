@@ -98,6 +98,8 @@ class DKDMConfig:
     out: str | None = field(default=None, metadata={"help": "run dir; default runs/dkdm-<teacher>-<student>-<method>"})
     log_every: int = field(default=100, metadata={"help": "metrics.jsonl / progress interval"})
     ckpt_every: int = field(default=1000, metadata={"help": "checkpoint interval (a rerun resumes from the latest)"})
+    keep: int = field(default=1, metadata={"help": "checkpoints kept: the last N (checkpoints/step-*.pt; latest.pt is the newest)"})
+    export_every: int = field(default=0, metadata={"help": "also export the EMA student + preview.png every K iterations while training (0: at the end)"})
     sample: str | None = field(default=None, metadata={"help": "sampling entry point: a finished run dir to sample from (no training)"})
     sampler: str = field(default="ancestral", metadata={"choices": ["ancestral", "ddim"], "help": "--sample: IDDPM ancestral or DDIM"})
     steps: int = field(default=50, metadata={"help": "--sample: sampler steps"})
@@ -105,7 +107,7 @@ class DKDMConfig:
     device: str | None = field(default=None, metadata={"help": "--sample: cuda, cuda:K or cpu (default: cuda when there is a GPU)"})
 
 
-RESUMABLE = ("iters", "minutes", "log_every", "ckpt_every", "precision", "grad_checkpointing")
+RESUMABLE = ("iters", "minutes", "log_every", "ckpt_every", "precision", "grad_checkpointing", "keep", "export_every")
 SAMPLING_FIELDS = ("sample", "sampler", "steps", "n", "device")
 
 
@@ -219,7 +221,7 @@ class Pool:
         self.x, self.i, self.labels = s["x"].to(self.x.device), s["i"].to(self.x.device), s["labels"]
         if self.labels is not None:
             self.labels = self.labels.to(self.x.device)
-        self.g.set_state(s["g"])
+        self.g.set_state(s["g"].cpu())  # a CPU generator's state, whatever the map_location
 
 
 def knowledge_step(teacher, pool: Pool, b, w=None, p_uncond=0.0):
@@ -454,7 +456,7 @@ class DataStream:
         return {"g": self.g.get_state()}
 
     def load_state_dict(self, s):
-        self.g.set_state(s["g"])
+        self.g.set_state(s["g"].cpu())  # a CPU generator's state, whatever the map_location
 
 
 def data_stream(cfg, teacher, run_path, g, rank, w):
@@ -496,8 +498,9 @@ def save_all(run, step, raw, ema, opt, stream, rank):
     barrier()
     run.save({"model": raw.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step})
     barrier()
+    keep = {stream_file(run, rank, s) for s in [*run.kept_steps(), step]}  # each kept checkpoint's pool
     for f in run.path.glob(f"checkpoints/stream-rank{rank}-step*.pt"):
-        if f != stream_file(run, rank, step):
+        if f not in keep:
             f.unlink(missing_ok=True)
 
 
@@ -543,7 +546,7 @@ def train(cfg, teacher, student, run, rank, world, device):
     model = DDP(raw) if world > 1 else raw
     ema = teachers.EMA(raw, cfg.ema)
     opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=0.0)
-    state, step = run.load(), 0
+    state, step = run.load(device), 0
     if cfg.method in ("data", "data-free"):
         stream = data_stream(cfg, teacher, run.path, g, rank, w)
     else:
@@ -594,6 +597,8 @@ def train(cfg, teacher, student, run, rank, world, device):
             acc = [0.0] * 6
         if step % cfg.ckpt_every == 0:
             save_all(run, step, raw, ema, opt, stream, rank)
+        if cfg.export_every and step % cfg.export_every == 0 and step < cfg.iters and rank == 0:
+            write_preview(teacher, export_student(cfg, teacher, raw, ema, run.path), run.path / "preview.png")
     bar.close()
     save_all(run, step, raw, ema, opt, stream, rank)
     return raw, ema, step
@@ -736,6 +741,7 @@ def check_config(cfg):
               (0 <= cfg.p_uncond < 1, "--p-uncond must lie in [0, 1)"), (cfg.synth_steps >= 1, "--synth-steps must be at least 1"),
               (cfg.synth_n is None or cfg.synth_n >= 1, "--synth-n must be at least 1"),
               (cfg.log_every >= 1 and cfg.ckpt_every >= 1, "--log-every and --ckpt-every must be at least 1"),
+              (cfg.keep >= 1 and cfg.export_every >= 0, "--keep must be at least 1 and --export-every non-negative"),
               (cfg.steps >= 1 and cfg.n >= 1, "--steps and --n must be at least 1"),
               (not cfg.half or torch.cuda.is_available(), "--half needs a GPU (float16 teachers are slow and inexact on CPU)"),
               (cfg.method != "iterative" or cfg.pool_init in ("auto", "noise"),
@@ -768,7 +774,7 @@ def prepare(cfg, rank, world, device):
     out = cfg.out or f"runs/dkdm-{Path(cfg.teacher).name}-{Path(cfg.student).name}-{cfg.method}"
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in SAMPLING_FIELDS}
     config.update(out=out, world_size=world, pool_init=resolved_init(cfg) if cfg.method not in ("data", "data-free") else None)
-    return teacher, student, teachers.RunDir(out, config, rank, resumable=RESUMABLE)
+    return teacher, student, teachers.RunDir(out, config, rank, resumable=RESUMABLE, keep=cfg.keep)
 
 
 def describe(cfg, teacher, student, run, world):

@@ -1176,9 +1176,11 @@ def save_checkpoint(path, state: dict):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """Load a checkpoint written by save_checkpoint without unpickling code (weights_only=True)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+def load_checkpoint(path, map_location="cpu", mmap=False):
+    """Load a checkpoint written by save_checkpoint without unpickling code (weights_only=True).
+
+    mmap=True maps the file instead of reading it whole into memory (each rank of an 8-GPU resume)."""
+    return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
 
 
 class RunDir:
@@ -1188,8 +1190,9 @@ class RunDir:
     directory is refused (fields in `resumable` — e.g. the iteration budget — may change).
     """
 
-    def __init__(self, path, config: dict, rank: int = 0, resumable=("iters", "minutes", "log_every", "ckpt_every")):
-        self.path, self.rank = Path(path), rank
+    def __init__(self, path, config: dict, rank: int = 0, resumable=("iters", "minutes", "log_every", "ckpt_every"),
+                 keep: int = 1):
+        self.path, self.rank, self.keep = Path(path), rank, keep
         self.ckpt = self.path / "checkpoints" / "latest.pt"
         cfg_file = self.path / "config.json"
         if cfg_file.is_file():
@@ -1206,12 +1209,30 @@ class RunDir:
             (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
             (self.path / "config.json").write_text(json.dumps(self.config, indent=2))
 
-    def load(self):
-        return load_checkpoint(self.ckpt) if self.ckpt.is_file() else None
+    def load(self, device="cpu"):
+        """The latest checkpoint, memory-mapped, its tensors on this rank's device (None if none)."""
+        return load_checkpoint(self.ckpt, map_location=device, mmap=True) if self.ckpt.is_file() else None
 
     def save(self, state: dict):
-        if self.rank == 0:
+        """checkpoints/latest.pt; with keep > 1 it links to step-<step>.pt and the last `keep` of those stay."""
+        if self.rank != 0:
+            return
+        if self.keep <= 1:
             save_checkpoint(self.ckpt, state)
+            return
+        name = f"step-{int(state['step']):09d}.pt"
+        save_checkpoint(self.ckpt.with_name(name), state)
+        tmp = self.ckpt.with_name("latest.pt.link")
+        tmp.unlink(missing_ok=True)
+        os.symlink(name, tmp)  # relative: the run directory may move
+        os.replace(tmp, self.ckpt)
+        for old in sorted(self.ckpt.parent.glob("step-*.pt"))[:-self.keep]:
+            old.unlink(missing_ok=True)
+
+    def kept_steps(self):
+        """Steps of the checkpoints on disk (the latest only, unless keep > 1)."""
+        steps = [int(f.stem.split("-")[1]) for f in self.ckpt.parent.glob("step-*.pt")]
+        return sorted(steps)[-self.keep:] if self.keep > 1 else []
 
     def log(self, record: dict):
         if self.rank == 0:
