@@ -815,6 +815,43 @@ def sample_cond(gen, label, prompt, n, seed, teacher=None):
 
 
 # ---------------------------------------------------------------------------------------------
+# --dry-run: memory per GPU and network passes of one iteration, from the teacher's configs only
+# ---------------------------------------------------------------------------------------------
+def memory_report(cfg: BootConfig, world: int) -> dict:
+    """The teacher and student built from configs (no weights read); the student's activations for
+    one sample measured on CPU under the precision a GPU run uses (auto = bf16 autocast)."""
+    quiet_libraries()
+    with teachers.config_only():
+        dtype = torch.float16 if cfg.half else torch.float32
+        teacher = teachers.load_teacher(cfg.teacher, "meta", dtype, model_id=cfg.model_id, stage=cfg.stage, clip=cfg.clip)
+        from accelerate import init_empty_weights
+
+        with init_empty_weights():  # parameters on the meta device, nothing else
+            student, info = make_student(teacher, cfg, default_weight(cfg, teacher))
+    student.to_empty(device="cpu").train()  # uninitialised values: only the shapes matter here
+    eps, t = torch.zeros(1, *teacher.sample_shape), torch.full((1,), 0.5)
+    cond = {k: torch.zeros((1, *v.shape[1:]), dtype=v.dtype) for k, v in teacher.null.items()} or None
+    if cfg.stage == 2:
+        cond = {**cond, "lowres": torch.zeros(1, *teacher.sample_shape), "class_labels": torch.tensor([cfg.noise_level])}
+    cond, w = as_student_cond(cond, "cpu"), default_weight(cfg, teacher)
+    precision = "bf16" if cfg.precision == "auto" else cfg.precision
+
+    def forward():
+        with teachers.student_autocast(precision, "cpu"):
+            teachers.boot_generate(student, info, eps, t, cond, w).float().mean()
+
+    act = teachers.saved_activation_bytes(student, forward)
+    cfg_pair = teacher.guided and (w is not None or cfg.w_max is not None) and w != 1.0
+    k = cfg.boundary_every
+    passes = {"teacher_forwards": (2 if cfg.solver == "heun" else 1) + (1 / k if k else 0),
+              "teacher_forward_batch": "2 b (CFG pair)" if cfg_pair else "b",
+              "student_forwards_no_grad": 1, "student_forward_backward": 1,
+              "student_train_batch": f"2 b every {k} iterations (boundary), else b" if k else "b"}
+    mods = [getattr(teacher, name, None) for name in ("unet", "text_encoder", "vae")]
+    return teachers.memory_estimate(mods, 2 if cfg.half else 4, student, act, 2 if k else 1, cfg.batch // world, passes)
+
+
+# ---------------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------------
 def main(argv=None):
@@ -827,8 +864,14 @@ def main(argv=None):
         dry_run = args.pop("dry_run")
         cfg = resolve(BootConfig(**args))
         if dry_run:
-            validate(cfg, int(os.environ.get("WORLD_SIZE", 1)))
-            print(json.dumps(dataclasses.asdict(cfg), indent=2))
+            world = int(os.environ.get("WORLD_SIZE", 1))
+            validate(cfg, world)
+            report = dataclasses.asdict(cfg)
+            try:
+                report["memory_estimate"] = memory_report(cfg, world)
+            except UserError as e:  # e.g. a hub teacher whose configs are not on this machine
+                report["memory_estimate"] = f"unavailable: {e}"
+            print(json.dumps(report, indent=2))
             return 0
         print0(f"preset '{cfg.preset}' for teacher '{cfg.teacher}' ({preset_for(BootConfig(**args))[1]})")
         train(cfg)

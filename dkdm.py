@@ -789,6 +789,33 @@ def describe(cfg, teacher, student, run, world):
     return {**run.config, **facts}
 
 
+def memory_report(cfg, teacher, student, world):
+    """--dry-run: memory per GPU (teacher, student + AdamW + EMA, activations measured on CPU for one
+    sample under the precision a GPU run uses, the pool) and the network passes of one iteration."""
+    import copy
+
+    model = copy.deepcopy(student).cpu().train()
+    C, H, W = teacher.sample_shape
+    x, i = torch.zeros(1, C, H, W), torch.tensor([teacher.schedule.T // 2])
+    labels = torch.zeros(1, dtype=torch.long) if teacher.num_classes else None
+    precision = "bf16" if cfg.precision == "auto" else cfg.precision
+
+    def forward():
+        with teachers.student_autocast(precision, "cpu"):
+            teachers.call_net(model, x, i.float(), as_cond(labels)).float().mean()
+
+    act = teachers.saved_activation_bytes(model, forward)
+    b = cfg.batch // world
+    pool = pool_size(cfg, teacher.schedule.T, b) if cfg.method in ("dynamic", "shuffled", "iterative") else 0
+    w = teacher.default_guidance
+    passes = {"teacher_forwards": 1 if cfg.method not in ("data", "data-free") else 0,
+              "teacher_forward_batch": "2 b (CFG pair)" if teacher.guided and w not in (None, 1.0) else "b",
+              "student_forward_backward": 1}
+    return teachers.memory_estimate([getattr(teacher, "unet", None), getattr(teacher, "vae", None)],
+                                    2 if cfg.half else 4, model, act, 1, b, passes,
+                                    extra_per_sample=pool / b * (4 * C * H * W + 16), extra_what="pool")
+
+
 def main(argv=None):
     p = teachers.parser_from_dataclass(DKDMConfig, __doc__)
     args = vars(p.parse_args(argv))
@@ -805,7 +832,8 @@ def main(argv=None):
         try:
             teacher, student, run = prepare(cfg, rank, world, device)
             if dry_run:
-                print0(json.dumps(describe(cfg, teacher, student, run, world), indent=2))
+                facts = describe(cfg, teacher, student, run, world)
+                print0(json.dumps({**facts, "memory_estimate": memory_report(cfg, teacher, student, world)}, indent=2))
                 return 0
             barrier()
             run.start()

@@ -626,8 +626,44 @@ def _sub(path_or_id, name):
     return path_or_id, name
 
 
+_CONFIG_ONLY: list = []  # non-empty inside config_only(): networks from their configs, on the meta device
+
+
+class config_only:
+    """Inside `with config_only():` load_teacher reads configs, tokenizers and schedulers but no weights:
+    networks are built on the meta device (sizes and shapes, no values; load with device='meta')."""
+
+    def __enter__(self):
+        _CONFIG_ONLY.append(True)
+
+    def __exit__(self, *exc):
+        _CONFIG_ONLY.pop()
+
+
+def _empty_component(cls, path_or_id, sub, dtype):
+    where, subfolder = _sub(path_or_id, sub)
+    kw = {"subfolder": subfolder} if subfolder else {}
+    if hasattr(cls, "config_class"):  # a transformers model
+        try:
+            conf = cls.config_class.from_pretrained(where, **kw)
+        except OSError:
+            conf = cls.config_class.from_pretrained(path_or_id)
+        make = lambda: cls(conf)  # noqa: E731
+    else:
+        try:
+            conf = cls.load_config(where, **kw)
+        except OSError:
+            conf = cls.load_config(path_or_id)
+        make = lambda: cls.from_config(conf)  # noqa: E731
+    with torch.device("meta"):
+        model = make()
+    return model.to(dtype) if dtype is not None else model
+
+
 def _load_component(cls, path_or_id, sub, dtype=None):
     """cls.from_pretrained of a pipeline component; single-model repos (google/ddpm-*) keep it at the root."""
+    if _CONFIG_ONLY and isinstance(cls, type) and issubclass(cls, nn.Module):
+        return _empty_component(cls, path_or_id, sub, dtype)
     kw = {"torch_dtype": dtype} if dtype is not None else {}
     where, subfolder = _sub(path_or_id, sub)
     try:
@@ -748,6 +784,9 @@ class TextTeacher(UNetTeacher):
 
     def encode_prompts(self, prompts: list[str]):
         """{'encoder_hidden_states': [B, L, D]} from the frozen text encoder."""
+        if self.text_encoder.device.type == "meta":  # config_only(): the shape, no values
+            size = (len(prompts), self.max_length, self.text_encoder.config.hidden_size)
+            return {"encoder_hidden_states": torch.zeros(size, device="meta", dtype=self.unet.dtype)}
         tok = self.tokenizer(list(prompts), padding="max_length", max_length=self.max_length,
                              truncation=True, return_tensors="pt")
         kw = {"attention_mask": tok.attention_mask.to(self.device)} if self.use_mask else {}
@@ -1078,6 +1117,58 @@ def rank0_decides(**flags) -> dict:
 def mean_over_ranks(values, device=None, site="mean_over_ranks"):
     """A list of numbers averaged over the torchrun processes (itself in a single process)."""
     return collective("mean", values, site)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory estimate (--dry-run): static memory from parameter counts, activations measured on CPU
+# ---------------------------------------------------------------------------------------------
+GiB = 2**30
+WORKSPACE = 1.15  # peak / saved tensors of a training pass: temporaries (1.14-1.26 measured on CPU, tiny UNets)
+
+
+def saved_activation_bytes(model, forward) -> int:
+    """Bytes of the tensors autograd keeps for backward while `forward()` runs (parameters excluded):
+    a training pass's activation memory, measured on this CPU (shapes as on a GPU)."""
+    params = {p.untyped_storage()._cdata for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st._cdata not in params:
+            seen[st._cdata] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward()
+    return sum(seen.values())
+
+
+def n_params(*modules) -> int:
+    return sum(p.numel() for m in modules if m is not None for p in m.parameters())
+
+
+def memory_estimate(teacher_modules, teacher_bytes_per_param, student, act_per_sample, act_batch_factor, b,
+                    passes: dict, extra_per_sample=0, extra_what=None) -> dict:
+    """Memory per GPU for a local batch b: teacher weights, student weights + grads + AdamW + EMA
+    (float32: 4 + 4 + 8 + 4 bytes a parameter), activations per sample (x act_batch_factor when a
+    pass trains on more than b samples), and what else grows with b on the device (`extra_per_sample`). The
+    batches that fit in 40 / 80 GB keep 10% for the CUDA context and the allocator's slack."""
+    n_t, n_s = n_params(*teacher_modules), n_params(student)
+    static = n_t * teacher_bytes_per_param + 20 * n_s
+    per = WORKSPACE * act_per_sample * act_batch_factor + extra_per_sample
+    fits = {f"{cap}GB": max(0, int((0.9 * cap * 1e9 - static) // per)) if per else None for cap in (40, 80)}
+    out = {"teacher_params": n_t, "student_params": n_s,
+           "teacher_weights_GiB": round(n_t * teacher_bytes_per_param / GiB, 3),
+           "student_weights_grads_adamw_ema_GiB": round(20 * n_s / GiB, 3),
+           "activations_per_sample_MiB": round(WORKSPACE * act_per_sample / 2**20, 3),
+           "activations_batch_factor": act_batch_factor, "local_batch": b,
+           "total_at_local_batch_GiB": round((static + b * per) / GiB, 3),
+           "max_local_batch_fitting": fits, "network_passes_per_iteration": passes,
+           "note": "estimate: activations = tensors autograd saves for one sample (measured on CPU) x "
+                   f"{WORKSPACE} for temporaries; the teacher's no-grad forwards are not counted"}
+    if extra_per_sample:
+        out[f"{extra_what}_GiB"] = round(b * extra_per_sample / GiB, 3)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
