@@ -814,7 +814,12 @@ def _load_text(where, dtype, encoder_cls):
     from transformers import AutoTokenizer
 
     tok_where, tok_sub = _sub(where, "tokenizer")
-    tokenizer = AutoTokenizer.from_pretrained(tok_where, **({"subfolder": tok_sub} if tok_sub else {}))
+    if _CONFIG_ONLY:  # sizes only: prompts are never tokenized (77 tokens, as SD and IF use)
+        from types import SimpleNamespace
+
+        tokenizer = SimpleNamespace(model_max_length=77)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(tok_where, **({"subfolder": tok_sub} if tok_sub else {}))
     enc = _load_component(encoder_cls, where, "text_encoder", dtype)
     return tokenizer, enc.eval().requires_grad_(False)
 
