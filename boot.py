@@ -804,6 +804,8 @@ def sample_cond(gen, label, prompt, n, seed, teacher=None):
     stage1 = teachers.load_generator(info["stage1_run"], gen.device) if stage2 else None
     encoder = teacher
     if not hasattr(teacher, "tokenizer"):  # IF-II saved without T5: stage I's encoder, as in training
+        if stage1 is None:
+            raise UserError(f"teacher '{info['teacher']}' was saved without a text encoder: --prompt cannot be encoded")
         encoder = teachers.load_teacher(stage1.info["teacher"], gen.device, model_id=stage1.info.get("model_id"))
     cond = {"encoder_hidden_states": encoder.encode_prompts([prompt] * n)["encoder_hidden_states"].float()}
     if stage2:

@@ -1102,6 +1102,21 @@ def collective(op: str, values, site: str) -> list:
     return v.tolist()
 
 
+def gather_objects(obj, site: str) -> list:
+    """[obj of rank 0, obj of rank 1, ...] (picklable objects; [obj] in a single process).
+    torch places the pickled bytes on the current CUDA device for NCCL (dist_setup sets it)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return [obj]
+    _RUN["count"] += 1
+    if strict_dist():
+        _check_call_site(site, _RUN["device"] or torch.device("cpu"))
+    parts = [None] * dist.get_world_size()
+    _dist_op("all_gather_object")(parts, obj)
+    return parts
+
+
 def barrier(site: str = "barrier"):
     """All processes wait here (a no-op in a single process); strict mode checks the call site."""
     collective("sum", [0.0], site)
