@@ -87,10 +87,14 @@ class BootConfig:
     # the teacher f_phi
     teacher: str = opt("digits", "registry name (digits, gmm, ddpm-cifar10, sd21, if), hub id or local diffusers dir")
     model_id: str | None = opt(None, "hub id or local copy replacing the registry's default for --teacher")
+    preset: str | None = opt(None, "row of PRESETS (Table 3) to fill the preset fields from; default: the "
+                                   "teacher's registry entry, found from what the teacher is (a local copy too)")
     stage: int = opt(1, "IF cascade stage; 2 distils IF-II on the outputs of a stage-1 student")
     stage1_run: str | None = opt(None, "finished stage-1 run directory (with --stage 2)")
     prompts: str | None = opt(None, "text file with one prompt per line (text-to-image teachers)")
-    half: bool = opt(False, "run the frozen teacher in float16 (GPU only)")
+    half: bool = opt(False, "run the frozen teacher in float16 (GPU only; the same in dkdm.py)")
+    precision: str = opt("auto", "student: auto (bf16 autocast + TF32 matmuls on a GPU, float32 on CPU), bf16, fp32")
+    grad_checkpointing: bool = opt(False, "recompute the student's activations in backward (less memory, more time)")
     clip: str = opt("auto", "targets' thresholding: auto (the teacher's own), none, static, dynamic")
     # the student y_theta(eps, t, c, w)
     student: str = opt("auto", "copy (teacher copy + zero-init t/w embedding), small (a smaller random "
@@ -119,6 +123,8 @@ class BootConfig:
     out: str | None = opt(None, "run directory (default runs/boot-<teacher>[-stage2])")
     log_every: int = opt(50, "iterations between metrics.jsonl records")
     ckpt_every: int = opt(250, "iterations between checkpoints")
+    keep: int = opt(1, "checkpoints kept: the last N (checkpoints/step-*.pt; latest.pt is the newest)")
+    export_every: int = opt(0, "also export the EMA student + preview.png every K iterations while training (0: at the end)")
     preview: int = opt(10, "columns of preview.png: teacher DDIM-50 row vs student 1-step row")
     check: int = opt(256, "samples of the final distance check against the teacher's DDIM-50 (images "
                           "of <= 1024 values without prompts; else the preview's)")
@@ -133,22 +139,42 @@ PRESETS = {  # Table 3 where the paper gives a value; measured on this CPU for d
     "if": dict(weighting="lambda", lr=2e-5, batch=64, ema=0.9999, iters=500_000),
     "if-2": dict(weighting="lambda", lr=2e-5, batch=32, ema=0.9999, iters=100_000),
 }
-RESUMABLE = ("iters", "minutes", "log_every", "ckpt_every", "preview", "check")  # may change on a rerun
+RESUMABLE = ("iters", "minutes", "log_every", "ckpt_every", "preview", "check", "precision", "grad_checkpointing",
+             "keep", "export_every")  # may change on a rerun
 CHOICES = dict(solver=("euler", "heun"), weighting=("uniform", "lambda"), student=("auto", "copy", "small"),
-               time_sampling=("uniform", "progressive"), clip=("auto", "none", "static", "dynamic"))
+               time_sampling=("uniform", "progressive"), clip=("auto", "none", "static", "dynamic"),
+               precision=teachers.PRECISIONS)
 
 
 def resolve(cfg: BootConfig) -> BootConfig:
-    """Fill the preset fields (None) from the teacher's row of PRESETS, then BASE."""
-    preset = PRESETS.get(cfg.teacher + ("-2" if cfg.stage == 2 else ""), {})
-    fills = {k: preset.get(k, v) for k, v in BASE.items() if getattr(cfg, k) is None}
+    """Fill the preset fields (None) from the teacher's row of PRESETS, then BASE; local paths made absolute."""
+    preset, _ = preset_for(cfg)
+    row = PRESETS.get(preset, {})
+    fills = {k: row.get(k, v) for k, v in BASE.items() if getattr(cfg, k) is None}
     out = cfg.out or f"runs/boot-{Path(cfg.teacher).name}" + ("-stage2" if cfg.stage == 2 else "")
-    return dataclasses.replace(cfg, **fills, out=out)
+    paths = {k: teachers.local_path(getattr(cfg, k)) for k in ("teacher", "model_id", "prompts", "stage1_run")}
+    return dataclasses.replace(cfg, **fills, **paths, out=out, preset=preset)
+
+
+def preset_for(cfg: BootConfig):
+    """(row of PRESETS, why): --preset, else the registry entry the teacher is (teachers.teacher_family);
+    'base' when none fits. A local copy of SD 2.1 gets the sd21 row, not the digits defaults."""
+    if cfg.preset is not None:
+        return cfg.preset, "--preset"
+    family, why = (cfg.teacher, "registry entry") if cfg.teacher in PRESETS else teachers.teacher_family(cfg.teacher)
+    if family is None and cfg.model_id:
+        family, why = teachers.teacher_family(cfg.model_id)
+    key = (family or "") + ("-2" if cfg.stage == 2 else "")
+    if key in PRESETS:
+        return key, why
+    return "base", f"no preset for {why}" if family is None else f"no preset for '{family}' ({why})"
 
 
 def validate(cfg: BootConfig, world: int):
     """All checks that need no teacher: one-line UserErrors before anything is loaded or written."""
     teachers.check_finite_fields(cfg)
+    if cfg.preset not in (*PRESETS, "base"):
+        raise UserError(f"unknown preset '{cfg.preset}' (known: {', '.join(PRESETS)}, base)")
     for name, allowed in CHOICES.items():
         if getattr(cfg, name) not in allowed:
             raise UserError(f"unknown {name.replace('_', '-')} '{getattr(cfg, name)}' (known: {', '.join(allowed)})")
@@ -164,6 +190,8 @@ def validate(cfg: BootConfig, world: int):
         raise UserError("need boundary-every >= 0, beta >= 0, lr > 0 and 0 <= ema < 1")
     if cfg.log_every < 1 or cfg.ckpt_every < 1 or cfg.preview < 0 or cfg.check < 0 or cfg.time_cond_dim < 2:
         raise UserError("need log-every >= 1, ckpt-every >= 1, preview >= 0, check >= 0, time-cond-dim >= 2")
+    if cfg.keep < 1 or cfg.export_every < 0:
+        raise UserError("need keep >= 1 and export-every >= 0")
     if cfg.w_max is not None and (cfg.w is None or cfg.w_max < cfg.w):
         raise UserError("--w-max needs --w with w <= w-max (w ~ U(w, w_max) per example)")
     if cfg.stage not in (1, 2):
@@ -413,8 +441,9 @@ def boot_step(model, raw, info, teacher, eps, t, cond, w, cfg: BootConfig, bound
     y_theta = teachers.boot_generate
     s = step_back(t, cfg.delta, cfg.t_min)
     f = guided_teacher(teacher, cond, w, clock)
-    with clock("student"), torch.no_grad():
-        y_t = y_theta(raw, info, eps, t.to(dev, torch.float32), cond, w)  # Alg. 1 line 7, under SG
+    amp = lambda: teachers.student_autocast(cfg.precision, dev)  # noqa: E731 - bf16 on a GPU by default
+    with clock("student"), torch.no_grad(), amp():
+        y_t = y_theta(raw, info, eps, t.to(dev, torch.float32), cond, w).float()  # Alg. 1 line 7, under SG
     target = bootstrap_target(f, sch, y_t, eps, t, s, cfg.solver)
     weight = loss_weight(sch, t, cfg.delta, cfg.weighting)
     tt, ee, cc, ww = s, eps, cond, w
@@ -422,8 +451,8 @@ def boot_step(model, raw, info, teacher, eps, t, cond, w, cfg: BootConfig, bound
         tt = torch.cat([s, torch.full_like(s, cfg.t_max)])
         ee, cc = torch.cat([eps, eps]), teachers.cat_cond(cond, cond)
         ww = torch.cat([w, w]) if torch.is_tensor(w) else w
-    with clock("student"):
-        y = y_theta(model, info, ee, tt.to(dev, torch.float32), cc, ww)
+    with clock("student"), amp():
+        y = y_theta(model, info, ee, tt.to(dev, torch.float32), cc, ww).float()
     loss_bs = bootstrap_loss(y[: len(eps)], target, weight)
     loss_bc = torch.zeros((), device=dev)
     if boundary:
@@ -516,7 +545,7 @@ def train(cfg: BootConfig):
     rank, world, device = teachers.dist_env()
     # every input check (teacher, student, run directory) on every process before a process group
     teacher, conds = load_all(cfg, device)
-    run = teachers.RunDir(cfg.out, dataclasses.asdict(cfg), rank, resumable=RESUMABLE)
+    run = teachers.RunDir(cfg.out, dataclasses.asdict(cfg), rank, resumable=RESUMABLE, keep=cfg.keep)
     student, info = make_student(teacher, cfg, default_weight(cfg, teacher))
     rank, world, device = teachers.dist_setup()
     try:
@@ -529,17 +558,19 @@ def train(cfg: BootConfig):
 
 def _train(cfg: BootConfig, rank, world, device, teacher, conds, run, student, info):
     raw = student.to(device).train()
+    teachers.enable_checkpointing(raw, cfg.grad_checkpointing)
+    teachers.setup_precision(cfg.precision, device)
     ema = teachers.EMA(raw, cfg.ema)
     opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(cfg.seed)  # the global stream: same on every rank
     step, elapsed, window = 0, 0.0, None
-    state = run.load()
+    state = run.load(device)
     run.truncate_metrics(None if state is None else state["step"])
     if state is not None:
         raw.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
-        g.set_state(state["gen"])
+        g.set_state(state["gen"].cpu())  # a CPU generator's state, whatever the map_location
         step, elapsed, window = state["step"], state["elapsed"], state.get("window")
         print0(f"resuming {cfg.out} at step {step}")
     model = raw
@@ -587,7 +618,7 @@ def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed,
         sums += torch.stack([loss.detach().double().cpu(), parts["bs"].double().cpu(),
                              parts["bc"].double().cpu(), torch.tensor(float(boundary), dtype=torch.float64)])
         bar.update(1)
-        minutes_up = cfg.minutes is not None and elapsed + time.time() - t_run > 60 * cfg.minutes
+        minutes_up = stop_flags(cfg, elapsed + time.time() - t_run)["minutes"]
         if step % cfg.log_every == 0 or step == cfg.iters or minutes_up:
             now = time.perf_counter()
             rec = log_record(sums, clock.take(), 1000 * (now - t_log), since, step, device)
@@ -598,11 +629,19 @@ def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed,
             since, t_log, sums = 0, now, torch.zeros_like(sums)
         if step % cfg.ckpt_every == 0 or step == cfg.iters or minutes_up:
             checkpoint(run, raw, ema, opt, g, step, elapsed + time.time() - t_run, {"sums": sums.clone(), "since": since})
+        if cfg.export_every and step % cfg.export_every == 0 and step < cfg.iters and not minutes_up and rank == 0:
+            finish(cfg, raw, ema, info, teacher, conds, device)  # student/ + preview.png to look at mid-run
         if minutes_up:
             print0(f"\n--minutes {cfg.minutes} reached at step {step}; rerun the command to continue")
             break
     bar.close()
     return step
+
+
+def stop_flags(cfg, elapsed_s):
+    """Reasons to stop after this iteration, decided once on rank 0 and broadcast: every process
+    leaves the loop at the same step (a per-process clock would leave collectives unmatched)."""
+    return teachers.rank0_decides(minutes=cfg.minutes is not None and elapsed_s > 60 * cfg.minutes)
 
 
 def log_record(sums, ms, total_ms, n, step, device):
@@ -705,6 +744,7 @@ def sample_main(argv):
     p.add_argument("--n", type=int, default=16, help="number of samples (seeds --seed .. --seed + n - 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="PNG path (default RUN/samples.png)")
+    p.add_argument("--device", default=None, help="cuda, cuda:K or cpu (default: cuda when there is a GPU)")
     a = p.parse_args(argv)
     if a.n < 1:
         raise UserError("--n must be at least 1")
@@ -715,21 +755,48 @@ def sample_main(argv):
     teachers.read_json(Path(a.run) / "student" / "generator.json", "student description")
     teachers.check_model_dir(Path(a.run) / "student" / "unet", "student")
     teachers.check_output_file(a.out or str(Path(a.run) / "samples.png"), "--out")
+    device = sample_device(a.device)
     quiet_libraries()
-    gen = teachers.load_generator(a.run)
-    cond = sample_cond(gen, a.label, a.prompt, a.n, a.seed)
-    noise = teachers.seeded_noise(range(a.seed, a.seed + a.n), gen.sample_shape)
+    gen = teachers.load_generator(a.run, device)
+    teacher = sample_teacher(gen, a.prompt, device)  # loaded once: prompt encoder and latent decoder
+    if gen.latent and teacher is not None:
+        gen._decoder = teacher
+    cond = sample_cond(gen, a.label, a.prompt, a.n, a.seed, teacher)
+    noise = teachers.seeded_noise(range(a.seed, a.seed + a.n), gen.sample_shape, device)
     t0 = time.perf_counter()
     x = gen.generate(noise, cond, a.w)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     dt = time.perf_counter() - t0
     from torchvision.utils import save_image
 
     out = a.out or str(Path(a.run) / "samples.png")
-    save_image(gen.decode(x).float(), out, nrow=int(math.sqrt(a.n)) or 1)
-    print(f"{a.n} one-step samples in {dt:.2f} s -> {out}")
+    save_image(gen.decode(x).float().cpu(), out, nrow=int(math.sqrt(a.n)) or 1)
+    print(f"{a.n} one-step samples in {dt:.2f} s on {device} -> {out}")
 
 
-def sample_cond(gen, label, prompt, n, seed):
+def sample_device(name):
+    """--device of `boot.py sample`: the GPU when there is one, unless told otherwise."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"unknown --device '{name}' (cuda, cuda:K or cpu)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no GPU is visible to torch here")
+    return device
+
+
+def sample_teacher(gen, prompt, device):
+    """The teacher pipeline, loaded once, when sampling needs its text encoder or latent decoder."""
+    info = gen.info
+    if not (gen.latent or (prompt is not None and info.get("text"))):
+        return None
+    return teachers.load_teacher(info["teacher"], device, model_id=info.get("model_id"), stage=info.get("stage", 1))
+
+
+def sample_cond(gen, label, prompt, n, seed, teacher=None):
     """The condition of `boot.py sample`: labels, prompt embeddings, IF-II's stage-1 input."""
     info = gen.info
     if info.get("num_classes") and prompt is None:
@@ -745,17 +812,60 @@ def sample_cond(gen, label, prompt, n, seed):
         if info.get("text"):
             raise UserError("this student is text-conditioned: pass --prompt TEXT")
         return None
-    teacher = teachers.load_teacher(info["teacher"], model_id=info.get("model_id"), stage=info.get("stage", 1))
+    if teacher is None:
+        teacher = teachers.load_teacher(info["teacher"], gen.device, model_id=info.get("model_id"), stage=info.get("stage", 1))
     if not hasattr(teacher, "encode_prompts"):
         raise UserError("this student is not text-conditioned: --prompt does not apply")
-    cond = {"encoder_hidden_states": teacher.encode_prompts([prompt] * n)["encoder_hidden_states"].float()}
+    stage1 = teachers.load_generator(info["stage1_run"], gen.device) if stage2 else None
+    encoder = teacher
+    if not hasattr(teacher, "tokenizer"):  # IF-II saved without T5: stage I's encoder, as in training
+        if stage1 is None:
+            raise UserError(f"teacher '{info['teacher']}' was saved without a text encoder: --prompt cannot be encoded")
+        encoder = teachers.load_teacher(stage1.info["teacher"], gen.device, model_id=stage1.info.get("model_id"))
+    cond = {"encoder_hidden_states": encoder.encode_prompts([prompt] * n)["encoder_hidden_states"].float()}
     if stage2:
-        stage1 = teachers.load_generator(info["stage1_run"])
-        noise1 = teachers.seeded_noise(range(seed, seed + n), stage1.sample_shape)
+        noise1 = teachers.seeded_noise(range(seed, seed + n), stage1.sample_shape, gen.device)
         x1 = stage1.generate(noise1, cond, None).clamp(-1, 1)
         low = teacher.lowres_cond(x1, info["noise_level"], generator=torch.Generator().manual_seed(seed))
         cond = {**cond, **{k: v.float() if v.is_floating_point() else v for k, v in low.items()}}
     return cond
+
+
+# ---------------------------------------------------------------------------------------------
+# --dry-run: memory per GPU and network passes of one iteration, from the teacher's configs only
+# ---------------------------------------------------------------------------------------------
+def memory_report(cfg: BootConfig, world: int) -> dict:
+    """The teacher and student built from configs (no weights read); the student's activations for
+    one sample measured on CPU under the precision a GPU run uses (auto = bf16 autocast)."""
+    quiet_libraries()
+    with teachers.config_only():
+        dtype = torch.float16 if cfg.half else torch.float32
+        teacher = teachers.load_teacher(cfg.teacher, "meta", dtype, model_id=cfg.model_id, stage=cfg.stage, clip=cfg.clip)
+        from accelerate import init_empty_weights
+
+        with init_empty_weights():  # parameters on the meta device, nothing else
+            student, info = make_student(teacher, cfg, default_weight(cfg, teacher))
+    student.to_empty(device="cpu").train()  # uninitialised values: only the shapes matter here
+    eps, t = torch.zeros(1, *teacher.sample_shape), torch.full((1,), 0.5)
+    cond = {k: torch.zeros((1, *v.shape[1:]), dtype=v.dtype) for k, v in teacher.null.items()} or None
+    if cfg.stage == 2:
+        cond = {**cond, "lowres": torch.zeros(1, *teacher.sample_shape), "class_labels": torch.tensor([cfg.noise_level])}
+    cond, w = as_student_cond(cond, "cpu"), default_weight(cfg, teacher)
+    precision = "bf16" if cfg.precision == "auto" else cfg.precision
+
+    def forward():
+        with teachers.student_autocast(precision, "cpu"):
+            teachers.boot_generate(student, info, eps, t, cond, w).float().mean()
+
+    act = teachers.saved_activation_bytes(student, forward)
+    cfg_pair = teacher.guided and (w is not None or cfg.w_max is not None) and w != 1.0
+    k = cfg.boundary_every
+    passes = {"teacher_forwards": (2 if cfg.solver == "heun" else 1) + (1 / k if k else 0),
+              "teacher_forward_batch": "2 b (CFG pair)" if cfg_pair else "b",
+              "student_forwards_no_grad": 1, "student_forward_backward": 1,
+              "student_train_batch": f"2 b every {k} iterations (boundary), else b" if k else "b"}
+    mods = [getattr(teacher, name, None) for name in ("unet", "text_encoder", "vae")]
+    return teachers.memory_estimate(mods, 2 if cfg.half else 4, student, act, 2 if k else 1, cfg.batch // world, passes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -771,9 +881,16 @@ def main(argv=None):
         dry_run = args.pop("dry_run")
         cfg = resolve(BootConfig(**args))
         if dry_run:
-            validate(cfg, int(os.environ.get("WORLD_SIZE", 1)))
-            print(json.dumps(dataclasses.asdict(cfg), indent=2))
+            world = int(os.environ.get("WORLD_SIZE", 1))
+            validate(cfg, world)
+            report = dataclasses.asdict(cfg)
+            try:
+                report["memory_estimate"] = memory_report(cfg, world)
+            except UserError as e:  # e.g. a hub teacher whose configs are not on this machine
+                report["memory_estimate"] = f"unavailable: {e}"
+            print(json.dumps(report, indent=2))
             return 0
+        print0(f"preset '{cfg.preset}' for teacher '{cfg.teacher}' ({preset_for(BootConfig(**args))[1]})")
         train(cfg)
     except UserError as e:
         if int(os.environ.get("RANK", 0)) == 0:

@@ -92,17 +92,23 @@ class DKDMConfig:
     synth_steps: int = field(default=100, metadata={"help": "data-free baseline: ancestral steps per synthetic sample (Table 4)"})
     synth_n: int | None = field(default=None, metadata={"help": "data-free baseline: synthetic set size; default the training-set size"})
     seed: int = field(default=0, metadata={"help": "seed of every random draw (process r uses seed + 1000003 r)"})
+    half: bool = field(default=False, metadata={"help": "run the frozen teacher in float16 (GPU only; the same in boot.py)"})
+    precision: str = field(default="auto", metadata={"choices": list(teachers.PRECISIONS), "help": "student: auto (bf16 autocast + TF32 matmuls on a GPU, float32 on CPU), bf16, fp32"})
+    grad_checkpointing: bool = field(default=False, metadata={"help": "recompute the student's activations in backward (less memory, more time)"})
     out: str | None = field(default=None, metadata={"help": "run dir; default runs/dkdm-<teacher>-<student>-<method>"})
     log_every: int = field(default=100, metadata={"help": "metrics.jsonl / progress interval"})
     ckpt_every: int = field(default=1000, metadata={"help": "checkpoint interval (a rerun resumes from the latest)"})
+    keep: int = field(default=1, metadata={"help": "checkpoints kept: the last N (checkpoints/step-*.pt; latest.pt is the newest)"})
+    export_every: int = field(default=0, metadata={"help": "also export the EMA student + preview.png every K iterations while training (0: at the end)"})
     sample: str | None = field(default=None, metadata={"help": "sampling entry point: a finished run dir to sample from (no training)"})
     sampler: str = field(default="ancestral", metadata={"choices": ["ancestral", "ddim"], "help": "--sample: IDDPM ancestral or DDIM"})
     steps: int = field(default=50, metadata={"help": "--sample: sampler steps"})
     n: int = field(default=64, metadata={"help": "--sample: number of images (seeds 0..n-1, label seed mod classes)"})
+    device: str | None = field(default=None, metadata={"help": "--sample: cuda, cuda:K or cpu (default: cuda when there is a GPU)"})
 
 
-RESUMABLE = ("iters", "minutes", "log_every", "ckpt_every")
-SAMPLING_FIELDS = ("sample", "sampler", "steps", "n")
+RESUMABLE = ("iters", "minutes", "log_every", "ckpt_every", "precision", "grad_checkpointing", "keep", "export_every")
+SAMPLING_FIELDS = ("sample", "sampler", "steps", "n", "device")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,7 +221,7 @@ class Pool:
         self.x, self.i, self.labels = s["x"].to(self.x.device), s["i"].to(self.x.device), s["labels"]
         if self.labels is not None:
             self.labels = self.labels.to(self.x.device)
-        self.g.set_state(s["g"])
+        self.g.set_state(s["g"].cpu())  # a CPU generator's state, whatever the map_location
 
 
 def knowledge_step(teacher, pool: Pool, b, w=None, p_uncond=0.0):
@@ -450,7 +456,7 @@ class DataStream:
         return {"g": self.g.get_state()}
 
     def load_state_dict(self, s):
-        self.g.set_state(s["g"])
+        self.g.set_state(s["g"].cpu())  # a CPU generator's state, whatever the map_location
 
 
 def data_stream(cfg, teacher, run_path, g, rank, w):
@@ -478,11 +484,8 @@ def synth_n(cfg):
 # ---------------------------------------------------------------------------------------------
 # Training loop (Alg. 1): one knowledge step, one student step, EMA; checkpoints with the pool
 # ---------------------------------------------------------------------------------------------
-def barrier():
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.barrier()
+def barrier(site="barrier"):
+    teachers.barrier(site)
 
 
 def stream_file(run, rank, step):
@@ -497,8 +500,9 @@ def save_all(run, step, raw, ema, opt, stream, rank, window=None):
     run.save({"model": raw.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
               "window": window})
     barrier()
+    keep = {stream_file(run, rank, s) for s in [*run.kept_steps(), step]}  # each kept checkpoint's pool
     for f in run.path.glob(f"checkpoints/stream-rank{rank}-step*.pt"):
-        if f != stream_file(run, rank, step):
+        if f not in keep:
             f.unlink(missing_ok=True)
 
 
@@ -507,13 +511,15 @@ def student_step(cfg, teacher, model, stream, b, w):
     sch = teacher.schedule
     if isinstance(stream, DataStream):
         x0, labels = stream.draw(b)
-        loss = teachers.iddpm_loss(model, x0, as_cond(labels), sch, stream.g)
+        with teachers.student_autocast(cfg.precision, x0.device):
+            loss = teachers.iddpm_loss(model, x0, as_cond(labels), sch, stream.g)
         return loss, loss.detach(), torch.zeros(()), 0.0
     start = time.perf_counter()
     x_t, i, labels, target = knowledge_step(teacher, stream, b, w, cfg.p_uncond)
     sync(x_t.device)
     t_teacher = time.perf_counter() - start
-    out = teachers.call_net(model, x_t, i.to(x_t.dtype), as_cond(labels))
+    with teachers.student_autocast(cfg.precision, x_t.device):  # bf16 on a GPU by default
+        out = teachers.call_net(model, x_t, i.to(x_t.dtype), as_cond(labels)).float()
     loss, mse, vb = dkdm_loss(sch, x_t, i, out, target, cfg.lam, teacher.learned_variance)
     return loss.mean(), mse.mean().detach(), vb.mean().detach(), t_teacher
 
@@ -524,15 +530,10 @@ def sync(device):
 
 
 def stop_now(cfg, step, started):
-    """Iteration or minute budget reached (rank 0 decides for all processes)."""
-    import torch.distributed as dist
-
-    stop = step >= cfg.iters or (cfg.minutes is not None and time.time() - started > 60 * cfg.minutes)
-    if dist.is_initialized():
-        flag = torch.tensor([float(stop)])
-        dist.broadcast(flag, 0)
-        stop = bool(flag.item())
-    return stop
+    """Iteration or minute budget reached. The step count is the same on every process; the clock is
+    not, so rank 0's reading decides for all (teachers.rank0_decides builds the flag on the device)."""
+    minutes_up = cfg.minutes is not None and time.time() - started > 60 * cfg.minutes
+    return step >= cfg.iters or teachers.rank0_decides(minutes=minutes_up)["minutes"]
 
 
 def train(cfg, teacher, student, run, rank, world, device):
@@ -542,10 +543,12 @@ def train(cfg, teacher, student, run, rank, world, device):
     g = torch.Generator().manual_seed(cfg.seed + 1000003 * rank)
     b, w = cfg.batch // world, teacher.default_guidance
     raw = student.to(device).train()
+    teachers.enable_checkpointing(raw, cfg.grad_checkpointing)
+    teachers.setup_precision(cfg.precision, device)
     model = DDP(raw) if world > 1 else raw
     ema = teachers.EMA(raw, cfg.ema)
     opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=0.0)
-    state, step = run.load(), 0
+    state, step = run.load(device), 0
     run.truncate_metrics(None if state is None else state["step"])  # records past the checkpoint go
     if cfg.method in ("data", "data-free"):
         stream = data_stream(cfg, teacher, run.path, g, rank, w)
@@ -600,6 +603,8 @@ def train(cfg, teacher, student, run, rank, world, device):
             acc, since = [0.0] * 6, 0
         if step % cfg.ckpt_every == 0:
             save_all(run, step, raw, ema, opt, stream, rank, {"acc": acc, "since": since})
+        if cfg.export_every and step % cfg.export_every == 0 and step < cfg.iters and rank == 0:
+            write_preview(teacher, export_student(cfg, teacher, raw, ema, run.path), run.path / "preview.png")
     bar.close()
     save_all(run, step, raw, ema, opt, stream, rank, {"acc": acc, "since": since})
     return raw, ema, step
@@ -666,7 +671,7 @@ def export_student(cfg, teacher, raw, ema, run_path):
         "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", cls]}, indent=2))
     name = cfg.teacher if cfg.teacher in teachers.REGISTRY else str(Path(cfg.teacher).resolve())
     (tmp / "generator.json").write_text(json.dumps({
-        "method": "dkdm", "teacher": name, "model_id": cfg.model_id, "steps": 50, "sampler": "ddim",
+        "method": "dkdm", "teacher": name, "model_id": teachers.local_path(cfg.model_id), "steps": 50, "sampler": "ddim",
         "sample_shape": list(teacher.sample_shape), "num_classes": teacher.num_classes,
         "latent": teacher.latent, "default_w": teacher.default_guidance, "class_name": cls,
         "training": cfg.method}, indent=2))
@@ -695,7 +700,8 @@ def write_preview(teacher, student_dir, path, n=16, steps=50):
 def sample_run(cfg):
     from torchvision.utils import save_image
 
-    gen = teachers.load_generator(cfg.sample)
+    device = sample_device(cfg.device)
+    gen = teachers.load_generator(cfg.sample, device)
     student = gen.model
     teachers.trailing_steps(student.schedule.T, cfg.steps)
     seeds = list(range(cfg.n))
@@ -712,6 +718,19 @@ def sample_run(cfg):
     return 0
 
 
+def sample_device(name):
+    """--device of --sample: the GPU when there is one, unless told otherwise."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"unknown --device '{name}' (cuda, cuda:K or cpu)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no GPU is visible to torch here")
+    return device
+
+
 # ---------------------------------------------------------------------------------------------
 # main: every check before anything is written
 # ---------------------------------------------------------------------------------------------
@@ -726,7 +745,9 @@ def check_config(cfg):
               (0 <= cfg.p_uncond < 1, "--p-uncond must lie in [0, 1)"), (cfg.synth_steps >= 1, "--synth-steps must be at least 1"),
               (cfg.synth_n is None or cfg.synth_n >= 1, "--synth-n must be at least 1"),
               (cfg.log_every >= 1 and cfg.ckpt_every >= 1, "--log-every and --ckpt-every must be at least 1"),
+              (cfg.keep >= 1 and cfg.export_every >= 0, "--keep must be at least 1 and --export-every non-negative"),
               (cfg.steps >= 1 and cfg.n >= 1, "--steps and --n must be at least 1"),
+              (not cfg.half or torch.cuda.is_available(), "--half needs a GPU (float16 teachers are slow and inexact on CPU)"),
               (cfg.method != "iterative" or cfg.pool_init in ("auto", "noise"),
                "--method iterative starts every sample at T-1 (--pool-init auto or noise)")]
     for ok, message in checks:
@@ -755,7 +776,8 @@ def prepare(cfg, rank, world, device):
     """(teacher, student, RunDir): the teacher loaded, the student built, every check done."""
     if cfg.batch % world:
         raise UserError(f"--batch {cfg.batch} is not divisible by the {world} processes")
-    teacher = teachers.load_teacher(cfg.teacher, device=device, model_id=cfg.model_id)
+    teacher = teachers.load_teacher(cfg.teacher, device=device, model_id=cfg.model_id,
+                                    dtype=teachers.teacher_dtype(cfg.half, device))
     if cfg.method == "data" and teacher.name != "digits":
         raise UserError("--method data needs the embedded digits teacher (its real data ships with scikit-learn)")
     if cfg.p_uncond > 0 and not teacher.num_classes:
@@ -769,7 +791,7 @@ def prepare(cfg, rank, world, device):
     out = run_dir(cfg)
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in SAMPLING_FIELDS}
     config.update(out=out, world_size=world, pool_init=resolved_init(cfg) if cfg.method not in ("data", "data-free") else None)
-    return teacher, student, teachers.RunDir(out, config, rank, resumable=RESUMABLE)
+    return teacher, student, teachers.RunDir(out, config, rank, resumable=RESUMABLE, keep=cfg.keep)
 
 
 def run_dir(cfg):
@@ -788,11 +810,39 @@ def describe(cfg, teacher, student, run, world):
     return {**run.config, **facts}
 
 
+def memory_report(cfg, teacher, student, world):
+    """--dry-run: memory per GPU (teacher, student + AdamW + EMA, activations measured on CPU for one
+    sample under the precision a GPU run uses, the pool) and the network passes of one iteration."""
+    import copy
+
+    model = copy.deepcopy(student).cpu().train()
+    C, H, W = teacher.sample_shape
+    x, i = torch.zeros(1, C, H, W), torch.tensor([teacher.schedule.T // 2])
+    labels = torch.zeros(1, dtype=torch.long) if teacher.num_classes else None
+    precision = "bf16" if cfg.precision == "auto" else cfg.precision
+
+    def forward():
+        with teachers.student_autocast(precision, "cpu"):
+            teachers.call_net(model, x, i.float(), as_cond(labels)).float().mean()
+
+    act = teachers.saved_activation_bytes(model, forward)
+    b = cfg.batch // world
+    pool = pool_size(cfg, teacher.schedule.T, b) if cfg.method in ("dynamic", "shuffled", "iterative") else 0
+    w = teacher.default_guidance
+    passes = {"teacher_forwards": 1 if cfg.method not in ("data", "data-free") else 0,
+              "teacher_forward_batch": "2 b (CFG pair)" if teacher.guided and w not in (None, 1.0) else "b",
+              "student_forward_backward": 1}
+    return teachers.memory_estimate([getattr(teacher, "unet", None), getattr(teacher, "vae", None)],
+                                    2 if cfg.half else 4, model, act, 1, b, passes,
+                                    extra_per_sample=pool / b * (4 * C * H * W + 16), extra_what="pool")
+
+
 def main(argv=None):
     p = teachers.parser_from_dataclass(DKDMConfig, __doc__)
     args = vars(p.parse_args(argv))
     dry_run = args.pop("dry_run")
     cfg = DKDMConfig(**args)
+    cfg = dataclasses.replace(cfg, **{k: teachers.local_path(getattr(cfg, k)) for k in ("teacher", "model_id")})
     if cfg.iters is None:
         cfg = dataclasses.replace(cfg, iters=3000 if cfg.student == "vit" else 10000)
     try:
@@ -803,7 +853,8 @@ def main(argv=None):
         rank, world, device = teachers.dist_env()
         teacher, student, run = prepare(cfg, rank, world, device)
         if dry_run:
-            print0(json.dumps(describe(cfg, teacher, student, run, world), indent=2))
+            facts = describe(cfg, teacher, student, run, world)
+            print0(json.dumps({**facts, "memory_estimate": memory_report(cfg, teacher, student, world)}, indent=2))
             return 0
         rank, world, device = teachers.dist_setup()
         try:

@@ -382,7 +382,11 @@ class UNetTeacher(Teacher):
         self.unet = unet
 
     def net(self, x, t, cond):
-        return call_net(self.unet, x, t * (self.schedule.T - 1), cond)
+        """The network in its own dtype (float16 with --half); the output in the caller's dtype."""
+        dt = self.unet.dtype
+        if cond is not None and dt != x.dtype:
+            cond = {k: v.to(dt) if v.is_floating_point() else v for k, v in cond.items()}
+        return call_net(self.unet, x.to(dt), t * (self.schedule.T - 1), cond).to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -558,7 +562,7 @@ def _read_index(path_or_id: str) -> dict:
     if p.is_dir():
         for f in ("model_index.json", "config.json"):
             if (p / f).is_file():
-                return json.loads((p / f).read_text())
+                return read_json(p / f, "teacher index")
         raise UserError(f"'{path_or_id}' holds neither model_index.json nor config.json")
     from huggingface_hub import hf_hub_download
 
@@ -572,7 +576,47 @@ def _read_index(path_or_id: str) -> dict:
             break
     hint = " (gated: accept its licence on huggingface.co and log in)" if "Gated" in type(err).__name__ else ""
     raise UserError(f"cannot load hub id '{path_or_id}'{hint}: {type(err).__name__}; "
-                    f"without network, download it elsewhere and pass the local directory instead")
+                    f"without network, download it elsewhere and pass the local directory instead "
+                    f"(--teacher DIR, or --teacher NAME --model-id DIR)")
+
+
+# What a teacher is, whatever string named it: the registry entry whose settings fit it
+HUB_FAMILY = {"stabilityai/stable-diffusion-2-1-base": "sd21", "DeepFloyd/IF-I-XL-v1.0": "if",
+              "DeepFloyd/IF-I-M-v1.0": "if", IF_STAGE2_ID: "if", "DeepFloyd/IF-II-L-v1.0": "if"}
+PIPELINE_FAMILY = {"StableDiffusionPipeline": "sd21", "IFPipeline": "if", "IFSuperResolutionPipeline": "if",
+                   "DDPMPipeline": "ddpm-cifar10", "DDIMPipeline": "ddpm-cifar10", "LDMPipeline": "ldm-celebahq"}
+
+
+def local_path(path_or_id):
+    """An existing local path made absolute (so a run directory works from anywhere); else unchanged."""
+    if path_or_id is None or path_or_id in REGISTRY:
+        return path_or_id
+    p = Path(path_or_id).expanduser()
+    return str(p.resolve()) if p.exists() else path_or_id
+
+
+def teacher_family(name_or_path: str, model_id=None):
+    """(registry name, reason): the entry a teacher belongs to, from what it is, not how it is spelt.
+
+    A registry name is itself; the embedded digits directory is 'digits'; a hub id is matched against
+    the registry's ids; anything else by the pipeline class in its model_index.json (a local copy of
+    SD 2.1 is 'sd21'). (None, reason) when nothing fits or the index cannot be read.
+    """
+    if name_or_path in REGISTRY:
+        return name_or_path, "registry entry"
+    p = Path(name_or_path).expanduser()
+    if p.exists() and p.resolve() == DIGITS_DIR.resolve():
+        return "digits", "the embedded digits teacher"
+    ids = {e.default_id: k for k, e in REGISTRY.items() if e.default_id and k != "digits"} | HUB_FAMILY
+    if name_or_path in ids:
+        return ids[name_or_path], f"hub id of the registry's '{ids[name_or_path]}'"
+    try:
+        cls = _read_index(name_or_path).get("_class_name", "")
+    except UserError as e:
+        return None, str(e)
+    if cls in PIPELINE_FAMILY:
+        return PIPELINE_FAMILY[cls], f"a {cls}"
+    return None, f"a {cls or 'bare model'}"
 
 
 def _sub(path_or_id, name):
@@ -582,8 +626,44 @@ def _sub(path_or_id, name):
     return path_or_id, name
 
 
+_CONFIG_ONLY: list = []  # non-empty inside config_only(): networks from their configs, on the meta device
+
+
+class config_only:
+    """Inside `with config_only():` load_teacher reads configs, tokenizers and schedulers but no weights:
+    networks are built on the meta device (sizes and shapes, no values; load with device='meta')."""
+
+    def __enter__(self):
+        _CONFIG_ONLY.append(True)
+
+    def __exit__(self, *exc):
+        _CONFIG_ONLY.pop()
+
+
+def _empty_component(cls, path_or_id, sub, dtype):
+    where, subfolder = _sub(path_or_id, sub)
+    kw = {"subfolder": subfolder} if subfolder else {}
+    if hasattr(cls, "config_class"):  # a transformers model
+        try:
+            conf = cls.config_class.from_pretrained(where, **kw)
+        except OSError:
+            conf = cls.config_class.from_pretrained(path_or_id)
+        make = lambda: cls(conf)  # noqa: E731
+    else:
+        try:
+            conf = cls.load_config(where, **kw)
+        except OSError:
+            conf = cls.load_config(path_or_id)
+        make = lambda: cls.from_config(conf)  # noqa: E731
+    with torch.device("meta"):
+        model = make()
+    return model.to(dtype) if dtype is not None else model
+
+
 def _load_component(cls, path_or_id, sub, dtype=None):
     """cls.from_pretrained of a pipeline component; single-model repos (google/ddpm-*) keep it at the root."""
+    if _CONFIG_ONLY and isinstance(cls, type) and issubclass(cls, nn.Module):
+        return _empty_component(cls, path_or_id, sub, dtype)
     kw = {"torch_dtype": dtype} if dtype is not None else {}
     where, subfolder = _sub(path_or_id, sub)
     if Path(path_or_id).is_dir():  # local: the component's own folder, else (single-model dirs) the root
@@ -666,6 +746,10 @@ def _load_plain(where, index, dtype):
     size = cfg_u.sample_size if isinstance(cfg_u.sample_size, int) else cfg_u.sample_size[0]
     num_classes = (getattr(cfg_u, "num_class_embeds", None) or getattr(cfg_u, "num_embeds_ada_norm", None) or 1) - 1
     vt = cfg.get("variance_type", "fixed_small")
+    out = cfg_u.out_channels
+    if out != (2 * C if vt in ("learned", "learned_range") else C):
+        raise UserError(f"'{where}': the denoiser has {out} output channels for {C} input channels but its scheduler's "
+                        f"variance_type is '{vt}' (learned variance needs {2 * C}: eps + v, fixed needs {C})")
     latent = "vqvae" in index or "vae" in index
     t = UNetTeacher(unet, sched, (C, size, size), prediction_type=cfg.get("prediction_type", "epsilon"),
                     variance_type=vt, clip=None if latent or not cfg.get("clip_sample", True) else "static",
@@ -680,10 +764,24 @@ def _load_plain(where, index, dtype):
     return t
 
 
+def latent_scale(vae) -> float:
+    """The factor latents were multiplied by before diffusion: decode(x / scale).
+
+    A KL autoencoder (SD) always carries it (0.18215 for SD 2.1). A VQ autoencoder uses it only when
+    its checkpoint's config sets it: CompVis/ldm-celebahq-256 was trained on unscaled VQ latents
+    (scale 1, the original LDM-VQ recipe) and its config predates the key, which diffusers then
+    fills with the class default 0.18215; diffusers' LDMPipeline divides by that default and draws
+    broken faces (huggingface/diffusers#6725). A VQ model saved with an explicit factor gets it.
+    """
+    scale = getattr(vae.config, "scaling_factor", None)
+    if type(vae).__name__ != "AutoencoderKL" and "scaling_factor" in (vae.config.get("_use_default_values") or []):
+        return 1.0
+    return float(scale or 1.0)
+
+
 def _decode_latent(teacher, x):
     vae = teacher.vae
-    scale = getattr(vae.config, "scaling_factor", 1.0) or 1.0
-    img = vae.decode(x / scale).sample if type(vae).__name__ == "AutoencoderKL" else vae.decode(x).sample
+    img = vae.decode(x / latent_scale(vae)).sample
     return ((img.float() + 1) / 2).clamp(0, 1)
 
 
@@ -692,6 +790,9 @@ class TextTeacher(UNetTeacher):
 
     def encode_prompts(self, prompts: list[str]):
         """{'encoder_hidden_states': [B, L, D]} from the frozen text encoder."""
+        if self.text_encoder.device.type == "meta":  # config_only(): the shape, no values
+            size = (len(prompts), self.max_length, self.text_encoder.config.hidden_size)
+            return {"encoder_hidden_states": torch.zeros(size, device="meta", dtype=self.unet.dtype)}
         tok = self.tokenizer(list(prompts), padding="max_length", max_length=self.max_length,
                              truncation=True, return_tensors="pt")
         kw = {"attention_mask": tok.attention_mask.to(self.device)} if self.use_mask else {}
@@ -719,7 +820,12 @@ def _load_text(where, dtype, encoder_cls):
     from transformers import AutoTokenizer
 
     tok_where, tok_sub = _sub(where, "tokenizer")
-    tokenizer = AutoTokenizer.from_pretrained(tok_where, **({"subfolder": tok_sub} if tok_sub else {}))
+    if _CONFIG_ONLY:  # sizes only: prompts are never tokenized (77 tokens, as SD and IF use)
+        from types import SimpleNamespace
+
+        tokenizer = SimpleNamespace(model_max_length=77)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(tok_where, **({"subfolder": tok_sub} if tok_sub else {}))
     enc = _load_component(encoder_cls, where, "text_encoder", dtype)
     return tokenizer, enc.eval().requires_grad_(False)
 
@@ -877,19 +983,33 @@ def load_generator(run_dir, device="cpu") -> Generator:
 # Run plumbing shared by boot.py and dkdm.py: torchrun, EMA, atomic checkpoints, dataclass CLI
 # ---------------------------------------------------------------------------------------------
 def dist_setup():
-    """(rank, world_size, device). torchrun is detected from RANK; gloo on CPU, nccl on GPU."""
+    """(rank, world_size, device). torchrun is detected from RANK; gloo on CPU, nccl on GPU.
+
+    The device is also recorded as the run device: every collective (see `collective`) builds its
+    tensors there, as NCCL requires. STRICT_DIST=1 turns on the strict mode described there.
+    """
     import torch.distributed as dist
 
     if "RANK" not in os.environ:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        _RUN.update(device=device, rank=0, count=0)
+        return 0, 1, device
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
     else:
         device = torch.device("cpu")
+    _RUN.update(device=device, rank=rank, count=0)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        kw = {}
+        if strict_dist():  # a desynchronised collective fails within a minute instead of hanging
+            import datetime
+
+            kw["timeout"] = datetime.timedelta(seconds=float(os.environ.get("STRICT_DIST_TIMEOUT", 60)))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", **kw)
+    if strict_dist():
+        _install_strict_mode(rank)
     return rank, world, device
 
 
@@ -909,15 +1029,226 @@ def dist_teardown():
         dist.destroy_process_group()
 
 
-def mean_over_ranks(values, device):
-    """A list of numbers averaged over the torchrun processes (itself in a single process)."""
+# ---------------------------------------------------------------------------------------------
+# Collectives: one door for every cross-process exchange of boot.py and dkdm.py
+# ---------------------------------------------------------------------------------------------
+# NCCL takes only tensors on the process's GPU, and every rank must call the same collectives in the
+# same order; gloo on CPU forgives the first and fails the second only by luck (a per-rank wall clock
+# deciding when to stop). So every exchange goes through `collective`, which builds its tensors itself
+# on the run device from plain numbers. STRICT_DIST=1 (the CPU tests' torchrun runs) makes CPU CI
+# catch what NCCL would: any torch.distributed collective called elsewhere raises; each collective
+# first all-gathers its call-site name and a counter and raises when the ranks disagree; and on rank
+# r > 0 `time.time()` runs (1 + r) times as fast, so a decision taken from a local clock always
+# differs between the ranks instead of agreeing by luck.
+_RUN = {"device": None, "rank": 0, "count": 0}
+_COLLECTIVES = ("broadcast", "all_reduce", "all_gather", "all_gather_into_tensor", "reduce", "gather", "scatter",
+                "reduce_scatter", "reduce_scatter_tensor", "all_to_all", "barrier", "broadcast_object_list",
+                "all_gather_object", "gather_object", "scatter_object_list")
+_ORIGINAL: dict = {}
+
+
+def strict_dist() -> bool:
+    return os.environ.get("STRICT_DIST", "") == "1"
+
+
+def _install_strict_mode(rank: int):
     import torch.distributed as dist
 
-    v = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized():
-        dist.all_reduce(v)
-        v /= dist.get_world_size()
+    def refuse(name):
+        def guard(*args, **kw):
+            raise RuntimeError(f"strict distributed mode: torch.distributed.{name} called directly; route it "
+                               f"through teachers.collective (tensors on the run device, same call site on every rank)")
+        return guard
+
+    for name in _COLLECTIVES:
+        if name not in _ORIGINAL and hasattr(dist, name):
+            _ORIGINAL[name] = getattr(dist, name)
+            setattr(dist, name, refuse(name))
+    if rank > 0 and "time" not in _ORIGINAL:
+        real, t0 = time.time, time.time()
+        _ORIGINAL["time"] = real
+        time.time = lambda: t0 + (real() - t0) * (1 + rank)
+
+
+def _dist_op(name):
+    import torch.distributed as dist
+
+    return _ORIGINAL.get(name) or getattr(dist, name)
+
+
+def _check_call_site(site: str, device):
+    """Strict mode: all ranks must be at the same call site, at the same collective count."""
+    import torch.distributed as dist
+
+    code = list(site.encode()[:48].ljust(48, b" "))
+    tag = torch.tensor([_RUN["count"], *code], dtype=torch.int64, device=device)
+    tags = [torch.empty_like(tag) for _ in range(dist.get_world_size())]
+    _dist_op("all_gather")(tags, tag)
+    seen = [(int(x[0]), bytes(x[1:].tolist()).decode(errors="replace").strip()) for x in tags]
+    if len(set(seen)) > 1:
+        where = ", ".join(f"rank {r} at '{s}' (collective #{n})" for r, (n, s) in enumerate(seen))
+        raise RuntimeError(f"strict distributed mode: ranks desynchronised: {where}")
+
+
+def collective(op: str, values, site: str) -> list:
+    """One cross-process exchange of a few numbers; in a single process, the values themselves.
+
+    op: "mean" (averaged over ranks), "sum", or "broadcast" (rank 0's values on every rank). The
+    tensor is built here on the run device (NCCL needs the GPU's), never passed in by a caller.
+    """
+    import torch.distributed as dist
+
+    vals = values.tolist() if torch.is_tensor(values) else list(values)
+    if not dist.is_initialized():
+        return vals
+    device = _RUN["device"] or torch.device("cpu")
+    _RUN["count"] += 1
+    if strict_dist():
+        _check_call_site(site, device)
+    v = torch.tensor(vals, dtype=torch.float64, device=device)
+    if op == "broadcast":
+        _dist_op("broadcast")(v, 0)
+    elif op in ("mean", "sum"):
+        _dist_op("all_reduce")(v)
+        if op == "mean":
+            v /= dist.get_world_size()
+    else:
+        raise ValueError(f"unknown collective '{op}'")
     return v.tolist()
+
+
+def gather_objects(obj, site: str) -> list:
+    """[obj of rank 0, obj of rank 1, ...] (picklable objects; [obj] in a single process).
+    torch places the pickled bytes on the current CUDA device for NCCL (dist_setup sets it)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return [obj]
+    _RUN["count"] += 1
+    if strict_dist():
+        _check_call_site(site, _RUN["device"] or torch.device("cpu"))
+    parts = [None] * dist.get_world_size()
+    _dist_op("all_gather_object")(parts, obj)
+    return parts
+
+
+def barrier(site: str = "barrier"):
+    """All processes wait here (a no-op in a single process); strict mode checks the call site."""
+    collective("sum", [0.0], site)
+
+
+def rank0_decides(**flags) -> dict:
+    """Control-flow flags (stop, budget reached, ...) as rank 0 sees them, the same on every rank.
+
+    Every rank must leave a loop at the same step: one that stops on its own clock while the other
+    goes on leaves a collective unmatched (gloo aborts, NCCL hangs). Call it on every rank at the
+    same place; pass every reason to stop as a keyword, use the returned dict.
+    """
+    keys = sorted(flags)
+    got = collective("broadcast", [float(bool(flags[k])) for k in keys], "rank0_decides:" + ",".join(keys))
+    return {k: bool(v) for k, v in zip(keys, got)}
+
+
+def mean_over_ranks(values, device=None, site="mean_over_ranks"):
+    """A list of numbers averaged over the torchrun processes (itself in a single process)."""
+    return collective("mean", values, site)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory estimate (--dry-run): static memory from parameter counts, activations measured on CPU
+# ---------------------------------------------------------------------------------------------
+GiB = 2**30
+WORKSPACE = 1.15  # peak / saved tensors of a training pass: temporaries (1.14-1.26 measured on CPU, tiny UNets)
+
+
+def saved_activation_bytes(model, forward) -> int:
+    """Bytes of the tensors autograd keeps for backward while `forward()` runs (parameters excluded):
+    a training pass's activation memory, measured on this CPU (shapes as on a GPU)."""
+    params = {p.untyped_storage()._cdata for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st._cdata not in params:
+            seen[st._cdata] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward()
+    return sum(seen.values())
+
+
+def n_params(*modules) -> int:
+    return sum(p.numel() for m in modules if m is not None for p in m.parameters())
+
+
+def memory_estimate(teacher_modules, teacher_bytes_per_param, student, act_per_sample, act_batch_factor, b,
+                    passes: dict, extra_per_sample=0, extra_what=None) -> dict:
+    """Memory per GPU for a local batch b: teacher weights, student weights + grads + AdamW + EMA
+    (float32: 4 + 4 + 8 + 4 bytes a parameter), activations per sample (x act_batch_factor when a
+    pass trains on more than b samples), and what else grows with b on the device (`extra_per_sample`). The
+    batches that fit in 40 / 80 GB keep 10% for the CUDA context and the allocator's slack."""
+    n_t, n_s = n_params(*teacher_modules), n_params(student)
+    static = n_t * teacher_bytes_per_param + 20 * n_s
+    per = WORKSPACE * act_per_sample * act_batch_factor + extra_per_sample
+    fits = {f"{cap}GB": max(0, int((0.9 * cap * 1e9 - static) // per)) if per else None for cap in (40, 80)}
+    out = {"teacher_params": n_t, "student_params": n_s,
+           "teacher_weights_GiB": round(n_t * teacher_bytes_per_param / GiB, 3),
+           "student_weights_grads_adamw_ema_GiB": round(20 * n_s / GiB, 3),
+           "activations_per_sample_MiB": round(WORKSPACE * act_per_sample / 2**20, 3),
+           "activations_batch_factor": act_batch_factor, "local_batch": b,
+           "total_at_local_batch_GiB": round((static + b * per) / GiB, 3),
+           "max_local_batch_fitting": fits, "network_passes_per_iteration": passes,
+           "note": "estimate: activations = tensors autograd saves for one sample (measured on CPU) x "
+                   f"{WORKSPACE} for temporaries; the teacher's no-grad forwards are not counted"}
+    if extra_per_sample:
+        out[f"{extra_what}_GiB"] = round(b * extra_per_sample / GiB, 3)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision: the same three switches in boot.py and dkdm.py
+# ---------------------------------------------------------------------------------------------
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def teacher_dtype(half: bool, device):
+    """--half: the frozen teacher in float16, on a GPU only (slow and inexact on CPU)."""
+    if half and torch.device(device).type != "cuda":
+        raise UserError("--half needs a GPU (float16 teachers are slow and inexact on CPU)")
+    return torch.float16 if half else torch.float32
+
+
+def use_bf16(precision: str, device) -> bool:
+    """--precision auto: bf16 autocast for the student on a GPU, float32 elsewhere; bf16 / fp32 force it."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision '{precision}' (known: {', '.join(PRECISIONS)})")
+    return precision == "bf16" or (precision == "auto" and torch.device(device).type == "cuda")
+
+
+def setup_precision(precision: str, device):
+    """TF32 matmuls and convolutions on a GPU (unless --precision fp32); nothing on CPU."""
+    if torch.device(device).type == "cuda" and precision != "fp32":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def student_autocast(precision: str, device):
+    """The context the student's forward passes run in: bf16 autocast, or nothing."""
+    from contextlib import nullcontext
+
+    if use_bf16(precision, device):
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def enable_checkpointing(model, on: bool):
+    """--grad-checkpointing: recompute the student's activations in backward (diffusers models)."""
+    if not on:
+        return
+    if not getattr(model, "_supports_gradient_checkpointing", False):
+        raise UserError(f"{type(model).__name__} does not support gradient checkpointing")
+    model.enable_gradient_checkpointing()
 
 
 def print0(*args, **kw):
@@ -1037,15 +1368,17 @@ def _exchange(a, b) -> bool:
     return fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """Load a checkpoint written by save_checkpoint without unpickling code (weights_only=True)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+def load_checkpoint(path, map_location="cpu", mmap=False):
+    """Load a checkpoint written by save_checkpoint without unpickling code (weights_only=True).
+
+    mmap=True maps the file instead of reading it whole into memory (each rank of an 8-GPU resume)."""
+    return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
 
 
 def read_checkpoint(path, what="checkpoint"):
     """load_checkpoint with a one-line UserError for a truncated or corrupt file."""
     try:
-        return load_checkpoint(path)
+        return load_checkpoint(path, mmap=True)  # mapped, not read whole into memory on every rank
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError / EOFError / pickle errors
         raise UserError(f"{what} '{path}' cannot be read ({type(e).__name__}: {_first_line(e)}); "
                         f"it is truncated or corrupt: delete it to start over") from None
@@ -1064,17 +1397,11 @@ def nonfinite_tensors(state) -> int:
 
 def update_is_finite(loss, parameters) -> bool:
     """The update about to be applied is finite: the loss and the gradient norm (after backward,
-    before optimizer.step). Agreed over torchrun processes, so all of them stop together."""
-    import torch.distributed as dist
-
+    before optimizer.step). Agreed over torchrun processes (any rank's non-finite update stops all)."""
     grads = [p.grad for p in parameters if p.grad is not None]
     norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-    ok = torch.tensor([float(bool(torch.isfinite(loss.detach()).all()) and bool(torch.isfinite(norm)))])
-    if dist.is_initialized():
-        dev = loss.device if dist.get_backend() == "nccl" else torch.device("cpu")
-        ok = ok.to(dev)
-        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-    return bool(ok.item() > 0)
+    bad = float(not (bool(torch.isfinite(loss.detach()).all()) and bool(torch.isfinite(norm))))
+    return collective("sum", [bad], "update_is_finite")[0] == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1298,8 +1625,9 @@ class RunDir:
     everything (--out writable, config.json and latest.pt readable, the lock free) and writes nothing.
     """
 
-    def __init__(self, path, config: dict, rank: int = 0, resumable=("iters", "minutes", "log_every", "ckpt_every")):
-        self.path, self.rank = Path(path), rank
+    def __init__(self, path, config: dict, rank: int = 0, resumable=("iters", "minutes", "log_every", "ckpt_every"),
+                 keep: int = 1):
+        self.path, self.rank, self.keep = Path(path), rank, keep
         self.ckpt = self.path / "checkpoints" / "latest.pt"
         check_output_dir(self.path, "--out")
         cfg_file = self.path / "config.json"
@@ -1328,17 +1656,39 @@ class RunDir:
     def close(self):
         self.lock.release()
 
-    def load(self):
+    def load(self, device="cpu"):
+        """The latest checkpoint (read and checked when the RunDir was made), memory-mapped, its
+        tensors on this rank's device; None if there is none."""
         state, self._state = self._state, None
+        if state is not None and torch.device(device).type != "cpu":
+            state = load_checkpoint(self.ckpt, map_location=device, mmap=True)
         return state
 
     def save(self, state: dict):
-        if self.rank == 0:
-            bad = nonfinite_tensors({k: state[k] for k in ("model", "ema") if k in state})
-            if bad:
-                raise SystemExit(f"error: {bad} non-finite tensors in the weights at step {state.get('step')}; "
-                                 f"not checkpointed, {self.kept()}")
+        """checkpoints/latest.pt of finite weights only; with keep > 1 it links to step-<step>.pt and
+        the last `keep` of those stay."""
+        if self.rank != 0:
+            return
+        bad = nonfinite_tensors({k: state[k] for k in ("model", "ema") if k in state})
+        if bad:
+            raise SystemExit(f"error: {bad} non-finite tensors in the weights at step {state.get('step')}; "
+                             f"not checkpointed, {self.kept()}")
+        if self.keep <= 1:
             save_checkpoint(self.ckpt, state)
+            return
+        name = f"step-{int(state['step']):09d}.pt"
+        save_checkpoint(self.ckpt.with_name(name), state)
+        tmp = self.ckpt.with_name("latest.pt.link")
+        tmp.unlink(missing_ok=True)
+        os.symlink(name, tmp)  # relative: the run directory may move
+        os.replace(tmp, self.ckpt)
+        for old in sorted(self.ckpt.parent.glob("step-*.pt"))[:-self.keep]:
+            old.unlink(missing_ok=True)
+
+    def kept_steps(self):
+        """Steps of the checkpoints on disk (the latest only, unless keep > 1)."""
+        steps = [int(f.stem.split("-")[1]) for f in self.ckpt.parent.glob("step-*.pt")]
+        return sorted(steps)[-self.keep:] if self.keep > 1 else []
 
     def kept(self) -> str:
         if not self.ckpt.is_file():

@@ -1,0 +1,47 @@
+"""--dry-run's memory estimate: the student's activations per sample (measured from the tensors
+autograd saves, teacher and student built from configs only) against the peak memory a real
+training pass of that batch takes on this CPU (the process's maximum resident set)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import boot
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PEAK = """
+import json, resource, sys, torch
+sys.path.insert(0, sys.argv[1])
+import boot, teachers
+cfg = boot.resolve(boot.BootConfig(teacher=sys.argv[2], precision="fp32"))
+B = int(sys.argv[3])
+teacher = teachers.load_teacher(cfg.teacher)
+student, info = boot.make_student(teacher, cfg, boot.default_weight(cfg, teacher))
+student.train()
+cond = {"encoder_hidden_states": teacher.encode_prompts(["a red cube"] * B)["encoder_hidden_states"]}
+eps, t = torch.randn(B, *teacher.sample_shape), torch.rand(B)
+def step(n):
+    y = teachers.boot_generate(student, info, eps[:n], t[:n], {k: v[:n] for k, v in cond.items()}, 7.5)
+    y.square().mean().backward()
+step(1)  # gradients and the allocator's first arenas exist before the measurement
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+step(B)
+print(json.dumps({"peak_bytes": 1024 * (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)}))
+"""
+
+
+def test_activation_estimate_matches_the_measured_cpu_peak(tiny_sd_dir, tmp_path):
+    cfg = boot.resolve(boot.BootConfig(teacher=str(tiny_sd_dir), precision="fp32"))
+    est = boot.memory_report(cfg, 1)
+    assert est["teacher_params"] > est["student_params"] > 0 and est["network_passes_per_iteration"]["teacher_forwards"] == 2.25
+    B = 256
+    (tmp_path / "peak.py").write_text(PEAK)
+    p = subprocess.run([sys.executable, str(tmp_path / "peak.py"), str(ROOT), str(tiny_sd_dir), str(B)], capture_output=True,
+                       text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    measured = json.loads(p.stdout.strip().splitlines()[-1])["peak_bytes"]
+    estimated = est["activations_per_sample_MiB"] * 2**20 * B
+    print(f"batch {B}: estimated activations {estimated / 2**20:.0f} MiB, measured peak growth {measured / 2**20:.0f} MiB")
+    assert 0.7 < estimated / measured < 1.3
