@@ -618,10 +618,45 @@ def finish(cfg, raw, ema, info, teacher, conds, device):
     ema.copy_to(student)
     student.eval().requires_grad_(False)
     d = Path(cfg.out) / "student"
-    student.save_pretrained(d / "unet")
+    teachers.export_pipeline(student_pipeline(student, info, teacher, conds), d)
     (d / "generator.json").write_text(json.dumps(info, indent=2))
     if cfg.preview or cfg.check:
         preview(cfg, student, info, teacher, conds, device)
+    print0("load it with plain diffusers:\n" + teachers.pipeline_snippet(d, *snippet_call(info, conds)))
+
+
+def snippet_call(info, conds):
+    """(arguments of a one-step call, a note) for the snippet printed after training."""
+    if conds.prompts is not None:
+        call = f"prompt={json.dumps(conds.prompts[0])}"
+        if conds.stage1 is not None:
+            return call + ", image=low_res", "low_res: the stage-I student's images, output_type='latent'"
+        return call, ""
+    if info.get("num_classes"):
+        return f"batch_size={info['num_classes']}, class_labels=list(range({info['num_classes']}))", ""
+    return "batch_size=4", ""
+
+
+def student_pipeline(student, info, teacher, conds):
+    """The exported student: a BootPipeline (pipelines/pipeline_boot.py) with what it needs to run
+    alone: the text encoder and tokenizer, the latent decoder, IF-II's noising scheduler."""
+    from pipelines.pipeline_boot import BootPipeline
+
+    facts = {k: info.get(k) for k in ("T", "t_max", "alpha_tmax", "sigma_tmax", "time_cond_dim", "time_input",
+                                      "native_time", "output", "guided", "default_w", "num_classes")}
+    parts = dict(sample_channels=teacher.sample_shape[0], sample_size=teacher.sample_shape[-1])
+    enc = conds.encoder if conds.prompts is not None else None
+    if enc is not None:
+        parts.update(text_encoder=enc.text_encoder, tokenizer=enc.tokenizer, max_length=enc.max_length,
+                     use_mask=enc.use_mask)
+    if teacher.latent:
+        parts["vae"] = teacher.vae
+    if conds.stage1 is not None:
+        from diffusers import DDPMScheduler
+
+        parts.update(image_noising_scheduler=DDPMScheduler.from_config(teacher.noising_config),
+                     noise_level=info["noise_level"])
+    return BootPipeline(unet=student, **facts, **parts)
 
 
 @torch.no_grad()

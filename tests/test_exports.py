@@ -1,0 +1,175 @@
+"""Every export is a diffusers pipeline: loaded by plain diffusers in a process that cannot import
+this repository, it makes the same images as the repository's own samplers (max |diff| <= 1e-5).
+
+Tiny runs of every export kind (BOOT: teacher copy, UNet2DModel copy, small student, text-to-image,
+IF stage I and II; DKDM: cnn and vit students) and the shipped digits teacher are sampled twice:
+here, by `teachers.load_generator(run).generate` with `boot.sample_cond` (what `boot.py sample`
+and evaluate.py run) or by `teachers.ddim` (DKDM students, the teacher), and in a `python -I`
+subprocess started in an empty directory with `DiffusionPipeline.from_pretrained(dir,
+trust_remote_code=True)` and the diffusers call conventions (per-image seeded generators).
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import boot
+import dkdm
+import teachers
+
+N = 4  # images per export
+TOL = 1e-5
+TRAIN = ["--iters", "1", "--batch", "2", "--preview", "0", "--check", "0", "--lr", "1e-2", "--ema", "0"]
+PROMPT = "a red cube"
+
+# Runs in a fresh interpreter, cwd = an empty temp dir, `-I`: sys.path holds only the standard
+# library and site-packages. Writes every case's images as .npy files.
+OUTSIDE = r'''
+import json, sys
+import numpy as np, torch
+from diffusers import DiffusionPipeline
+
+import importlib.util
+assert not any(importlib.util.find_spec(m) for m in ("teachers", "boot", "dkdm", "pipelines")), sys.path
+cases = json.loads(open("cases.json").read())
+pipes = {}
+def pipe_of(path):
+    if path not in pipes:
+        pipes[path] = DiffusionPipeline.from_pretrained(path, trust_remote_code=True)
+        pipes[path].set_progress_bar_config(disable=True)
+    return pipes[path]
+def seeded(n):
+    return [torch.Generator().manual_seed(s) for s in range(n)]
+for name, case in cases.items():
+    pipe = pipe_of(case["path"])
+    kw = dict(case.get("kwargs", {}))
+    if "stage1" in case:  # IF stage II: the stage-I student's one-step output is its input
+        low = pipe_of(case["stage1"])(prompt=kw["prompt"], batch_size=case["n"], generator=seeded(case["n"]),
+                                      output_type="latent").images
+        shape = (1, pipe.config.sample_channels, pipe.config.sample_size, pipe.config.sample_size)
+        kw.update(image=low, latents=torch.cat([torch.randn(shape, generator=g) for g in seeded(case["n"])]),
+                  generator=torch.Generator().manual_seed(0))
+    else:
+        kw["generator"] = seeded(case["n"])
+    out = pipe(batch_size=case["n"], output_type="np", **kw)
+    np.save(name + ".npy", out.images)
+    print(name, type(pipe).__name__, out.images.shape)
+'''
+
+
+def outside(cases: dict, tmp):
+    """Run OUTSIDE on `cases`; {name: images (N, H, W, C)} and the pipeline class of each."""
+    work = Path(tmp) / "outside"
+    work.mkdir()
+    (work / "cases.json").write_text(json.dumps(cases))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(Path(tmp) / "modules"))
+    p = subprocess.run([sys.executable, "-I", "-c", OUTSIDE], cwd=work, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    classes = dict(line.split()[:2] for line in p.stdout.splitlines() if line.split()[:1] and line.split()[0] in cases)
+    return {k: np.load(work / f"{k}.npy") for k in cases}, classes
+
+
+def as_np(images):
+    return images.float().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def boot_reference(run, prompt=None):
+    """`boot.py sample RUN` without the PNG: seeds 0..N-1, labels k mod K, the student's default w."""
+    gen = teachers.load_generator(run)
+    cond = boot.sample_cond(gen, None, prompt, N, 0)
+    x = gen.generate(teachers.seeded_noise(range(N), gen.sample_shape), cond, None)
+    return as_np(gen.decode(x))
+
+
+def ddim_reference(path, steps, name=None):
+    """`teachers.ddim` of a DKDM student (or the teacher) at its default guidance, labels k mod K."""
+    t = teachers.load_teacher(name or str(path))
+    cond = t.label_cond(torch.arange(N) % t.num_classes) if t.num_classes else None
+    x = teachers.ddim(t, teachers.seeded_noise(range(N), t.sample_shape), steps, cond, t.default_guidance)
+    return as_np(t.decode(x))
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, tiny_sd_dir, tiny_if_dirs):
+    """(cases for OUTSIDE, the repository's images for each case)."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    tmp = tmp_path_factory.mktemp("exports")
+    (tmp / "p.txt").write_text(PROMPT + "\n")
+    prompts = ["--prompts", tmp / "p.txt"]
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=8)
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp / "ddpm")
+    stage1, stage2 = tiny_if_dirs
+    runs = {"boot_copy": ["--teacher", "digits", "--w", "2"],
+            "boot_copy_unet2d": ["--teacher", tmp / "ddpm"],
+            "boot_small": ["--teacher", "digits", "--student", "small"],
+            "boot_text_latent": ["--teacher", tiny_sd_dir, *prompts, "--w", "3"],
+            "boot_if_stage1": ["--teacher", stage1, *prompts],
+            "boot_if_stage2": ["--teacher", stage2, "--stage", "2", "--stage1-run", tmp / "boot_if_stage1", *prompts]}
+    cases, ref = {}, {}
+    for name, args in runs.items():
+        assert boot.main([str(a) for a in [*args, *TRAIN, "--out", tmp / name]]) == 0
+        d = str(tmp / name / "student")
+        text = "--prompts" in map(str, args)
+        cases[name] = {"path": d, "n": N, "kwargs": {"prompt": PROMPT} if text else {}}
+        ref[name] = boot_reference(tmp / name, PROMPT if text else None)
+    cases["boot_if_stage2"]["stage1"] = str(tmp / "boot_if_stage1" / "student")
+    # BOOT's initial copy student is the teacher's x0-hat at t_max, whatever the target time (App. C.3)
+    assert boot.main([str(a) for a in ["--teacher", "digits", *TRAIN, "--iters", "0", "--out", tmp / "init"]]) == 0
+    cases["boot_copy_init"] = {"path": str(tmp / "init" / "student"), "n": N, "kwargs": {}}
+    t = teachers.load_teacher("digits")
+    x0 = t.x0(teachers.seeded_noise(range(N), t.sample_shape), torch.full((N,), 0.9),
+              t.label_cond(torch.arange(N) % 10), t.default_guidance)
+    ref["boot_copy_init"] = as_np(t.decode(x0))
+    for student in ("cnn", "vit"):
+        name = f"dkdm_{student}"
+        assert dkdm.main(["--student", student, "--method", "data", "--iters", "2", "--batch", "4", "--lr", "1e-2",
+                          "--ema", "0", "--out", str(tmp / name)]) == 0
+        cases[name] = {"path": str(tmp / name / "student"), "n": N, "kwargs": {"num_inference_steps": 50}}
+        ref[name] = ddim_reference(tmp / name / "student", 50)
+    for steps in (10, 50):
+        name = f"teacher_ddim{steps}"
+        cases[name] = {"path": str(teachers.DIGITS_DIR), "n": N, "kwargs": {"num_inference_steps": steps}}
+        ref[name] = ddim_reference(None, steps, name="digits")
+    return cases, ref, tmp
+
+
+def test_every_export_loads_in_plain_diffusers_and_matches_the_repository(exports):
+    cases, ref, tmp = exports
+    images, classes = outside(cases, tmp)
+    diffs = {k: float(np.abs(images[k] - ref[k]).max()) for k in cases}
+    print({k: (classes.get(k), f"{v:.1e}") for k, v in diffs.items()})
+    for k in cases:
+        assert images[k].shape == ref[k].shape, k
+        assert diffs[k] <= TOL, (k, diffs[k])
+        assert images[k].std() > 0, k  # not a constant image
+    assert {classes[k] for k in cases if k.startswith("boot")} == {"BootPipeline"}
+    assert {classes[k] for k in cases if not k.startswith("boot")} == {"TrailingDDIMPipeline"}
+
+
+def test_shipped_teacher_config_states_the_projects_ddim():
+    """What a diffusers user reads: the custom pipeline file, a DDIMScheduler with trailing spacing,
+    clipping, alpha_bar = 1 after the last step (teachers.ddim's conventions)."""
+    d = teachers.DIGITS_DIR
+    index = json.loads((d / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_ddim", "TrailingDDIMPipeline"] and (d / "pipeline_ddim.py").is_file()
+    assert (d / "pipeline_ddim.py").read_text() == (teachers.ROOT / "pipelines" / "pipeline_ddim.py").read_text()
+    sched = json.loads((d / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["_class_name"] == "DDIMScheduler" and sched["timestep_spacing"] == "trailing"
+    assert sched["clip_sample"] and sched["set_alpha_to_one"] and sched["steps_offset"] == 0
+    from diffusers import DDIMScheduler
+
+    s = DDIMScheduler.from_config(sched)
+    for steps in (1, 7, 10, 50):
+        s.set_timesteps(steps)
+        assert s.timesteps.tolist() == teachers.trailing_steps(1000, steps)
