@@ -80,12 +80,26 @@ def as_np(images):
     return images.float().permute(0, 2, 3, 1).cpu().numpy()
 
 
-def boot_reference(run, prompt=None):
-    """`boot.py sample RUN` without the PNG: seeds 0..N-1, labels k mod K, the student's default w."""
-    gen = teachers.load_generator(run)
-    cond = boot.sample_cond(gen, None, prompt, N, 0)
-    x = gen.generate(teachers.seeded_noise(range(N), gen.sample_shape), cond, None)
-    return as_np(gen.decode(x))
+def boot_reference(run):
+    """The student as training saw it, not through its export: the network rebuilt by boot.py and
+    loaded from checkpoints/latest.pt, y_theta = teachers.boot_generate with the run's own facts,
+    conditions from the teacher (labels k mod K, its prompt encoder, IF-II's noised stage-I
+    output), decoded by the teacher. Seeds 0..N-1, the student's default w. Model space and images."""
+    cfg = boot.BootConfig(**json.loads((Path(run) / "config.json").read_text()))
+    teacher, conds = boot.load_all(cfg, torch.device("cpu"))
+    model, info = boot.make_student(teacher, cfg, boot.default_weight(cfg, teacher))
+    model.load_state_dict(teachers.load_checkpoint(Path(run) / "checkpoints" / "latest.pt")["ema"])
+    if conds.prompts is not None:
+        cond = {"encoder_hidden_states": conds.encoder.encode_prompts([PROMPT] * N)["encoder_hidden_states"].float()}
+        if cfg.stage == 2:
+            x1, _ = boot_reference(cfg.stage1_run)
+            cond.update(teacher.lowres_cond(x1.clamp(-1, 1), cfg.noise_level, generator=torch.Generator().manual_seed(0)))
+    else:
+        cond = teacher.label_cond(torch.arange(N) % teacher.num_classes) if teacher.num_classes else None
+    noise = teachers.seeded_noise(range(N), teacher.sample_shape)
+    with torch.no_grad():
+        x = teachers.boot_generate(model.eval(), info, noise, torch.zeros(N), cond, None)
+        return x, as_np(teacher.decode(x))
 
 
 def ddim_reference(path, steps, name=None):
@@ -122,7 +136,7 @@ def exports(tmp_path_factory, tiny_sd_dir, tiny_if_dirs):
         d = str(tmp / name / "student")
         text = "--prompts" in map(str, args)
         cases[name] = {"path": d, "n": N, "kwargs": {"prompt": PROMPT} if text else {}}
-        ref[name] = boot_reference(tmp / name, PROMPT if text else None)
+        ref[name] = boot_reference(tmp / name)[1]
     cases["boot_if_stage2"]["stage1"] = str(tmp / "boot_if_stage1" / "student")
     # BOOT's initial copy student is the teacher's x0-hat at t_max, whatever the target time (App. C.3)
     assert boot.main([str(a) for a in ["--teacher", "digits", *TRAIN, "--iters", "0", "--out", tmp / "init"]]) == 0
