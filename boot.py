@@ -765,15 +765,15 @@ def sample_cond(gen, label, prompt, n, seed):
         if info.get("text"):
             raise UserError("this student is text-conditioned: pass --prompt TEXT")
         return None
-    teacher = teachers.load_teacher(info["teacher"], model_id=info.get("model_id"), stage=info.get("stage", 1))
-    if not hasattr(teacher, "encode_prompts"):
+    pipe = gen.pipe  # the exported pipeline's own text encoder and IF-II input: no teacher needed
+    if pipe.text_encoder is None:
         raise UserError("this student is not text-conditioned: --prompt does not apply")
-    cond = {"encoder_hidden_states": teacher.encode_prompts([prompt] * n)["encoder_hidden_states"].float()}
+    cond = {"encoder_hidden_states": pipe.encode_prompt([prompt] * n).float()}
     if stage2:
         stage1 = teachers.load_generator(info["stage1_run"])
         noise1 = teachers.seeded_noise(range(seed, seed + n), stage1.sample_shape)
         x1 = stage1.generate(noise1, cond, None).clamp(-1, 1)
-        low = teacher.lowres_cond(x1, info["noise_level"], generator=torch.Generator().manual_seed(seed))
+        low = pipe.lowres(x1, info["noise_level"], generator=torch.Generator().manual_seed(seed))
         cond = {**cond, **{k: v.float() if v.is_floating_point() else v for k, v in low.items()}}
     return cond
 

@@ -903,7 +903,6 @@ class Generator:
         else:
             self.model = self.pipe.unet
             self.nfe = 1
-        self._decoder = None
 
     def label_cond(self, labels):
         return {"class_labels": torch.as_tensor(labels, dtype=torch.long, device=self.device)}
@@ -919,11 +918,10 @@ class Generator:
         return self.pipe.denoise(noise, cond, w)
 
     def decode(self, x):
-        if not self.latent:
-            return ((x + 1) / 2).clamp(0, 1)
-        if self._decoder is None:
-            self._decoder = load_teacher(self.teacher_name, device=self.device, model_id=self.info.get("model_id"))
-        return self._decoder.decode(x)
+        """Images in [0, 1] as the pipeline makes them (its own latent decoder, when it has one)."""
+        from pipelines.pipeline_boot import to_images
+
+        return to_images(x, getattr(self.pipe, "vae", None), "pt")
 
 
 def load_generator(run_dir, device="cpu") -> Generator:
