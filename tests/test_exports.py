@@ -8,6 +8,8 @@ and evaluate.py run) or by `teachers.ddim` (DKDM students, the teacher), and in 
 subprocess started in an empty directory with `DiffusionPipeline.from_pretrained(dir,
 trust_remote_code=True)` and the diffusers call conventions (per-image seeded generators).
 """
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -59,6 +61,10 @@ for name, case in cases.items():
     out = pipe(batch_size=case["n"], output_type="np", **kw)
     np.save(name + ".npy", out.images)
     print(name, type(pipe).__name__, out.images.shape)
+    if "snippet" in case:  # the three lines boot.py / dkdm.py printed, run as they are
+        scope = {}
+        exec(case["snippet"], scope)
+        print("snippet", name, len(scope["images"]), type(scope["images"][0]).__name__)
 '''
 
 
@@ -72,8 +78,20 @@ def outside(cases: dict, tmp):
     p = subprocess.run([sys.executable, "-I", "-c", OUTSIDE], cwd=work, env=env, capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    classes = dict(line.split()[:2] for line in p.stdout.splitlines() if line.split()[:1] and line.split()[0] in cases)
-    return {k: np.load(work / f"{k}.npy") for k in cases}, classes
+    lines = [line.split() for line in p.stdout.splitlines()]
+    classes = dict(w[:2] for w in lines if w[:1] and w[0] in cases)
+    snippets = {w[1]: (int(w[2]), w[3]) for w in lines if w[:1] == ["snippet"]}
+    return {k: np.load(work / f"{k}.npy") for k in cases}, classes, snippets
+
+
+def printed_snippet(main, args):
+    """Run a training CLI in this process; the plain-diffusers lines it printed after training."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main([str(a) for a in args]) == 0
+    text = out.getvalue()
+    assert "load it with plain diffusers:" in text, text[-2000:]
+    return "\n".join(text.split("load it with plain diffusers:\n")[1].splitlines()[:3])
 
 
 def as_np(images):
@@ -132,10 +150,12 @@ def exports(tmp_path_factory, tiny_sd_dir, tiny_if_dirs):
             "boot_if_stage2": ["--teacher", stage2, "--stage", "2", "--stage1-run", tmp / "boot_if_stage1", *prompts]}
     cases, ref = {}, {}
     for name, args in runs.items():
-        assert boot.main([str(a) for a in [*args, *TRAIN, "--out", tmp / name]]) == 0
+        snippet = printed_snippet(boot.main, [*args, *TRAIN, "--out", tmp / name])
         d = str(tmp / name / "student")
         text = "--prompts" in map(str, args)
         cases[name] = {"path": d, "n": N, "kwargs": {"prompt": PROMPT} if text else {}}
+        if name in ("boot_copy", "boot_text_latent"):
+            cases[name]["snippet"] = snippet
         ref[name] = boot_reference(tmp / name)[1]
     cases["boot_if_stage2"]["stage1"] = str(tmp / "boot_if_stage1" / "student")
     # BOOT's initial copy student is the teacher's x0-hat at t_max, whatever the target time (App. C.3)
@@ -147,9 +167,10 @@ def exports(tmp_path_factory, tiny_sd_dir, tiny_if_dirs):
     ref["boot_copy_init"] = as_np(t.decode(x0))
     for student in ("cnn", "vit"):
         name = f"dkdm_{student}"
-        assert dkdm.main(["--student", student, "--method", "data", "--iters", "2", "--batch", "4", "--lr", "1e-2",
-                          "--ema", "0", "--out", str(tmp / name)]) == 0
-        cases[name] = {"path": str(tmp / name / "student"), "n": N, "kwargs": {"num_inference_steps": 50}}
+        snippet = printed_snippet(dkdm.main, ["--student", student, "--method", "data", "--iters", "2", "--batch", "4",
+                                              "--lr", "1e-2", "--ema", "0", "--out", tmp / name])
+        cases[name] = {"path": str(tmp / name / "student"), "n": N, "kwargs": {"num_inference_steps": 50},
+                       "snippet": snippet}
         ref[name] = ddim_reference(tmp / name / "student", 50)
     for steps in (10, 50):
         name = f"teacher_ddim{steps}"
@@ -160,7 +181,7 @@ def exports(tmp_path_factory, tiny_sd_dir, tiny_if_dirs):
 
 def test_every_export_loads_in_plain_diffusers_and_matches_the_repository(exports):
     cases, ref, tmp = exports
-    images, classes = outside(cases, tmp)
+    images, classes, snippets = outside(cases, tmp)
     diffs = {k: float(np.abs(images[k] - ref[k]).max()) for k in cases}
     print({k: (classes.get(k), f"{v:.1e}") for k, v in diffs.items()})
     for k in cases:
@@ -169,6 +190,9 @@ def test_every_export_loads_in_plain_diffusers_and_matches_the_repository(export
         assert images[k].std() > 0, k  # not a constant image
     assert {classes[k] for k in cases if k.startswith("boot")} == {"BootPipeline"}
     assert {classes[k] for k in cases if not k.startswith("boot")} == {"TrailingDDIMPipeline"}
+    # the printed lines load what was written: 10 labelled digits, or one image for the prompt
+    assert snippets == {"boot_copy": (10, "Image"), "boot_text_latent": (1, "Image"), "dkdm_cnn": (10, "Image"),
+                        "dkdm_vit": (10, "Image")}
 
 
 def test_shipped_teacher_config_states_the_projects_ddim():
