@@ -211,3 +211,48 @@ def test_shipped_teacher_config_states_the_projects_ddim():
     for steps in (1, 7, 10, 50):
         s.set_timesteps(steps)
         assert s.timesteps.tolist() == teachers.trailing_steps(1000, steps)
+
+
+def test_stock_ddim_scheduler_from_the_shipped_config_is_teachers_ddim():
+    """A diffusers user stepping the shipped UNet with the shipped scheduler config (no custom code,
+    use_clipped_model_output=True) gets teachers.ddim's samples: the config tells the truth."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    d = teachers.DIGITS_DIR
+    unet = UNet2DConditionModel.from_pretrained(d / "unet")
+    sched = DDIMScheduler.from_pretrained(d / "scheduler")
+    t = teachers.load_teacher("digits")
+    x = noise = teachers.seeded_noise(range(N), t.sample_shape)
+    labels = torch.arange(N) % 10
+    sched.set_timesteps(10)
+    with torch.no_grad():
+        for i in sched.timesteps:
+            eps = unet(x, i, encoder_hidden_states=None, class_labels=labels).sample[:, :1]
+            x = sched.step(eps, i, x, use_clipped_model_output=True).prev_sample
+    ref = teachers.ddim(t, noise, 10, t.label_cond(labels), t.default_guidance)
+    assert (x - ref).abs().max() <= TOL
+
+
+def test_train_digits_writes_the_shipped_pipeline_files(tmp_path):
+    """`python teachers.py --train-digits` (here with 0 steps) writes the model_index.json, scheduler
+    config and pipeline file that ship in assets/digits-teacher."""
+    teachers.train_digits(out_dir=tmp_path, steps=0)
+    for f in ("model_index.json", "scheduler/scheduler_config.json"):
+        new, shipped = (json.loads((base / f).read_text()) for base in (tmp_path, teachers.DIGITS_DIR))
+        new.pop("_diffusers_version"), shipped.pop("_diffusers_version")
+        assert new == shipped, f
+    assert (tmp_path / "pipeline_ddim.py").read_text() == (teachers.DIGITS_DIR / "pipeline_ddim.py").read_text()
+
+
+def test_bad_calls_and_old_exports_are_one_clear_error(tmp_path):
+    pipe = teachers.load_pipeline(teachers.DIGITS_DIR)
+    with pytest.raises(ValueError, match="class_labels must lie in 0..9"):
+        pipe(batch_size=2, class_labels=[3, 12], num_inference_steps=2)
+    with pytest.raises(ValueError, match="num_inference_steps must lie in 1..1000"):
+        pipe(batch_size=2, num_inference_steps=0)
+    old = tmp_path / "run" / "student"  # a run exported before students were pipelines
+    old.mkdir(parents=True)
+    (old / "generator.json").write_text(json.dumps({"method": "boot", "teacher": "digits", "sample_shape": [1, 8, 8]}))
+    (old / "model_index.json").write_text(json.dumps({"_class_name": "DDPMPipeline"}))
+    with pytest.raises(teachers.UserError, match="older version of this repository; rerun its training command"):
+        teachers.load_generator(tmp_path / "run")
