@@ -75,6 +75,8 @@ def boot_generate(model, info, eps, t, cond=None, w=None):
 
 def to_images(x, vae=None, output_type="pil", pipe=None):
     """Model space -> images: latents through the VAE / VQ decoder, pixels from [-1, 1] to [0, 1]."""
+    if output_type not in ("pil", "np", "pt", "latent"):
+        raise ValueError(f"output_type must be pil, np, pt or latent, not {output_type!r}")
     if output_type == "latent":
         return x
     if vae is not None:
@@ -151,6 +153,7 @@ class BootPipeline(DiffusionPipeline):
                  guidance_scale: float | None = None, image=None, noise_level: int | None = None, latents=None,
                  prompt_embeds=None, output_type: str = "pil", return_dict: bool = True):
         cfg, cond = self.config, {}
+        batch_size = batch_size if latents is None else latents.shape[0]
         if negative_prompt not in (None, "") and not (isinstance(negative_prompt, list) and set(negative_prompt) <= {""}):
             raise ValueError("a BOOT student learned guidance against the empty prompt: negative_prompt cannot change it")
         if isinstance(prompt, str):
@@ -165,7 +168,9 @@ class BootPipeline(DiffusionPipeline):
         if cfg.num_classes:
             if class_labels is None:
                 class_labels = [k % cfg.num_classes for k in range(batch_size)]
-            labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1).expand(batch_size)
+            labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
+            labels = labels.expand(batch_size) if labels.numel() == 1 else labels  # a list sets the batch
+            batch_size = labels.numel()
             if labels.min() < 0 or labels.max() >= cfg.num_classes:
                 raise ValueError(f"class_labels must lie in 0..{cfg.num_classes - 1}")
             cond["class_labels"] = labels.to(self.device)

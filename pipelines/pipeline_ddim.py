@@ -26,6 +26,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 def to_images(x, vae=None, output_type="pil", pipe=None):
     """Model space -> images: latents through the VAE / VQ decoder, pixels from [-1, 1] to [0, 1]."""
+    if output_type not in ("pil", "np", "pt", "latent"):
+        raise ValueError(f"output_type must be pil, np, pt or latent, not {output_type!r}")
     if output_type == "latent":
         return x
     if vae is not None:
@@ -97,10 +99,13 @@ class TrailingDDIMPipeline(DiffusionPipeline):
                  num_inference_steps: int = 50, latents=None, output_type: str = "pil", return_dict: bool = True):
         K = self.config.num_classes
         labels = None
+        batch_size = batch_size if latents is None else latents.shape[0]
         if K:
             if class_labels is None:
                 class_labels = [k % K for k in range(batch_size)]
-            labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1).expand(batch_size)
+            labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
+            labels = labels.expand(batch_size) if labels.numel() == 1 else labels  # a list sets the batch
+            batch_size = labels.numel()
             if labels.min() < 0 or labels.max() >= K:
                 raise ValueError(f"class_labels must lie in 0..{K - 1}")
             labels = labels.to(self.device)
