@@ -2,7 +2,7 @@
 this repository, it makes the same images as the repository's own samplers (max |diff| <= 1e-5).
 
 Tiny runs of every export kind (BOOT: teacher copy, UNet2DModel copy, small student, text-to-image,
-IF stage I and II; DKDM: cnn and vit students) and the shipped digits teacher are sampled twice:
+IF stage I and II; DKDM: cnn and vit students, a cnn on a latent teacher) and the shipped digits teacher are sampled twice:
 here, by `teachers.load_generator(run).generate` with `boot.sample_cond` (what `boot.py sample`
 and evaluate.py run) or by `teachers.ddim` (DKDM students, the teacher), and in a `python -I`
 subprocess started in an empty directory with `DiffusionPipeline.from_pretrained(dir,
@@ -172,6 +172,12 @@ def exports(tmp_path_factory, tiny_sd_dir, tiny_if_dirs):
         cases[name] = {"path": str(tmp / name / "student"), "n": N, "kwargs": {"num_inference_steps": 50},
                        "snippet": snippet}
         ref[name] = ddim_reference(tmp / name / "student", 50)
+    from test_dkdm_cli import TINY as DKDM_TINY, tiny_latent_teacher  # a VQ latent teacher, T = 50
+
+    latent = tiny_latent_teacher(tmp / "ldm")
+    assert dkdm.main([str(a) for a in ["--teacher", latent, "--iters", "2", *DKDM_TINY, "--out", tmp / "dkdm_latent"]]) == 0
+    cases["dkdm_cnn_latent"] = {"path": str(tmp / "dkdm_latent" / "student"), "n": N, "kwargs": {"num_inference_steps": 50}}
+    ref["dkdm_cnn_latent"] = ddim_reference(tmp / "dkdm_latent" / "student", 50)
     for steps in (10, 50):
         name = f"teacher_ddim{steps}"
         cases[name] = {"path": str(teachers.DIGITS_DIR), "n": N, "kwargs": {"num_inference_steps": steps}}
