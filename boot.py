@@ -666,11 +666,46 @@ def finish(cfg, raw, ema, info, teacher, conds, device):
     ema.copy_to(student)
     student.eval().requires_grad_(False)
     d, tmp = Path(cfg.out) / "student", Path(cfg.out) / f".student.tmp-{os.getpid()}"
-    student.save_pretrained(tmp / "unet")  # written aside, then swapped in whole
+    teachers.export_pipeline(student_pipeline(student, info, teacher, conds), tmp)  # written aside,
     teachers.write_text_atomic(tmp / "generator.json", json.dumps(info, indent=2))
-    teachers.replace_dir(tmp, d)
+    teachers.replace_dir(tmp, d)  # then swapped in whole
     if cfg.preview or cfg.check:
         preview(cfg, student, info, teacher, conds, device)
+    print0("load it with plain diffusers:\n" + teachers.pipeline_snippet(d, *snippet_call(info, conds)))
+
+
+def snippet_call(info, conds):
+    """(arguments of a one-step call, a note) for the snippet printed after training."""
+    if conds.prompts is not None:
+        call = f"prompt={json.dumps(conds.prompts[0])}"
+        if conds.stage1 is not None:
+            return call + ", image=low_res", "low_res: the stage-I student's images, output_type='latent'"
+        return call, ""
+    if info.get("num_classes"):
+        return f"batch_size={info['num_classes']}, class_labels=list(range({info['num_classes']}))", ""
+    return "batch_size=4", ""
+
+
+def student_pipeline(student, info, teacher, conds):
+    """The exported student: a BootPipeline (pipelines/pipeline_boot.py) with what it needs to run
+    alone: the text encoder and tokenizer, the latent decoder, IF-II's noising scheduler."""
+    from pipelines.pipeline_boot import BootPipeline
+
+    facts = {k: info.get(k) for k in ("T", "t_max", "alpha_tmax", "sigma_tmax", "time_cond_dim", "time_input",
+                                      "native_time", "output", "guided", "default_w", "num_classes")}
+    parts = dict(sample_channels=teacher.sample_shape[0], sample_size=teacher.sample_shape[-1])
+    enc = conds.encoder if conds.prompts is not None else None
+    if enc is not None:
+        parts.update(text_encoder=enc.text_encoder, tokenizer=enc.tokenizer, max_length=enc.max_length,
+                     use_mask=enc.use_mask)
+    if teacher.latent:
+        parts["vae"] = teacher.vae
+    if conds.stage1 is not None:
+        from diffusers import DDPMScheduler
+
+        parts.update(image_noising_scheduler=DDPMScheduler.from_config(teacher.noising_config),
+                     noise_level=info["noise_level"])
+    return BootPipeline(unet=student, **facts, **parts)
 
 
 @torch.no_grad()
@@ -757,11 +792,8 @@ def sample_main(argv):
     teachers.check_output_file(a.out or str(Path(a.run) / "samples.png"), "--out")
     device = sample_device(a.device)
     quiet_libraries()
-    gen = teachers.load_generator(a.run, device)
-    teacher = sample_teacher(gen, a.prompt, device)  # loaded once: prompt encoder and latent decoder
-    if gen.latent and teacher is not None:
-        gen._decoder = teacher
-    cond = sample_cond(gen, a.label, a.prompt, a.n, a.seed, teacher)
+    gen = teachers.load_generator(a.run, device)  # the exported pipeline: encoder and decoder loaded once
+    cond = sample_cond(gen, a.label, a.prompt, a.n, a.seed)
     noise = teachers.seeded_noise(range(a.seed, a.seed + a.n), gen.sample_shape, device)
     t0 = time.perf_counter()
     x = gen.generate(noise, cond, a.w)
@@ -788,15 +820,7 @@ def sample_device(name):
     return device
 
 
-def sample_teacher(gen, prompt, device):
-    """The teacher pipeline, loaded once, when sampling needs its text encoder or latent decoder."""
-    info = gen.info
-    if not (gen.latent or (prompt is not None and info.get("text"))):
-        return None
-    return teachers.load_teacher(info["teacher"], device, model_id=info.get("model_id"), stage=info.get("stage", 1))
-
-
-def sample_cond(gen, label, prompt, n, seed, teacher=None):
+def sample_cond(gen, label, prompt, n, seed):
     """The condition of `boot.py sample`: labels, prompt embeddings, IF-II's stage-1 input."""
     info = gen.info
     if info.get("num_classes") and prompt is None:
@@ -812,21 +836,15 @@ def sample_cond(gen, label, prompt, n, seed, teacher=None):
         if info.get("text"):
             raise UserError("this student is text-conditioned: pass --prompt TEXT")
         return None
-    if teacher is None:
-        teacher = teachers.load_teacher(info["teacher"], gen.device, model_id=info.get("model_id"), stage=info.get("stage", 1))
-    if not hasattr(teacher, "encode_prompts"):
+    pipe = gen.pipe  # the exported pipeline's own text encoder and IF-II input: no teacher needed
+    if pipe.text_encoder is None:
         raise UserError("this student is not text-conditioned: --prompt does not apply")
-    stage1 = teachers.load_generator(info["stage1_run"], gen.device) if stage2 else None
-    encoder = teacher
-    if not hasattr(teacher, "tokenizer"):  # IF-II saved without T5: stage I's encoder, as in training
-        if stage1 is None:
-            raise UserError(f"teacher '{info['teacher']}' was saved without a text encoder: --prompt cannot be encoded")
-        encoder = teachers.load_teacher(stage1.info["teacher"], gen.device, model_id=stage1.info.get("model_id"))
-    cond = {"encoder_hidden_states": encoder.encode_prompts([prompt] * n)["encoder_hidden_states"].float()}
+    cond = {"encoder_hidden_states": pipe.encode_prompt([prompt] * n).float()}
     if stage2:
+        stage1 = teachers.load_generator(info["stage1_run"], gen.device)
         noise1 = teachers.seeded_noise(range(seed, seed + n), stage1.sample_shape, gen.device)
         x1 = stage1.generate(noise1, cond, None).clamp(-1, 1)
-        low = teacher.lowres_cond(x1, info["noise_level"], generator=torch.Generator().manual_seed(seed))
+        low = pipe.lowres(x1, info["noise_level"], generator=torch.Generator().manual_seed(seed))
         cond = {**cond, **{k: v.float() if v.is_floating_point() else v for k, v in low.items()}}
     return cond
 

@@ -10,7 +10,7 @@ teacher's every denoising step (Eq. 19-21), on noisy samples the teacher itself 
     data) -> training loop -> export / preview / sampling -> main
 
 Commands (each writes runs/dkdm-<teacher>-<student>-<method>/: config.json, metrics.jsonl,
-checkpoints/, student/ (a diffusers DDPMPipeline directory + generator.json), preview.png):
+checkpoints/, student/ (a diffusers pipeline directory + generator.json), preview.png):
 
     python dkdm.py                              # CPU (2 cores): digits teacher, cnn student, dynamic
                                                 # distillation, staggered pool init; 10,000 iterations
@@ -626,7 +626,7 @@ def log_progress(cfg, run, bar, step, acc, stream, device, T, k):
 
 
 # ---------------------------------------------------------------------------------------------
-# Export: a diffusers DDPMPipeline directory + generator.json (evaluate.py reads nothing else)
+# Export: a diffusers pipeline directory + generator.json (evaluate.py reads nothing else)
 # ---------------------------------------------------------------------------------------------
 def teacher_source(cfg):
     """Where the teacher's pipeline lives (for its scheduler config); None for the analytic gmm."""
@@ -657,18 +657,12 @@ def export_student(cfg, teacher, raw, ema, run_path):
     import copy
     import shutil
 
-    import diffusers
-
     model = copy.deepcopy(raw).cpu()
     ema.copy_to(model)
     final, tmp = Path(run_path) / "student", Path(run_path) / f".student.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp / "unet")
-    student_scheduler(cfg, teacher).save_pretrained(tmp / "scheduler")
     cls = type(model).__name__
-    (tmp / "model_index.json").write_text(json.dumps({
-        "_class_name": "DDPMPipeline", "_diffusers_version": diffusers.__version__,
-        "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", cls]}, indent=2))
+    teachers.export_pipeline(student_pipeline(cfg, teacher, model), tmp)
     name = cfg.teacher if cfg.teacher in teachers.REGISTRY else str(Path(cfg.teacher).resolve())
     (tmp / "generator.json").write_text(json.dumps({
         "method": "dkdm", "teacher": name, "model_id": teachers.local_path(cfg.model_id), "steps": 50, "sampler": "ddim",
@@ -677,6 +671,17 @@ def export_student(cfg, teacher, raw, ema, run_path):
         "training": cfg.method}, indent=2))
     teachers.replace_dir(tmp, final)  # never deletes the old export before the new one is whole
     return final
+
+
+def student_pipeline(cfg, teacher, model):
+    """The exported student: a TrailingDDIMPipeline (pipelines/pipeline_ddim.py), the teacher's
+    DDIM as a diffusers pipeline, with the teacher's latent decoder when it has one."""
+    from pipelines.pipeline_ddim import TrailingDDIMPipeline
+
+    sched = student_scheduler(cfg, teacher)
+    return TrailingDDIMPipeline(unet=model, scheduler=teachers.ddim_scheduler(dict(sched.config)),
+                                vae=teacher.vae if teacher.latent else None, num_classes=teacher.num_classes,
+                                variance_type=sched.config.variance_type, default_guidance=teacher.default_guidance)
 
 
 @torch.no_grad()
@@ -710,8 +715,8 @@ def sample_run(cfg):
     start = time.time()
     if cfg.sampler == "ancestral":
         x = teachers.ancestral(student, noise, cfg.steps, cond, gen.default_guidance, generator=torch.Generator().manual_seed(0))
-    else:
-        x = teachers.ddim(student, noise, cfg.steps, cond, gen.default_guidance)
+    else:  # the exported pipeline's DDIM, as a diffusers user runs it
+        x = gen.pipe.denoise(noise, None if cond is None else cond["class_labels"], gen.default_guidance, cfg.steps)
     out = Path(cfg.sample) / f"samples-{cfg.sampler}{cfg.steps}.png"
     save_image(gen.decode(x).float().cpu(), out, nrow=int(math.sqrt(cfg.n)) or 1)
     print(f"{cfg.n} {cfg.sampler}-{cfg.steps} samples in {time.time() - start:.1f} s -> {out}")
@@ -866,6 +871,9 @@ def main(argv=None):
                 d = export_student(cfg, teacher, raw, ema, run.path)
                 write_preview(teacher, d, run.path / "preview.png")
                 print0(f"{step} iterations; student -> {d}; preview -> {run.path / 'preview.png'}")
+                K = teacher.num_classes
+                call = f"batch_size={K}, class_labels=list(range({K}))" if K else "batch_size=4"
+                print0("load it with plain diffusers:\n" + teachers.pipeline_snippet(d, call + ", num_inference_steps=50"))
             barrier()
         finally:
             run.close()

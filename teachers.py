@@ -469,6 +469,28 @@ def digits_unet_config(num_classes: int = 10, channels=(32, 64)):
                 num_class_embeds=num_classes + 1, norm_num_groups=16)
 
 
+def ddim_scheduler(config: dict):
+    """diffusers' DDIMScheduler that tells the truth about `ddim` below: the same betas, trailing
+    spacing, last step to alpha_bar = 1, x0-hat clipped to [-1, 1] when `clip` (the pipelines
+    recompute eps from the clipped x0-hat, diffusers' use_clipped_model_output=True)."""
+    import inspect
+
+    from diffusers import DDIMScheduler
+
+    keys = set(inspect.signature(DDIMScheduler.__init__).parameters) - {"self"}
+    base = {k: v for k, v in config.items() if k in keys}
+    return DDIMScheduler.from_config(base, timestep_spacing="trailing", set_alpha_to_one=True, steps_offset=0,
+                                     thresholding=False)
+
+
+def digits_pipeline(model, scheduler):
+    """The embedded teacher as a diffusers pipeline (pipelines/pipeline_ddim.py): DDIM as `ddim` does it."""
+    from pipelines.pipeline_ddim import TrailingDDIMPipeline
+
+    return TrailingDDIMPipeline(unet=model, scheduler=ddim_scheduler(dict(scheduler.config)), num_classes=10,
+                                variance_type=scheduler.config.variance_type, default_guidance=1.0)
+
+
 def iddpm_loss(model, x0, cond, sch: Schedule, generator=None):
     """IDDPM hybrid loss: L_simple + L_vlb (KL(q || p) in bits/dim, mean detached; t > 0)."""
     B = x0.shape[0]
@@ -521,11 +543,7 @@ def train_digits(out_dir=DIGITS_DIR, steps=2500, batch=128, lr=1e-3, seed=0, p_u
             bar.set_postfix(loss=f"{loss.item():.4f}")
     ema.copy_to(model)
     out_dir = Path(out_dir)
-    model.save_pretrained(out_dir / "unet")
-    scheduler.save_pretrained(out_dir / "scheduler")
-    (out_dir / "model_index.json").write_text(json.dumps({
-        "_class_name": "DDPMPipeline", "_diffusers_version": __import__("diffusers").__version__,
-        "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DConditionModel"]}, indent=2))
+    export_pipeline(digits_pipeline(model, scheduler), out_dir)
     info = {"dataset": "sklearn.datasets.load_digits (1,797 8x8 digits, scaled to [-1, 1])",
             "steps": steps, "batch": batch, "lr": lr, "seed": seed, "p_uncond": p_uncond, "ema": 0.999,
             "loss": "IDDPM hybrid (L_simple + L_vlb, t > 0)", "seconds": round(time.time() - start, 1),
@@ -716,6 +734,8 @@ def load_teacher(name_or_path: str = "digits", device="cpu", dtype=torch.float32
         where = name_or_path  # a hub id "owner/name"
     index = _read_index(where)
     kind = index.get("_class_name", "")
+    if isinstance(kind, list):  # a custom pipeline ["pipeline_file", "Class"]: this repository's DDIM one
+        kind = "DDIMPipeline" if kind[1:] == ["TrailingDDIMPipeline"] else kind[1]
     if kind in ("DDPMPipeline", "LDMPipeline", "DDIMPipeline"):
         t = _load_plain(where, index, dtype)
     elif kind == "StableDiffusionPipeline":
@@ -745,12 +765,12 @@ def _load_plain(where, index, dtype):
     C = cfg_u.in_channels
     size = cfg_u.sample_size if isinstance(cfg_u.sample_size, int) else cfg_u.sample_size[0]
     num_classes = (getattr(cfg_u, "num_class_embeds", None) or getattr(cfg_u, "num_embeds_ada_norm", None) or 1) - 1
-    vt = cfg.get("variance_type", "fixed_small")
+    vt = index.get("variance_type") or cfg.get("variance_type", "fixed_small")  # DDIM configs lack it
     out = cfg_u.out_channels
     if out != (2 * C if vt in ("learned", "learned_range") else C):
         raise UserError(f"'{where}': the denoiser has {out} output channels for {C} input channels but its scheduler's "
                         f"variance_type is '{vt}' (learned variance needs {2 * C}: eps + v, fixed needs {C})")
-    latent = "vqvae" in index or "vae" in index
+    latent = any((index.get(k) or [None])[0] for k in ("vqvae", "vae"))
     t = UNetTeacher(unet, sched, (C, size, size), prediction_type=cfg.get("prediction_type", "epsilon"),
                     variance_type=vt, clip=None if latent or not cfg.get("clip_sample", True) else "static",
                     num_classes=num_classes or None,
@@ -863,7 +883,7 @@ def _load_if(where, index, dtype):
                     dynamic_p=0.95, dynamic_max=1.0 if stage2 else 1.5, default_guidance=4.0 if stage2 else 7.0)
     t.stage = 2 if stage2 else 1
     if stage2:
-        t.noising, _ = _scheduler_facts(where, "image_noising_scheduler")
+        t.noising, t.noising_config = _scheduler_facts(where, "image_noising_scheduler")
     if index.get("text_encoder", [None])[0] is not None:  # IF-II may ship without: reuse stage I's
         t.tokenizer, t.text_encoder = _load_text(where, dtype, T5EncoderModel)
         t.max_length, t.use_mask = 77, True
@@ -893,27 +913,88 @@ def check_shape(teacher: Teacher, shape, what="input"):
 # Distilled students as generators: what evaluate.py reads from a finished run directory
 # ---------------------------------------------------------------------------------------------
 def target_time_cond(t, w, dim: int):
-    """BOOT student's extra input: sinusoidal embeddings of the target time t (and weight w).
+    """BOOT student's (t, w) embedding; the one definition is in pipelines/pipeline_boot.py."""
+    from pipelines.pipeline_boot import target_time_cond as f
 
-    Fed to the student's zero-initialised `cond_proj` (diffusers' time_cond_proj_dim), so at init
-    the student ignores it and equals the teacher at its fixed native timestep t_max.
-    """
-    from diffusers.models.embeddings import get_timestep_embedding
+    return f(t, w, dim)
 
-    t = torch.as_tensor(t, dtype=torch.float32).reshape(-1)
-    w = torch.zeros_like(t) if w is None else torch.as_tensor(w, dtype=torch.float32, device=t.device).reshape(-1).expand_as(t)
-    half = dim // 2
-    e_t = get_timestep_embedding(t * 1000, half, flip_sin_to_cos=True, downscale_freq_shift=0)
-    e_w = get_timestep_embedding(w * 100, dim - half, flip_sin_to_cos=True, downscale_freq_shift=0)
-    return torch.cat([e_t, e_w], dim=1)
+
+def boot_generate(model, info, eps, t, cond=None, w=None):
+    """y_theta(eps, t, c, w) of a BOOT student; the one definition is in pipelines/pipeline_boot.py,
+    the file every exported BOOT student carries."""
+    from pipelines.pipeline_boot import boot_generate as f
+
+    return f(model, info, eps, t, cond, w)
+
+
+PIPELINES = {"BootPipeline": "pipeline_boot", "TrailingDDIMPipeline": "pipeline_ddim"}
+
+
+def export_pipeline(pipe, directory):
+    """save_pretrained + the pipeline's source file beside model_index.json, named in its
+    `_class_name`, so DiffusionPipeline.from_pretrained(directory, trust_remote_code=True) loads it
+    without this repository."""
+    import shutil
+
+    directory = Path(directory)
+    pipe.save_pretrained(directory)
+    source = ROOT / "pipelines" / (PIPELINES[type(pipe).__name__] + ".py")
+    shutil.copyfile(source, directory / source.name)
+    index = json.loads((directory / "model_index.json").read_text())
+    index["_class_name"] = [source.stem, type(pipe).__name__]
+    (directory / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return directory
+
+
+def pipeline_snippet(directory, call: str, note: str = "") -> str:
+    """Three lines of plain diffusers that load an export and sample it (printed by boot.py / dkdm.py)."""
+    return ("from diffusers import DiffusionPipeline\n"
+            f"pipe = DiffusionPipeline.from_pretrained({json.dumps(str(directory))}, trust_remote_code=True)\n"
+            f"images = pipe({call}).images" + (f"  # {note}" if note else ""))
+
+
+def pipeline_class(name: str):
+    """This repository's pipeline class for a model_index.json `_class_name` (a [file, class] pair)."""
+    import importlib
+
+    cls = name[1] if isinstance(name, (list, tuple)) else name
+    if cls not in PIPELINES:
+        return None
+    return getattr(importlib.import_module("pipelines." + PIPELINES[cls]), cls)
+
+
+def load_pipeline(path, device="cpu"):
+    """An export through this repository's copy of its pipeline class (the same code an outside
+    user gets with trust_remote_code=True)."""
+    index = json.loads((Path(path) / "model_index.json").read_text()) if (Path(path) / "model_index.json").is_file() else {}
+    cls = pipeline_class(index.get("_class_name", ""))
+    if cls is None:
+        raise UserError(f"'{path}' was exported by an older version of this repository; rerun its training "
+                        f"command (a finished run only re-exports) to write a diffusers pipeline")
+    import importlib
+
+    # diffusers' from_pretrained would import the folder's copy of the file as remote code; the
+    # repository runs its own: the components are loaded one by one, the scalars passed as they are
+    parts = {}
+    for name, value in index.items():
+        if name.startswith("_"):
+            continue
+        if isinstance(value, list) and len(value) == 2 and value[0] in (None, "diffusers", "transformers"):
+            lib = value[0] and importlib.import_module(value[0])
+            parts[name] = lib and getattr(lib, value[1]).from_pretrained(str(Path(path) / name))
+        else:
+            parts[name] = value
+    pipe = cls(**parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
 
 
 class Generator:
     """A distilled student loaded from `RUN/student`: generate(noise, cond, w) -> x0 in model space.
 
-    student/generator.json says how: {"method": "boot", ...} is a one-step BOOT student (see
-    boot.py); {"method": "dkdm", "steps": N, "sampler": ...} is a new diffusion model sampled
-    with the teachers' samplers.
+    The student is a diffusers pipeline (pipelines/): a one-step BootPipeline or a
+    TrailingDDIMPipeline (DKDM). student/generator.json holds what only this repository needs
+    (which teacher, its hub id, the IF stage-1 run) for evaluation and previews.
     """
 
     def __init__(self, run_dir, device="cpu"):
@@ -927,14 +1008,13 @@ class Generator:
         self.default_guidance = self.info.get("default_w")
         self.latent = self.info.get("latent", False)
         self.device = torch.device(device)
+        self.pipe = load_pipeline(d, device)
         if self.info["method"] == "dkdm":
-            self.model = load_teacher(str(d), device=device)
+            self.model = load_teacher(str(d), device=device)  # the teacher interface, for ancestral sampling
             self.nfe = int(self.info.get("steps", 50))
         else:
-            self.model = _load_component(_denoiser_class(self.info["class_name"]), str(d), "unet").to(device)
-            self.model.eval().requires_grad_(False)
+            self.model = self.pipe.unet
             self.nfe = 1
-        self._decoder = None
 
     def label_cond(self, labels):
         return {"class_labels": torch.as_tensor(labels, dtype=torch.long, device=self.device)}
@@ -945,34 +1025,15 @@ class Generator:
         if info["method"] == "dkdm":
             if info.get("sampler", "ddim") == "ancestral":
                 return ancestral(self.model, noise, self.nfe, cond, w, generator=generator)
-            return ddim(self.model, noise, self.nfe, cond, w)
-        return boot_generate(self.model, info, noise, torch.zeros(noise.shape[0], device=noise.device), cond, w)
+            labels = None if cond is None else cond.get("class_labels")
+            return self.pipe.denoise(noise, labels, w, self.nfe)
+        return self.pipe.denoise(noise, cond, w)
 
     def decode(self, x):
-        if not self.latent:
-            return ((x + 1) / 2).clamp(0, 1)
-        if self._decoder is None:
-            self._decoder = load_teacher(self.teacher_name, device=self.device, model_id=self.info.get("model_id"))
-        return self._decoder.decode(x)
+        """Images in [0, 1] as the pipeline makes them (its own latent decoder, when it has one)."""
+        from pipelines.pipeline_boot import to_images
 
-
-def boot_generate(model, info: dict, eps, t, cond=None, w=None):
-    """y_theta(eps, t, c, w) of a BOOT student described by `info` (its generator.json)."""
-    T = info["T"]
-    extra = {}
-    if info.get("time_cond_dim"):
-        w = w if (w is not None or not info.get("guided")) else info.get("default_w")
-        extra["timestep_cond"] = target_time_cond(t, w, info["time_cond_dim"]).to(eps)
-    if info.get("time_input") == "class_labels":  # a UNet2DModel copy: t enters its zeroed class embedding
-        cond = {**(cond or {}), "class_labels": t * (T - 1)}
-    if info.get("native_time") == "target" or not (info.get("time_cond_dim") or info.get("time_input")):
-        timestep = t * (T - 1)  # a fresh student of another architecture: the target time is its timestep
-    else:
-        timestep = torch.full_like(t, info["t_max"] * (T - 1))  # a teacher copy: fixed at t_max
-    out = call_net(model, eps, timestep, cond, **extra)[:, : eps.shape[1]]
-    if info["output"] == "eps":  # y = (eps - sigma_tmax eps_hat) / alpha_tmax: the teacher's x0 at t_max
-        return (eps - info["sigma_tmax"] * out) / info["alpha_tmax"]
-    return out
+        return to_images(x, getattr(self.pipe, "vae", None), "pt")
 
 
 def load_generator(run_dir, device="cpu") -> Generator:
