@@ -534,7 +534,11 @@ def _train(cfg: BootConfig, rank, world, device):
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None)
-    step = loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed, rank, world, device)
+    with teachers.Interrupt() as stop:
+        step = loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed, rank, world, device, stop)
+    if stop.requested:  # checkpoint written at the end of the interrupted iteration
+        stop.report(step, run.ckpt)
+        raise SystemExit(stop.exit_code)
     if rank == 0:
         finish(cfg, raw, ema, info, teacher, conds, device)
     return step
@@ -553,7 +557,7 @@ def checkpoint(run, raw, ema, opt, g, step, elapsed):
               "gen": g.get_state(), "step": step, "elapsed": elapsed})
 
 
-def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed, rank, world, device):
+def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed, rank, world, device, stop=None):
     """Alg. 1 until cfg.iters (or cfg.minutes); checkpoints, metrics.jsonl, progress bar."""
     from tqdm import tqdm
 
@@ -579,7 +583,8 @@ def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed,
                              parts["bc"].double().cpu(), torch.tensor(float(boundary), dtype=torch.float64)])
         bar.update(1)
         minutes_up = cfg.minutes is not None and elapsed + time.time() - t_run > 60 * cfg.minutes
-        if step % cfg.log_every == 0 or step == cfg.iters or minutes_up:
+        halt = stop is not None and stop.requested  # SIGINT / SIGTERM: checkpoint after this iteration
+        if step % cfg.log_every == 0 or step == cfg.iters or minutes_up or halt:
             now = time.perf_counter()
             rec = log_record(sums, clock.take(), 1000 * (now - t_log), since, step, device)
             rec["elapsed_s"] = round(elapsed + time.time() - t_run, 1)
@@ -587,13 +592,26 @@ def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed,
             bar.set_postfix(loss=f"{rec['loss']:.4f}", bc=f"{rec['bc']:.4f}",
                             ms=f"T{rec['ms_teacher']:.0f}/S{rec['ms_student']:.0f}/O{rec['ms_other']:.0f}")
             since, t_log, sums = 0, now, torch.zeros_like(sums)
-        if step % cfg.ckpt_every == 0 or step == cfg.iters or minutes_up:
+        elif rank == 0:  # losses and the time split from the first iteration: this process's window so far
+            bar.set_postfix(bar_stats(sums, clock.ms, 1000 * (time.perf_counter() - t_log), since), refresh=False)
+        if step % cfg.ckpt_every == 0 or step == cfg.iters or minutes_up or halt:
             checkpoint(run, raw, ema, opt, g, step, elapsed + time.time() - t_run)
+        if halt:
+            break
         if minutes_up:
             print0(f"\n--minutes {cfg.minutes} reached at step {step}; rerun the command to continue")
             break
     bar.close()
     return step
+
+
+def bar_stats(sums, ms, total_ms, n):
+    """The progress bar's postfix between log records: window means of this process alone (no
+    collective, so rank 0 may show it every iteration)."""
+    n = max(n, 1)
+    t, s = ms["teacher"] / n, ms["student"] / n
+    return {"loss": f"{sums[0].item() / n:.4f}", "bc": f"{sums[2].item() / max(sums[3].item(), 1):.4f}",
+            "ms": f"T{t:.0f}/S{s:.0f}/O{max(total_ms / n - t - s, 0.0):.0f}"}
 
 
 def log_record(sums, ms, total_ms, n, step, device):

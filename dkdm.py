@@ -521,11 +521,12 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def stop_now(cfg, step, started):
-    """Iteration or minute budget reached (rank 0 decides for all processes)."""
+def stop_now(cfg, step, started, halt=False):
+    """Iteration or minute budget reached, or a signal (`halt`); rank 0 decides for all processes."""
     import torch.distributed as dist
 
     stop = step >= cfg.iters or (cfg.minutes is not None and time.time() - started > 60 * cfg.minutes)
+    stop = stop or halt
     if dist.is_initialized():
         flag = torch.tensor([float(stop)])
         dist.broadcast(flag, 0)
@@ -533,7 +534,7 @@ def stop_now(cfg, step, started):
     return stop
 
 
-def train(cfg, teacher, student, run, rank, world, device):
+def train(cfg, teacher, student, run, rank, world, device, stop=None):
     from torch.nn.parallel import DistributedDataParallel as DDP
     from tqdm import tqdm
 
@@ -571,7 +572,7 @@ def train(cfg, teacher, student, run, rank, world, device):
 
     started, acc = time.time(), [0.0] * 6  # loss, mse, vb, teacher s, student s, other s
     bar = tqdm(total=cfg.iters, initial=step, disable=rank != 0, desc=f"dkdm {cfg.method}")
-    while not stop_now(cfg, step, started):
+    while not stop_now(cfg, step, started, stop is not None and stop.requested):
         t0 = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
@@ -592,6 +593,9 @@ def train(cfg, teacher, student, run, rank, world, device):
         if step % cfg.log_every == 0 or step == cfg.iters:
             log_progress(cfg, run, bar, step, acc, stream, device, teacher.schedule.T)
             acc = [0.0] * 6
+        elif rank == 0:  # losses and the time split from the first iteration (this process's window)
+            k = (step - 1) % cfg.log_every + 1
+            bar.set_postfix_str(progress_text(*[a / k for a in acc]), refresh=False)
         if step % cfg.ckpt_every == 0:
             save_all(run, step, raw, ema, opt, stream, rank)
     bar.close()
@@ -612,8 +616,12 @@ def log_progress(cfg, run, bar, step, acc, stream, device, T):
         hist = torch.histc(stream.i.float().cpu(), bins=10, min=0, max=T - 1)
         rec["pool_t_spread"] = float(hist.std() / hist.mean())
     run.log(rec)
-    bar.set_postfix_str(f"loss {loss:.4f} mse {mse:.4f} vb {vb:.4f} | ms/it teacher {1e3 * t_teacher:.0f} "
-                        f"student {1e3 * t_student:.0f} other {1e3 * t_other:.0f}")
+    bar.set_postfix_str(progress_text(loss, mse, vb, t_teacher, t_student, t_other))
+
+
+def progress_text(loss, mse, vb, t_teacher, t_student, t_other):
+    return (f"loss {loss:.4f} mse {mse:.4f} vb {vb:.4f} | ms/it teacher {1e3 * t_teacher:.0f} "
+            f"student {1e3 * t_student:.0f} other {1e3 * t_other:.0f}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -788,7 +796,11 @@ def main(argv=None):
             run.start()
             barrier()
             print0(json.dumps(describe(cfg, teacher, student, run, world), indent=2))
-            raw, ema, step = train(cfg, teacher, student, run, rank, world, device)
+            with teachers.Interrupt() as stop:
+                raw, ema, step = train(cfg, teacher, student, run, rank, world, device, stop)
+            if stop.requested:  # the loop checkpointed at the end of the interrupted iteration
+                stop.report(step, run.ckpt)
+                raise SystemExit(stop.exit_code)
             if rank == 0:
                 d = export_student(cfg, teacher, raw, ema, run.path)
                 write_preview(teacher, d, run.path / "preview.png")

@@ -1005,6 +1005,61 @@ class RunDir:
             raise SystemExit(f"error: non-finite loss at step {step}; {kept}")
 
 
+class Interrupt:
+    """SIGINT / SIGTERM during a training loop: remember the signal and let the loop finish its
+    iteration, write a checkpoint and exit with 128 + the signal's number (130 / 143).
+
+    `requested` is a plain input to the loop's stop check (under torchrun, the same stop decision
+    must reach every process). A second signal stops at once, as the default handler would.
+    """
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old = {}
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.signum is not None:  # the second signal: give up at once
+            signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+            signal.raise_signal(signum)
+            return
+        self.signum = signum
+        print0(f"\n{signal.Signals(signum).name}: finishing this iteration, then writing a checkpoint "
+               "(send it again to stop at once)", file=sys.stderr)
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum if self.signum is not None else 0
+
+    def report(self, step: int, ckpt):
+        """The one line a user needs after the stop: where the state is and how to go on."""
+        import shlex
+
+        cmd = shlex.join(["python", *sys.argv]) if "RANK" not in os.environ else "the same torchrun command"
+        print0(f"stopped at step {step}: checkpoint {ckpt}; resume with: {cmd}", file=sys.stderr)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one line on stderr (exit code 2), like every other input error."""
 
