@@ -69,10 +69,8 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-import teachers
-from teachers import UserError, bcast, print0
+import cli
+from cli import UserError
 
 
 def opt(default, help_):
@@ -169,10 +167,44 @@ def validate(cfg: BootConfig, world: int):
         raise UserError("--stage 2 needs --stage1-run DIR, a finished stage-1 run of the same cascade")
     if cfg.stage == 2 and not (Path(cfg.stage1_run) / "student" / "generator.json").is_file():
         raise UserError(f"--stage1-run '{cfg.stage1_run}' is not a finished stage-1 run (no student/generator.json)")
-    if cfg.half and not torch.cuda.is_available():
-        raise UserError("--half needs a GPU (float16 teachers are slow and inexact on CPU)")
+    if cfg.half:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--half needs a GPU (float16 teachers are slow and inexact on CPU)")
     if cfg.prompts is not None:
-        teachers.load_prompts(cfg.prompts)
+        cli.load_prompts(cfg.prompts)
+
+
+# CFG weights the registry teachers bring (Table 3: 7.5 SD, 7.0 IF-I, 4.0 IF-II; 1 = the plain
+# conditional teacher), shown by --dry-run; other teachers tell theirs when loaded
+REGISTRY_W = {"digits": 1.0, "gmm": 1.0, "sd21": 7.5, "if": 7.0, "if-2": 4.0}
+
+
+def configure(argv):
+    """(config, dry_run) from the command line, resolved and checked; --dry-run prints the config
+    with every default filled in. Needs no torch: `--help` and `--dry-run` answer before it loads."""
+    p = cli.add_usage(cli.parser_from_dataclass(BootConfig, __doc__),
+                      "boot.py sample RUN [--label K | --prompt TEXT] [--w W] [--n N] [--seed S] [--out PNG]")
+    args = vars(p.parse_args(argv))
+    dry_run = args.pop("dry_run")
+    cfg = resolve(BootConfig(**args))
+    if dry_run:
+        validate(cfg, int(os.environ.get("WORLD_SIZE", 1)))
+        shown = dataclasses.asdict(cfg)
+        if cfg.w is None:
+            shown["w"] = REGISTRY_W.get(cfg.teacher + ("-2" if cfg.stage == 2 else ""), "the teacher's default")
+        print(json.dumps(shown, indent=2))
+    return cfg, dry_run
+
+
+if __name__ == "__main__" and sys.argv[1:2] != ["sample"] and cli.answers_alone(sys.argv[1:], (*cli.HELP_FLAGS, "--dry-run")):
+    sys.exit(cli.answer_alone(configure, sys.argv[1:], prefix="error: "))
+
+import torch  # noqa: E402  (below the config: --help and --dry-run answer without it)
+
+import teachers  # noqa: E402
+from teachers import bcast, print0  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -640,6 +672,8 @@ def finish(cfg, raw, ema, info, teacher, conds, device):
     (d / "generator.json").write_text(json.dumps(info, indent=2))
     if cfg.preview or cfg.check:
         preview(cfg, student, info, teacher, conds, device)
+    else:
+        print0(f"wrote {d} (--preview 0 --check 0: no preview.png, no distance check)")
 
 
 @torch.no_grad()
@@ -770,12 +804,8 @@ def main(argv=None):
         if argv[:1] == ["sample"]:
             sample_main(argv[1:])
             return 0
-        args = vars(teachers.parser_from_dataclass(BootConfig, __doc__).parse_args(argv))
-        dry_run = args.pop("dry_run")
-        cfg = resolve(BootConfig(**args))
+        cfg, dry_run = configure(argv)
         if dry_run:
-            validate(cfg, int(os.environ.get("WORLD_SIZE", 1)))
-            print(json.dumps(dataclasses.asdict(cfg), indent=2))
             return 0
         train(cfg)
     except UserError as e:

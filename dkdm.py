@@ -22,10 +22,10 @@ checkpoints/, student/ (a diffusers DDPMPipeline directory + generator.json), pr
     python dkdm.py --method shuffled --iters 2000   # ablation (Sec. 4.3): iterative | shuffled | dynamic
     python dkdm.py --dry-run                    # the resolved config, pool size and init cost
     python evaluate.py --run runs/dkdm-digits-cnn-dynamic --nfe 50   # FD of the student vs teacher
-    python dkdm.py --sample runs/dkdm-digits-cnn-dynamic --sampler ancestral --steps 50
+    python dkdm.py sample runs/dkdm-digits-cnn-dynamic --sampler ancestral --steps 50
 
     # the paper's settings on GPUs (hub teachers download on first use):
-    torchrun --standalone --nproc_per_node=8 dkdm.py --teacher ddpm-cifar10 --batch 128 \
+    torchrun --standalone --nproc_per_node=8 dkdm.py --teacher ddpm-cifar10 --batch 128 \\
         --lr 1e-4 --warmup 0 --ema 0.9999 --iters 200000 --pool-init shuffle
     python dkdm.py --teacher ldm-celebahq --rho 4 --batch 32 --lr 1e-4 --ema 0.9999 --iters 200000
     python dkdm.py --teacher path/to/any/diffusers/DDPMPipeline/or/LDMPipeline/dir
@@ -54,10 +54,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-import teachers
-from teachers import UserError, print0
+import cli
+from cli import UserError
 
 LN2 = math.log(2.0)
 METHODS = ("dynamic", "shuffled", "iterative", "data-free", "data")
@@ -103,6 +101,21 @@ class DKDMConfig:
 
 RESUMABLE = ("iters", "minutes", "log_every", "ckpt_every")
 SAMPLING_FIELDS = ("sample", "sampler", "steps", "n")
+
+
+def parser():
+    """The command line: DKDMConfig's flags; `dkdm.py sample RUN ...` is `--sample RUN ...`."""
+    return cli.add_usage(cli.parser_from_dataclass(DKDMConfig, __doc__),
+                         "dkdm.py sample RUN [--sampler ancestral|ddim] [--steps N] [--n N]")
+
+
+if __name__ == "__main__" and cli.answers_alone(sys.argv[1:]):  # --help: before torch is imported
+    parser().parse_args(sys.argv[1:])
+
+import torch  # noqa: E402
+
+import teachers  # noqa: E402
+from teachers import print0  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -772,12 +785,27 @@ def describe(cfg, teacher, student, run, world):
         n = pool_size(cfg, T, b)
         evals, passes = init_cost(cfg, T, n)
         facts["pool"] = f"{n} x {world} entries, init {resolved_init(cfg)}: {evals:,.0f} sample evaluations, {passes:,} passes"
-    return {**run.config, **facts}
+    return {**run.config, **filled_defaults(cfg, teacher), **facts}
+
+
+def filled_defaults(cfg, teacher):
+    """The values that None stands for in the config (shown by --dry-run and at the start of a run)."""
+    filled = {}
+    if cfg.width is None and cfg.student == "cnn":
+        filled["width"] = cnn_config(teacher)["block_out_channels"][0]
+    elif cfg.width is None and cfg.student == "vit":
+        conf = vit_config(teacher)
+        filled["width"] = conf["attention_head_dim"] * conf["num_attention_heads"]
+    if cfg.synth_n is None and cfg.method == "data-free":
+        filled["synth_n"] = synth_n(cfg)
+    return filled
 
 
 def main(argv=None):
-    p = teachers.parser_from_dataclass(DKDMConfig, __doc__)
-    args = vars(p.parse_args(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["sample"]:
+        argv = ["--sample", *argv[1:]]
+    args = vars(parser().parse_args(argv))
     dry_run = args.pop("dry_run")
     cfg = DKDMConfig(**args)
     if cfg.iters is None:

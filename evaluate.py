@@ -50,13 +50,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-import teachers
-from teachers import UserError, print0
+import cli
+from cli import UserError
 
 ROOT = Path(__file__).resolve().parent
 CLASSIFIER_DIR = ROOT / "assets" / "digits-classifier"
@@ -89,6 +84,25 @@ class EvalConfig:
     json: str | None = field(default=None, metadata={"help": "write the records to this JSON file"})
     grid: str | None = field(default=None, metadata={"help": "write a PNG grid (rows share the initial noise)"})
     train_classifier: bool = field(default=False, metadata={"help": "train assets/digits-classifier and exit"})
+
+
+def parser():
+    p = cli.parser_from_dataclass(EvalConfig, __doc__)
+    # torchrun's own flags (--nnodes, --node-rank, ...) make a bare --n ambiguous on its command line
+    p.add_argument("--num-samples", dest="n", type=int, help="same as --n (use this one under torchrun)")
+    return p
+
+
+if __name__ == "__main__" and cli.answers_alone(sys.argv[1:]):  # --help: before torch is imported
+    parser().parse_args(sys.argv[1:])
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import teachers  # noqa: E402
+from teachers import print0  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -608,10 +622,7 @@ def run_evaluation(cfg: EvalConfig, rank=0, world=1, device="cpu"):
 
 
 def main(argv=None):
-    p = teachers.parser_from_dataclass(EvalConfig, __doc__)
-    # torchrun's own flags (--nnodes, --node-rank, ...) make a bare --n ambiguous on its command line
-    p.add_argument("--num-samples", dest="n", type=int, help="same as --n (use this one under torchrun)")
-    args = vars(p.parse_args(argv))
+    args = vars(parser().parse_args(argv))
     dry_run = args.pop("dry_run")
     cfg = EvalConfig(**args)
     try:

@@ -28,17 +28,35 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+import cli
+from cli import OneLineParser, UserError, load_prompts, parser_from_dataclass  # noqa: F401 (torch-free, re-exported)
+
+
+def parser():
+    """`python teachers.py`'s command line (defined before torch is imported: --help answers at once)."""
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--list", action="store_true", help="print the registry")
+    p.add_argument("--sample", metavar="TEACHER", help="write a DDIM sample grid of a teacher")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps for --sample")
+    p.add_argument("--train-steps", type=int, default=2500, help="optimisation steps for --train-digits")
+    p.add_argument("--w", type=float, default=None, help="guidance weight (Eq. 9); default: the teacher's")
+    p.add_argument("--n", type=int, default=100, help="number of samples for --sample")
+    p.add_argument("--out", default="samples.png", help="output PNG for --sample")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-digits", action="store_true", help="train the embedded digits teacher")
+    return p
+
+
+if __name__ == "__main__" and cli.answers_alone(sys.argv[1:]):
+    parser().parse_args(sys.argv[1:])
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 ASSETS = ROOT / "assets"
 DIGITS_DIR = ASSETS / "digits-teacher"
-
-
-class UserError(ValueError):
-    """Bad input: printed as one line by every CLI of this repository, exit code 2."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -759,17 +777,6 @@ def _load_if(where, index, dtype):
     return t
 
 
-def load_prompts(path) -> list[str]:
-    """Prompts for text teachers: a text file with one prompt per line (blank lines skipped)."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"prompts file '{path}' does not exist")
-    prompts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not prompts:
-        raise UserError(f"prompts file '{path}' is empty")
-    return prompts
-
-
 def check_shape(teacher: Teacher, shape, what="input"):
     """One-line error when an image/latent does not fit the teacher's resolution or channels."""
     if tuple(shape) != teacher.sample_shape:
@@ -1060,47 +1067,6 @@ class Interrupt:
         print0(f"stopped at step {step}: checkpoint {ckpt}; resume with: {cmd}", file=sys.stderr)
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line on stderr (exit code 2), like every other input error."""
-
-    def error(self, message):
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
-def parser_from_dataclass(cls, doc: str):
-    """argparse flags from a config dataclass: --field-name, defaults shown, bools as --flag/--no-flag."""
-    p = OneLineParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default_factory() if f.default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING \
-            else f.default
-        help_ = (f.metadata.get("help", "") + f" (default: {default})").strip()
-        typ = f.type if isinstance(f.type, type) else eval(f.type, vars(sys.modules[cls.__module__]) | {"float": float})  # noqa: S307
-        if typ is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
-        elif f.metadata.get("choices"):
-            p.add_argument(flag, type=str, choices=f.metadata["choices"], default=default, help=help_)
-        elif f.metadata.get("nargs"):
-            p.add_argument(flag, type=f.metadata["elem"], nargs=f.metadata["nargs"], default=default, help=help_)
-        else:
-            conv = {int: int, float: float, str: str}.get(typ, _optional_conv(f.type))
-            p.add_argument(flag, type=conv, default=default, help=help_)
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    return p
-
-
-def _optional_conv(typ):
-    """A converter for 'float | None' style annotations: 'none' -> None."""
-    name = str(typ)
-    base = float if "float" in name else int if "int" in name else str
-
-    def conv(s):
-        return None if s.lower() in ("none", "") else base(s)
-
-    return conv
-
-
 def upscale(images, min_size: int = 32):
     """Nearest-neighbour upscaling of tiny images (8x8 digits) so that grids are viewable."""
     k = max(1, min_size // images.shape[-1])
@@ -1111,16 +1077,7 @@ def upscale(images, min_size: int = 32):
 # CLI
 # ---------------------------------------------------------------------------------------------
 def main(argv=None):
-    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--list", action="store_true", help="print the registry")
-    p.add_argument("--sample", metavar="TEACHER", help="write a DDIM sample grid of a teacher")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps for --sample")
-    p.add_argument("--train-steps", type=int, default=2500, help="optimisation steps for --train-digits")
-    p.add_argument("--w", type=float, default=None, help="guidance weight (Eq. 9); default: the teacher's")
-    p.add_argument("--n", type=int, default=100, help="number of samples for --sample")
-    p.add_argument("--out", default="samples.png", help="output PNG for --sample")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-digits", action="store_true", help="train the embedded digits teacher")
+    p = parser()
     args = p.parse_args(argv)
     try:
         if args.list:

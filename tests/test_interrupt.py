@@ -67,6 +67,7 @@ def test_sigterm_boot_checkpoints_and_resumes_exactly(tmp_path, capsys):
     # the rerun continues from step k (the budget may change on a rerun) ...
     out = run(boot.main, [*args[:2], "--iters", k + 4, *args[4:], "--out", tmp_path / "cut"], capsys)
     assert f"resuming {tmp_path / 'cut'} at step {k}" in out
+    assert f"wrote {tmp_path / 'cut' / 'student'} (--preview 0 --check 0" in out  # says what it wrote
     # ... and ends where a run that was never interrupted ends
     run(boot.main, [*args[:2], "--iters", k + 4, *args[4:], "--out", tmp_path / "straight"], capsys)
     a, b = checkpoint(tmp_path / "straight"), checkpoint(tmp_path / "cut")
