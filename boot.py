@@ -535,6 +535,7 @@ def default_weight(cfg: BootConfig, teacher):
 # ---------------------------------------------------------------------------------------------
 def train(cfg: BootConfig):
     validate(cfg, int(os.environ.get("WORLD_SIZE", 1)))
+    teachers.check_hub(cfg.teacher, cfg.model_id, cfg.stage)  # before any process group
     rank, world, device = teachers.dist_setup()
     try:
         return _train(cfg, rank, world, device)

@@ -814,6 +814,7 @@ def main(argv=None):
         check_config(cfg)
         if cfg.sample:
             return sample_run(cfg)
+        teachers.check_hub(cfg.teacher, cfg.model_id)  # before any process group
         rank, world, device = teachers.dist_setup()
         try:
             teacher, student, run = prepare(cfg, rank, world, device)

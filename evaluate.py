@@ -730,6 +730,8 @@ def main(argv=None):
         if cfg.train_classifier:
             train_classifier()
             return 0
+        if cfg.teacher:
+            teachers.check_hub(cfg.teacher)  # before any process group
         rank, world, device = teachers.dist_setup()
         try:
             records, rows, baseline = run_evaluation(cfg, rank, world, device)

@@ -593,6 +593,45 @@ def _read_index(path_or_id: str) -> dict:
                     f"without network, download it elsewhere and pass the local directory instead")
 
 
+def hub_id(name_or_path: str, model_id=None, stage: int = 1):
+    """The hub id load_teacher would download from, or None (built-in teacher or a local path)."""
+    if name_or_path in REGISTRY:
+        where = model_id or (IF_STAGE2_ID if (name_or_path == "if" and stage == 2) else REGISTRY[name_or_path].default_id)
+    else:
+        where = name_or_path
+    if where is None or Path(where).expanduser().exists() or where.startswith((".", "/", "~")) or where.count("/") != 1:
+        return None
+    return where
+
+
+def check_hub(name_or_path: str, model_id=None, stage: int = 1):
+    """Fail fast, before any process group or download, when a hub teacher cannot be had: not in the
+    local Hugging Face cache and HF_HUB_OFFLINE set, or the hub unreachable. Only rank 0 probes the
+    network (one connection, 5 s timeout); under torchrun its exit stops the other processes."""
+    repo = hub_id(name_or_path, model_id, stage)
+    if repo is None:
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("model_index.json", "config.json")):
+        return  # cached: loads offline too
+    fix = "download it once with network (hf download REPO), or pass a local directory instead"
+    if constants.HF_HUB_OFFLINE:
+        raise UserError(f"teacher '{name_or_path}' is hub id '{repo}', not in the local Hugging Face cache, and "
+                        f"HF_HUB_OFFLINE is set: {fix.replace('REPO', repo)}")
+    if int(os.environ.get("RANK", 0)) != 0:
+        return
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
+    except OSError as e:
+        raise UserError(f"teacher '{name_or_path}' is hub id '{repo}' and the hub ({url.hostname}) cannot be reached "
+                        f"({type(e).__name__}: {e}): {fix.replace('REPO', repo)}") from None
+
+
 def _sub(path_or_id, name):
     """(where, subfolder) for a component: a local sub-directory, or a hub id with subfolder."""
     if Path(path_or_id).is_dir():
