@@ -10,10 +10,10 @@ y_theta(eps, t) with the teacher (Euler = Eq. 4/7, Heun = Eq. 15) and regresses 
 that stop-gradient target; every k-th iteration adds the boundary loss (Eq. 8) at t_max. After
 training, y_theta(eps, 0, c, w) is a sample in one network evaluation.
 
-    python boot.py                         # CPU, ~15 min: distils the embedded digits teacher
+    python boot.py                         # CPU (time: README.md): distils the embedded digits teacher
                                            #   -> runs/boot-digits/{config.json, metrics.jsonl,
                                            #      checkpoints/, student/, preview.png}
-    python boot.py --teacher gmm           # CPU, < 1 min: analytic teacher, prints the distance
+    python boot.py --teacher gmm           # CPU, analytic teacher: prints the distance
                                            #   of the 1-step student to the teacher's ODE output
     python boot.py --dry-run               # print the resolved config, write nothing
     python boot.py sample runs/boot-digits --label 3 --n 16      # one-step samples -> PNG
@@ -33,16 +33,17 @@ Rerunning a command resumes its run directory from checkpoints/latest.pt (--iter
 finished run continues). Bad input stops with one line on stderr (exit code 2) before anything
 is written.
 
-Measured on a 2-core CPU, one thread per process (OMP_NUM_THREADS=1; other jobs shared the cores):
-the default digits run is 3,000 iterations at batch 128 of ~245 ms each (teacher 78 / student 164 /
-other 3 ms: two teacher passes for Heun, a no-grad and a training student pass), about 13 min of
-one core. `python evaluate.py --run runs/boot-digits` (n = 1,000 samples vs 797 held-out real
+The default digits run is 3,000 iterations at batch 128, each two teacher passes (Heun), a no-grad
+and a training student pass; its time is measured by bench/run.py and shown in README.md (first
+screen), as is every time and size figure. Ctrl-C or SIGTERM stops after the current iteration
+with a checkpoint (exit code 130 / 143); the rerun resumes exactly.
+`python evaluate.py --run runs/boot-digits` (n = 1,000 samples vs 797 held-out real
 digits, Frechet distance in the shipped digits-classifier features; real-vs-real floor 15.6):
 
     teacher DDIM-1 173.2 | DDIM-10 16.8 | DDIM-50 15.9 || BOOT 1 step: 17.4 after 3,000 iterations
     (default), 15.6 after 6,250, 15.2 after 9,000 (`python boot.py --iters 9000`, which resumes the
-    default run: ~38 min of one core in all). Pixel-space FD 0.43 / 0.39 / 0.39 vs DDIM-10's 0.51.
-`python boot.py --teacher gmm` (300 iterations, ~45 s of one core): mean squared distance to the
+    default run). Pixel-space FD 0.43 / 0.39 / 0.39 vs DDIM-10's 0.51.
+`python boot.py --teacher gmm` (300 iterations): mean squared distance to the
 teacher's DDIM-50 output from the same noise 0.0024 (n = 256), teacher DDIM-1 0.057, DDIM-10 0.0023.
 
 Conventions (the paper leaves them open; each is tested in tests/test_boot_equations.py):

@@ -14,7 +14,7 @@ checkpoints/, student/ (a diffusers DDPMPipeline directory + generator.json), pr
 
     python dkdm.py                              # CPU (2 cores): digits teacher, cnn student, dynamic
                                                 # distillation, staggered pool init; 10,000 iterations
-                                                # at >= 61 ms + the init (~2 min on a free CPU)
+                                                # (time per iteration and init: README.md, DKDM table)
     python dkdm.py --student vit                # a DiT student of the same CNN teacher (~3x the cnn's
                                                 # time per iteration on CPU: 3,000 iterations by default)
     python dkdm.py --method data --iters 4000   # baselines at equal iterations: real digits, or
