@@ -437,8 +437,10 @@ def check_student(model, teacher, what):
 @torch.no_grad()
 def synthetic_dataset(teacher, n, steps, g, w=None, batch=256):
     """The data-free baseline's D': n teacher samples (IDDPM ancestral, `steps` steps, Table 4)."""
+    from tqdm import tqdm
+
     xs, ls = [], []
-    for k in range(0, n, batch):
+    for k in tqdm(range(0, n, batch), desc="synthetic set", unit="batch", leave=False):
         noise, labels = fresh_samples(teacher, min(batch, n - k), g)
         xs.append(teachers.ancestral(teacher, noise, steps, as_cond(labels), w, generator=g).float())
         ls.append(labels)

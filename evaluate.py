@@ -155,7 +155,9 @@ def train_classifier(out_dir=CLASSIFIER_DIR, seed=0, held_out=360, epochs=60, ba
     steps = epochs * -(-len(train) // batch)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     start = time.time()
-    for _ in range(epochs):
+    from tqdm import tqdm
+
+    for _ in tqdm(range(epochs), desc="digits classifier", unit="epoch"):
         order = train[torch.randperm(len(train), generator=g)]
         for i in range(0, len(order), batch):
             idx = order[i:i + batch]
@@ -346,8 +348,11 @@ def clip_score(images, prompts, model_dir="openai/clip-vit-base-patch32", batch=
     model = CLIPModel.from_pretrained(model_dir).to(device).eval()
     tok = CLIPTokenizer.from_pretrained(model_dir)
     size, max_len = model.config.vision_config.image_size, model.config.text_config.max_position_embeddings
+    from tqdm import tqdm
+
     scores = []
-    for i in range(0, len(images), batch):
+    for i in tqdm(range(0, len(images), batch), desc="CLIP score", unit="batch", leave=False,
+                  disable=int(os.environ.get("RANK", 0)) != 0):
         text = tok(list(prompts[i:i + batch]), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
         img = model.get_image_features(pixel_values=_clip_pixels(images[i:i + batch].cpu(), size).to(device))
         txt = model.get_text_features(**{k: v.to(device) for k, v in text.items()})
@@ -662,6 +667,22 @@ def check_config(cfg: EvalConfig):
             raise UserError(f"{flag}: directory of '{out}' does not exist")
 
 
+def dry_run_view(cfg: EvalConfig) -> dict:
+    """The config with the defaults that need no model filled in: feature spaces of the registry's
+    teachers (or of a run's teacher) and the cache folder."""
+    shown = dataclasses.asdict(cfg)
+    name = cfg.teacher
+    if cfg.run and (Path(cfg.run) / "student" / "generator.json").is_file():
+        name = json.loads((Path(cfg.run) / "student" / "generator.json").read_text()).get("teacher")
+    if cfg.features is None and name in ("digits", "gmm"):
+        shown["features"] = list(default_spaces(DIGITS_SHAPE))
+    elif cfg.features is None and name in teachers.REGISTRY:
+        shown["features"] = ["inception"]
+    if cfg.cache is None:
+        shown["cache"] = str(Path(cfg.run) / "teacher-samples") if cfg.run else "off"
+    return shown
+
+
 def run_evaluation(cfg: EvalConfig, rank=0, world=1, device="cpu"):
     """(records, grid rows, speed-up baseline) for a teacher or a run; records on rank 0 only."""
     student = load_student(cfg.run, device) if cfg.run else None
@@ -725,7 +746,7 @@ def main(argv=None):
     try:
         check_config(cfg)
         if dry_run:
-            print(json.dumps(dataclasses.asdict(cfg), indent=2))
+            print(json.dumps(dry_run_view(cfg), indent=2))
             return 0
         if cfg.train_classifier:
             train_classifier()
