@@ -618,6 +618,8 @@ def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed,
         bar.update(1)
         minutes_up = cfg.minutes is not None and elapsed + time.time() - t_run > 60 * cfg.minutes
         halt = stop is not None and stop.requested  # SIGINT / SIGTERM: checkpoint after this iteration
+        if world > 1:  # one decision for all ranks (torchrun forwards the signal to each, not in step)
+            halt = teachers.mean_over_ranks([float(halt)], device)[0] > 0
         if step % cfg.log_every == 0 or step == cfg.iters or minutes_up or halt:
             now = time.perf_counter()
             rec = log_record(sums, clock.take(), 1000 * (now - t_log), since, step, device)
