@@ -26,18 +26,19 @@ rows with equal n compare. A fixed random split holds out n real images (the `re
 floor the samplers are measured against) and keeps the rest as the reference of every row, so all
 rows share n and n_ref.
 
-    python evaluate.py --teacher digits --nfe 1 10 50            # CPU, ~30 s: markdown table
+    python evaluate.py --teacher digits --nfe 1 10 50            # CPU: markdown table
     python evaluate.py --teacher digits --nfe 1 10 50 --json eval.json --grid grid.png
     python evaluate.py --run runs/boot-digits                    # student 1-step vs DDIM-1/10/50
     python evaluate.py --teacher ddpm-cifar10 --ref DIR --n 10000 # Inception FID, 1 GPU, online
     python evaluate.py --teacher sd21 --prompts prompts.txt --n 1000 --nfe 50  # + CLIP score
     torchrun --standalone --nproc_per_node=8 evaluate.py --teacher digits --num-samples 1000  # same numbers
-    python evaluate.py --train-classifier   # re-train the digits feature classifier (~30 s CPU)
+    python evaluate.py --train-classifier   # re-train the digits feature classifier (CPU)
 
 --json PATH writes the table as records {"name", "sampler", "nfe", "features", "fid",
 "precision", "recall", "images_per_s", "n", ...}; --grid PATH writes a PNG whose rows share the
-same initial noise (teacher at each NFE, largest first, then the student). Bad input stops
-with one line on stderr and exit code 2, before any work.
+same initial noise (teacher at each NFE, largest first, then the student). Teacher samples are
+kept in --cache (RUN/teacher-samples with --run): a second evaluation samples only the student.
+Bad input stops with one line on stderr and exit code 2, before any work.
 """
 from __future__ import annotations
 

@@ -45,7 +45,12 @@ def terminate_after(p, metrics: Path, records: int):
         time.sleep(0.02)
     assert p.poll() is None, "the run ended before the signal: " + p.stderr.read()[-2000:]
     p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=120)
+    try:
+        _, err = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        raise AssertionError("the run did not stop within 120 s of SIGTERM") from None
     return p.returncode, err
 
 
