@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -80,6 +81,7 @@ def boot_default(full: bool = False, iters: int = 30, window: int = 5) -> dict:
     if not full:
         argv += ["--iters", str(iters), "--log-every", str(window), "--ckpt-every", str(10 * iters),
                  "--preview", "0", "--check", "0"]
+    shutil.rmtree(out, ignore_errors=True)  # a timing starts from scratch (a rerun would resume)
     load = os.getloadavg()[0]
     start = time.time()
     subprocess.run(argv, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
