@@ -123,7 +123,7 @@ def table_newcomer(results):
         m = d["last_metrics"]
         lines.append(f"- `python boot.py`: **{m['elapsed_s'] / 60:.0f} min** of training ({m['step']:,} iterations × "
                      f"{m['ms_teacher'] + m['ms_student'] + m['ms_other']:.0f} ms) on 2 CPU cores with "
-                     f"OMP_NUM_THREADS=1 and another bench job on the other core (`python bench/run.py "
+                     f"OMP_NUM_THREADS=1, bench jobs running two at a time (`python bench/run.py "
                      f"boot-default`, {d['date']}); the command above leaves torch its default of one thread per "
                      f"core, which `python bench/run.py newcomer-boot` times")
     i = r.get("install")
