@@ -29,6 +29,11 @@ def test_first_screen_figures_render_from_the_records():
     text = render.table_newcomer(full)
     assert "**16 min** on 2 CPU cores" in text and "load average 3.0" in text
     assert "not measured yet" in render.table_newcomer({}) and "not measured yet" in render.table_tests_time({})
+    # no timing at the README's thread setting yet: the bench's own full default run, said how it ran
+    bench_run = {"boot-default": {"date": "2026-01-02", "last_metrics": {
+        "step": 3000, "elapsed_s": 1500.0, "ms_teacher": 135.0, "ms_student": 285.0, "ms_other": 5.0}}}
+    text = render.table_newcomer(bench_run)
+    assert "**25 min** of training (3,000 iterations × 425 ms)" in text and "OMP_NUM_THREADS=1" in text
 
 
 def test_install_size_walk_counts_files_once_and_skips_links(tmp_path):
