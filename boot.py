@@ -10,10 +10,10 @@ y_theta(eps, t) with the teacher (Euler = Eq. 4/7, Heun = Eq. 15) and regresses 
 that stop-gradient target; every k-th iteration adds the boundary loss (Eq. 8) at t_max. After
 training, y_theta(eps, 0, c, w) is a sample in one network evaluation.
 
-    python boot.py                         # CPU, ~15 min: distils the embedded digits teacher
+    python boot.py                         # CPU (time: README.md): distils the embedded digits teacher
                                            #   -> runs/boot-digits/{config.json, metrics.jsonl,
                                            #      checkpoints/, student/, preview.png}
-    python boot.py --teacher gmm           # CPU, < 1 min: analytic teacher, prints the distance
+    python boot.py --teacher gmm           # CPU, analytic teacher: prints the distance
                                            #   of the 1-step student to the teacher's ODE output
     python boot.py --dry-run               # print the resolved config, write nothing
     python boot.py sample runs/boot-digits --label 3 --n 16      # one-step samples -> PNG
@@ -33,16 +33,17 @@ Rerunning a command resumes its run directory from checkpoints/latest.pt (--iter
 finished run continues). Bad input stops with one line on stderr (exit code 2) before anything
 is written.
 
-Measured on a 2-core CPU, one thread per process (OMP_NUM_THREADS=1; other jobs shared the cores):
-the default digits run is 3,000 iterations at batch 128 of ~245 ms each (teacher 78 / student 164 /
-other 3 ms: two teacher passes for Heun, a no-grad and a training student pass), about 13 min of
-one core. `python evaluate.py --run runs/boot-digits` (n = 1,000 samples vs 797 held-out real
+The default digits run is 3,000 iterations at batch 128, each two teacher passes (Heun), a no-grad
+and a training student pass; its time is measured by bench/run.py and shown in README.md (first
+screen), as is every time and size figure. Ctrl-C or SIGTERM stops after the current iteration
+with a checkpoint (exit code 130 / 143); the rerun resumes exactly.
+`python evaluate.py --run runs/boot-digits` (n = 1,000 samples vs 797 held-out real
 digits, Frechet distance in the shipped digits-classifier features; real-vs-real floor 15.6):
 
     teacher DDIM-1 173.2 | DDIM-10 16.8 | DDIM-50 15.9 || BOOT 1 step: 17.4 after 3,000 iterations
     (default), 15.6 after 6,250, 15.2 after 9,000 (`python boot.py --iters 9000`, which resumes the
-    default run: ~38 min of one core in all). Pixel-space FD 0.43 / 0.39 / 0.39 vs DDIM-10's 0.51.
-`python boot.py --teacher gmm` (300 iterations, ~45 s of one core): mean squared distance to the
+    default run). Pixel-space FD 0.43 / 0.39 / 0.39 vs DDIM-10's 0.51.
+`python boot.py --teacher gmm` (300 iterations): mean squared distance to the
 teacher's DDIM-50 output from the same noise 0.0024 (n = 256), teacher DDIM-1 0.057, DDIM-10 0.0023.
 
 Conventions (the paper leaves them open; each is tested in tests/test_boot_equations.py):
@@ -69,10 +70,8 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-import teachers
-from teachers import UserError, bcast, print0
+import cli
+from cli import UserError
 
 
 def opt(default, help_):
@@ -211,6 +210,44 @@ def validate(cfg: BootConfig, world: int):
         teachers.load_prompts(cfg.prompts)
     teachers.check_teacher_files(cfg.teacher, cfg.model_id, cfg.stage)
     teachers.check_output_dir(cfg.out, "--out")
+
+
+# CFG weights the registry teachers bring (Table 3: 7.5 SD, 7.0 IF-I, 4.0 IF-II; 1 = the plain
+# conditional teacher), shown by --dry-run; other teachers tell theirs when loaded
+REGISTRY_W = {"digits": 1.0, "gmm": 1.0, "sd21": 7.5, "if": 7.0, "if-2": 4.0}
+
+
+def configure(argv):
+    """(config, dry_run) from the command line, resolved and checked; --dry-run prints the config
+    with every default filled in. `--help` answers before torch loads (--dry-run reads the teacher's configs)."""
+    p = cli.add_usage(cli.parser_from_dataclass(BootConfig, __doc__),
+                      "boot.py sample RUN [--label K | --prompt TEXT] [--w W] [--n N] [--seed S] [--out PNG]")
+    args = vars(p.parse_args(argv))
+    dry_run = args.pop("dry_run")
+    cfg = resolve(BootConfig(**args))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if dry_run:
+        validate(cfg, world)
+        shown = dataclasses.asdict(cfg)
+        if cfg.w is None:
+            shown["w"] = REGISTRY_W.get(cfg.teacher + ("-2" if cfg.stage == 2 else ""), "the teacher's default")
+        try:
+            shown["memory_estimate"] = memory_report(cfg, world)
+        except UserError as e:  # e.g. a hub teacher whose configs are not on this machine
+            shown["memory_estimate"] = f"unavailable: {e}"
+        print(json.dumps(shown, indent=2))
+    else:
+        print0(f"preset '{cfg.preset}' for teacher '{cfg.teacher}' ({preset_for(BootConfig(**args))[1]})")
+    return cfg, dry_run
+
+
+if __name__ == "__main__" and sys.argv[1:2] != ["sample"] and cli.answers_alone(sys.argv[1:]):
+    sys.exit(cli.answer_alone(configure, sys.argv[1:], prefix="error: "))
+
+import torch  # noqa: E402  (below the config: --help answers without it)
+
+import teachers  # noqa: E402
+from teachers import bcast, print0  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,6 +579,7 @@ def default_weight(cfg: BootConfig, teacher):
 # ---------------------------------------------------------------------------------------------
 def train(cfg: BootConfig):
     validate(cfg, int(os.environ.get("WORLD_SIZE", 1)))
+    teachers.check_hub(cfg.teacher, cfg.model_id, cfg.stage)  # before any process group
     rank, world, device = teachers.dist_env()
     # every input check (teacher, student, run directory) on every process before a process group
     teacher, conds = load_all(cfg, device)
@@ -578,7 +616,12 @@ def _train(cfg: BootConfig, rank, world, device, teacher, conds, run, student, i
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None)
-    step = loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed, rank, world, device, window)
+    with teachers.Interrupt() as stop:
+        step = loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed, rank, world, device,
+                    window, stop)
+    if stop.halted:  # checkpoint written at the end of the interrupted iteration
+        stop.report(step, run.ckpt)
+        raise SystemExit(stop.exit_code)
     if rank == 0:
         finish(cfg, raw, ema, info, teacher, conds, device)
     return step
@@ -591,7 +634,8 @@ def checkpoint(run, raw, ema, opt, g, step, elapsed, window=None):
               "gen": g.get_state(), "step": step, "elapsed": elapsed, "window": window})
 
 
-def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed, rank, world, device, window=None):
+def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed, rank, world, device, window=None,
+         stop=None):
     """Alg. 1 until cfg.iters (or cfg.minutes); checkpoints, metrics.jsonl, progress bar."""
     from tqdm import tqdm
 
@@ -618,8 +662,9 @@ def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed,
         sums += torch.stack([loss.detach().double().cpu(), parts["bs"].double().cpu(),
                              parts["bc"].double().cpu(), torch.tensor(float(boundary), dtype=torch.float64)])
         bar.update(1)
-        minutes_up = stop_flags(cfg, elapsed + time.time() - t_run)["minutes"]
-        if step % cfg.log_every == 0 or step == cfg.iters or minutes_up:
+        flags = stop_flags(cfg, elapsed + time.time() - t_run, stop)
+        minutes_up, halt = flags["minutes"], flags["halt"]  # halt: SIGINT / SIGTERM, checkpoint now
+        if step % cfg.log_every == 0 or step == cfg.iters or minutes_up or halt:
             now = time.perf_counter()
             rec = log_record(sums, clock.take(), 1000 * (now - t_log), since, step, device)
             rec["elapsed_s"] = round(elapsed + time.time() - t_run, 1)
@@ -627,8 +672,14 @@ def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed,
             bar.set_postfix(loss=f"{rec['loss']:.4f}", bc=f"{rec['bc']:.4f}",
                             ms=f"T{rec['ms_teacher']:.0f}/S{rec['ms_student']:.0f}/O{rec['ms_other']:.0f}")
             since, t_log, sums = 0, now, torch.zeros_like(sums)
-        if step % cfg.ckpt_every == 0 or step == cfg.iters or minutes_up:
+        elif rank == 0:  # losses and the time split from the first iteration: this process's window so far
+            bar.set_postfix(bar_stats(sums, clock.ms, 1000 * (time.perf_counter() - t_log), since), refresh=False)
+        if step % cfg.ckpt_every == 0 or step == cfg.iters or minutes_up or halt:
             checkpoint(run, raw, ema, opt, g, step, elapsed + time.time() - t_run, {"sums": sums.clone(), "since": since})
+        if halt:
+            if stop is not None:
+                stop.halted = True
+            break
         if cfg.export_every and step % cfg.export_every == 0 and step < cfg.iters and not minutes_up and rank == 0:
             finish(cfg, raw, ema, info, teacher, conds, device)  # student/ + preview.png to look at mid-run
         if minutes_up:
@@ -638,10 +689,21 @@ def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed,
     return step
 
 
-def stop_flags(cfg, elapsed_s):
-    """Reasons to stop after this iteration, decided once on rank 0 and broadcast: every process
-    leaves the loop at the same step (a per-process clock would leave collectives unmatched)."""
-    return teachers.rank0_decides(minutes=cfg.minutes is not None and elapsed_s > 60 * cfg.minutes)
+def stop_flags(cfg, elapsed_s, stop=None):
+    """Reasons to stop after this iteration (the --minutes budget; a SIGINT / SIGTERM, which torchrun
+    forwards to every process but not at the same step), decided once on rank 0 and broadcast: every
+    process leaves the loop at the same step (a per-process decision would leave collectives unmatched)."""
+    return teachers.rank0_decides(minutes=cfg.minutes is not None and elapsed_s > 60 * cfg.minutes,
+                                  halt=stop is not None and stop.requested)
+
+
+def bar_stats(sums, ms, total_ms, n):
+    """The progress bar's postfix between log records: window means of this process alone (no
+    collective, so rank 0 may show it every iteration)."""
+    n = max(n, 1)
+    t, s = ms["teacher"] / n, ms["student"] / n
+    return {"loss": f"{sums[0].item() / n:.4f}", "bc": f"{sums[2].item() / max(sums[3].item(), 1):.4f}",
+            "ms": f"T{t:.0f}/S{s:.0f}/O{max(total_ms / n - t - s, 0.0):.0f}"}
 
 
 def log_record(sums, ms, total_ms, n, step, device):
@@ -671,6 +733,8 @@ def finish(cfg, raw, ema, info, teacher, conds, device):
     teachers.replace_dir(tmp, d)  # then swapped in whole
     if cfg.preview or cfg.check:
         preview(cfg, student, info, teacher, conds, device)
+    else:
+        print0(f"wrote {d} (--preview 0 --check 0: no preview.png, no distance check)")
     print0("load it with plain diffusers:\n" + teachers.pipeline_snippet(d, *snippet_call(info, conds)))
 
 
@@ -895,20 +959,9 @@ def main(argv=None):
         if argv[:1] == ["sample"]:
             sample_main(argv[1:])
             return 0
-        args = vars(teachers.parser_from_dataclass(BootConfig, __doc__).parse_args(argv))
-        dry_run = args.pop("dry_run")
-        cfg = resolve(BootConfig(**args))
+        cfg, dry_run = configure(argv)
         if dry_run:
-            world = int(os.environ.get("WORLD_SIZE", 1))
-            validate(cfg, world)
-            report = dataclasses.asdict(cfg)
-            try:
-                report["memory_estimate"] = memory_report(cfg, world)
-            except UserError as e:  # e.g. a hub teacher whose configs are not on this machine
-                report["memory_estimate"] = f"unavailable: {e}"
-            print(json.dumps(report, indent=2))
             return 0
-        print0(f"preset '{cfg.preset}' for teacher '{cfg.teacher}' ({preset_for(BootConfig(**args))[1]})")
         train(cfg)
     except UserError as e:
         if int(os.environ.get("RANK", 0)) == 0:

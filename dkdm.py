@@ -14,7 +14,7 @@ checkpoints/, student/ (a diffusers pipeline directory + generator.json), previe
 
     python dkdm.py                              # CPU (2 cores): digits teacher, cnn student, dynamic
                                                 # distillation, staggered pool init; 10,000 iterations
-                                                # at >= 61 ms + the init (~2 min on a free CPU)
+                                                # (time per iteration and init: README.md, DKDM table)
     python dkdm.py --student vit                # a DiT student of the same CNN teacher (~3x the cnn's
                                                 # time per iteration on CPU: 3,000 iterations by default)
     python dkdm.py --method data --iters 4000   # baselines at equal iterations: real digits, or
@@ -22,10 +22,10 @@ checkpoints/, student/ (a diffusers pipeline directory + generator.json), previe
     python dkdm.py --method shuffled --iters 2000   # ablation (Sec. 4.3): iterative | shuffled | dynamic
     python dkdm.py --dry-run                    # the resolved config, pool size and init cost
     python evaluate.py --run runs/dkdm-digits-cnn-dynamic --nfe 50   # FD of the student vs teacher
-    python dkdm.py --sample runs/dkdm-digits-cnn-dynamic --sampler ancestral --steps 50
+    python dkdm.py sample runs/dkdm-digits-cnn-dynamic --sampler ancestral --steps 50
 
     # the paper's settings on GPUs (hub teachers download on first use):
-    torchrun --standalone --nproc_per_node=8 dkdm.py --teacher ddpm-cifar10 --batch 128 \
+    torchrun --standalone --nproc_per_node=8 dkdm.py --teacher ddpm-cifar10 --batch 128 \\
         --lr 1e-4 --warmup 0 --ema 0.9999 --iters 200000 --pool-init shuffle
     python dkdm.py --teacher ldm-celebahq --rho 4 --batch 32 --lr 1e-4 --ema 0.9999 --iters 200000
     python dkdm.py --teacher path/to/any/diffusers/DDPMPipeline/or/LDMPipeline/dir
@@ -54,10 +54,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-import teachers
-from teachers import UserError, print0
+import cli
+from cli import UserError
 
 LN2 = math.log(2.0)
 METHODS = ("dynamic", "shuffled", "iterative", "data-free", "data")
@@ -109,6 +107,21 @@ class DKDMConfig:
 
 RESUMABLE = ("iters", "minutes", "log_every", "ckpt_every", "precision", "grad_checkpointing", "keep", "export_every")
 SAMPLING_FIELDS = ("sample", "sampler", "steps", "n", "device")
+
+
+def parser():
+    """The command line: DKDMConfig's flags; `dkdm.py sample RUN ...` is `--sample RUN ...`."""
+    return cli.add_usage(cli.parser_from_dataclass(DKDMConfig, __doc__),
+                         "dkdm.py sample RUN [--sampler ancestral|ddim] [--steps N] [--n N]")
+
+
+if __name__ == "__main__" and cli.answers_alone(sys.argv[1:]):  # --help: before torch is imported
+    parser().parse_args(sys.argv[1:])
+
+import torch  # noqa: E402
+
+import teachers  # noqa: E402
+from teachers import print0  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -430,8 +443,10 @@ def check_student(model, teacher, what):
 @torch.no_grad()
 def synthetic_dataset(teacher, n, steps, g, w=None, batch=256):
     """The data-free baseline's D': n teacher samples (IDDPM ancestral, `steps` steps, Table 4)."""
+    from tqdm import tqdm
+
     xs, ls = [], []
-    for k in range(0, n, batch):
+    for k in tqdm(range(0, n, batch), desc="synthetic set", unit="batch", leave=False):
         noise, labels = fresh_samples(teacher, min(batch, n - k), g)
         xs.append(teachers.ancestral(teacher, noise, steps, as_cond(labels), w, generator=g).float())
         ls.append(labels)
@@ -529,14 +544,20 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def stop_now(cfg, step, started):
-    """Iteration or minute budget reached. The step count is the same on every process; the clock is
-    not, so rank 0's reading decides for all (teachers.rank0_decides builds the flag on the device)."""
+def stop_now(cfg, step, started, stop=None):
+    """Iteration or minute budget reached, or a signal (`stop`: SIGINT / SIGTERM). The step count is
+    the same on every process; the clock and the signal's arrival are not, so rank 0's reading
+    decides for all (teachers.rank0_decides builds the flags on the device)."""
     minutes_up = cfg.minutes is not None and time.time() - started > 60 * cfg.minutes
-    return step >= cfg.iters or teachers.rank0_decides(minutes=minutes_up)["minutes"]
+    if step >= cfg.iters:
+        return True
+    flags = teachers.rank0_decides(minutes=minutes_up, halt=stop is not None and stop.requested)
+    if flags["halt"] and stop is not None:
+        stop.halted = True  # main sees the same decision on every process
+    return flags["minutes"] or flags["halt"]
 
 
-def train(cfg, teacher, student, run, rank, world, device):
+def train(cfg, teacher, student, run, rank, world, device, stop=None):
     from torch.nn.parallel import DistributedDataParallel as DDP
     from tqdm import tqdm
 
@@ -579,7 +600,7 @@ def train(cfg, teacher, student, run, rank, world, device):
     if state is not None and state.get("window"):
         acc, since = list(state["window"]["acc"]), int(state["window"]["since"])
     bar = tqdm(total=cfg.iters, initial=step, disable=rank != 0, desc=f"dkdm {cfg.method}")
-    while not stop_now(cfg, step, started):
+    while not stop_now(cfg, step, started, stop):
         t0 = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
@@ -601,6 +622,8 @@ def train(cfg, teacher, student, run, rank, world, device):
         if step % cfg.log_every == 0 or step == cfg.iters:
             log_progress(cfg, run, bar, step, acc, stream, device, teacher.schedule.T, since)
             acc, since = [0.0] * 6, 0
+        elif rank == 0:  # losses and the time split from the first iteration (this process's window)
+            bar.set_postfix_str(progress_text(*[a / since for a in acc]), refresh=False)
         if step % cfg.ckpt_every == 0:
             save_all(run, step, raw, ema, opt, stream, rank, {"acc": acc, "since": since})
         if cfg.export_every and step % cfg.export_every == 0 and step < cfg.iters and rank == 0:
@@ -621,8 +644,12 @@ def log_progress(cfg, run, bar, step, acc, stream, device, T, k):
         hist = torch.histc(stream.i.float().cpu(), bins=10, min=0, max=T - 1)
         rec["pool_t_spread"] = float(hist.std() / hist.mean())
     run.log(rec)
-    bar.set_postfix_str(f"loss {loss:.4f} mse {mse:.4f} vb {vb:.4f} | ms/it teacher {1e3 * t_teacher:.0f} "
-                        f"student {1e3 * t_student:.0f} other {1e3 * t_other:.0f}")
+    bar.set_postfix_str(progress_text(loss, mse, vb, t_teacher, t_student, t_other))
+
+
+def progress_text(loss, mse, vb, t_teacher, t_student, t_other):
+    return (f"loss {loss:.4f} mse {mse:.4f} vb {vb:.4f} | ms/it teacher {1e3 * t_teacher:.0f} "
+            f"student {1e3 * t_student:.0f} other {1e3 * t_other:.0f}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -812,7 +839,20 @@ def describe(cfg, teacher, student, run, world):
         n = pool_size(cfg, T, b)
         evals, passes = init_cost(cfg, T, n)
         facts["pool"] = f"{n} x {world} entries, init {resolved_init(cfg)}: {evals:,.0f} sample evaluations, {passes:,} passes"
-    return {**run.config, **facts}
+    return {**run.config, **filled_defaults(cfg, teacher), **facts}
+
+
+def filled_defaults(cfg, teacher):
+    """The values that None stands for in the config (shown by --dry-run and at the start of a run)."""
+    filled = {}
+    if cfg.width is None and cfg.student == "cnn":
+        filled["width"] = cnn_config(teacher)["block_out_channels"][0]
+    elif cfg.width is None and cfg.student == "vit":
+        conf = vit_config(teacher)
+        filled["width"] = conf["attention_head_dim"] * conf["num_attention_heads"]
+    if cfg.synth_n is None and cfg.method == "data-free":
+        filled["synth_n"] = synth_n(cfg)
+    return filled
 
 
 def memory_report(cfg, teacher, student, world):
@@ -843,8 +883,10 @@ def memory_report(cfg, teacher, student, world):
 
 
 def main(argv=None):
-    p = teachers.parser_from_dataclass(DKDMConfig, __doc__)
-    args = vars(p.parse_args(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["sample"]:
+        argv = ["--sample", *argv[1:]]
+    args = vars(parser().parse_args(argv))
     dry_run = args.pop("dry_run")
     cfg = DKDMConfig(**args)
     cfg = dataclasses.replace(cfg, **{k: teachers.local_path(getattr(cfg, k)) for k in ("teacher", "model_id")})
@@ -854,6 +896,7 @@ def main(argv=None):
         check_config(cfg)
         if cfg.sample:
             return sample_run(cfg)
+        teachers.check_hub(cfg.teacher, cfg.model_id)  # before any process group
         # every check (teacher, student, run directory) on every process before a process group
         rank, world, device = teachers.dist_env()
         teacher, student, run = prepare(cfg, rank, world, device)
@@ -866,7 +909,11 @@ def main(argv=None):
             run.start()
             barrier()
             print0(json.dumps(describe(cfg, teacher, student, run, world), indent=2))
-            raw, ema, step = train(cfg, teacher, student, run, rank, world, device)
+            with teachers.Interrupt() as stop:
+                raw, ema, step = train(cfg, teacher, student, run, rank, world, device, stop)
+            if stop.halted:  # the loop checkpointed at the end of the interrupted iteration
+                stop.report(step, run.ckpt)
+                raise SystemExit(stop.exit_code)
             if rank == 0:
                 d = export_student(cfg, teacher, raw, ema, run.path)
                 write_preview(teacher, d, run.path / "preview.png")

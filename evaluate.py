@@ -26,24 +26,26 @@ rows with equal n compare. A fixed random split holds out n real images (the `re
 floor the samplers are measured against) and keeps the rest as the reference of every row, so all
 rows share n and n_ref.
 
-    python evaluate.py --teacher digits --nfe 1 10 50            # CPU, ~30 s: markdown table
+    python evaluate.py --teacher digits --nfe 1 10 50            # CPU: markdown table
     python evaluate.py --teacher digits --nfe 1 10 50 --json eval.json --grid grid.png
     python evaluate.py --run runs/boot-digits                    # student 1-step vs DDIM-1/10/50
     python evaluate.py --teacher ddpm-cifar10 --ref DIR --n 10000 # Inception FID, 1 GPU, online
     python evaluate.py --teacher sd21 --prompts prompts.txt --n 1000 --nfe 50  # + CLIP score
     torchrun --standalone --nproc_per_node=8 evaluate.py --teacher digits --num-samples 1000  # same numbers
-    python evaluate.py --train-classifier   # re-train the digits feature classifier (~30 s CPU)
+    python evaluate.py --train-classifier   # re-train the digits feature classifier (CPU)
 
 --json PATH writes the table as records {"name", "sampler", "nfe", "features", "fid",
 "precision", "recall", "images_per_s", "n", ...}; --grid PATH writes a PNG whose rows share the
-same initial noise (teacher at each NFE, largest first, then the student). Bad input stops
-with one line on stderr and exit code 2, before any work.
+same initial noise (teacher at each NFE, largest first, then the student). Teacher samples are
+kept in --cache (RUN/teacher-samples with --run): a second evaluation samples only the student.
+Bad input stops with one line on stderr and exit code 2, before any work.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -51,13 +53,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-import teachers
-from teachers import UserError, print0
+import cli
+from cli import UserError
 
 ROOT = Path(__file__).resolve().parent
 CLASSIFIER_DIR = ROOT / "assets" / "digits-classifier"
@@ -90,6 +87,28 @@ class EvalConfig:
     json: str | None = field(default=None, metadata={"help": "write the records to this JSON file"})
     grid: str | None = field(default=None, metadata={"help": "write a PNG grid (rows share the initial noise)"})
     train_classifier: bool = field(default=False, metadata={"help": "train assets/digits-classifier and exit"})
+    cache: str | None = field(default=None, metadata={"help": "folder of cached teacher samples, reused when teacher, "
+                                                               "sampler, NFE, n, seed and w match; default RUN/"
+                                                               "teacher-samples with --run, none with --teacher; off: never"})
+
+
+def parser():
+    p = cli.parser_from_dataclass(EvalConfig, __doc__)
+    # torchrun's own flags (--nnodes, --node-rank, ...) make a bare --n ambiguous on its command line
+    p.add_argument("--num-samples", dest="n", type=int, help="same as --n (use this one under torchrun)")
+    return p
+
+
+if __name__ == "__main__" and cli.answers_alone(sys.argv[1:]):  # --help: before torch is imported
+    parser().parse_args(sys.argv[1:])
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import teachers  # noqa: E402
+from teachers import print0  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,7 +156,9 @@ def train_classifier(out_dir=CLASSIFIER_DIR, seed=0, held_out=360, epochs=60, ba
     steps = epochs * -(-len(train) // batch)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     start = time.time()
-    for _ in range(epochs):
+    from tqdm import tqdm
+
+    for _ in tqdm(range(epochs), desc="digits classifier", unit="epoch"):
         order = train[torch.randperm(len(train), generator=g)]
         for i in range(0, len(order), batch):
             idx = order[i:i + batch]
@@ -203,8 +224,11 @@ def _inception_features(images, batch, device):
 
     model = build_feature_extractor("clean", device=torch.device(device), use_dataparallel=False)
     resize = build_resizer("clean")
+    from tqdm import tqdm
+
     out = []
-    for chunk in images.split(batch):
+    for chunk in tqdm(images.split(batch), desc="inception features", unit="batch", leave=False,
+                      disable=int(os.environ.get("RANK", 0)) != 0):
         u8 = (chunk * 255).round().clamp(0, 255).expand(-1, 3, -1, -1)  # as if saved to PNG
         hwc = u8.permute(0, 2, 3, 1).numpy()
         big = torch.stack([torch.from_numpy(resize(im)).permute(2, 0, 1) for im in hwc])
@@ -325,8 +349,11 @@ def clip_score(images, prompts, model_dir="openai/clip-vit-base-patch32", batch=
     model = CLIPModel.from_pretrained(model_dir).to(device).eval()
     tok = CLIPTokenizer.from_pretrained(model_dir)
     size, max_len = model.config.vision_config.image_size, model.config.text_config.max_position_embeddings
+    from tqdm import tqdm
+
     scores = []
-    for i in range(0, len(images), batch):
+    for i in tqdm(range(0, len(images), batch), desc="CLIP score", unit="batch", leave=False,
+                  disable=int(os.environ.get("RANK", 0)) != 0):
         text = tok(list(prompts[i:i + batch]), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
         img = model.get_image_features(pixel_values=_clip_pixels(images[i:i + batch].cpu(), size).to(device))
         txt = model.get_text_features(**{k: v.to(device) for k, v in text.items()})
@@ -374,15 +401,23 @@ def student_sampler(student, teacher, w=None, prompts=None):
     return sample
 
 
-def generate(sample, seeds, batch, rank=0, world=1, warmup=1):
-    """(images for all seeds in order, images/s). Rank r makes seeds[r::world]; results gathered."""
+def generate(sample, seeds, batch, rank=0, world=1, warmup=1, desc=None):
+    """(images for all seeds in order, images/s). Rank r makes seeds[r::world]; results gathered.
+    With `desc`, rank 0 shows a progress bar (images/s of this process)."""
+    from tqdm import tqdm
+
     seeds = list(seeds)
     mine = seeds[rank::world]
     for _ in range(warmup if mine else 0):
         sample(mine[:batch])
+    bar = tqdm(total=len(mine), desc=desc, unit="img", leave=False, disable=desc is None or rank != 0)
     start = time.perf_counter()
-    chunks = [sample(mine[i:i + batch]) for i in range(0, len(mine), batch)]
+    chunks = []
+    for i in range(0, len(mine), batch):
+        chunks.append(sample(mine[i:i + batch]))
+        bar.update(len(chunks[-1]))
     seconds = time.perf_counter() - start
+    bar.close()
     local = torch.cat(chunks) if chunks else None
     if world == 1:
         return local, len(seeds) / seconds
@@ -398,6 +433,77 @@ def generate(sample, seeds, batch, rank=0, world=1, warmup=1):
 # ---------------------------------------------------------------------------------------------
 # Records and the table
 # ---------------------------------------------------------------------------------------------
+class TeacherCache:
+    """Teacher samples kept between runs: `evaluate --run` scores a new student against the same
+    teacher rows without sampling the teacher again. One safetensors file per (teacher, sampler,
+    NFE, n, seed); its key also holds w, the prompts, a fingerprint of the teacher's weights and,
+    for the ancestral sampler (whose step noise follows the batches), the batch and process count."""
+
+    def __init__(self, cfg, teacher, w, prompts, world):
+        where = cfg.cache if cfg.cache is not None else (str(Path(cfg.run) / "teacher-samples") if cfg.run else None)
+        self.dir = None if where in (None, "off") else Path(where)
+        self.cfg, self.teacher, self.w, self.prompts, self.world = cfg, teacher, w, prompts, world
+        self._fingerprint = None
+
+    def fingerprint(self):
+        """A digest of the teacher's weights (shapes and sums): a retrained teacher misses the cache."""
+        import hashlib
+
+        if self._fingerprint is None:
+            parts = [(k, tuple(v.shape), float(v.double().sum())) for k, v in self.teacher.state_dict().items()]
+            self._fingerprint = hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+        return self._fingerprint
+
+    def key(self, sampler, nfe):
+        c = self.cfg
+        key = {"teacher": self.teacher.name, "sampler": sampler, "nfe": nfe, "n": c.n, "seed": c.seed, "w": self.w,
+               "prompts": self.prompts, "weights": self.fingerprint()}
+        if sampler == "ancestral":
+            key.update(batch=c.batch, world=self.world)
+        return json.dumps(key, sort_keys=True)
+
+    def file(self, sampler, nfe):
+        import hashlib
+
+        digest = hashlib.sha256(self.key(sampler, nfe).encode()).hexdigest()[:12]
+        name = Path(self.teacher.name).name
+        return self.dir / f"{name}-{sampler}{nfe}-n{self.cfg.n}-seed{self.cfg.seed}-{digest}.safetensors"
+
+    def load(self, sampler, nfe):
+        """(images, images/s when they were made), or None (no cache, or no file for this key)."""
+        if self.dir is None or not self.file(sampler, nfe).is_file():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(self.file(sampler, nfe)), framework="pt") as f:
+            if f.metadata().get("key") != self.key(sampler, nfe):
+                return None
+            return f.get_tensor("images"), float(f.metadata()["images_per_s"])
+
+    def save(self, sampler, nfe, images, ips):
+        """Atomic: a temp file beside it, then os.replace."""
+        if self.dir is None:
+            return
+        from safetensors.torch import save_file
+
+        path = self.file(sampler, nfe)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({"images": images.contiguous()}, str(tmp),
+                  metadata={"key": self.key(sampler, nfe), "images_per_s": repr(float(ips))})
+        os.replace(tmp, path)
+
+
+def sig3(x) -> str:
+    """A positive number with 3 significant figures and no exponent: 0.0123, 4.56, 789, 12300."""
+    if x is None:
+        return "–"
+    if x == 0:
+        return "0"
+    v = float(f"{x:.3g}")
+    return f"{v:.{max(0, 2 - math.floor(math.log10(abs(v))))}f}"
+
+
 def evaluate_samples(images, ref_feats: dict, name, sampler=None, nfe=None, images_per_s=None,
                      prompts=None, clip_model=None, device="cpu") -> list[dict]:
     """One record per feature space in ref_feats (space -> reference features N_ref x D).
@@ -451,7 +557,7 @@ def format_table(records, baseline=None) -> str:
                      _fmt(r["fid"], ".3f"), _fmt(r["precision"], ".3f"), _fmt(r["recall"], ".3f")]
             cells += [_fmt(r["inception_score"], ".2f")] * has_is + [_fmt(r["clip_score"], ".4f")] * has_clip
             speedup = r.get("speedup")
-            cells += [_fmt(r["images_per_s"], ".0f"), "–" if speedup is None else f"{speedup:.1f}×"]
+            cells += [sig3(r["images_per_s"]), "–" if speedup is None else f"{speedup:.1f}×"]
             lines.append("| " + " | ".join(cells) + " |")
         out.append("\n".join(lines))
     return "\n\n".join(out)
@@ -595,6 +701,22 @@ def check_image_folder(path):
             raise UserError(f"--ref: '{f}' is not a readable image ({type(e).__name__})") from None
 
 
+def dry_run_view(cfg: EvalConfig) -> dict:
+    """The config with the defaults that need no model filled in: feature spaces of the registry's
+    teachers (or of a run's teacher) and the cache folder."""
+    shown = dataclasses.asdict(cfg)
+    name = cfg.teacher
+    if cfg.run and (Path(cfg.run) / "student" / "generator.json").is_file():
+        name = json.loads((Path(cfg.run) / "student" / "generator.json").read_text()).get("teacher")
+    if cfg.features is None and name in ("digits", "gmm"):
+        shown["features"] = list(default_spaces(DIGITS_SHAPE))
+    elif cfg.features is None and name in teachers.REGISTRY:
+        shown["features"] = ["inception"]
+    if cfg.cache is None:
+        shown["cache"] = str(Path(cfg.run) / "teacher-samples") if cfg.run else "off"
+    return shown
+
+
 def run_evaluation(cfg: EvalConfig, rank=0, world=1, device="cpu"):
     """(records, grid rows, speed-up baseline) for a teacher or a run; records on rank 0 only."""
     student = load_student(cfg.run, device) if cfg.run else None
@@ -633,9 +755,19 @@ def run_evaluation(cfg: EvalConfig, rank=0, world=1, device="cpu"):
     if student:
         runs.append((Path(cfg.run).name, "student", student.nfe, student_sampler(student, teacher, w, prompts)))
     seeds = range(cfg.seed, cfg.seed + cfg.n)
+    cache = TeacherCache(cfg, teacher, w, prompts, world)
     for name, sampler, nfe, sample in runs:
-        images, ips = generate(sample, seeds, cfg.batch, rank, world)
-        print0(f"{name} {sampler}-{nfe}: {cfg.n} samples, batch {cfg.batch} x {world} process(es), {ips:.0f} images/s")
+        hit = cache.load(sampler, nfe) if sampler != "student" else None
+        if hit is not None:
+            images, ips = hit
+            print0(f"{name} {sampler}-{nfe}: {cfg.n} samples from {cache.file(sampler, nfe)} "
+                   f"({sig3(ips)} images/s when they were made)")
+        else:
+            images, ips = generate(sample, seeds, cfg.batch, rank, world, desc=f"{name} {sampler}-{nfe}")
+            print0(f"{name} {sampler}-{nfe}: {cfg.n} samples, batch {cfg.batch} x {world} process(es), "
+                   f"{sig3(ips)} images/s")
+            if sampler != "student" and rank == 0:
+                cache.save(sampler, nfe, images, ips)
         if rank == 0:
             ps = [prompts[s % len(prompts)] for s in seeds] if prompts else None
             records += evaluate_samples(images, ref_feats, name, sampler, nfe, ips, ps, cfg.clip_model, device)
@@ -644,20 +776,19 @@ def run_evaluation(cfg: EvalConfig, rank=0, world=1, device="cpu"):
 
 
 def main(argv=None):
-    p = teachers.parser_from_dataclass(EvalConfig, __doc__)
-    # torchrun's own flags (--nnodes, --node-rank, ...) make a bare --n ambiguous on its command line
-    p.add_argument("--num-samples", dest="n", type=int, help="same as --n (use this one under torchrun)")
-    args = vars(p.parse_args(argv))
+    args = vars(parser().parse_args(argv))
     dry_run = args.pop("dry_run")
     cfg = EvalConfig(**args)
     try:
         check_config(cfg)
         if dry_run:
-            print(json.dumps(dataclasses.asdict(cfg), indent=2))
+            print(json.dumps(dry_run_view(cfg), indent=2))
             return 0
         if cfg.train_classifier:
             train_classifier()
             return 0
+        if cfg.teacher:
+            teachers.check_hub(cfg.teacher)  # before any process group
         rank, world, device = teachers.dist_env()
         try:
             records, rows, baseline = run_evaluation(cfg, rank, world, device)

@@ -28,17 +28,35 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+import cli
+from cli import OneLineParser, UserError, load_prompts, parser_from_dataclass  # noqa: F401 (torch-free, re-exported)
+
+
+def parser():
+    """`python teachers.py`'s command line (defined before torch is imported: --help answers at once)."""
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--list", action="store_true", help="print the registry")
+    p.add_argument("--sample", metavar="TEACHER", help="write a DDIM sample grid of a teacher")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps for --sample")
+    p.add_argument("--train-steps", type=int, default=2500, help="optimisation steps for --train-digits")
+    p.add_argument("--w", type=float, default=None, help="guidance weight (Eq. 9); default: the teacher's")
+    p.add_argument("--n", type=int, default=100, help="number of samples for --sample")
+    p.add_argument("--out", default="samples.png", help="output PNG for --sample")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-digits", action="store_true", help="train the embedded digits teacher")
+    return p
+
+
+if __name__ == "__main__" and cli.answers_alone(sys.argv[1:]):
+    parser().parse_args(sys.argv[1:])
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 ASSETS = ROOT / "assets"
 DIGITS_DIR = ASSETS / "digits-teacher"
-
-
-class UserError(ValueError):
-    """Bad input: printed as one line by every CLI of this repository, exit code 2."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -637,6 +655,45 @@ def teacher_family(name_or_path: str, model_id=None):
     return None, f"a {cls or 'bare model'}"
 
 
+def hub_id(name_or_path: str, model_id=None, stage: int = 1):
+    """The hub id load_teacher would download from, or None (built-in teacher or a local path)."""
+    if name_or_path in REGISTRY:
+        where = model_id or (IF_STAGE2_ID if (name_or_path == "if" and stage == 2) else REGISTRY[name_or_path].default_id)
+    else:
+        where = name_or_path
+    if where is None or Path(where).expanduser().exists() or where.startswith((".", "/", "~")) or where.count("/") != 1:
+        return None
+    return where
+
+
+def check_hub(name_or_path: str, model_id=None, stage: int = 1):
+    """Fail fast, before any process group or download, when a hub teacher cannot be had: not in the
+    local Hugging Face cache and HF_HUB_OFFLINE set, or the hub unreachable. Only rank 0 probes the
+    network (one connection, 5 s timeout); under torchrun its exit stops the other processes."""
+    repo = hub_id(name_or_path, model_id, stage)
+    if repo is None:
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("model_index.json", "config.json")):
+        return  # cached: loads offline too
+    fix = "download it once with network (hf download REPO), or pass a local directory instead"
+    if constants.HF_HUB_OFFLINE:
+        raise UserError(f"teacher '{name_or_path}' is hub id '{repo}', not in the local Hugging Face cache, and "
+                        f"HF_HUB_OFFLINE is set: {fix.replace('REPO', repo)}")
+    if int(os.environ.get("RANK", 0)) != 0:
+        return
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
+    except OSError as e:
+        raise UserError(f"teacher '{name_or_path}' is hub id '{repo}' and the hub ({url.hostname}) cannot be reached "
+                        f"({type(e).__name__}: {e}): {fix.replace('REPO', repo)}") from None
+
+
 def _sub(path_or_id, name):
     """(where, subfolder) for a component: a local sub-directory, or a hub id with subfolder."""
     if Path(path_or_id).is_dir():
@@ -889,17 +946,6 @@ def _load_if(where, index, dtype):
         t.max_length, t.use_mask = 77, True
         t.set_negative("")
     return t
-
-
-def load_prompts(path) -> list[str]:
-    """Prompts for text teachers: a text file with one prompt per line (blank lines skipped)."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"prompts file '{path}' does not exist")
-    prompts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not prompts:
-        raise UserError(f"prompts file '{path}' is empty")
-    return prompts
 
 
 def check_shape(teacher: Teacher, shape, what="input"):
@@ -1788,46 +1834,62 @@ class RunDir:
             raise SystemExit(f"error: non-finite loss or gradient norm at iteration {step}; not applied, {self.kept()}")
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one line on stderr (exit code 2), like every other input error."""
+class Interrupt:
+    """SIGINT / SIGTERM during a training loop: remember the signal and let the loop finish its
+    iteration, write a checkpoint and exit with 128 + the signal's number (130 / 143).
 
-    def error(self, message):
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        sys.exit(2)
+    `requested` is a plain input to the loop's stop check (under torchrun, the same stop decision
+    must reach every process). A second signal stops at once, as the default handler would.
+    """
 
+    def __init__(self):
+        self.signum = None
+        self.halted = False  # set by the loop from the rank-0 decision: the same on every process
+        self._old = {}
 
-def parser_from_dataclass(cls, doc: str):
-    """argparse flags from a config dataclass: --field-name, defaults shown, bools as --flag/--no-flag."""
-    p = OneLineParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default_factory() if f.default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING \
-            else f.default
-        help_ = (f.metadata.get("help", "") + f" (default: {default})").strip()
-        typ = f.type if isinstance(f.type, type) else eval(f.type, vars(sys.modules[cls.__module__]) | {"float": float})  # noqa: S307
-        if typ is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
-        elif f.metadata.get("choices"):
-            p.add_argument(flag, type=str, choices=f.metadata["choices"], default=default, help=help_)
-        elif f.metadata.get("nargs"):
-            p.add_argument(flag, type=f.metadata["elem"], nargs=f.metadata["nargs"], default=default, help=help_)
-        else:
-            conv = {int: int, float: float, str: str}.get(typ, _optional_conv(f.type))
-            p.add_argument(flag, type=conv, default=default, help=help_)
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    return p
+    def __enter__(self):
+        import signal
+        import threading
 
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
 
-def _optional_conv(typ):
-    """A converter for 'float | None' style annotations: 'none' -> None."""
-    name = str(typ)
-    base = float if "float" in name else int if "int" in name else str
+    def __exit__(self, *exc):
+        import signal
 
-    def conv(s):
-        return None if s.lower() in ("none", "") else base(s)
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old = {}
 
-    conv.__name__ = base.__name__  # argparse: "invalid int value: 'abc'"
-    return conv
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.signum is not None:  # the second signal: give up at once
+            signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+            signal.raise_signal(signum)
+            return
+        self.signum = signum
+        print0(f"\n{signal.Signals(signum).name}: finishing this iteration, then writing a checkpoint "
+               "(send it again to stop at once)", file=sys.stderr)
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_code(self) -> int:
+        import signal
+
+        return 128 + (self.signum if self.signum is not None else int(signal.SIGTERM))
+
+    def report(self, step: int, ckpt):
+        """The one line a user needs after the stop: where the state is and how to go on."""
+        import shlex
+
+        cmd = shlex.join(["python", *sys.argv]) if "RANK" not in os.environ else "the same torchrun command"
+        print0(f"stopped at step {step}: checkpoint {ckpt}; resume with: {cmd}", file=sys.stderr)
 
 
 def upscale(images, min_size: int = 32):
@@ -1840,16 +1902,7 @@ def upscale(images, min_size: int = 32):
 # CLI
 # ---------------------------------------------------------------------------------------------
 def main(argv=None):
-    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--list", action="store_true", help="print the registry")
-    p.add_argument("--sample", metavar="TEACHER", help="write a DDIM sample grid of a teacher")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps for --sample")
-    p.add_argument("--train-steps", type=int, default=2500, help="optimisation steps for --train-digits")
-    p.add_argument("--w", type=float, default=None, help="guidance weight (Eq. 9); default: the teacher's")
-    p.add_argument("--n", type=int, default=100, help="number of samples for --sample")
-    p.add_argument("--out", default="samples.png", help="output PNG for --sample")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-digits", action="store_true", help="train the embedded digits teacher")
+    p = parser()
     args = p.parse_args(argv)
     try:
         if args.w is not None and not math.isfinite(args.w):

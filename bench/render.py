@@ -96,8 +96,63 @@ def table_speed(results):
     return "\n".join(lines) or "(not measured yet: `python bench/run.py speed`)"
 
 
+def _load_note(rec):
+    """Figures taken while other jobs shared the cores say so (load average above half the cores)."""
+    if rec["load_before"] > 0.5 * rec["cores"]:
+        return (f"; measured while other jobs shared the {rec['cores']} cores (load average "
+                f"{rec['load_before']:.1f}): expect less on an idle machine")
+    return ""
+
+
+def table_newcomer(results):
+    """The first screen's figures: the default run's time, install size, --help time."""
+    r = results.get("newcomer") or {}
+    lines = []
+    b = r.get("boot_default")
+    if b and b["full"]:
+        lines.append(f"- `python boot.py`: **{b['wall_s'] / 60:.0f} min** on {b['cores']} CPU cores, torch's default "
+                     f"threads ({b['iters']:,} iterations, {b['ms_per_iter']:.0f} ms each{_load_note(b)}; "
+                     f"`python bench/run.py newcomer-boot-full`, {b['date']})")
+    elif b:
+        lines.append(f"- `python boot.py`: **about {b['estimate_min']:.0f} min** on {b['cores']} CPU cores, torch's "
+                     f"default threads (3,000 iterations × {b['ms_per_iter']:.0f} ms, timed over the first "
+                     f"{b['iters']}, plus start-up and the final check{_load_note(b)}; `python bench/run.py newcomer`, "
+                     f"{b['date']})")
+    elif results.get("boot-default", {}).get("last_metrics"):  # the bench's own full default run
+        d = results["boot-default"]
+        m = d["last_metrics"]
+        lines.append(f"- `python boot.py`: **{m['elapsed_s'] / 60:.0f} min** of training ({m['step']:,} iterations × "
+                     f"{m['ms_teacher'] + m['ms_student'] + m['ms_other']:.0f} ms) on 2 CPU cores with "
+                     f"OMP_NUM_THREADS=1, bench jobs running two at a time (`python bench/run.py "
+                     f"boot-default`, {d['date']}); the command above leaves torch its default of one thread per "
+                     f"core, which `python bench/run.py newcomer-boot` times")
+    i = r.get("install")
+    if i:
+        kind = "a CUDA build, which also runs on CPU" if i["cuda_build"] else "a CPU build"
+        lines.append(f"- install: the virtual environment takes **{i['venv_gb']:.1f} GB**, {i['torch_and_cuda_gb']:.1f} GB "
+                     f"of it torch {i['torch']} ({kind}) with its CUDA libraries (`python bench/run.py newcomer`, "
+                     f"{i['date']})")
+    h = r.get("help")
+    if h:
+        c = h["cpu_s"]
+        lines.append(f"- `python boot.py --help`: **{c['boot.py']:.2f} s** of CPU (dkdm.py {c['dkdm.py']:.2f}, "
+                     f"evaluate.py {c['evaluate.py']:.2f}, teachers.py {c['teachers.py']:.2f}; `import torch` alone "
+                     f"{c['import torch']:.2f} s: --help does not load it; `python bench/run.py newcomer`, {h['date']})")
+    return "\n".join(lines) or "(not measured yet: `python bench/run.py newcomer`)"
+
+
+def table_tests_time(results):
+    t = (results.get("newcomer") or {}).get("tests")
+    if not t:
+        return "(time not measured yet: `python bench/run.py newcomer-tests`)"
+    return (f"The tests took **{t['wall_s'] / 60:.0f} min** on {t['cores']} CPU cores after the install "
+            f"(`{t['summary']}`{_load_note(t)}; `python bench/run.py newcomer-tests`, {t['date']}).")
+
+
 def blocks(results) -> dict[str, str]:
     return {
+        "newcomer": table_newcomer(results),
+        "tests-time": table_tests_time(results),
         "teacher": table_teacher(results),
         "boot": table_group(results, ["boot-default", "boot-long", "boot-heun", "boot-euler", "boot-no-boundary",
                                       "boot-progressive"]),

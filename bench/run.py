@@ -85,6 +85,10 @@ EXPERIMENTS = [
          ["--rho", "0.02", "--pool-init", "shuffle", "--iters", "2000"], out="runs/init-shuffle"),
 ]
 BY_NAME = {e.name: e for e in EXPERIMENTS}
+# README's first screen (bench/newcomer.py): --help CPU time and install size; the default boot.py
+# run (newcomer-boot: a short window of iterations; newcomer-boot-full: the whole run); the tests
+NEWCOMER = {"newcomer": ("help", "install"), "newcomer-boot": ("boot",), "newcomer-boot-full": ("boot-full",),
+            "newcomer-tests": ("tests",)}
 
 
 def load_results() -> dict:
@@ -125,7 +129,7 @@ def main(argv=None):
         for e in EXPERIMENTS:
             print(f"{e.group:6s} {e.name:18s} {e.about}\n{'':25s} python {' '.join(e.train or ['evaluate.py', *e.eval])}")
         return 0
-    groups = {e.group for e in EXPERIMENTS} | {"speed"}
+    groups = {e.group for e in EXPERIMENTS} | {"speed"} | set(NEWCOMER)
     bad = [t for t in args.targets if t not in BY_NAME and t not in groups]
     if bad:
         print(f"error: unknown experiment or group {', '.join(bad)}; see --list", file=sys.stderr)
@@ -147,6 +151,14 @@ def main(argv=None):
         results = load_results()
         results["speed"] = speed.measure()
         RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
+    for target, parts in NEWCOMER.items():
+        if target in args.targets:
+            from bench import newcomer
+
+            measured = newcomer.measure(parts)
+            results = load_results()
+            results["newcomer"] = {**results.get("newcomer", {}), **measured}
+            RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
     if args.render or args.targets:
         from bench import render
 
