@@ -35,6 +35,9 @@ diffusers, alpha_bar_{-1} = 1; the teacher's x0-hat is clipped per the teacher, 
 not; the student's mean is detached inside the KL, so L*vlb trains only the variance head; loss
 = L*simple + lam L*vlb per timestep (lam = 1, see `dkdm_loss`). Teachers with a fixed variance
 (latent LDMs, google/ddpm-*) give L*simple only and a student with C output channels.
+Deviations from the paper, each a flag (README, "Paper vs ours"): the gradient norm is clipped at
+1.0 (--clip-grad 0: none, as the paper); the embedded digits teacher keeps the CPU protocol (DDIM-50
+scoring, a 100-step synthetic set) where hub teachers get Table 4's samplers.
 A pool entry is (x, i, label): the noisy sample x_i waiting for the step i -> i-1. An entry whose
 step i = 0 was just taken has become a clean sample; it restarts from fresh noise at i = T-1 right
 after that step (the official code keeps it at "t = 0" and resets it when next drawn: the same
@@ -78,6 +81,8 @@ class DKDMConfig:
     model_id: str | None = field(default=None, metadata={"help": "override the registry entry's hub id (a mirror or a local copy)"})
     student: str = field(default="cnn", metadata={"help": "cnn (UNet2DModel), vit (DiTTransformer2DModel) or a dir with a diffusers config.json"})
     width: int | None = field(default=None, metadata={"help": "student base width; default 16 (cnn) / 128 (vit) at 8x8, 64 / 384 above"})
+    vit_init: str = field(default="adaln-zero", metadata={"choices": ["adaln-zero", "diffusers"], "help": "vit: DiT's "
+                          "adaLN-Zero init (the DiT paper), or diffusers' default init of DiTTransformer2DModel"})
     method: str = field(default="dynamic", metadata={"choices": list(METHODS), "help": "knowledge stream, or a baseline"})
     rho: float = field(default=0.4, metadata={"help": "dynamic pool size rho T b (Alg. 1); 0.4 pixel, 4 latent in the paper"})
     pool_init: str = field(default="auto", metadata={"choices": list(POOL_INITS), "help": "auto: staggered (dynamic), shuffle (shuffled), noise (iterative)"})
@@ -402,7 +407,9 @@ def build_student(cfg, teacher):
     if cfg.student == "cnn":
         model = diffusers.UNet2DModel(**cnn_config(teacher, cfg.width))
     elif cfg.student == "vit":
-        model = adaln_zero_(diffusers.DiTTransformer2DModel(**vit_config(teacher, cfg.width)))
+        model = diffusers.DiTTransformer2DModel(**vit_config(teacher, cfg.width))
+        if cfg.vit_init == "adaln-zero":
+            adaln_zero_(model)
     else:
         conf = json.loads((Path(cfg.student) / "config.json").read_text())
         name = conf.get("_class_name", "")

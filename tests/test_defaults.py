@@ -88,3 +88,9 @@ def test_dkdm_samplers_follow_table_4_and_the_evaluation_protocol(name, latent, 
     assert dkdm.synth_plan(cfg, teacher) == synth and dkdm.eval_plan(cfg, teacher) == scored
     cfg = dkdm.DKDMConfig(teacher=name, synth_sampler="ddim", synth_steps=20)
     assert dkdm.synth_plan(cfg, teacher) == ("ddim", 20)
+
+
+def test_vit_init_diffusers_keeps_the_default_init(digits):
+    torch.manual_seed(0)
+    model = dkdm.build_student(dkdm.DKDMConfig(student="vit", vit_init="diffusers"), digits)
+    assert model.proj_out_2.weight.abs().sum() > 0 and model.transformer_blocks[0].norm1.linear.weight.abs().sum() > 0
