@@ -94,3 +94,15 @@ def test_vit_init_diffusers_keeps_the_default_init(digits):
     torch.manual_seed(0)
     model = dkdm.build_student(dkdm.DKDMConfig(student="vit", vit_init="diffusers"), digits)
     assert model.proj_out_2.weight.abs().sum() > 0 and model.transformer_blocks[0].norm1.linear.weight.abs().sum() > 0
+
+
+def test_ancestral_student_scores_are_seeded(digits):
+    """Hub pixel students are scored with IDDPM-50: the step noise must follow the seeds, as the teacher's does."""
+    import evaluate
+
+    class Ancestral:
+        def generate(self, noise, cond=None, w=None, generator=None):
+            return noise + torch.randn(noise.shape, generator=generator)
+
+    sample = evaluate.student_sampler(Ancestral(), digits)
+    assert torch.equal(sample([3, 4]), sample([3, 4])) and not torch.equal(sample([3, 4]), sample([5, 6]))
