@@ -35,6 +35,9 @@ diffusers, alpha_bar_{-1} = 1; the teacher's x0-hat is clipped per the teacher, 
 not; the student's mean is detached inside the KL, so L*vlb trains only the variance head; loss
 = L*simple + lam L*vlb per timestep (lam = 1, see `dkdm_loss`). Teachers with a fixed variance
 (latent LDMs, google/ddpm-*) give L*simple only and a student with C output channels.
+Deviations from the paper, each a flag (README, "Paper vs ours"): the gradient norm is clipped at
+1.0 (--clip-grad 0: none, as the paper); the embedded digits teacher keeps the CPU protocol (DDIM-50
+scoring, a 100-step synthetic set) where hub teachers get Table 4's samplers.
 A pool entry is (x, i, label): the noisy sample x_i waiting for the step i -> i-1. An entry whose
 step i = 0 was just taken has become a clean sample; it restarts from fresh noise at i = T-1 right
 after that step (the official code keeps it at "t = 0" and resets it when next drawn: the same
@@ -62,6 +65,9 @@ METHODS = ("dynamic", "shuffled", "iterative", "data-free", "data")
 POOL_INITS = ("auto", "staggered", "shuffle", "noise")
 # Synthetic set sizes of the data-free baseline: the teacher's training-set size (Table 4).
 TRAIN_SET_SIZE = {"digits": 1797, "gmm": 1797, "ddpm-cifar10": 50000, "ldm-celebahq": 25000}
+# The embedded teachers keep the cheaper CPU protocol of every bench row (README, "paper vs ours"): the
+# synthetic set by 100 ancestral steps instead of Table 4's T = 1000, students scored with DDIM-50.
+EMBEDDED = ("digits", "gmm")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,6 +79,8 @@ class DKDMConfig:
     model_id: str | None = field(default=None, metadata={"help": "override the registry entry's hub id (a mirror or a local copy)"})
     student: str = field(default="cnn", metadata={"help": "cnn (UNet2DModel), vit (DiTTransformer2DModel) or a dir with a diffusers config.json"})
     width: int | None = field(default=None, metadata={"help": "student base width; default 16 (cnn) / 128 (vit) at 8x8, 64 / 384 above"})
+    vit_init: str = field(default="adaln-zero", metadata={"choices": ["adaln-zero", "diffusers"], "help": "vit: DiT's "
+                          "adaLN-Zero init (the DiT paper), or diffusers' default init of DiTTransformer2DModel"})
     method: str = field(default="dynamic", metadata={"choices": list(METHODS), "help": "knowledge stream, or a baseline"})
     rho: float = field(default=0.4, metadata={"help": "dynamic pool size rho T b (Alg. 1); 0.4 pixel, 4 latent in the paper"})
     pool_init: str = field(default="auto", metadata={"choices": list(POOL_INITS), "help": "auto: staggered (dynamic), shuffle (shuffled), noise (iterative)"})
@@ -85,9 +93,14 @@ class DKDMConfig:
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate (constant after warm-up)"})
     warmup: int = field(default=200, metadata={"help": "linear lr warm-up iterations"})
     ema: float = field(default=0.998, metadata={"help": "EMA decay of the exported student"})
+    clip_grad: float = field(default=1.0, metadata={"help": "clip the gradient norm at this value; 0 = no clipping "
+                                                            "(the paper and the official trainer: none; see README)"})
     lam: float = field(default=1.0, metadata={"help": "weight lambda of L*vlb (Eq. 19), per timestep"})
     p_uncond: float = field(default=0.0, metadata={"help": "fraction of samples with the null label (student learns CFG's unconditional model)"})
-    synth_steps: int = field(default=100, metadata={"help": "data-free baseline: ancestral steps per synthetic sample (Table 4)"})
+    synth_sampler: str = field(default="auto", metadata={"choices": ["auto", "ancestral", "ddim"], "help": "data-free baseline's "
+                                                         "sampler; auto: Table 4's IDDPM (pixel teachers) or DDIM (latent)"})
+    synth_steps: int | None = field(default=None, metadata={"help": "data-free baseline: steps per synthetic sample; default "
+                                                                   "Table 4's T = 1000 (pixel) / 100 (latent); 100 for digits, gmm"})
     synth_n: int | None = field(default=None, metadata={"help": "data-free baseline: synthetic set size; default the training-set size"})
     seed: int = field(default=0, metadata={"help": "seed of every random draw (process r uses seed + 1000003 r)"})
     half: bool = field(default=False, metadata={"help": "run the frozen teacher in float16 (GPU only; the same in boot.py)"})
@@ -394,6 +407,18 @@ def vit_config(teacher, width=None):
                 num_embeds_ada_norm=label_slots(teacher) or 1)
 
 
+def adaln_zero_(model):
+    """DiT's adaLN-Zero initialisation (Peebles & Xie, arXiv:2212.09748, Sec. 3.2): every block's
+    modulation layer (its shift, scale and gate) and the final layer's modulation and projection
+    start at zero, so each block starts as the identity and the model's output at 0. diffusers'
+    DiTTransformer2DModel keeps PyTorch's default init there."""
+    for name, m in model.named_modules():
+        if name.endswith(".norm1.linear") or name in ("proj_out_1", "proj_out_2"):
+            torch.nn.init.zeros_(m.weight)
+            torch.nn.init.zeros_(m.bias)
+    return model
+
+
 def build_student(cfg, teacher):
     """A randomly initialised student: cnn, vit, or any diffusers denoiser config in a directory."""
     import diffusers
@@ -402,6 +427,8 @@ def build_student(cfg, teacher):
         model = diffusers.UNet2DModel(**cnn_config(teacher, cfg.width))
     elif cfg.student == "vit":
         model = diffusers.DiTTransformer2DModel(**vit_config(teacher, cfg.width))
+        if cfg.vit_init == "adaln-zero":
+            adaln_zero_(model)
     else:
         conf = json.loads((Path(cfg.student) / "config.json").read_text())
         name = conf.get("_class_name", "")
@@ -440,15 +467,36 @@ def check_student(model, teacher, what):
 # ---------------------------------------------------------------------------------------------
 # --- Baselines (Sec. 4.1): data-free (a synthetic set, Fig. 2b) and data-based (Fig. 2a)
 # ---------------------------------------------------------------------------------------------
+def synth_plan(cfg, teacher):
+    """(sampler, steps) of the synthetic set. Table 4: IDDPM with all T steps for pixel teachers,
+    DDIM-100 for latent ones; the embedded teachers: ancestral 100 (see EMBEDDED)."""
+    sampler = cfg.synth_sampler if cfg.synth_sampler != "auto" else "ddim" if teacher.latent else "ancestral"
+    T = teacher.schedule.T
+    steps = cfg.synth_steps or (100 if teacher.latent or cfg.teacher in EMBEDDED else T)
+    return sampler, min(steps, T)
+
+
+def eval_plan(cfg, teacher):
+    """(sampler, steps) the exported student is scored with: IDDPM-50 (pixel) or DDIM-200 (latent), as
+    the paper evaluates (Sec. 4.1); DDIM-50 for the embedded teachers (see EMBEDDED)."""
+    T = teacher.schedule.T
+    if cfg.teacher in EMBEDDED:
+        return "ddim", min(50, T)
+    return ("ddim", min(200, T)) if teacher.latent else ("ancestral", min(50, T))
+
+
 @torch.no_grad()
-def synthetic_dataset(teacher, n, steps, g, w=None, batch=256):
-    """The data-free baseline's D': n teacher samples (IDDPM ancestral, `steps` steps, Table 4)."""
+def synthetic_dataset(teacher, n, steps, g, w=None, batch=256, sampler="ancestral"):
+    """The data-free baseline's D': n teacher samples (IDDPM ancestral or DDIM, `steps` steps, Table 4)."""
     from tqdm import tqdm
 
     xs, ls = [], []
     for k in tqdm(range(0, n, batch), desc="synthetic set", unit="batch", leave=False):
         noise, labels = fresh_samples(teacher, min(batch, n - k), g)
-        xs.append(teachers.ancestral(teacher, noise, steps, as_cond(labels), w, generator=g).float())
+        if sampler == "ddim":
+            xs.append(teachers.ddim(teacher, noise, steps, as_cond(labels), w).float())
+        else:
+            xs.append(teachers.ancestral(teacher, noise, steps, as_cond(labels), w, generator=g).float())
         ls.append(labels)
     return torch.cat(xs), (None if ls[0] is None else torch.cat(ls))
 
@@ -482,9 +530,10 @@ def data_stream(cfg, teacher, run_path, g, rank, w):
     f = Path(run_path) / "synthetic.pt"
     if rank == 0 and not f.is_file():
         n = synth_n(cfg)
-        print0(f"data-free baseline: sampling {n} images with the teacher (ancestral, {cfg.synth_steps} steps)")
+        sampler, steps = synth_plan(cfg, teacher)
+        print0(f"data-free baseline: sampling {n} images with the teacher ({sampler}, {steps} steps)")
         gs = torch.Generator().manual_seed(cfg.seed + 7)
-        x, y = synthetic_dataset(teacher, n, cfg.synth_steps, gs, w)
+        x, y = synthetic_dataset(teacher, n, steps, gs, w, sampler=sampler)
         teachers.save_checkpoint(f, {"x": x.cpu(), "labels": None if y is None else y.cpu()})
     barrier()
     s = teachers.load_checkpoint(f)
@@ -609,7 +658,8 @@ def train(cfg, teacher, student, run, rank, world, device, stop=None):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         run.check_update(loss, raw.parameters(), step + 1)  # loss and gradient norm, before the step
-        torch.nn.utils.clip_grad_norm_(raw.parameters(), 1.0)
+        if cfg.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.clip_grad)
         opt.step()
         ema.update(raw)
         sync(device)
@@ -692,7 +742,8 @@ def export_student(cfg, teacher, raw, ema, run_path):
     teachers.export_pipeline(student_pipeline(cfg, teacher, model), tmp)
     name = cfg.teacher if cfg.teacher in teachers.REGISTRY else str(Path(cfg.teacher).resolve())
     (tmp / "generator.json").write_text(json.dumps({
-        "method": "dkdm", "teacher": name, "model_id": teachers.local_path(cfg.model_id), "steps": 50, "sampler": "ddim",
+        "method": "dkdm", "teacher": name, "model_id": teachers.local_path(cfg.model_id), "steps": eval_plan(cfg, teacher)[1],
+        "sampler": eval_plan(cfg, teacher)[0],
         "sample_shape": list(teacher.sample_shape), "num_classes": teacher.num_classes,
         "latent": teacher.latent, "default_w": teacher.default_guidance, "class_name": cls,
         "training": cfg.method}, indent=2))
@@ -773,8 +824,8 @@ def check_config(cfg):
               (cfg.batch >= 1, "--batch must be at least 1"), (cfg.chains >= 1, "--chains must be at least 1"),
               (cfg.init_batch >= 1, "--init-batch must be at least 1"), (cfg.iters >= 1, "--iters must be at least 1"),
               (cfg.minutes is None or cfg.minutes > 0, "--minutes must be positive"), (cfg.lr > 0, "--lr must be positive"),
-              (cfg.warmup >= 0, "--warmup must be non-negative"), (0 <= cfg.ema < 1, "--ema must lie in [0, 1)"),
-              (0 <= cfg.p_uncond < 1, "--p-uncond must lie in [0, 1)"), (cfg.synth_steps >= 1, "--synth-steps must be at least 1"),
+              (cfg.warmup >= 0, "--warmup must be non-negative"), (cfg.clip_grad >= 0, "--clip-grad must be non-negative"), (0 <= cfg.ema < 1, "--ema must lie in [0, 1)"),
+              (0 <= cfg.p_uncond < 1, "--p-uncond must lie in [0, 1)"), (cfg.synth_steps is None or cfg.synth_steps >= 1, "--synth-steps must be at least 1"),
               (cfg.synth_n is None or cfg.synth_n >= 1, "--synth-n must be at least 1"),
               (cfg.log_every >= 1 and cfg.ckpt_every >= 1, "--log-every and --ckpt-every must be at least 1"),
               (cfg.keep >= 1 and cfg.export_every >= 0, "--keep must be at least 1 and --export-every non-negative"),

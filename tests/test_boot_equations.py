@@ -174,7 +174,17 @@ def test_loss_weights():
     lam_prime = torch.autograd.grad(sch.lam(t).sum(), t)[0]
     t = t.detach()
     assert torch.allclose(boot.loss_weight(sch, t, 0.04, "uniform"), torch.full_like(t, 625.0))
-    assert torch.allclose(boot.loss_weight(sch, t, 0.04, "lambda"), 1 / (0.04 * lam_prime) ** 2, rtol=1e-3)
+    # Alg. 1 line 10: 1 / (delta lambda')^2 with the discrete delta lambda' = 1 - alpha_t sigma_s / (sigma_t alpha_s),
+    # s = max(t - delta, 0), written out from the cosine alpha_bar (Nichol & Dhariwal) by hand
+    def ab(u):
+        return torch.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2 / math.cos(0.008 / 1.008 * math.pi / 2) ** 2
+
+    s = (t - 0.04).clamp(min=0)
+    dl = 1 - (ab(t) * (1 - ab(s))).sqrt() / ((1 - ab(t)) * ab(s)).sqrt()
+    assert torch.allclose(boot.loss_weight(sch, t, 0.04, "lambda"), 1 / dl**2, rtol=1e-9)
+    # ... which is not the analytic (delta d lambda/dt)^-2 at delta = 0.04, and tends to it as delta -> 0
+    assert (boot.loss_weight(sch, t, 0.04, "lambda") * (0.04 * lam_prime) ** 2 - 1).abs().max() > 0.05
+    assert torch.allclose(boot.loss_weight(sch, t, 1e-5, "lambda"), 1 / (1e-5 * lam_prime) ** 2, rtol=1e-3)
 
 
 def test_boundary_loss_is_eq8():
