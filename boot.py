@@ -147,6 +147,7 @@ def resolve(cfg: BootConfig) -> BootConfig:
 
 def validate(cfg: BootConfig, world: int):
     """All checks that need no teacher: one-line UserErrors before anything is loaded or written."""
+    teachers.check_finite_fields(cfg)
     for name, allowed in CHOICES.items():
         if getattr(cfg, name) not in allowed:
             raise UserError(f"unknown {name.replace('_', '-')} '{getattr(cfg, name)}' (known: {', '.join(allowed)})")
@@ -156,8 +157,10 @@ def validate(cfg: BootConfig, world: int):
         raise UserError(f"need 0 < delta <= t_max - t_min, got delta={cfg.delta}")
     if cfg.batch < 1 or cfg.batch % world:
         raise UserError(f"global batch {cfg.batch} is not a positive multiple of the {world} processes")
-    if cfg.iters < 0 or cfg.boundary_every < 0 or cfg.beta < 0 or cfg.lr <= 0 or not 0 <= cfg.ema < 1:
-        raise UserError("need iters >= 0, boundary-every >= 0, beta >= 0, lr > 0 and 0 <= ema < 1")
+    if cfg.iters < 1 or (cfg.minutes is not None and cfg.minutes <= 0):
+        raise UserError(f"need --iters >= 1 and --minutes > 0 (or unset), got iters={cfg.iters}, minutes={cfg.minutes}")
+    if cfg.boundary_every < 0 or cfg.beta < 0 or cfg.lr <= 0 or not 0 <= cfg.ema < 1:
+        raise UserError("need boundary-every >= 0, beta >= 0, lr > 0 and 0 <= ema < 1")
     if cfg.log_every < 1 or cfg.ckpt_every < 1 or cfg.preview < 0 or cfg.check < 0 or cfg.time_cond_dim < 2:
         raise UserError("need log-every >= 1, ckpt-every >= 1, preview >= 0, check >= 0, time-cond-dim >= 2")
     if cfg.w_max is not None and (cfg.w is None or cfg.w_max < cfg.w):
@@ -168,13 +171,17 @@ def validate(cfg: BootConfig, world: int):
         raise UserError("--stage 2 needs --stage1-run DIR, a finished stage-1 run of the same cascade")
     if cfg.stage == 2 and not (Path(cfg.stage1_run) / "student" / "generator.json").is_file():
         raise UserError(f"--stage1-run '{cfg.stage1_run}' is not a finished stage-1 run (no student/generator.json)")
-    if cfg.half:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UserError("--half needs a GPU (float16 teachers are slow and inexact on CPU)")
+    if cfg.stage == 2:
+        teachers.read_json(Path(cfg.stage1_run) / "student" / "generator.json", "stage-1 student description")
+        teachers.check_model_dir(Path(cfg.stage1_run) / "student" / "unet", "stage-1 student")
+    if not 0 <= cfg.noise_level < 1000:
+        raise UserError(f"--noise-level must lie in 0..999, got {cfg.noise_level}")
+    if cfg.half and not torch.cuda.is_available():
+        raise UserError("--half needs a GPU (float16 teachers are slow and inexact on CPU)")
     if cfg.prompts is not None:
-        cli.load_prompts(cfg.prompts)
+        teachers.load_prompts(cfg.prompts)
+    teachers.check_teacher_files(cfg.teacher, cfg.model_id, cfg.stage)
+    teachers.check_output_dir(cfg.out, "--out")
 
 
 # CFG weights the registry teachers bring (Table 3: 7.5 SD, 7.0 IF-I, 4.0 IF-II; 1 = the plain
@@ -184,7 +191,7 @@ REGISTRY_W = {"digits": 1.0, "gmm": 1.0, "sd21": 7.5, "if": 7.0, "if-2": 4.0}
 
 def configure(argv):
     """(config, dry_run) from the command line, resolved and checked; --dry-run prints the config
-    with every default filled in. Needs no torch: `--help` and `--dry-run` answer before it loads."""
+    with every default filled in. `--help` is answered here before torch is imported."""
     p = cli.add_usage(cli.parser_from_dataclass(BootConfig, __doc__),
                       "boot.py sample RUN [--label K | --prompt TEXT] [--w W] [--n N] [--seed S] [--out PNG]")
     args = vars(p.parse_args(argv))
@@ -199,10 +206,10 @@ def configure(argv):
     return cfg, dry_run
 
 
-if __name__ == "__main__" and sys.argv[1:2] != ["sample"] and cli.answers_alone(sys.argv[1:], (*cli.HELP_FLAGS, "--dry-run")):
-    sys.exit(cli.answer_alone(configure, sys.argv[1:], prefix="error: "))
+if __name__ == "__main__" and sys.argv[1:2] != ["sample"] and cli.answers_alone(sys.argv[1:]):
+    configure(sys.argv[1:])  # --help: printed before torch is imported
 
-import torch  # noqa: E402  (below the config: --help and --dry-run answer without it)
+import torch  # noqa: E402  (below the config: --help answers without it)
 
 import teachers  # noqa: E402
 from teachers import bcast, print0  # noqa: E402
@@ -536,32 +543,35 @@ def default_weight(cfg: BootConfig, teacher):
 # ---------------------------------------------------------------------------------------------
 def train(cfg: BootConfig):
     validate(cfg, int(os.environ.get("WORLD_SIZE", 1)))
-    teachers.check_hub(cfg.teacher, cfg.model_id, cfg.stage)  # before any process group
+    teachers.check_hub(cfg.teacher, cfg.model_id, cfg.stage)  # before any process group or download
+    rank, world, device = teachers.dist_env()
+    # every input check (teacher, student, run directory) on every process before a process group
+    teacher, conds = load_all(cfg, device)
+    run = teachers.RunDir(cfg.out, dataclasses.asdict(cfg), rank, resumable=RESUMABLE)
+    student, info = make_student(teacher, cfg, default_weight(cfg, teacher))
     rank, world, device = teachers.dist_setup()
     try:
-        return _train(cfg, rank, world, device)
+        run.start()
+        return _train(cfg, rank, world, device, teacher, conds, run, student, info)
     finally:
+        run.close()
         teachers.dist_teardown()
 
 
-def _train(cfg: BootConfig, rank, world, device):
-    teacher, conds = load_all(cfg, device)
-    run = teachers.RunDir(cfg.out, dataclasses.asdict(cfg), rank, resumable=RESUMABLE)
-    run.start()
-    student, info = make_student(teacher, cfg, default_weight(cfg, teacher))
+def _train(cfg: BootConfig, rank, world, device, teacher, conds, run, student, info):
     raw = student.to(device).train()
     ema = teachers.EMA(raw, cfg.ema)
     opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(cfg.seed)  # the global stream: same on every rank
-    step, elapsed = 0, 0.0
+    step, elapsed, window = 0, 0.0, None
     state = run.load()
+    run.truncate_metrics(None if state is None else state["step"])
     if state is not None:
         raw.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         g.set_state(state["gen"])
-        step, elapsed = state["step"], state["elapsed"]
-        drop_metrics_after(run, step)
+        step, elapsed, window = state["step"], state["elapsed"], state.get("window")
         print0(f"resuming {cfg.out} at step {step}")
     model = raw
     if world > 1:
@@ -569,7 +579,8 @@ def _train(cfg: BootConfig, rank, world, device):
 
         model = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None)
     with teachers.Interrupt() as stop:
-        step = loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed, rank, world, device, stop)
+        step = loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed, rank, world, device, window,
+                    stop)
     if stop.requested:  # checkpoint written at the end of the interrupted iteration
         stop.report(step, run.ckpt)
         raise SystemExit(stop.exit_code)
@@ -578,20 +589,15 @@ def _train(cfg: BootConfig, rank, world, device):
     return step
 
 
-def drop_metrics_after(run, step):
-    """A killed run may have logged past its last checkpoint: keep the records up to `step`."""
-    path = run.path / "metrics.jsonl"
-    if run.rank == 0 and path.is_file():
-        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-        path.write_text("".join(ln + "\n" for ln in keep))
-
-
-def checkpoint(run, raw, ema, opt, g, step, elapsed):
+def checkpoint(run, raw, ema, opt, g, step, elapsed, window=None):
+    """window = (loss sums, iterations) of the metrics window still open: a resumed run's next record
+    averages the same iterations as an uninterrupted run's."""
     run.save({"model": raw.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-              "gen": g.get_state(), "step": step, "elapsed": elapsed})
+              "gen": g.get_state(), "step": step, "elapsed": elapsed, "window": window})
 
 
-def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed, rank, world, device, stop=None):
+def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed, rank, world, device, window=None,
+         stop=None):
     """Alg. 1 until cfg.iters (or cfg.minutes); checkpoints, metrics.jsonl, progress bar."""
     from tqdm import tqdm
 
@@ -600,16 +606,18 @@ def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed,
     clock, t_run = Clock(device), time.time()
     bar = tqdm(total=cfg.iters, initial=step, disable=rank != 0, desc=f"boot {cfg.teacher}", dynamic_ncols=True)
     since, t_log, sums = 0, time.perf_counter(), torch.zeros(4, dtype=torch.float64)
+    if window is not None:  # the open metrics window of the checkpoint
+        sums, since = window["sums"].clone(), int(window["since"])
     while step < cfg.iters:
         eps = torch.randn((B, *teacher.sample_shape), generator=g)[lo:hi].to(device)  # Alg. 1 line 2
         t = sample_times(g, cfg, B, step)[lo:hi].to(device)  # line 4
         cond, w = conds.draw(g, B, lo, hi)  # line 3
         boundary = cfg.boundary_every > 0 and step % cfg.boundary_every == 0
         loss, parts = boot_step(model, raw, info, teacher, eps, t, cond, w, cfg, boundary, clock)
-        run.check_finite(loss, step)
         with clock("student"):
             opt.zero_grad(set_to_none=True)
             loss.backward()  # DDP averages the gradients over ranks: the global-batch mean
+            run.check_update(loss, raw.parameters(), step + 1)  # loss and gradient norm, before the step
             opt.step()
             ema.update(raw)
         step, since = step + 1, since + 1
@@ -620,7 +628,7 @@ def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed,
         halt = stop is not None and stop.requested  # SIGINT / SIGTERM: checkpoint after this iteration
         if world > 1:  # one decision for all ranks (torchrun forwards the signal to each, not in step)
             halt = teachers.mean_over_ranks([float(halt)], device)[0] > 0
-        if step % cfg.log_every == 0 or step == cfg.iters or minutes_up or halt:
+        if step % cfg.log_every == 0 or step == cfg.iters or minutes_up:
             now = time.perf_counter()
             rec = log_record(sums, clock.take(), 1000 * (now - t_log), since, step, device)
             rec["elapsed_s"] = round(elapsed + time.time() - t_run, 1)
@@ -631,8 +639,8 @@ def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed,
         elif rank == 0:  # losses and the time split from the first iteration: this process's window so far
             bar.set_postfix(bar_stats(sums, clock.ms, 1000 * (time.perf_counter() - t_log), since), refresh=False)
         if step % cfg.ckpt_every == 0 or step == cfg.iters or minutes_up or halt:
-            checkpoint(run, raw, ema, opt, g, step, elapsed + time.time() - t_run)
-        if halt:
+            checkpoint(run, raw, ema, opt, g, step, elapsed + time.time() - t_run, {"sums": sums.clone(), "since": since})
+        if halt:  # the open metrics window travels in the checkpoint: the rerun logs what a straight run would
             break
         if minutes_up:
             print0(f"\n--minutes {cfg.minutes} reached at step {step}; rerun the command to continue")
@@ -671,9 +679,10 @@ def finish(cfg, raw, ema, info, teacher, conds, device):
     student = copy.deepcopy(raw)
     ema.copy_to(student)
     student.eval().requires_grad_(False)
-    d = Path(cfg.out) / "student"
-    student.save_pretrained(d / "unet")
-    (d / "generator.json").write_text(json.dumps(info, indent=2))
+    d, tmp = Path(cfg.out) / "student", Path(cfg.out) / f".student.tmp-{os.getpid()}"
+    student.save_pretrained(tmp / "unet")  # written aside, then swapped in whole
+    teachers.write_text_atomic(tmp / "generator.json", json.dumps(info, indent=2))
+    teachers.replace_dir(tmp, d)
     if cfg.preview or cfg.check:
         preview(cfg, student, info, teacher, conds, device)
     else:
@@ -703,7 +712,7 @@ def preview(cfg, student, info, teacher, conds, device):
     print0(f"mean sq. distance to the teacher's DDIM-50 from the same noise (n={n}): student 1-step "
            f"{dist['student']:.4f} | teacher DDIM-1 {dist['DDIM-1']:.4f}, DDIM-10 {dist['DDIM-10']:.4f}")
     print0(f"wrote {Path(cfg.out) / 'student'}" + (f" and {Path(cfg.out) / 'preview.png'}" if k else ""))
-    (Path(cfg.out) / "distance.json").write_text(json.dumps({"n": n, **dist}, indent=2))
+    teachers.write_text_atomic(Path(cfg.out) / "distance.json", json.dumps({"n": n, **dist}, indent=2))
     return dist
 
 
@@ -743,9 +752,7 @@ def preview_cond(cfg, teacher, conds, n, device):
 # One-step sampling of a finished run:  python boot.py sample RUN [--label K | --prompt TEXT] [--w W]
 # ---------------------------------------------------------------------------------------------
 def sample_main(argv):
-    import argparse
-
-    p = argparse.ArgumentParser(prog="boot.py sample", description="one-step samples of a finished BOOT run")
+    p = teachers.OneLineParser(prog="boot.py sample", description="one-step samples of a finished BOOT run")
     p.add_argument("run", help="run directory (with student/)")
     p.add_argument("--label", type=int, default=None, help="class label (class-conditional teachers)")
     p.add_argument("--prompt", default=None, help="text prompt (text-to-image teachers)")
@@ -756,6 +763,13 @@ def sample_main(argv):
     a = p.parse_args(argv)
     if a.n < 1:
         raise UserError("--n must be at least 1")
+    if a.w is not None and not math.isfinite(a.w):
+        raise UserError(f"--w must be a finite number, got {a.w}")
+    if not (Path(a.run) / "student" / "generator.json").is_file():
+        raise UserError(f"'{a.run}' has no student/generator.json (not a finished run directory)")
+    teachers.read_json(Path(a.run) / "student" / "generator.json", "student description")
+    teachers.check_model_dir(Path(a.run) / "student" / "unet", "student")
+    teachers.check_output_file(a.out or str(Path(a.run) / "samples.png"), "--out")
     quiet_libraries()
     gen = teachers.load_generator(a.run)
     cond = sample_cond(gen, a.label, a.prompt, a.n, a.seed)

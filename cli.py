@@ -90,4 +90,5 @@ def _optional_conv(typ):
     def conv(s):
         return None if s.lower() in ("none", "") else base(s)
 
+    conv.__name__ = base.__name__  # argparse: "invalid int value: 'abc'"
     return conv
