@@ -226,7 +226,7 @@ REGISTRY_W = {"digits": 1.0, "gmm": 1.0, "sd21": 7.5, "if": 7.0, "if-2": 4.0}
 
 def configure(argv):
     """(config, dry_run) from the command line, resolved and checked; --dry-run prints the config
-    with every default filled in. `--help` answers before torch loads (--dry-run reads the teacher's configs)."""
+    with every default filled in. `--help` is answered here before torch is imported."""
     p = cli.add_usage(cli.parser_from_dataclass(BootConfig, __doc__),
                       "boot.py sample RUN [--label K | --prompt TEXT] [--w W] [--n N] [--seed S] [--out PNG]")
     args = vars(p.parse_args(argv))
@@ -249,7 +249,7 @@ def configure(argv):
 
 
 if __name__ == "__main__" and sys.argv[1:2] != ["sample"] and cli.answers_alone(sys.argv[1:]):
-    sys.exit(cli.answer_alone(configure, sys.argv[1:], prefix="error: "))
+    configure(sys.argv[1:])  # --help: printed before torch is imported
 
 import torch  # noqa: E402  (below the config: --help answers without it)
 
@@ -587,7 +587,7 @@ def default_weight(cfg: BootConfig, teacher):
 # ---------------------------------------------------------------------------------------------
 def train(cfg: BootConfig):
     validate(cfg, int(os.environ.get("WORLD_SIZE", 1)))
-    teachers.check_hub(cfg.teacher, cfg.model_id, cfg.stage)  # before any process group
+    teachers.check_hub(cfg.teacher, cfg.model_id, cfg.stage)  # before any process group or download
     rank, world, device = teachers.dist_env()
     # every input check (teacher, student, run directory) on every process before a process group
     teacher, conds = load_all(cfg, device)
@@ -672,7 +672,7 @@ def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed,
         bar.update(1)
         flags = stop_flags(cfg, elapsed + time.time() - t_run, stop)
         minutes_up, halt = flags["minutes"], flags["halt"]  # halt: SIGINT / SIGTERM, checkpoint now
-        if step % cfg.log_every == 0 or step == cfg.iters or minutes_up or halt:
+        if step % cfg.log_every == 0 or step == cfg.iters or minutes_up:
             now = time.perf_counter()
             rec = log_record(sums, clock.take(), 1000 * (now - t_log), since, step, device)
             rec["elapsed_s"] = round(elapsed + time.time() - t_run, 1)
@@ -684,7 +684,7 @@ def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed,
             bar.set_postfix(bar_stats(sums, clock.ms, 1000 * (time.perf_counter() - t_log), since), refresh=False)
         if step % cfg.ckpt_every == 0 or step == cfg.iters or minutes_up or halt:
             checkpoint(run, raw, ema, opt, g, step, elapsed + time.time() - t_run, {"sums": sums.clone(), "since": since})
-        if halt:
+        if halt:  # the open metrics window travels in the checkpoint: the rerun logs what a straight run would
             if stop is not None:
                 stop.halted = True
             break

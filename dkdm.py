@@ -947,7 +947,7 @@ def main(argv=None):
         check_config(cfg)
         if cfg.sample:
             return sample_run(cfg)
-        teachers.check_hub(cfg.teacher, cfg.model_id)  # before any process group
+        teachers.check_hub(cfg.teacher, cfg.model_id)  # before any process group or download
         # every check (teacher, student, run directory) on every process before a process group
         rank, world, device = teachers.dist_env()
         teacher, student, run = prepare(cfg, rank, world, device)

@@ -789,7 +789,7 @@ def main(argv=None):
             train_classifier()
             return 0
         if cfg.teacher:
-            teachers.check_hub(cfg.teacher)  # before any process group
+            teachers.check_hub(cfg.teacher)  # before any process group or download
         rank, world, device = teachers.dist_env()
         try:
             records, rows, baseline = run_evaluation(cfg, rank, world, device)

@@ -683,6 +683,8 @@ def check_hub(name_or_path: str, model_id=None, stage: int = 1):
                         f"HF_HUB_OFFLINE is set: {fix.replace('REPO', repo)}")
     if int(os.environ.get("RANK", 0)) != 0:
         return
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
+        return  # behind a proxy a direct connection says nothing: the download reports its own error
     import socket
     from urllib.parse import urlparse
 

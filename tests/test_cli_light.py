@@ -1,6 +1,6 @@
-"""The command lines a newcomer meets first: `--help` of every script and boot.py's `--dry-run`
-answer without importing torch; the dry-run shows resolved values instead of nulls; one
-`sample RUN` shape in both training scripts."""
+"""The command lines a newcomer meets first: `--help` of every script answers without importing
+torch; the dry-run shows resolved values instead of nulls; one `sample RUN` shape in both
+training scripts."""
 import json
 import subprocess
 import sys
@@ -38,9 +38,9 @@ def test_help_answers_without_torch(script):
     assert out.startswith(f"usage: {script}")
 
 
-def test_boot_dry_run_without_torch_and_without_nulls_where_a_default_applies(tmp_path):
+def test_boot_dry_run_without_nulls_where_a_default_applies(tmp_path):
     out, _, facts = probe("boot.py", "--dry-run")
-    assert facts == {"code": 0, "torch": False, "diffusers": False}
+    assert facts["code"] == 0 and not facts["diffusers"]  # the input checks need torch, not diffusers
     cfg = json.loads(out)
     assert cfg["w"] == 1.0 and cfg["iters"] == 3000 and cfg["out"] == "runs/boot-digits"
     assert [k for k, v in cfg.items() if v is None] == ["model_id", "stage1_run", "prompts", "w_max", "minutes"]

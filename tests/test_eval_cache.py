@@ -7,7 +7,6 @@ import pytest
 
 import evaluate as E
 import teachers
-from test_evaluate import FakeStudent
 
 
 def records(path):
@@ -37,9 +36,11 @@ def test_teacher_rows_come_from_the_cache(tmp_path, monkeypatch, capsys):
 
 
 def test_run_directory_reuses_teacher_rows(tmp_path, monkeypatch, capsys):
-    run = tmp_path / "boot-gmm"
-    (run / "student").mkdir(parents=True)
-    monkeypatch.setattr(teachers, "load_generator", lambda d, device="cpu": FakeStudent(), raising=False)
+    import boot
+
+    run = tmp_path / "boot-gmm"  # a real (tiny) finished run
+    assert boot.main(["--teacher", "gmm", "--iters", "2", "--batch", "4", "--preview", "0", "--check", "0",
+                      "--out", str(run)]) == 0
     argv = ["--run", str(run), "--nfe", "1", "2", "--n", "40", "--features", "pixels"]
     assert E.main([*argv, "--json", str(tmp_path / "a.json")]) == 0
     assert len(list((run / "teacher-samples").iterdir())) == 2

@@ -50,6 +50,9 @@ def test_offline_and_not_cached_is_one_line_before_any_process_group(hub, no_pro
 def test_unreachable_hub_is_probed_once_on_rank_0(hub, monkeypatch):
     import socket
 
+    for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(k, raising=False)
+
     hub.HF_HUB_OFFLINE = False
     monkeypatch.setattr(hub, "ENDPOINT", "http://hub.invalid:1")
     calls = []
@@ -63,6 +66,10 @@ def test_unreachable_hub_is_probed_once_on_rank_0(hub, monkeypatch):
         teachers.check_hub("ddpm-cifar10")
     assert calls == [("hub.invalid", 1)]
     monkeypatch.setenv("RANK", "1")  # the other processes leave the probe (and the one line) to rank 0
+    teachers.check_hub("ddpm-cifar10")
+    assert len(calls) == 1
+    monkeypatch.delenv("RANK")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")  # a direct probe would mislead
     teachers.check_hub("ddpm-cifar10")
     assert len(calls) == 1
 
