@@ -149,7 +149,7 @@ RESUMABLE = ("iters", "minutes", "log_every", "ckpt_every", "preview", "check", 
              "keep", "export_every")  # may change on a rerun
 CHOICES = dict(solver=("euler", "heun"), weighting=("uniform", "lambda"), student=("auto", "copy", "small"),
                time_sampling=("uniform", "progressive"), clip=("auto", "none", "static", "dynamic"),
-               precision=teachers.PRECISIONS)
+               precision=cli.PRECISIONS)
 
 
 def resolve(cfg: BootConfig) -> BootConfig:

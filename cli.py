@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 HELP_FLAGS = ("-h", "--help")
+PRECISIONS = ("auto", "bf16", "fp32")  # the student's: auto = bf16 autocast + TF32 on a GPU, float32 on CPU
 
 
 class UserError(ValueError):

@@ -104,7 +104,7 @@ class DKDMConfig:
     synth_n: int | None = field(default=None, metadata={"help": "data-free baseline: synthetic set size; default the training-set size"})
     seed: int = field(default=0, metadata={"help": "seed of every random draw (process r uses seed + 1000003 r)"})
     half: bool = field(default=False, metadata={"help": "run the frozen teacher in float16 (GPU only; the same in boot.py)"})
-    precision: str = field(default="auto", metadata={"choices": list(teachers.PRECISIONS), "help": "student: auto (bf16 autocast + TF32 matmuls on a GPU, float32 on CPU), bf16, fp32"})
+    precision: str = field(default="auto", metadata={"choices": list(cli.PRECISIONS), "help": "student: auto (bf16 autocast + TF32 matmuls on a GPU, float32 on CPU), bf16, fp32"})
     grad_checkpointing: bool = field(default=False, metadata={"help": "recompute the student's activations in backward (less memory, more time)"})
     out: str | None = field(default=None, metadata={"help": "run dir; default runs/dkdm-<teacher>-<student>-<method>"})
     log_every: int = field(default=100, metadata={"help": "metrics.jsonl / progress interval"})

@@ -1318,7 +1318,7 @@ def memory_estimate(teacher_modules, teacher_bytes_per_param, student, act_per_s
 # ---------------------------------------------------------------------------------------------
 # Precision: the same three switches in boot.py and dkdm.py
 # ---------------------------------------------------------------------------------------------
-PRECISIONS = ("auto", "bf16", "fp32")
+from cli import PRECISIONS  # noqa: E402 (torch-free, shared with the configs)
 
 
 def teacher_dtype(half: bool, device):
