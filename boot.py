@@ -776,6 +776,8 @@ def sample_device(name):
 def sample_teacher(gen, prompt, device):
     """The teacher pipeline, loaded once, when sampling needs its text encoder or latent decoder."""
     info = gen.info
+    if info.get("text") and prompt is None:  # before loading anything
+        raise UserError("this student is text-conditioned: pass --prompt TEXT")
     if not (gen.latent or (prompt is not None and info.get("text"))):
         return None
     return teachers.load_teacher(info["teacher"], device, model_id=info.get("model_id"), stage=info.get("stage", 1))
