@@ -1102,17 +1102,17 @@ def collective(op: str, values, site: str) -> list:
     return v.tolist()
 
 
-def gather_objects(obj, site: str) -> list:
+def gather_objects(obj, site: str, world: int | None = None) -> list:
     """[obj of rank 0, obj of rank 1, ...] (picklable objects; [obj] in a single process).
     torch places the pickled bytes on the current CUDA device for NCCL (dist_setup sets it)."""
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    if not dist.is_initialized() and (world or 1) == 1:
         return [obj]
     _RUN["count"] += 1
-    if strict_dist():
+    if strict_dist() and dist.is_initialized():
         _check_call_site(site, _RUN["device"] or torch.device("cpu"))
-    parts = [None] * dist.get_world_size()
+    parts = [None] * (dist.get_world_size() if dist.is_initialized() else world)
     _dist_op("all_gather_object")(parts, obj)
     return parts
 
