@@ -172,6 +172,7 @@ def preset_for(cfg: BootConfig):
 
 def validate(cfg: BootConfig, world: int):
     """All checks that need no teacher: one-line UserErrors before anything is loaded or written."""
+    teachers.check_finite_fields(cfg)
     if cfg.preset not in (*PRESETS, "base"):
         raise UserError(f"unknown preset '{cfg.preset}' (known: {', '.join(PRESETS)}, base)")
     for name, allowed in CHOICES.items():
@@ -183,8 +184,10 @@ def validate(cfg: BootConfig, world: int):
         raise UserError(f"need 0 < delta <= t_max - t_min, got delta={cfg.delta}")
     if cfg.batch < 1 or cfg.batch % world:
         raise UserError(f"global batch {cfg.batch} is not a positive multiple of the {world} processes")
-    if cfg.iters < 0 or cfg.boundary_every < 0 or cfg.beta < 0 or cfg.lr <= 0 or not 0 <= cfg.ema < 1:
-        raise UserError("need iters >= 0, boundary-every >= 0, beta >= 0, lr > 0 and 0 <= ema < 1")
+    if cfg.iters < 1 or (cfg.minutes is not None and cfg.minutes <= 0):
+        raise UserError(f"need --iters >= 1 and --minutes > 0 (or unset), got iters={cfg.iters}, minutes={cfg.minutes}")
+    if cfg.boundary_every < 0 or cfg.beta < 0 or cfg.lr <= 0 or not 0 <= cfg.ema < 1:
+        raise UserError("need boundary-every >= 0, beta >= 0, lr > 0 and 0 <= ema < 1")
     if cfg.log_every < 1 or cfg.ckpt_every < 1 or cfg.preview < 0 or cfg.check < 0 or cfg.time_cond_dim < 2:
         raise UserError("need log-every >= 1, ckpt-every >= 1, preview >= 0, check >= 0, time-cond-dim >= 2")
     if cfg.keep < 1 or cfg.export_every < 0:
@@ -197,10 +200,17 @@ def validate(cfg: BootConfig, world: int):
         raise UserError("--stage 2 needs --stage1-run DIR, a finished stage-1 run of the same cascade")
     if cfg.stage == 2 and not (Path(cfg.stage1_run) / "student" / "generator.json").is_file():
         raise UserError(f"--stage1-run '{cfg.stage1_run}' is not a finished stage-1 run (no student/generator.json)")
+    if cfg.stage == 2:
+        teachers.read_json(Path(cfg.stage1_run) / "student" / "generator.json", "stage-1 student description")
+        teachers.check_model_dir(Path(cfg.stage1_run) / "student" / "unet", "stage-1 student")
+    if not 0 <= cfg.noise_level < 1000:
+        raise UserError(f"--noise-level must lie in 0..999, got {cfg.noise_level}")
     if cfg.half and not torch.cuda.is_available():
         raise UserError("--half needs a GPU (float16 teachers are slow and inexact on CPU)")
     if cfg.prompts is not None:
         teachers.load_prompts(cfg.prompts)
+    teachers.check_teacher_files(cfg.teacher, cfg.model_id, cfg.stage)
+    teachers.check_output_dir(cfg.out, "--out")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -532,59 +542,56 @@ def default_weight(cfg: BootConfig, teacher):
 # ---------------------------------------------------------------------------------------------
 def train(cfg: BootConfig):
     validate(cfg, int(os.environ.get("WORLD_SIZE", 1)))
+    rank, world, device = teachers.dist_env()
+    # every input check (teacher, student, run directory) on every process before a process group
+    teacher, conds = load_all(cfg, device)
+    run = teachers.RunDir(cfg.out, dataclasses.asdict(cfg), rank, resumable=RESUMABLE, keep=cfg.keep)
+    student, info = make_student(teacher, cfg, default_weight(cfg, teacher))
     rank, world, device = teachers.dist_setup()
     try:
-        return _train(cfg, rank, world, device)
+        run.start()
+        return _train(cfg, rank, world, device, teacher, conds, run, student, info)
     finally:
+        run.close()
         teachers.dist_teardown()
 
 
-def _train(cfg: BootConfig, rank, world, device):
-    teacher, conds = load_all(cfg, device)
-    run = teachers.RunDir(cfg.out, dataclasses.asdict(cfg), rank, resumable=RESUMABLE, keep=cfg.keep)
-    run.start()
-    student, info = make_student(teacher, cfg, default_weight(cfg, teacher))
+def _train(cfg: BootConfig, rank, world, device, teacher, conds, run, student, info):
     raw = student.to(device).train()
     teachers.enable_checkpointing(raw, cfg.grad_checkpointing)
     teachers.setup_precision(cfg.precision, device)
     ema = teachers.EMA(raw, cfg.ema)
     opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(cfg.seed)  # the global stream: same on every rank
-    step, elapsed = 0, 0.0
-    state = run.load(device)
+    step, elapsed, window = 0, 0.0, None
+    state = run.load()
+    run.truncate_metrics(None if state is None else state["step"])
     if state is not None:
         raw.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         g.set_state(state["gen"].cpu())  # a CPU generator's state, whatever the map_location
-        step, elapsed = state["step"], state["elapsed"]
-        drop_metrics_after(run, step)
+        step, elapsed, window = state["step"], state["elapsed"], state.get("window")
         print0(f"resuming {cfg.out} at step {step}")
     model = raw
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None)
-    step = loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed, rank, world, device)
+    step = loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed, rank, world, device, window)
     if rank == 0:
         finish(cfg, raw, ema, info, teacher, conds, device)
     return step
 
 
-def drop_metrics_after(run, step):
-    """A killed run may have logged past its last checkpoint: keep the records up to `step`."""
-    path = run.path / "metrics.jsonl"
-    if run.rank == 0 and path.is_file():
-        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-        path.write_text("".join(ln + "\n" for ln in keep))
-
-
-def checkpoint(run, raw, ema, opt, g, step, elapsed):
+def checkpoint(run, raw, ema, opt, g, step, elapsed, window=None):
+    """window = (loss sums, iterations) of the metrics window still open: a resumed run's next record
+    averages the same iterations as an uninterrupted run's."""
     run.save({"model": raw.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-              "gen": g.get_state(), "step": step, "elapsed": elapsed})
+              "gen": g.get_state(), "step": step, "elapsed": elapsed, "window": window})
 
 
-def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed, rank, world, device):
+def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed, rank, world, device, window=None):
     """Alg. 1 until cfg.iters (or cfg.minutes); checkpoints, metrics.jsonl, progress bar."""
     from tqdm import tqdm
 
@@ -593,16 +600,18 @@ def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed,
     clock, t_run = Clock(device), time.time()
     bar = tqdm(total=cfg.iters, initial=step, disable=rank != 0, desc=f"boot {cfg.teacher}", dynamic_ncols=True)
     since, t_log, sums = 0, time.perf_counter(), torch.zeros(4, dtype=torch.float64)
+    if window is not None:  # the open metrics window of the checkpoint
+        sums, since = window["sums"].clone(), int(window["since"])
     while step < cfg.iters:
         eps = torch.randn((B, *teacher.sample_shape), generator=g)[lo:hi].to(device)  # Alg. 1 line 2
         t = sample_times(g, cfg, B, step)[lo:hi].to(device)  # line 4
         cond, w = conds.draw(g, B, lo, hi)  # line 3
         boundary = cfg.boundary_every > 0 and step % cfg.boundary_every == 0
         loss, parts = boot_step(model, raw, info, teacher, eps, t, cond, w, cfg, boundary, clock)
-        run.check_finite(loss, step)
         with clock("student"):
             opt.zero_grad(set_to_none=True)
             loss.backward()  # DDP averages the gradients over ranks: the global-batch mean
+            run.check_update(loss, raw.parameters(), step + 1)  # loss and gradient norm, before the step
             opt.step()
             ema.update(raw)
         step, since = step + 1, since + 1
@@ -619,7 +628,7 @@ def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed,
                             ms=f"T{rec['ms_teacher']:.0f}/S{rec['ms_student']:.0f}/O{rec['ms_other']:.0f}")
             since, t_log, sums = 0, now, torch.zeros_like(sums)
         if step % cfg.ckpt_every == 0 or step == cfg.iters or minutes_up:
-            checkpoint(run, raw, ema, opt, g, step, elapsed + time.time() - t_run)
+            checkpoint(run, raw, ema, opt, g, step, elapsed + time.time() - t_run, {"sums": sums.clone(), "since": since})
         if cfg.export_every and step % cfg.export_every == 0 and step < cfg.iters and not minutes_up and rank == 0:
             finish(cfg, raw, ema, info, teacher, conds, device)  # student/ + preview.png to look at mid-run
         if minutes_up:
@@ -656,9 +665,10 @@ def finish(cfg, raw, ema, info, teacher, conds, device):
     student = copy.deepcopy(raw)
     ema.copy_to(student)
     student.eval().requires_grad_(False)
-    d = Path(cfg.out) / "student"
-    student.save_pretrained(d / "unet")
-    (d / "generator.json").write_text(json.dumps(info, indent=2))
+    d, tmp = Path(cfg.out) / "student", Path(cfg.out) / f".student.tmp-{os.getpid()}"
+    student.save_pretrained(tmp / "unet")  # written aside, then swapped in whole
+    teachers.write_text_atomic(tmp / "generator.json", json.dumps(info, indent=2))
+    teachers.replace_dir(tmp, d)
     if cfg.preview or cfg.check:
         preview(cfg, student, info, teacher, conds, device)
 
@@ -686,7 +696,7 @@ def preview(cfg, student, info, teacher, conds, device):
     print0(f"mean sq. distance to the teacher's DDIM-50 from the same noise (n={n}): student 1-step "
            f"{dist['student']:.4f} | teacher DDIM-1 {dist['DDIM-1']:.4f}, DDIM-10 {dist['DDIM-10']:.4f}")
     print0(f"wrote {Path(cfg.out) / 'student'}" + (f" and {Path(cfg.out) / 'preview.png'}" if k else ""))
-    (Path(cfg.out) / "distance.json").write_text(json.dumps({"n": n, **dist}, indent=2))
+    teachers.write_text_atomic(Path(cfg.out) / "distance.json", json.dumps({"n": n, **dist}, indent=2))
     return dist
 
 
@@ -726,9 +736,7 @@ def preview_cond(cfg, teacher, conds, n, device):
 # One-step sampling of a finished run:  python boot.py sample RUN [--label K | --prompt TEXT] [--w W]
 # ---------------------------------------------------------------------------------------------
 def sample_main(argv):
-    import argparse
-
-    p = argparse.ArgumentParser(prog="boot.py sample", description="one-step samples of a finished BOOT run")
+    p = teachers.OneLineParser(prog="boot.py sample", description="one-step samples of a finished BOOT run")
     p.add_argument("run", help="run directory (with student/)")
     p.add_argument("--label", type=int, default=None, help="class label (class-conditional teachers)")
     p.add_argument("--prompt", default=None, help="text prompt (text-to-image teachers)")
@@ -741,6 +749,13 @@ def sample_main(argv):
     if a.n < 1:
         raise UserError("--n must be at least 1")
     device = sample_device(a.device)
+    if a.w is not None and not math.isfinite(a.w):
+        raise UserError(f"--w must be a finite number, got {a.w}")
+    if not (Path(a.run) / "student" / "generator.json").is_file():
+        raise UserError(f"'{a.run}' has no student/generator.json (not a finished run directory)")
+    teachers.read_json(Path(a.run) / "student" / "generator.json", "student description")
+    teachers.check_model_dir(Path(a.run) / "student" / "unet", "student")
+    teachers.check_output_file(a.out or str(Path(a.run) / "samples.png"), "--out")
     quiet_libraries()
     gen = teachers.load_generator(a.run, device)
     teacher = sample_teacher(gen, a.prompt, device)  # loaded once: prompt encoder and latent decoder

@@ -492,11 +492,13 @@ def stream_file(run, rank, step):
     return run.path / "checkpoints" / f"stream-rank{rank}-step{step}.pt"
 
 
-def save_all(run, step, raw, ema, opt, stream, rank):
-    """Per-process pool (+ its generator) first, then the model checkpoint naming that step."""
+def save_all(run, step, raw, ema, opt, stream, rank, window=None):
+    """Per-process pool (+ its generator) first, then the model checkpoint naming that step (with the
+    open metrics window: sums and count, so a resumed run's next record equals the uninterrupted one's)."""
     teachers.save_checkpoint(stream_file(run, rank, step), stream.state_dict())
     barrier()
-    run.save({"model": raw.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step})
+    run.save({"model": raw.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
+              "window": window})
     barrier()
     keep = {stream_file(run, rank, s) for s in [*run.kept_steps(), step]}  # each kept checkpoint's pool
     for f in run.path.glob(f"checkpoints/stream-rank{rank}-step*.pt"):
@@ -546,7 +548,8 @@ def train(cfg, teacher, student, run, rank, world, device):
     model = DDP(raw) if world > 1 else raw
     ema = teachers.EMA(raw, cfg.ema)
     opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=0.0)
-    state, step = run.load(device), 0
+    state, step = run.load(), 0
+    run.truncate_metrics(None if state is None else state["step"])  # records past the checkpoint go
     if cfg.method in ("data", "data-free"):
         stream = data_stream(cfg, teacher, run.path, g, rank, w)
     else:
@@ -567,12 +570,14 @@ def train(cfg, teacher, student, run, rank, world, device):
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         step = state["step"]
-        stream.load_state_dict(teachers.load_checkpoint(stream_file(run, rank, step), map_location=device))
+        stream.load_state_dict(teachers.read_checkpoint(stream_file(run, rank, step), "knowledge-stream checkpoint"))
         print0(f"resumed from {run.ckpt} at step {step}")
     else:
         save_all(run, 0, raw, ema, opt, stream, rank)
 
-    started, acc = time.time(), [0.0] * 6  # loss, mse, vb, teacher s, student s, other s
+    started, acc, since = time.time(), [0.0] * 6, 0  # loss, mse, vb, teacher s, student s, other s
+    if state is not None and state.get("window"):
+        acc, since = list(state["window"]["acc"]), int(state["window"]["since"])
     bar = tqdm(total=cfg.iters, initial=step, disable=rank != 0, desc=f"dkdm {cfg.method}")
     while not stop_now(cfg, step, started):
         t0 = time.perf_counter()
@@ -582,35 +587,34 @@ def train(cfg, teacher, student, run, rank, world, device):
         loss, mse, vb, t_teacher = student_step(cfg, teacher, model, stream, b, w)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        run.check_update(loss, raw.parameters(), step + 1)  # loss and gradient norm, before the step
         torch.nn.utils.clip_grad_norm_(raw.parameters(), 1.0)
         opt.step()
         ema.update(raw)
         sync(device)
         t2 = time.perf_counter()
-        step += 1
+        step, since = step + 1, since + 1
         losses = (loss.item(), mse.item(), vb.item())
         bar.update(1)
         t_student, t_other = t2 - t1 - t_teacher, (t1 - t0) + (time.perf_counter() - t2)
         acc = [a + v for a, v in zip(acc, (*losses, t_teacher, t_student, t_other))]
         if step % cfg.log_every == 0 or step == cfg.iters:
-            log_progress(cfg, run, bar, step, acc, stream, device, teacher.schedule.T)
-            acc = [0.0] * 6
+            log_progress(cfg, run, bar, step, acc, stream, device, teacher.schedule.T, since)
+            acc, since = [0.0] * 6, 0
         if step % cfg.ckpt_every == 0:
-            save_all(run, step, raw, ema, opt, stream, rank)
+            save_all(run, step, raw, ema, opt, stream, rank, {"acc": acc, "since": since})
         if cfg.export_every and step % cfg.export_every == 0 and step < cfg.iters and rank == 0:
             write_preview(teacher, export_student(cfg, teacher, raw, ema, run.path), run.path / "preview.png")
     bar.close()
-    save_all(run, step, raw, ema, opt, stream, rank)
+    save_all(run, step, raw, ema, opt, stream, rank, {"acc": acc, "since": since})
     return raw, ema, step
 
 
-def log_progress(cfg, run, bar, step, acc, stream, device, T):
+def log_progress(cfg, run, bar, step, acc, stream, device, T, k):
     """metrics.jsonl + progress bar: losses (averaged over processes) and the time split per iteration:
     teacher = knowledge step (teacher forward + pool draw and write-back), student = forward,
     backward, AdamW and EMA, other = the rest of the loop."""
-    k = (step - 1) % cfg.log_every + 1
     loss, mse, vb, t_teacher, t_student, t_other = teachers.mean_over_ranks([a / k for a in acc], device)
-    run.check_finite(loss, step)
     rec = {"step": step, "loss": loss, "mse": mse, "vb": vb, "ms_iter": 1e3 * (t_teacher + t_student + t_other),
            "ms_teacher": 1e3 * t_teacher, "ms_student": 1e3 * t_student, "ms_other": 1e3 * t_other}
     if isinstance(stream, Pool):  # is the pool's t-histogram still flat? (std of 10 bins / mean)
@@ -657,7 +661,7 @@ def export_student(cfg, teacher, raw, ema, run_path):
 
     model = copy.deepcopy(raw).cpu()
     ema.copy_to(model)
-    final, tmp = Path(run_path) / "student", Path(run_path) / "student.tmp"
+    final, tmp = Path(run_path) / "student", Path(run_path) / f".student.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp / "unet")
     student_scheduler(cfg, teacher).save_pretrained(tmp / "scheduler")
@@ -671,8 +675,7 @@ def export_student(cfg, teacher, raw, ema, run_path):
         "sample_shape": list(teacher.sample_shape), "num_classes": teacher.num_classes,
         "latent": teacher.latent, "default_w": teacher.default_guidance, "class_name": cls,
         "training": cfg.method}, indent=2))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    teachers.replace_dir(tmp, final)  # never deletes the old export before the new one is whole
     return final
 
 
@@ -733,6 +736,7 @@ def sample_device(name):
 # ---------------------------------------------------------------------------------------------
 def check_config(cfg):
     """Errors that need no model."""
+    teachers.check_finite_fields(cfg)
     checks = [(cfg.rho > 0, "--rho must be positive"), (cfg.lam >= 0, "--lam must be non-negative"),
               (cfg.batch >= 1, "--batch must be at least 1"), (cfg.chains >= 1, "--chains must be at least 1"),
               (cfg.init_batch >= 1, "--init-batch must be at least 1"), (cfg.iters >= 1, "--iters must be at least 1"),
@@ -749,10 +753,23 @@ def check_config(cfg):
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    if cfg.width is not None and cfg.width < 1:
+        raise UserError("--width must be at least 1")
     if cfg.student not in ("cnn", "vit") and not (Path(cfg.student) / "config.json").is_file():
         raise UserError(f"unknown student '{cfg.student}' (cnn, vit, or a directory with a diffusers config.json)")
+    if cfg.student not in ("cnn", "vit"):
+        teachers.read_json(Path(cfg.student) / "config.json", "student config")
     if cfg.sample and not (Path(cfg.sample) / "student" / "generator.json").is_file():
         raise UserError(f"--sample: '{cfg.sample}' holds no student/generator.json (not a finished dkdm run)")
+    if cfg.sample:
+        info = teachers.read_json(Path(cfg.sample) / "student" / "generator.json", "student description")
+        if info.get("method") != "dkdm":
+            raise UserError(f"--sample: '{cfg.sample}' is not a dkdm run (its student is a {info.get('method')} student)")
+        teachers.check_model_dir(Path(cfg.sample) / "student", "student")
+        teachers.check_output_file(Path(cfg.sample) / f"samples-{cfg.sampler}{cfg.steps}.png", "--sample")
+    else:
+        teachers.check_teacher_files(cfg.teacher, cfg.model_id)
+        teachers.check_output_dir(run_dir(cfg), "--out")
 
 
 def prepare(cfg, rank, world, device):
@@ -771,10 +788,14 @@ def prepare(cfg, rank, world, device):
         need = int(staggered_counts(pool_size(cfg, teacher.schedule.T, cfg.batch // world), teacher.schedule.T).max())
         if cfg.chains < need:
             raise UserError(f"--chains {cfg.chains} is below the {need} pool entries per step (rho b); use well above")
-    out = cfg.out or f"runs/dkdm-{Path(cfg.teacher).name}-{Path(cfg.student).name}-{cfg.method}"
+    out = run_dir(cfg)
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in SAMPLING_FIELDS}
     config.update(out=out, world_size=world, pool_init=resolved_init(cfg) if cfg.method not in ("data", "data-free") else None)
     return teacher, student, teachers.RunDir(out, config, rank, resumable=RESUMABLE, keep=cfg.keep)
+
+
+def run_dir(cfg):
+    return cfg.out or f"runs/dkdm-{Path(cfg.teacher).name}-{Path(cfg.student).name}-{cfg.method}"
 
 
 def describe(cfg, teacher, student, run, world):
@@ -828,14 +849,15 @@ def main(argv=None):
         check_config(cfg)
         if cfg.sample:
             return sample_run(cfg)
+        # every check (teacher, student, run directory) on every process before a process group
+        rank, world, device = teachers.dist_env()
+        teacher, student, run = prepare(cfg, rank, world, device)
+        if dry_run:
+            facts = describe(cfg, teacher, student, run, world)
+            print0(json.dumps({**facts, "memory_estimate": memory_report(cfg, teacher, student, world)}, indent=2))
+            return 0
         rank, world, device = teachers.dist_setup()
         try:
-            teacher, student, run = prepare(cfg, rank, world, device)
-            if dry_run:
-                facts = describe(cfg, teacher, student, run, world)
-                print0(json.dumps({**facts, "memory_estimate": memory_report(cfg, teacher, student, world)}, indent=2))
-                return 0
-            barrier()
             run.start()
             barrier()
             print0(json.dumps(describe(cfg, teacher, student, run, world), indent=2))
@@ -846,9 +868,11 @@ def main(argv=None):
                 print0(f"{step} iterations; student -> {d}; preview -> {run.path / 'preview.png'}")
             barrier()
         finally:
+            run.close()
             teachers.dist_teardown()
     except UserError as e:
-        print(f"dkdm.py: error: {e}", file=sys.stderr)
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"dkdm.py: error: {e}", file=sys.stderr)
         return 2
     return 0
 

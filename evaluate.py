@@ -44,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import sys
 import time
 import warnings
@@ -544,6 +545,7 @@ def split_real(n_real, n_held, seed=0):
 # ---------------------------------------------------------------------------------------------
 def check_config(cfg: EvalConfig):
     """Argument errors that need no model: raised before any work."""
+    teachers.check_finite_fields(cfg)
     if not cfg.train_classifier and (cfg.teacher is None) == (cfg.run is None):
         raise UserError("give exactly one of --teacher NAME or --run DIR (or --train-classifier)")
     if cfg.n < 4:
@@ -554,8 +556,43 @@ def check_config(cfg: EvalConfig):
         if space not in FEATURE_SPACES:
             raise UserError(f"unknown feature space '{space}' (known: {', '.join(FEATURE_SPACES)})")
     for flag, out in (("--json", cfg.json), ("--grid", cfg.grid)):
-        if out and not Path(out).resolve().parent.is_dir():
-            raise UserError(f"{flag}: directory of '{out}' does not exist")
+        if out:
+            teachers.check_output_file(out, flag)
+    if cfg.train_classifier:
+        teachers.check_output_dir(CLASSIFIER_DIR, "--train-classifier")
+        return
+    if cfg.prompts:
+        teachers.load_prompts(cfg.prompts)
+    if cfg.ref:
+        check_image_folder(cfg.ref)
+    if cfg.run:
+        p = Path(cfg.run)
+        if not p.is_dir():
+            raise UserError(f"run directory '{cfg.run}' does not exist")
+        if not any(p.iterdir()):
+            raise UserError(f"run directory '{cfg.run}' is empty")
+        if not (p / "student" / "generator.json").is_file():
+            raise UserError(f"run directory '{cfg.run}' has no student/generator.json (has training finished?)")
+        info = teachers.read_json(p / "student" / "generator.json", "student description")
+        teachers.check_model_dir(p / "student" if info.get("method") == "dkdm" else p / "student" / "unet", "student")
+        teachers.check_teacher_files(info.get("teacher", ""), info.get("model_id"), info.get("stage", 1))
+    else:
+        teachers.check_teacher_files(cfg.teacher)
+
+
+def check_image_folder(path):
+    """Every image of --ref opens and decodes (one line naming the first file that does not)."""
+    from PIL import Image
+
+    p = Path(path)
+    if not p.is_dir():
+        raise UserError(f"image folder '{path}' does not exist")
+    for f in sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTS):
+        try:
+            with Image.open(f) as im:
+                im.verify()
+        except Exception as e:  # noqa: BLE001 - PIL raises UnidentifiedImageError, OSError, SyntaxError
+            raise UserError(f"--ref: '{f}' is not a readable image ({type(e).__name__})") from None
 
 
 def run_evaluation(cfg: EvalConfig, rank=0, world=1, device="cpu"):
@@ -583,6 +620,8 @@ def run_evaluation(cfg: EvalConfig, rank=0, world=1, device="cpu"):
     if "digits" in spaces:
         load_classifier()
     w = cfg.w if cfg.w is not None else teacher.default_guidance
+    if world > 1:  # every check above ran on every process before the process group is made
+        teachers.dist_setup()
 
     records, rows = [], []
     held, refh = split_real(len(real), cfg.n)
@@ -619,13 +658,14 @@ def main(argv=None):
         if cfg.train_classifier:
             train_classifier()
             return 0
-        rank, world, device = teachers.dist_setup()
+        rank, world, device = teachers.dist_env()
         try:
             records, rows, baseline = run_evaluation(cfg, rank, world, device)
         finally:
             teachers.dist_teardown()
     except UserError as e:
-        print(f"evaluate.py: error: {e}", file=sys.stderr)
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"evaluate.py: error: {e}", file=sys.stderr)
         return 2
     if rank == 0:
         n_real = records[0]["n"] + records[0]["n_ref"]

@@ -666,6 +666,12 @@ def _load_component(cls, path_or_id, sub, dtype=None):
         return _empty_component(cls, path_or_id, sub, dtype)
     kw = {"torch_dtype": dtype} if dtype is not None else {}
     where, subfolder = _sub(path_or_id, sub)
+    if Path(path_or_id).is_dir():  # local: the component's own folder, else (single-model dirs) the root
+        where = where if Path(where).is_dir() else path_or_id
+        try:
+            return cls.from_pretrained(where, **kw)
+        except Exception as e:  # noqa: BLE001 - the real cause as one line, not a fallback's
+            raise UserError(f"cannot load {sub} from '{where}': {type(e).__name__}: {_first_line(e)}") from None
     try:
         return cls.from_pretrained(where, **kw, **({"subfolder": subfolder} if subfolder else {}))
     except OSError:
@@ -914,7 +920,7 @@ class Generator:
         d = Path(run_dir) / "student"
         if not (d / "generator.json").is_file():
             raise UserError(f"'{run_dir}' has no student/generator.json (not a finished run directory)")
-        self.info = json.loads((d / "generator.json").read_text())
+        self.info = read_json(d / "generator.json", "student description")
         self.teacher_name = self.info["teacher"]
         self.sample_shape = tuple(self.info["sample_shape"])
         self.num_classes = self.info.get("num_classes")
@@ -1007,6 +1013,15 @@ def dist_setup():
     return rank, world, device
 
 
+def dist_env():
+    """(rank, world_size, device) from torchrun's environment, without making a process group:
+    every process runs the same input checks before dist_setup, and all stop alike."""
+    rank, world, local = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
+    if not torch.cuda.is_available():
+        return rank, world, torch.device("cpu")
+    return rank, world, torch.device("cuda", local) if "RANK" in os.environ else torch.device("cuda")
+
+
 def dist_teardown():
     import torch.distributed as dist
 
@@ -1078,7 +1093,7 @@ def _check_call_site(site: str, device):
 def collective(op: str, values, site: str) -> list:
     """One cross-process exchange of a few numbers; in a single process, the values themselves.
 
-    op: "mean" (averaged over ranks), "sum", or "broadcast" (rank 0's values on every rank). The
+    op: "mean" (averaged over ranks), "sum", "min", or "broadcast" (rank 0's values on every rank). The
     tensor is built here on the run device (NCCL needs the GPU's), never passed in by a caller.
     """
     import torch.distributed as dist
@@ -1097,6 +1112,8 @@ def collective(op: str, values, site: str) -> list:
         _dist_op("all_reduce")(v)
         if op == "mean":
             v /= dist.get_world_size()
+    elif op == "min":
+        _dist_op("all_reduce")(v, op=dist.ReduceOp.MIN)
     else:
         raise ValueError(f"unknown collective '{op}'")
     return v.tolist()
@@ -1278,13 +1295,79 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path, state: dict):
-    """Atomic: write to a temp file beside it, then os.replace (a crash never leaves half a file)."""
+def fsync_dir(path):
+    """Make a rename inside directory `path` durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path, write):
+    """write(file) into a uniquely named temp file beside `path`, fsync it, os.replace, fsync the directory."""
+    import tempfile
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def save_checkpoint(path, state: dict):
+    """Atomic: a unique temp file beside it, fsync, os.replace, fsync of the directory (a crash never
+    leaves half a file, two writers never share a temp name)."""
+    _atomic_write(path, lambda f: torch.save(state, f))
+
+
+def write_text_atomic(path, text: str):
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def replace_dir(tmp, final):
+    """Move a fully written directory `tmp` to `final`, replacing an old one: an atomic exchange where
+    the OS offers it (Linux renameat2), else rename-aside; `final` never holds a half-written export."""
+    import shutil
+
+    tmp, final = Path(tmp), Path(final)
+    fsync_dir(tmp)
+    if final.exists() and _exchange(tmp, final):
+        shutil.rmtree(tmp)  # now holds the old export
+    else:
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        if final.exists():
+            os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(final.parent)
+
+
+def _exchange(a, b) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0
 
 
 def load_checkpoint(path, map_location="cpu", mmap=False):
@@ -1294,40 +1377,301 @@ def load_checkpoint(path, map_location="cpu", mmap=False):
     return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
 
 
+def read_checkpoint(path, what="checkpoint", mmap=False):
+    """load_checkpoint with a one-line UserError for a truncated or corrupt file."""
+    try:
+        return load_checkpoint(path, mmap=mmap)
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError / EOFError / pickle errors
+        raise UserError(f"{what} '{path}' cannot be read ({type(e).__name__}: {_first_line(e)}); "
+                        f"it is truncated or corrupt: delete it to start over") from None
+
+
+def nonfinite_tensors(state) -> int:
+    """How many floating tensors anywhere in a (nested) state dict hold a NaN or an infinity."""
+    if torch.is_tensor(state):
+        return int(state.is_floating_point() and not bool(torch.isfinite(state).all()))
+    if isinstance(state, dict):
+        return sum(nonfinite_tensors(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(nonfinite_tensors(v) for v in state)
+    return 0
+
+
+def update_is_finite(loss, parameters) -> bool:
+    """The update about to be applied is finite: the loss and the gradient norm (after backward,
+    before optimizer.step). Agreed over torchrun processes, so all of them stop together."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+    ok = float(bool(torch.isfinite(loss.detach()).all()) and bool(torch.isfinite(norm)))
+    return collective("min", [ok], "update_is_finite")[0] > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks shared by every CLI: numbers, paths, JSON, safetensors, run directories. Each
+# raises a one-line UserError and writes nothing, so they all run before any work.
+# ---------------------------------------------------------------------------------------------
+def _first_line(e) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def check_finite_fields(cfg, skip=()):
+    """Every float (or tuple of floats) field of a config dataclass is a finite number."""
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        for x in (v if isinstance(v, (tuple, list)) else (v,)):
+            if isinstance(x, float) and not math.isfinite(x) and f.name not in skip:
+                raise UserError(f"--{f.name.replace('_', '-')} must be a finite number, got {x}")
+
+
+def _probe_writable(d: Path) -> bool:
+    """Can files be created in directory d? (an unnamed O_TMPFILE where possible: nothing appears)"""
+    import tempfile
+
+    try:
+        tempfile.TemporaryFile(dir=d).close()
+        return True
+    except OSError:
+        return False
+
+
+def check_output_file(path, flag: str):
+    """An output file we will create or overwrite: not a directory, in an existing writable directory."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserError(f"{flag} '{path}' is a directory, not a file")
+    parent = p.resolve().parent
+    if not parent.is_dir():
+        raise UserError(f"{flag}: directory of '{path}' does not exist")
+    if not _probe_writable(parent) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UserError(f"{flag} '{path}' is not writable")
+
+
+def check_output_dir(path, flag: str = "--out"):
+    """A directory we will create or write into: not a file, under a writable existing ancestor."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{flag} '{path}' is a file, not a directory")
+    q = p.resolve()
+    while not q.exists():
+        q = q.parent
+    if not q.is_dir():
+        raise UserError(f"{flag} '{path}' lies under the file '{q}'")
+    if not _probe_writable(q):
+        raise UserError(f"{flag} '{path}' is not writable ('{q}' refuses new files)")
+
+
+def read_json(path, what: str) -> dict:
+    """A JSON object from a file, or a one-line UserError naming the file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{what} '{path}' does not exist") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"{what} '{path}' is not valid JSON ({_first_line(e)})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{what} '{path}' is not a JSON object")
+    return data
+
+
+def check_safetensors(path):
+    """The safetensors header parses and covers the whole file (catches truncated / corrupt weights)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            f.keys()
+    except Exception as e:  # noqa: BLE001 - SafetensorError and OSError alike
+        raise UserError(f"weights file '{path}' is truncated or corrupt ({_first_line(e)})") from None
+
+
+def check_model_dir(path, what="model"):
+    """A local diffusers directory, without loading it: model_index.json / config.json parse, every
+    listed component has its folder, every config parses, every safetensors header is whole."""
+    d = Path(path)
+    if (d / "model_index.json").is_file():
+        index = read_json(d / "model_index.json", f"{what} index")
+        parts = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v and v[0]]
+        for k in parts:
+            if not (d / k).is_dir():
+                raise UserError(f"{what} '{path}' lists '{k}' in model_index.json but has no {k}/ folder")
+        dirs = [d / k for k in parts]
+    elif (d / "config.json").is_file():
+        dirs = [d]
+    else:
+        raise UserError(f"{what} '{path}' holds neither model_index.json nor config.json")
+    for sub in dirs:
+        for name in ("config.json", "scheduler_config.json"):
+            if (sub / name).is_file():
+                read_json(sub / name, f"{what} config")
+        for f in sorted(sub.glob("*.safetensors")):
+            check_safetensors(f)
+
+
+def teacher_location(name_or_path, model_id=None, stage=1):
+    """The local directory a teacher loads from, or None (analytic, or a hub id)."""
+    if name_or_path == "gmm":
+        return None
+    if name_or_path in REGISTRY:
+        where = model_id or (IF_STAGE2_ID if (name_or_path == "if" and stage == 2) else REGISTRY[name_or_path].default_id)
+    else:
+        where = name_or_path
+    p = Path(where).expanduser() if where else None
+    return p if p is not None and p.exists() else None
+
+
+def check_teacher_files(name_or_path, model_id=None, stage=1):
+    """Preflight of a local teacher directory (no weights loaded)."""
+    where = teacher_location(name_or_path, model_id, stage)
+    if where is None:
+        return
+    if not where.is_dir():
+        raise UserError(f"teacher '{where}' is a file, not a diffusers directory")
+    check_model_dir(where, "teacher")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """run.lock in a run directory: one writer at a time. The holder is this process, or under
+    torchrun the launcher (the parent of every rank); the lock of a dead holder is taken over."""
+
+    def __init__(self, run_dir):
+        self.path = Path(run_dir) / "run.lock"
+        self.owned = False
+
+    @staticmethod
+    def me() -> dict:
+        import socket
+
+        torchrun = "TORCHELASTIC_RUN_ID" in os.environ
+        return {"pid": os.getppid() if torchrun else os.getpid(), "host": socket.gethostname(),
+                "group": os.environ.get("TORCHELASTIC_RUN_ID")}
+
+    def holder(self):
+        """The lock's holder if it is alive and not us (else None)."""
+        try:
+            other = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        me = self.me()
+        if other == me or (other.get("host") == me["host"] and not pid_alive(int(other.get("pid", -1)))):
+            return None
+        return other
+
+    def check(self):
+        other = self.holder()
+        if other is not None:
+            raise UserError(f"run directory '{self.path.parent}' is in use by process {other['pid']} on "
+                            f"{other['host']} ({self.path}); wait for it to finish or pass another --out")
+
+    def acquire(self):
+        import tempfile
+
+        me = self.me()
+        for _ in range(5):
+            fd, tmp = tempfile.mkstemp(prefix=".run.lock.", dir=self.path.parent)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(me))
+            try:
+                os.link(tmp, self.path)  # creates the lock only if absent, with its content in place
+                self.owned = True
+                return
+            except FileExistsError:
+                pass
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+            self.check()  # a live holder: one line and stop
+            try:
+                if json.loads(self.path.read_text()) == me:
+                    return  # another process of our own torchrun group took it
+            except (OSError, ValueError):
+                pass
+            stale = self.path.with_name(f".run.lock.stale-{os.getpid()}")
+            try:  # the holder is dead: move its lock aside and try again
+                os.rename(self.path, stale)
+                stale.unlink()
+            except FileNotFoundError:
+                pass
+        self.check()
+
+    def release(self):
+        if self.owned:
+            self.path.unlink(missing_ok=True)
+            self.owned = False
+
+
+def _same_value(a, b) -> bool:
+    """Config values compare equal, paths by where they point (a relative --teacher, a moved run)."""
+    if a == b:
+        return True
+    if isinstance(a, str) and isinstance(b, str) and Path(a).expanduser().exists() and Path(b).expanduser().exists():
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    return False
+
+
 class RunDir:
     """A run directory: config.json, metrics.jsonl, checkpoints/latest.pt, student/, preview.png.
 
     Rerunning the same command resumes from checkpoints/latest.pt; a different config in an existing
-    directory is refused (fields in `resumable` — e.g. the iteration budget — may change).
+    directory is refused (fields in `resumable` — e.g. the iteration budget — may change; `out`
+    itself never counts, so a moved directory or a relative --out resumes). Constructing one checks
+    everything (--out writable, config.json and latest.pt readable, the lock free) and writes nothing.
     """
 
     def __init__(self, path, config: dict, rank: int = 0, resumable=("iters", "minutes", "log_every", "ckpt_every"),
                  keep: int = 1):
         self.path, self.rank, self.keep = Path(path), rank, keep
         self.ckpt = self.path / "checkpoints" / "latest.pt"
+        check_output_dir(self.path, "--out")
         cfg_file = self.path / "config.json"
-        if cfg_file.is_file():
-            old = json.loads(cfg_file.read_text())
-            diff = sorted(k for k in set(old) | set(config) if k not in resumable and old.get(k) != config.get(k))
+        if cfg_file.exists():
+            old = read_json(cfg_file, "run config")
+            ignore = set(resumable) | {"out"}
+            diff = sorted(k for k in set(old) | set(config) if k not in ignore and not _same_value(old.get(k), config.get(k)))
             if diff:
                 raise UserError(f"run directory '{self.path}' holds a run with another config "
                                 f"(differs in {', '.join(diff)}); pass another --out or delete it")
         self.config = config
+        self.lock = RunLock(self.path)
+        self.lock.check()
+        self._state = read_checkpoint(self.ckpt, mmap=True) if self.ckpt.is_file() else None
 
     def start(self):
-        """Create the directory and write config.json (call after all input checks passed)."""
+        """Create the directory, take the lock, write config.json (call after all input checks passed)."""
+        self.path.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
+            self.lock.acquire()
             (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
-            (self.path / "config.json").write_text(json.dumps(self.config, indent=2))
+            for tmp in (self.path / "checkpoints").glob(".*.tmp"):  # left by a writer killed mid-save
+                tmp.unlink(missing_ok=True)
+            write_text_atomic(self.path / "config.json", json.dumps(self.config, indent=2))
 
-    def load(self, device="cpu"):
-        """The latest checkpoint, memory-mapped, its tensors on this rank's device (None if none)."""
-        return load_checkpoint(self.ckpt, map_location=device, mmap=True) if self.ckpt.is_file() else None
+    def close(self):
+        self.lock.release()
+
+    def load(self):
+        """The latest checkpoint, memory-mapped (read at construction): load_state_dict then copies each
+        tensor straight into the rank's parameters, so no rank holds the whole file in memory."""
+        state, self._state = self._state, None
+        return state
 
     def save(self, state: dict):
         """checkpoints/latest.pt; with keep > 1 it links to step-<step>.pt and the last `keep` of those stay."""
         if self.rank != 0:
             return
+        bad = nonfinite_tensors({k: state[k] for k in ("model", "ema") if k in state})
+        if bad:
+            raise SystemExit(f"error: {bad} non-finite tensors in the weights at step {state.get('step')}; "
+                             f"not checkpointed, {self.kept()}")
         if self.keep <= 1:
             save_checkpoint(self.ckpt, state)
             return
@@ -1345,16 +1689,41 @@ class RunDir:
         steps = [int(f.stem.split("-")[1]) for f in self.ckpt.parent.glob("step-*.pt")]
         return sorted(steps)[-self.keep:] if self.keep > 1 else []
 
+    def kept(self) -> str:
+        if not self.ckpt.is_file():
+            return "no checkpoint yet"
+        step = load_checkpoint(self.ckpt, mmap=True).get("step")
+        return f"last good checkpoint (step {step}) kept at {self.ckpt}"
+
     def log(self, record: dict):
         if self.rank == 0:
             with open(self.path / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def truncate_metrics(self, step):
+        """Keep the metrics.jsonl records up to checkpoint `step` (all of them removed when None):
+        a killed run may have logged past its last checkpoint; the resumed run logs them again."""
+        path = self.path / "metrics.jsonl"
+        if self.rank != 0 or not path.is_file():
+            return
+        keep = []
+        for ln in path.read_text().splitlines():
+            try:
+                if step is not None and json.loads(ln)["step"] <= step:
+                    keep.append(ln)
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut by a kill
+        write_text_atomic(path, "".join(ln + "\n" for ln in keep))
+
     def check_finite(self, loss, step: int):
         """Stop a diverged run with a message naming the step; the last good checkpoint stays."""
         if not torch.isfinite(torch.as_tensor(loss)).all():
-            kept = f"last good checkpoint kept at {self.ckpt}" if self.ckpt.is_file() else "no checkpoint yet"
-            raise SystemExit(f"error: non-finite loss at step {step}; {kept}")
+            raise SystemExit(f"error: non-finite loss at step {step}; {self.kept()}")
+
+    def check_update(self, loss, parameters, step: int):
+        """Before optimizer.step: stop when the loss or the gradient norm of iteration `step` is not finite."""
+        if not update_is_finite(loss, parameters):
+            raise SystemExit(f"error: non-finite loss or gradient norm at iteration {step}; not applied, {self.kept()}")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -1395,6 +1764,7 @@ def _optional_conv(typ):
     def conv(s):
         return None if s.lower() in ("none", "") else base(s)
 
+    conv.__name__ = base.__name__  # argparse: "invalid int value: 'abc'"
     return conv
 
 
@@ -1420,6 +1790,17 @@ def main(argv=None):
     p.add_argument("--train-digits", action="store_true", help="train the embedded digits teacher")
     args = p.parse_args(argv)
     try:
+        if args.w is not None and not math.isfinite(args.w):
+            raise UserError(f"--w must be a finite number, got {args.w}")
+        if args.sample:
+            if args.n < 1 or args.steps < 1:
+                raise UserError("--n and --steps must be at least 1")
+            check_teacher_files(args.sample)
+            check_output_file(args.out, "--out")
+        if args.train_digits:
+            if args.train_steps < 1:
+                raise UserError("--train-steps must be at least 1")
+            check_output_dir(DIGITS_DIR, "--train-digits")
         if args.list:
             for name, e in REGISTRY.items():
                 print(f"{name:14s} {e.kind:9s} {e.default_id or '(built in)':42s} {e.about}")

@@ -205,6 +205,9 @@ def test_killed_run_rerun_reproduces_the_uninterrupted_run(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), key
     steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps))  # no record twice after the resume
+    clockless = lambda run: [{k: v for k, v in json.loads(x).items() if not k.startswith(("ms_", "elapsed"))}  # noqa: E731
+                             for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert clockless(tmp_path / "a") == clockless(tmp_path / "b")  # the open window was resumed, not restarted
 
 
 @pytest.mark.slow
