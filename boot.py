@@ -610,7 +610,7 @@ def _train(cfg: BootConfig, rank, world, device, teacher, conds, run, student, i
     opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(cfg.seed)  # the global stream: same on every rank
     step, elapsed, window = 0, 0.0, None
-    state = run.load(device)
+    state = run.load()
     run.truncate_metrics(None if state is None else state["step"])
     if state is not None:
         raw.load_state_dict(state["model"])

@@ -618,7 +618,7 @@ def train(cfg, teacher, student, run, rank, world, device, stop=None):
     model = DDP(raw) if world > 1 else raw
     ema = teachers.EMA(raw, cfg.ema)
     opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=0.0)
-    state, step = run.load(device), 0
+    state, step = run.load(), 0
     run.truncate_metrics(None if state is None else state["step"])  # records past the checkpoint go
     if cfg.method in ("data", "data-free"):
         stream = data_stream(cfg, teacher, run.path, g, rank, w)

@@ -422,7 +422,7 @@ def generate(sample, seeds, batch, rank=0, world=1, warmup=1, desc=None):
     local = torch.cat(chunks) if chunks else None
     if world == 1:
         return local, len(seeds) / seconds
-    parts = teachers.gather_objects((local, seconds), "evaluate.generate")
+    parts = teachers.gather_objects((local, seconds), "evaluate.generate", world)
     first = next(p[0] for p in parts if p[0] is not None)
     images = torch.empty(len(seeds), *first.shape[1:], dtype=first.dtype)
     for r, (part, _) in enumerate(parts):

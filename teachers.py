@@ -1202,7 +1202,7 @@ def _check_call_site(site: str, device):
 def collective(op: str, values, site: str) -> list:
     """One cross-process exchange of a few numbers; in a single process, the values themselves.
 
-    op: "mean" (averaged over ranks), "sum", or "broadcast" (rank 0's values on every rank). The
+    op: "mean" (averaged over ranks), "sum", "min", or "broadcast" (rank 0's values on every rank). The
     tensor is built here on the run device (NCCL needs the GPU's), never passed in by a caller.
     """
     import torch.distributed as dist
@@ -1221,22 +1221,24 @@ def collective(op: str, values, site: str) -> list:
         _dist_op("all_reduce")(v)
         if op == "mean":
             v /= dist.get_world_size()
+    elif op == "min":
+        _dist_op("all_reduce")(v, op=dist.ReduceOp.MIN)
     else:
         raise ValueError(f"unknown collective '{op}'")
     return v.tolist()
 
 
-def gather_objects(obj, site: str) -> list:
+def gather_objects(obj, site: str, world: int | None = None) -> list:
     """[obj of rank 0, obj of rank 1, ...] (picklable objects; [obj] in a single process).
     torch places the pickled bytes on the current CUDA device for NCCL (dist_setup sets it)."""
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    if not dist.is_initialized() and (world or 1) == 1:
         return [obj]
     _RUN["count"] += 1
-    if strict_dist():
+    if strict_dist() and dist.is_initialized():
         _check_call_site(site, _RUN["device"] or torch.device("cpu"))
-    parts = [None] * dist.get_world_size()
+    parts = [None] * (dist.get_world_size() if dist.is_initialized() else world)
     _dist_op("all_gather_object")(parts, obj)
     return parts
 
@@ -1484,10 +1486,10 @@ def load_checkpoint(path, map_location="cpu", mmap=False):
     return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
 
 
-def read_checkpoint(path, what="checkpoint"):
+def read_checkpoint(path, what="checkpoint", mmap=False):
     """load_checkpoint with a one-line UserError for a truncated or corrupt file."""
     try:
-        return load_checkpoint(path, mmap=True)  # mapped, not read whole into memory on every rank
+        return load_checkpoint(path, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError / EOFError / pickle errors
         raise UserError(f"{what} '{path}' cannot be read ({type(e).__name__}: {_first_line(e)}); "
                         f"it is truncated or corrupt: delete it to start over") from None
@@ -1506,11 +1508,11 @@ def nonfinite_tensors(state) -> int:
 
 def update_is_finite(loss, parameters) -> bool:
     """The update about to be applied is finite: the loss and the gradient norm (after backward,
-    before optimizer.step). Agreed over torchrun processes (any rank's non-finite update stops all)."""
+    before optimizer.step). Agreed over torchrun processes, so all of them stop together."""
     grads = [p.grad for p in parameters if p.grad is not None]
     norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-    bad = float(not (bool(torch.isfinite(loss.detach()).all()) and bool(torch.isfinite(norm))))
-    return collective("sum", [bad], "update_is_finite")[0] == 0
+    ok = float(bool(torch.isfinite(loss.detach()).all()) and bool(torch.isfinite(norm)))
+    return collective("min", [ok], "update_is_finite")[0] > 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1750,7 +1752,7 @@ class RunDir:
         self.config = config
         self.lock = RunLock(self.path)
         self.lock.check()
-        self._state = read_checkpoint(self.ckpt) if self.ckpt.is_file() else None
+        self._state = read_checkpoint(self.ckpt, mmap=True) if self.ckpt.is_file() else None
 
     def start(self):
         """Create the directory, take the lock, write config.json (call after all input checks passed)."""
@@ -1765,17 +1767,14 @@ class RunDir:
     def close(self):
         self.lock.release()
 
-    def load(self, device="cpu"):
-        """The latest checkpoint (read and checked when the RunDir was made), memory-mapped, its
-        tensors on this rank's device; None if there is none."""
+    def load(self):
+        """The latest checkpoint, memory-mapped (read at construction): load_state_dict then copies each
+        tensor straight into the rank's parameters, so no rank holds the whole file in memory."""
         state, self._state = self._state, None
-        if state is not None and torch.device(device).type != "cpu":
-            state = load_checkpoint(self.ckpt, map_location=device, mmap=True)
         return state
 
     def save(self, state: dict):
-        """checkpoints/latest.pt of finite weights only; with keep > 1 it links to step-<step>.pt and
-        the last `keep` of those stay."""
+        """checkpoints/latest.pt; with keep > 1 it links to step-<step>.pt and the last `keep` of those stay."""
         if self.rank != 0:
             return
         bad = nonfinite_tensors({k: state[k] for k in ("model", "ema") if k in state})
@@ -1802,7 +1801,7 @@ class RunDir:
     def kept(self) -> str:
         if not self.ckpt.is_file():
             return "no checkpoint yet"
-        step = load_checkpoint(self.ckpt).get("step")
+        step = load_checkpoint(self.ckpt, mmap=True).get("step")
         return f"last good checkpoint (step {step}) kept at {self.ckpt}"
 
     def log(self, record: dict):

@@ -36,7 +36,7 @@ def test_dkdm_keeps_pools_of_kept_checkpoints_and_exports_mid_run(tmp_path, monk
     real = dkdm.export_student
     monkeypatch.setattr(dkdm, "export_student", lambda cfg, t, raw, ema, path: exports.append(1) or real(cfg, t, raw, ema, path))
     run = tmp_path / "run"
-    args = ["--rho", "0.01", "--batch", "4", "--chains", "8", "--ckpt-every", "2", "--keep", "2", "--export-every", "2",
+    args = ["--rho", "0.01", "--batch", "4", "--pool-init", "noise", "--ckpt-every", "2", "--keep", "2", "--export-every", "2",
             "--out", str(run)]
     assert dkdm.main([*args, "--iters", "5"]) == 0
     assert ckpt_names(run) == ["latest.pt", "step-000000004.pt", "step-000000005.pt",

@@ -52,7 +52,7 @@ def test_dkdm_iteration_under_autocast(precision, dtype):
 def test_cli_bf16_iteration_of_each_method(tmp_path):
     assert boot.main(["--teacher", "gmm", "--precision", "bf16", "--grad-checkpointing", "--iters", "1", "--batch", "4",
                       "--preview", "0", "--check", "0", "--out", str(tmp_path / "boot")]) == 0
-    assert dkdm.main(["--precision", "bf16", "--grad-checkpointing", "--iters", "1", "--rho", "0.01", "--batch", "4",
+    assert dkdm.main(["--precision", "bf16", "--grad-checkpointing", "--iters", "1", "--rho", "0.01", "--batch", "4", "--pool-init", "noise",
                       "--chains", "8", "--out", str(tmp_path / "dkdm")]) == 0
 
 

@@ -84,7 +84,7 @@ def test_boot_two_processes_minutes_budget(tmp_path):
 def test_dkdm_two_processes_minutes_budget(tmp_path):
     """dkdm.py under torchrun: the stop flag is rank 0's, broadcast on the run device."""
     run = tmp_path / "dkdm"
-    p = torchrun(ROOT / "dkdm.py", "--rho", "0.01", "--batch", "8", "--chains", "16", "--iters", "100000",
+    p = torchrun(ROOT / "dkdm.py", "--rho", "0.01", "--batch", "8", "--pool-init", "noise", "--iters", "100000",
                  "--minutes", "0.03", "--log-every", "5", "--ckpt-every", "1000", "--out", run)
     assert p.returncode == 0, p.stderr[-3000:]
     step = teachers.load_checkpoint(run / "checkpoints" / "latest.pt")["step"]
