@@ -648,8 +648,8 @@ def teacher_family(name_or_path: str, model_id=None):
         return ids[name_or_path], f"hub id of the registry's '{ids[name_or_path]}'"
     try:
         cls = _read_index(name_or_path).get("_class_name", "")
-    except UserError as e:
-        return None, str(e)
+    except (UserError, ValueError, OSError) as e:  # loading it later says what is wrong, in one line
+        return None, f"unreadable ({type(e).__name__})"
     if cls in PIPELINE_FAMILY:
         return PIPELINE_FAMILY[cls], f"a {cls}"
     return None, f"a {cls or 'bare model'}"
