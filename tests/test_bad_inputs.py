@@ -313,3 +313,10 @@ def test_bad_input_is_one_line_exit_2_nothing_written(script, args, expect, fx, 
 
 def test_battery_size():
     assert len(CASES) >= 112 and len({(c[0], c[1]) for c in CASES}) == len(CASES)
+
+
+def test_a_truncated_component_names_its_real_error(fx):
+    """load_teacher without the preflight: the component's own error, not a fallback's 'no config.json'."""
+    with pytest.raises(teachers.UserError, match=r"cannot load unet from '.*t_trunc/unet': .*") as e:
+        teachers.load_teacher(str(fx / "t_trunc"))
+    assert "config.json" not in str(e.value) and "\n" not in str(e.value)
