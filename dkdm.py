@@ -640,7 +640,8 @@ def train(cfg, teacher, student, run, rank, world, device, stop=None):
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         step = state["step"]
-        stream.load_state_dict(teachers.read_checkpoint(stream_file(run, rank, step), "knowledge-stream checkpoint"))
+        saved = getattr(run, "stream_state", None) or teachers.read_checkpoint(stream_file(run, rank, step), "knowledge-stream checkpoint")
+        stream.load_state_dict(saved)
         print0(f"resumed from {run.ckpt} at step {step}")
     else:
         save_all(run, 0, raw, ema, opt, stream, rank)
@@ -874,7 +875,10 @@ def prepare(cfg, rank, world, device):
     out = run_dir(cfg)
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in SAMPLING_FIELDS}
     config.update(out=out, world_size=world, pool_init=resolved_init(cfg) if cfg.method not in ("data", "data-free") else None)
-    return teacher, student, teachers.RunDir(out, config, rank, resumable=RESUMABLE, keep=cfg.keep)
+    run = teachers.RunDir(out, config, rank, resumable=RESUMABLE, keep=cfg.keep)
+    if run.resume_step is not None and cfg.method not in ("data", "data-free"):  # this process's pool file
+        run.stream_state = teachers.read_checkpoint(stream_file(run, rank, run.resume_step), "knowledge-stream checkpoint")
+    return teacher, student, run
 
 
 def run_dir(cfg):

@@ -673,18 +673,23 @@ def check_config(cfg: EvalConfig):
     if cfg.ref:
         check_image_folder(cfg.ref)
     if cfg.run:
-        p = Path(cfg.run)
-        if not p.is_dir():
-            raise UserError(f"run directory '{cfg.run}' does not exist")
-        if not any(p.iterdir()):
-            raise UserError(f"run directory '{cfg.run}' is empty")
-        if not (p / "student" / "generator.json").is_file():
-            raise UserError(f"run directory '{cfg.run}' has no student/generator.json (has training finished?)")
-        info = teachers.read_json(p / "student" / "generator.json", "student description")
-        teachers.check_model_dir(p / "student" if info.get("method") == "dkdm" else p / "student" / "unet", "student")
-        teachers.check_teacher_files(info.get("teacher", ""), info.get("model_id"), info.get("stage", 1))
+        check_run(cfg.run)
     else:
         teachers.check_teacher_files(cfg.teacher)
+
+
+def check_run(run):
+    """A finished run directory: its student description parses, its weights and its teacher's are whole."""
+    p = Path(run)
+    if not p.is_dir():
+        raise UserError(f"run directory '{run}' does not exist")
+    if not any(p.iterdir()):
+        raise UserError(f"run directory '{run}' is empty")
+    if not (p / "student" / "generator.json").is_file():
+        raise UserError(f"run directory '{run}' has no student/generator.json (has training finished?)")
+    info = teachers.read_json(p / "student" / "generator.json", "student description")
+    teachers.check_model_dir(p / "student" if info.get("method") == "dkdm" else p / "student" / "unet", "student")
+    teachers.check_teacher_files(info.get("teacher", ""), info.get("model_id"), info.get("stage", 1))
 
 
 def check_image_folder(path):

@@ -1753,6 +1753,7 @@ class RunDir:
         self.lock = RunLock(self.path)
         self.lock.check()
         self._state = read_checkpoint(self.ckpt, mmap=True) if self.ckpt.is_file() else None
+        self.resume_step = None if self._state is None else self._state.get("step")  # None: a fresh run
 
     def start(self):
         """Create the directory, take the lock, write config.json (call after all input checks passed)."""

@@ -149,6 +149,8 @@ CASES = [
     ("dkdm", f"{DT} --out {{dkdm_trunc}}", "cannot be read"),
     ("dkdm", f"{DT} --out {{dkdm_locked}}", "is in use by process"),
     ("dkdm", f"{DT} --lr 5e-4 --out {{dkdm_run}}", "differs in lr"),
+    ("dkdm", f"{DT} --out {{dkdm_truncpool}}", "knowledge-stream checkpoint"),
+    ("dkdm", f"{DT} --out {{dkdm_nopool}}", "knowledge-stream checkpoint"),
     # --- dkdm.py --sample
     ("dkdm", "--sample nope", "holds no student/generator.json"),
     ("dkdm", "--sample {boot_run}", "is not a dkdm run"),
@@ -253,6 +255,11 @@ def fx(tmp_path_factory):
     # finished runs (seconds each) and broken copies
     assert boot.main([*BT.split(), "--out", str(d / "boot_run")]) == 0
     assert dkdm.main([*DT.split(), "--out", str(d / "dkdm_run")]) == 0
+    for v in ("truncpool", "nopool"):
+        shutil.copytree(d / "dkdm_run", d / f"dkdm_{v}")
+    pool = d / "dkdm_truncpool" / "checkpoints" / "stream-rank0-step2.pt"
+    pool.write_bytes(pool.read_bytes()[:50])
+    (d / "dkdm_nopool" / "checkpoints" / "stream-rank0-step2.pt").unlink()
     for m in ("boot", "dkdm"):
         run = d / f"{m}_run"
         for v in ("badcfg", "trunc", "locked", "badgen", "truncunet"):
@@ -306,3 +313,10 @@ def test_bad_input_is_one_line_exit_2_nothing_written(script, args, expect, fx, 
 
 def test_battery_size():
     assert len(CASES) >= 112 and len({(c[0], c[1]) for c in CASES}) == len(CASES)
+
+
+def test_a_truncated_component_names_its_real_error(fx):
+    """load_teacher without the preflight: the component's own error, not a fallback's 'no config.json'."""
+    with pytest.raises(teachers.UserError, match=r"cannot load unet from '.*t_trunc/unet': .*") as e:
+        teachers.load_teacher(str(fx / "t_trunc"))
+    assert "config.json" not in str(e.value) and "\n" not in str(e.value)

@@ -303,6 +303,7 @@ def test_run_directory_with_a_student(tmp_path, monkeypatch, capsys):
     run = tmp_path / "boot-gmm"
     (run / "student").mkdir(parents=True)
     monkeypatch.setattr(teachers, "load_generator", lambda d, device="cpu": FakeStudent(), raising=False)
+    monkeypatch.setattr(E, "check_run", lambda d: None)  # the fake run has no files to check
     assert E.main(["--run", str(run), "--nfe", "1", "2", "--n", "50", "--features", "pixels",
                    "--json", str(tmp_path / "r.json"), "--grid", str(tmp_path / "g.png")]) == 0
     out = capsys.readouterr().out
