@@ -397,8 +397,10 @@ def student_sampler(student, teacher, w=None, prompts=None):
     @torch.no_grad()
     def sample(seeds):
         noise = teachers.seeded_noise(seeds, teacher.sample_shape, teacher.device)
-        g = torch.Generator().manual_seed(seeds[0])  # an ancestral student's step noise, as teacher_sampler's
-        return teacher.decode(student.generate(noise, condition(teacher, seeds, prompts), w=w, generator=g)).float().cpu()
+        extra = {}
+        if getattr(student, "info", {}).get("sampler") == "ancestral":  # its step noise, as teacher_sampler's
+            extra["generator"] = torch.Generator().manual_seed(seeds[0])
+        return teacher.decode(student.generate(noise, condition(teacher, seeds, prompts), w=w, **extra)).float().cpu()
     return sample
 
 

@@ -101,6 +101,8 @@ def test_ancestral_student_scores_are_seeded(digits):
     import evaluate
 
     class Ancestral:
+        info = {"method": "dkdm", "sampler": "ancestral"}
+
         def generate(self, noise, cond=None, w=None, generator=None):
             return noise + torch.randn(noise.shape, generator=generator)
 
