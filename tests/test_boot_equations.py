@@ -1,6 +1,5 @@
 """BOOT's equations against the analytic Gaussian-mixture teacher (exact f_phi) and independent
 derivations: DDIM from diffusers' scheduler, the Signal-ODE solved by many small PF-ODE steps."""
-import math
 
 import pytest
 import torch
@@ -89,9 +88,7 @@ def test_step_back_never_goes_below_t_min():
             t = boot.sample_times(g, cfg2, 4096, step)
             s = boot.step_back(t, cfg2.delta, cfg2.t_min)
             assert t.min() >= cfg2.t_min and t.max() <= cfg2.t_max
-            assert s.min() >= cfg2.t_min  # Alg. 1 prints min(t - delta, t_min): that would be t_min always
-            inside = t - cfg2.delta >= cfg2.t_min
-            assert torch.equal(s[inside], t[inside] - cfg2.delta) and (s[~inside] == cfg2.t_min).all()
+            assert s.min() >= cfg2.t_min  # the step's length: test_boot_derivations.py
 
 
 # --- Eq. (7)/(13)/(15) -----------------------------------------------------------------------
@@ -166,20 +163,6 @@ def test_guided_teacher_is_eq9(gmm):
     f = boot.guided_teacher(gmm.float(), cond, w)
     assert torch.allclose(f(x.float(), t), f_ref(x, t).float(), atol=1e-5)
     gmm.double()
-
-
-def test_loss_weights():
-    sch = teachers.Schedule(closed_form="cosine")
-    t = torch.tensor([0.05, 0.3, 0.6, 0.9], dtype=torch.float64, requires_grad=True)
-    lam_prime = torch.autograd.grad(sch.lam(t).sum(), t)[0]
-    t = t.detach()
-    assert torch.allclose(boot.loss_weight(sch, t, 0.04, "uniform"), torch.full_like(t, 625.0))
-    assert torch.allclose(boot.loss_weight(sch, t, 0.04, "lambda"), 1 / (0.04 * lam_prime) ** 2, rtol=1e-3)
-
-
-def test_boundary_loss_is_eq8():
-    y, f = draw(4, 6), draw(4, 7)
-    assert math.isclose(boot.boundary_loss(y, f).item(), ((f - y) ** 2).sum().item() / y.numel(), rel_tol=1e-12)
 
 
 def test_teacher_copy_equals_teacher_at_tmax_for_every_t_and_boundary_loss_is_zero():
