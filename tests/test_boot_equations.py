@@ -1,6 +1,5 @@
 """BOOT's equations against the analytic Gaussian-mixture teacher (exact f_phi) and independent
 derivations: DDIM from diffusers' scheduler, the Signal-ODE solved by many small PF-ODE steps."""
-import math
 
 import pytest
 import torch
@@ -89,9 +88,7 @@ def test_step_back_never_goes_below_t_min():
             t = boot.sample_times(g, cfg2, 4096, step)
             s = boot.step_back(t, cfg2.delta, cfg2.t_min)
             assert t.min() >= cfg2.t_min and t.max() <= cfg2.t_max
-            assert s.min() >= cfg2.t_min  # Alg. 1 prints min(t - delta, t_min): that would be t_min always
-            inside = t - cfg2.delta >= cfg2.t_min
-            assert torch.equal(s[inside], t[inside] - cfg2.delta) and (s[~inside] == cfg2.t_min).all()
+            assert s.min() >= cfg2.t_min  # the step's length: test_boot_derivations.py
 
 
 # --- Eq. (7)/(13)/(15) -----------------------------------------------------------------------
@@ -185,11 +182,6 @@ def test_loss_weights():
     # ... which is not the analytic (delta d lambda/dt)^-2 at delta = 0.04, and tends to it as delta -> 0
     assert (boot.loss_weight(sch, t, 0.04, "lambda") * (0.04 * lam_prime) ** 2 - 1).abs().max() > 0.05
     assert torch.allclose(boot.loss_weight(sch, t, 1e-5, "lambda"), 1 / (1e-5 * lam_prime) ** 2, rtol=1e-3)
-
-
-def test_boundary_loss_is_eq8():
-    y, f = draw(4, 6), draw(4, 7)
-    assert math.isclose(boot.boundary_loss(y, f).item(), ((f - y) ** 2).sum().item() / y.numel(), rel_tol=1e-12)
 
 
 def test_teacher_copy_equals_teacher_at_tmax_for_every_t_and_boundary_loss_is_zero():

@@ -87,17 +87,6 @@ def test_vlb_is_zero_for_a_student_equal_to_an_unclipped_teacher():
     assert mse.abs().max() < 1e-12 and vb.abs().max() < 1e-5
 
 
-def test_fixed_variance_teacher_gives_mse_only():
-    teacher = tiny_teacher(learned=False)
-    assert dkdm.out_channels(teacher) == 1
-    x, i = torch.randn(3, 1, 8, 8), torch.tensor([2, 7, 19])
-    target = teacher.p_mean_logvar(x, i, teacher.label_cond(torch.tensor([0, 1, 2])))
-    out = torch.randn(3, 1, 8, 8)
-    loss, mse, vb = dkdm.dkdm_loss(teacher.schedule, x, i, out, target, 1.0, False)
-    torch.testing.assert_close(loss, mse)
-    assert (vb == 0).all()
-
-
 # --- Sec. 3.3: iterative, shuffled, dynamic streams ---------------------------------------------
 def test_iterative_one_t_per_batch_decreasing_by_one():
     teacher = gmm_teacher()
