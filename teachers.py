@@ -650,6 +650,8 @@ def teacher_family(name_or_path: str, model_id=None):
         cls = _read_index(name_or_path).get("_class_name", "")
     except UserError as e:
         return None, str(e)
+    if isinstance(cls, list):  # a custom pipeline ["pipeline_file", "Class"] (this repository's exports)
+        cls = cls[-1]
     if cls in PIPELINE_FAMILY:
         return PIPELINE_FAMILY[cls], f"a {cls}"
     return None, f"a {cls or 'bare model'}"
