@@ -771,6 +771,7 @@ def student_pipeline(student, info, teacher, conds):
         parts.update(text_encoder=enc.text_encoder, tokenizer=enc.tokenizer, max_length=enc.max_length,
                      use_mask=enc.use_mask)
     if teacher.latent:
+        teacher.vae.register_to_config(scaling_factor=teachers.latent_scale(teacher.vae))  # written explicitly
         parts["vae"] = teacher.vae
     if conds.stage1 is not None:
         from diffusers import DDPMScheduler
@@ -857,12 +858,12 @@ def sample_main(argv):
         raise UserError("--n must be at least 1")
     if a.w is not None and not math.isfinite(a.w):
         raise UserError(f"--w must be a finite number, got {a.w}")
+    device = sample_device(a.device)  # a flag error first, before anything is read
     if not (Path(a.run) / "student" / "generator.json").is_file():
         raise UserError(f"'{a.run}' has no student/generator.json (not a finished run directory)")
     teachers.read_json(Path(a.run) / "student" / "generator.json", "student description")
     teachers.check_model_dir(Path(a.run) / "student" / "unet", "student")
     teachers.check_output_file(a.out or str(Path(a.run) / "samples.png"), "--out")
-    device = sample_device(a.device)
     quiet_libraries()
     gen = teachers.load_generator(a.run, device)  # the exported pipeline: encoder and decoder loaded once
     cond = sample_cond(gen, a.label, a.prompt, a.n, a.seed)

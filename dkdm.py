@@ -758,6 +758,8 @@ def student_pipeline(cfg, teacher, model):
     from pipelines.pipeline_ddim import TrailingDDIMPipeline
 
     sched = student_scheduler(cfg, teacher)
+    if teacher.latent:  # the factor the teacher's latents use, written explicitly into the export
+        teacher.vae.register_to_config(scaling_factor=teachers.latent_scale(teacher.vae))
     return TrailingDDIMPipeline(unet=model, scheduler=teachers.ddim_scheduler(dict(sched.config)),
                                 vae=teacher.vae if teacher.latent else None, num_classes=teacher.num_classes,
                                 variance_type=sched.config.variance_type, default_guidance=teacher.default_guidance)

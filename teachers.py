@@ -650,6 +650,8 @@ def teacher_family(name_or_path: str, model_id=None):
         cls = _read_index(name_or_path).get("_class_name", "")
     except (UserError, ValueError, OSError) as e:  # loading it later says what is wrong, in one line
         return None, f"unreadable ({type(e).__name__})"
+    if isinstance(cls, list):  # a custom pipeline ["pipeline_file", "Class"] (this repository's exports)
+        cls = cls[-1]
     if cls in PIPELINE_FAMILY:
         return PIPELINE_FAMILY[cls], f"a {cls}"
     return None, f"a {cls or 'bare model'}"

@@ -79,11 +79,8 @@ def to_images(x, vae=None, output_type="pil", pipe=None):
         raise ValueError(f"output_type must be pil, np, pt or latent, not {output_type!r}")
     if output_type == "latent":
         return x
-    if vae is not None:
-        if type(vae).__name__ == "AutoencoderKL":
-            x = vae.decode(x / (getattr(vae.config, "scaling_factor", 1.0) or 1.0)).sample
-        else:
-            x = vae.decode(x).sample
+    if vae is not None:  # latents were multiplied by the config's scaling_factor (exports write it)
+        x = vae.decode(x / (getattr(vae.config, "scaling_factor", None) or 1.0)).sample
     images = ((x.float() + 1) / 2).clamp(0, 1)
     if output_type == "pt":
         return images

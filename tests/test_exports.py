@@ -159,9 +159,11 @@ def exports(tmp_path_factory, tiny_sd_dir, tiny_if_dirs):
         ref[name] = boot_reference(tmp / name)[1]
     cases["boot_if_stage2"]["stage1"] = str(tmp / "boot_if_stage1" / "student")
     # BOOT's initial copy student is the teacher's x0-hat at t_max, whatever the target time (App. C.3)
-    assert boot.main([str(a) for a in ["--teacher", "digits", *TRAIN, "--iters", "0", "--out", tmp / "init"]]) == 0
-    cases["boot_copy_init"] = {"path": str(tmp / "init" / "student"), "n": N, "kwargs": {}}
-    t = teachers.load_teacher("digits")
+    cfg = boot.resolve(boot.BootConfig(teacher="digits"))
+    t, conds = boot.load_all(cfg, torch.device("cpu"))
+    student, info = boot.make_student(t, cfg, boot.default_weight(cfg, t))
+    teachers.export_pipeline(boot.student_pipeline(student.eval(), info, t, conds), tmp / "init")
+    cases["boot_copy_init"] = {"path": str(tmp / "init"), "n": N, "kwargs": {}}
     x0 = t.x0(teachers.seeded_noise(range(N), t.sample_shape), torch.full((N,), 0.9),
               t.label_cond(torch.arange(N) % 10), t.default_guidance)
     ref["boot_copy_init"] = as_np(t.decode(x0))
