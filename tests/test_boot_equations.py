@@ -1,6 +1,8 @@
 """BOOT's equations against the analytic Gaussian-mixture teacher (exact f_phi) and independent
 derivations: DDIM from diffusers' scheduler, the Signal-ODE solved by many small PF-ODE steps."""
 
+import math
+
 import pytest
 import torch
 
