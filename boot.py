@@ -858,7 +858,7 @@ def sample_main(argv):
         raise UserError("--n must be at least 1")
     if a.w is not None and not math.isfinite(a.w):
         raise UserError(f"--w must be a finite number, got {a.w}")
-    device = sample_device(a.device)  # a flag error first, before anything is read
+    device = teachers.sample_device(a.device)  # a flag error first, before anything is read
     if not (Path(a.run) / "student" / "generator.json").is_file():
         raise UserError(f"'{a.run}' has no student/generator.json (not a finished run directory)")
     teachers.read_json(Path(a.run) / "student" / "generator.json", "student description")
@@ -878,19 +878,6 @@ def sample_main(argv):
     out = a.out or str(Path(a.run) / "samples.png")
     save_image(gen.decode(x).float().cpu(), out, nrow=int(math.sqrt(a.n)) or 1)
     print(f"{a.n} one-step samples in {dt:.2f} s on {device} -> {out}")
-
-
-def sample_device(name):
-    """--device of `boot.py sample`: the GPU when there is one, unless told otherwise."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UserError(f"unknown --device '{name}' (cuda, cuda:K or cpu)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no GPU is visible to torch here")
-    return device
 
 
 def sample_cond(gen, label, prompt, n, seed):

@@ -786,7 +786,7 @@ def write_preview(teacher, student_dir, path, n=16, steps=50):
 def sample_run(cfg):
     from torchvision.utils import save_image
 
-    device = sample_device(cfg.device)
+    device = teachers.sample_device(cfg.device)
     gen = teachers.load_generator(cfg.sample, device)
     student = gen.model
     teachers.trailing_steps(student.schedule.T, cfg.steps)
@@ -802,19 +802,6 @@ def sample_run(cfg):
     save_image(gen.decode(x).float().cpu(), out, nrow=int(math.sqrt(cfg.n)) or 1)
     print(f"{cfg.n} {cfg.sampler}-{cfg.steps} samples in {time.time() - start:.1f} s -> {out}")
     return 0
-
-
-def sample_device(name):
-    """--device of --sample: the GPU when there is one, unless told otherwise."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UserError(f"unknown --device '{name}' (cuda, cuda:K or cpu)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no GPU is visible to torch here")
-    return device
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1086,6 +1086,19 @@ class Generator:
         return to_images(x, getattr(self.pipe, "vae", None), "pt")
 
 
+def sample_device(name):
+    """--device of the `sample` commands: the GPU when there is one, unless told otherwise."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"unknown --device '{name}' (cuda, cuda:K or cpu)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no GPU is visible to torch here")
+    return device
+
+
 def load_generator(run_dir, device="cpu") -> Generator:
     return Generator(run_dir, device)
 

@@ -45,16 +45,16 @@ PROBE = textwrap.dedent("""
     t0 = time.time(); time.sleep(0.2); local = time.time() - t0
     seen["clock"] = local
     seen["decided"] = teachers.rank0_decides(stop=local > 0.3)  # rank 1 alone sees 0.4 s
-    print("PROBE", rank, json.dumps(seen), flush=True)
+    open(f"{sys.argv[2]}/probe-{rank}.json", "w").write(json.dumps(seen))  # a file each: stdout lines interleave
     teachers.dist_teardown()
 """)
 
 
 def test_strict_mode_catches_raw_collectives_desync_and_local_clocks(tmp_path):
     (tmp_path / "probe.py").write_text(PROBE)
-    p = torchrun(tmp_path / "probe.py", ROOT, timeout=120)
+    p = torchrun(tmp_path / "probe.py", ROOT, tmp_path, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
-    seen = {int(ln.split()[1]): json.loads(ln.split(" ", 2)[2]) for ln in p.stdout.splitlines() if ln.startswith("PROBE")}
+    seen = {int(f.stem.split("-")[1]): json.loads(f.read_text()) for f in tmp_path.glob("probe-*.json")}
     assert sorted(seen) == [0, 1]
     for rank, s in seen.items():
         assert "torch.distributed.broadcast called directly" in s["raw"]
