@@ -116,7 +116,7 @@ def table_newcomer(results):
     elif b:
         lines.append(f"- `python boot.py`: **about {b['estimate_min']:.0f} min** on {b['cores']} CPU cores, torch's "
                      f"default threads (3,000 iterations × {b['ms_per_iter']:.0f} ms, timed over the first "
-                     f"{b['iters']}, plus start-up and the final check{_load_note(b)}; `python bench/run.py newcomer`, "
+                     f"{b['iters']}, plus start-up and the final check{_load_note(b)}; `python bench/run.py newcomer-boot`, "
                      f"{b['date']})")
     elif results.get("boot-default", {}).get("last_metrics"):  # the bench's own full default run
         d = results["boot-default"]
