@@ -1840,11 +1840,6 @@ class RunDir:
                 continue  # a line cut by a kill
         write_text_atomic(path, "".join(ln + "\n" for ln in keep))
 
-    def check_finite(self, loss, step: int):
-        """Stop a diverged run with a message naming the step; the last good checkpoint stays."""
-        if not torch.isfinite(torch.as_tensor(loss)).all():
-            raise SystemExit(f"error: non-finite loss at step {step}; {self.kept()}")
-
     def check_update(self, loss, parameters, step: int):
         """Before optimizer.step: stop when the loss or the gradient norm of iteration `step` is not finite."""
         if not update_is_finite(loss, parameters):
