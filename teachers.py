@@ -657,12 +657,17 @@ def teacher_family(name_or_path: str, model_id=None):
     return None, f"a {cls or 'bare model'}"
 
 
+def teacher_source(name_or_path: str, model_id=None, stage: int = 1):
+    """Where a teacher loads from: a registry entry's hub id (model_id overrides it; IF stage 2 has its
+    own), None for a built-in teacher without one; any other name or path as given."""
+    if name_or_path not in REGISTRY:
+        return name_or_path
+    return model_id or (IF_STAGE2_ID if (name_or_path == "if" and stage == 2) else REGISTRY[name_or_path].default_id)
+
+
 def hub_id(name_or_path: str, model_id=None, stage: int = 1):
     """The hub id load_teacher would download from, or None (built-in teacher or a local path)."""
-    if name_or_path in REGISTRY:
-        where = model_id or (IF_STAGE2_ID if (name_or_path == "if" and stage == 2) else REGISTRY[name_or_path].default_id)
-    else:
-        where = name_or_path
+    where = teacher_source(name_or_path, model_id, stage)
     if where is None or Path(where).expanduser().exists() or where.startswith((".", "/", "~")) or where.count("/") != 1:
         return None
     return where
@@ -783,8 +788,7 @@ def load_teacher(name_or_path: str = "digits", device="cpu", dtype=torch.float32
     if name_or_path == "gmm":
         return _freeze(gmm_digits().to(device))
     if name_or_path in REGISTRY:
-        entry = REGISTRY[name_or_path]
-        where = model_id or (IF_STAGE2_ID if (name_or_path == "if" and stage == 2) else entry.default_id)
+        where = teacher_source(name_or_path, model_id, stage)
     elif Path(name_or_path).expanduser().exists():
         where = str(Path(name_or_path).expanduser())
     elif name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
@@ -1636,10 +1640,7 @@ def teacher_location(name_or_path, model_id=None, stage=1):
     """The local directory a teacher loads from, or None (analytic, or a hub id)."""
     if name_or_path == "gmm":
         return None
-    if name_or_path in REGISTRY:
-        where = model_id or (IF_STAGE2_ID if (name_or_path == "if" and stage == 2) else REGISTRY[name_or_path].default_id)
-    else:
-        where = name_or_path
+    where = teacher_source(name_or_path, model_id, stage)
     p = Path(where).expanduser() if where else None
     return p if p is not None and p.exists() else None
 
