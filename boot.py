@@ -30,21 +30,10 @@ training, y_theta(eps, 0, c, w) is a sample in one network evaluation.
         --stage1-run runs/boot-if --prompts prompts.txt --half
 
 Rerunning a command resumes its run directory from checkpoints/latest.pt (--iters may grow: a
-finished run continues). Bad input stops with one line on stderr (exit code 2) before anything
-is written.
-
-The default digits run is 3,000 iterations at batch 128, each two teacher passes (Heun), a no-grad
-and a training student pass; its time is measured by bench/run.py and shown in README.md (first
-screen), as is every time and size figure. Ctrl-C or SIGTERM stops after the current iteration
-with a checkpoint (exit code 130 / 143); the rerun resumes exactly.
-`python evaluate.py --run runs/boot-digits` (n = 1,000 samples vs 797 held-out real
-digits, Frechet distance in the shipped digits-classifier features; real-vs-real floor 15.6):
-
-    teacher DDIM-1 173.2 | DDIM-10 16.8 | DDIM-50 15.9 || BOOT 1 step: 17.4 after 3,000 iterations
-    (default), 15.6 after 6,250, 15.2 after 9,000 (`python boot.py --iters 9000`, which resumes the
-    default run). Pixel-space FD 0.43 / 0.39 / 0.39 vs DDIM-10's 0.51.
-`python boot.py --teacher gmm` (300 iterations): mean squared distance to the
-teacher's DDIM-50 output from the same noise 0.0024 (n = 256), teacher DDIM-1 0.057, DDIM-10 0.0023.
+finished run continues; --minutes counts every invocation). Ctrl-C or SIGTERM stops after the
+current iteration with a checkpoint (exit code 130 / 143). Bad input stops with one line on
+stderr (exit code 2) before anything is written. Times and FD of these commands: README.md,
+measured by bench/run.py.
 
 Conventions (the paper leaves them open; each is tested in tests/test_boot_equations.py):
   * CFG is Eq. 9 on x0-hat, f_n + w (f_c - f_n); w = 1 is the plain conditional teacher.
@@ -68,67 +57,61 @@ import math
 import os
 import sys
 import time
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import cli
-from cli import UserError
+from cli import UserError, flag
 
 
-def opt(default, help_):
-    return field(default=default, metadata={"help": help_})
-
-
-# ---------------------------------------------------------------------------------------------
-# Config: one dataclass, flags derived from it; None means "the teacher's preset" (Table 3)
-# ---------------------------------------------------------------------------------------------
+# --- Config: one dataclass, flags derived from it; None means "the teacher's preset" (Table 3)
 @dataclass
 class BootConfig:
     # the teacher f_phi
-    teacher: str = opt("digits", "registry name (digits, gmm, ddpm-cifar10, sd21, if), hub id or local diffusers dir")
-    model_id: str | None = opt(None, "hub id or local copy replacing the registry's default for --teacher")
-    preset: str | None = opt(None, "row of PRESETS (Table 3) to fill the preset fields from; default: the "
+    teacher: str = flag("digits", "registry name (digits, gmm, ddpm-cifar10, sd21, if), hub id or local diffusers dir")
+    model_id: str | None = flag(None, "hub id or local copy replacing the registry's default for --teacher")
+    preset: str | None = flag(None, "row of PRESETS (Table 3) to fill the preset fields from; default: the "
                                    "teacher's registry entry, found from what the teacher is (a local copy too)")
-    stage: int = opt(1, "IF cascade stage; 2 distils IF-II on the outputs of a stage-1 student")
-    stage1_run: str | None = opt(None, "finished stage-1 run directory (with --stage 2)")
-    prompts: str | None = opt(None, "text file with one prompt per line (text-to-image teachers)")
-    half: bool = opt(False, "run the frozen teacher in float16 (GPU only; the same in dkdm.py)")
-    precision: str = opt("auto", "student: auto (bf16 autocast + TF32 matmuls on a GPU, float32 on CPU), bf16, fp32")
-    grad_checkpointing: bool = opt(False, "recompute the student's activations in backward (less memory, more time)")
-    clip: str = opt("auto", "targets' thresholding: auto (the teacher's own), none, static, dynamic")
+    stage: int = flag(1, "IF cascade stage; 2 distils IF-II on the outputs of a stage-1 student")
+    stage1_run: str | None = flag(None, "finished stage-1 run directory (with --stage 2)")
+    prompts: str | None = flag(None, "text file with one prompt per line (text-to-image teachers)")
+    half: bool = flag(False, "run the frozen teacher in float16 (GPU only; the same in dkdm.py)")
+    precision: str = flag("auto", "student: auto (bf16 autocast + TF32 matmuls on a GPU, float32 on CPU), bf16, fp32")
+    grad_checkpointing: bool = flag(False, "recompute the student's activations in backward (less memory, more time)")
+    clip: str = flag("auto", "targets' thresholding: auto (the teacher's own), none, static, dynamic")
     # the student y_theta(eps, t, c, w)
-    student: str = opt("auto", "copy (teacher copy + zero-init t/w embedding), small (a smaller random "
+    student: str = flag("auto", "copy (teacher copy + zero-init t/w embedding), small (a smaller random "
                                "UNet), auto (copy where the teacher has a network)")
-    t_max: float | None = opt(None, "upper end of the trained time range; the copy student's fixed native "
+    t_max: float | None = flag(None, "upper end of the trained time range; the copy student's fixed native "
                                     "timestep (preset: where 1/alpha_t = 6.4, the error amplification 0.9 has on digits)")
-    t_min: float = opt(0.0, "lower end of the trained time range (the sample is y_theta(eps, t_min))")
-    time_cond_dim: int = opt(128, "size of the sinusoidal embedding of (t, w) fed to the student")
+    t_min: float = flag(0.0, "lower end of the trained time range (the sample is y_theta(eps, t_min))")
+    time_cond_dim: int = flag(128, "size of the sinusoidal embedding of (t, w) fed to the student")
     # the objective (Alg. 1)
-    solver: str = opt("heun", "Signal-ODE step for the targets: euler (Eq. 7) or heun (Eq. 15)")
-    delta: float | None = opt(None, "bootstrapping step size delta (preset: 0.04; 0.01 for sd21)")
-    weighting: str | None = opt(None, "loss weight: uniform (1/delta^2) or lambda (1/(delta lambda')^2)")
-    boundary_every: int | None = opt(None, "boundary loss (Eq. 8) every k iterations; 0 = never")
-    beta: float = opt(1.0, "weight of the boundary loss")
-    time_sampling: str = opt("uniform", "t ~ U(t_min, t_max), or progressive (a window sliding down; ablation)")
-    w: float | None = opt(None, "CFG weight (Eq. 9); default: the teacher's")
-    w_max: float | None = opt(None, "draw w ~ U(w, w_max) per example; the student is conditioned on it")
-    noise_level: int = opt(250, "IF stage 2: noise augmentation level of the upsampled stage-1 output")
+    solver: str = flag("heun", "Signal-ODE step for the targets: euler (Eq. 7) or heun (Eq. 15)")
+    delta: float | None = flag(None, "bootstrapping step size delta (preset: 0.04; 0.01 for sd21)")
+    weighting: str | None = flag(None, "loss weight: uniform (1/delta^2) or lambda (1/(delta lambda')^2)")
+    boundary_every: int | None = flag(None, "boundary loss (Eq. 8) every k iterations; 0 = never")
+    beta: float = flag(1.0, "weight of the boundary loss")
+    time_sampling: str = flag("uniform", "t ~ U(t_min, t_max), or progressive (a window sliding down; ablation)")
+    w: float | None = flag(None, "CFG weight (Eq. 9); default: the teacher's")
+    w_max: float | None = flag(None, "draw w ~ U(w, w_max) per example; the student is conditioned on it")
+    noise_level: int = flag(250, "IF stage 2: noise augmentation level of the upsampled stage-1 output")
     # optimisation
-    iters: int | None = opt(None, "training iterations (preset)")
-    batch: int | None = opt(None, "global batch size, divisible by the number of processes (preset)")
-    lr: float | None = opt(None, "AdamW learning rate, no decay, no warm-up (preset)")
-    ema: float | None = opt(None, "EMA decay of the exported student (preset)")
-    seed: int = opt(0, "seed of the global noise / time / condition stream and of a fresh student")
-    minutes: float | None = opt(None, "stop (checkpoint + export) after this many minutes; rerun to go on")
+    iters: int | None = flag(None, "training iterations (preset)")
+    batch: int | None = flag(None, "global batch size, divisible by the number of processes (preset)")
+    lr: float | None = flag(None, "AdamW learning rate, no decay, no warm-up (preset)")
+    ema: float | None = flag(None, "EMA decay of the exported student (preset)")
+    seed: int = flag(0, "seed of the global noise / time / condition stream and of a fresh student")
+    minutes: float | None = flag(None, "stop (checkpoint + export) after this many minutes; rerun to go on")
     # output
-    out: str | None = opt(None, "run directory (default runs/boot-<teacher>[-stage2])")
-    log_every: int = opt(50, "iterations between metrics.jsonl records")
-    ckpt_every: int = opt(250, "iterations between checkpoints")
-    keep: int = opt(1, "checkpoints kept: the last N (checkpoints/step-*.pt; latest.pt is the newest)")
-    export_every: int = opt(0, "also export the EMA student + preview.png every K iterations while training (0: at the end)")
-    preview: int = opt(10, "columns of preview.png: teacher DDIM-50 row vs student 1-step row")
-    check: int = opt(256, "samples of the final distance check against the teacher's DDIM-50 (images "
+    out: str | None = flag(None, "run directory (default runs/boot-<teacher>[-stage2])")
+    log_every: int = flag(50, "iterations between metrics.jsonl records")
+    ckpt_every: int = flag(250, "iterations between checkpoints")
+    keep: int = flag(1, "checkpoints kept: the last N (checkpoints/step-*.pt; latest.pt is the newest)")
+    export_every: int = flag(0, "also export the EMA student + preview.png every K iterations while training (0: at the end)")
+    preview: int = flag(10, "columns of preview.png: teacher DDIM-50 row vs student 1-step row")
+    check: int = flag(256, "samples of the final distance check against the teacher's DDIM-50 (images "
                           "of <= 1024 values without prompts; else the preview's)")
 
 
@@ -178,7 +161,7 @@ def preset_for(cfg: BootConfig):
 
 def validate(cfg: BootConfig, world: int):
     """All checks that need no teacher: one-line UserErrors before anything is loaded or written."""
-    teachers.check_finite_fields(cfg)
+    teachers.check_run_fields(cfg)
     if cfg.preset not in (*PRESETS, "base"):
         raise UserError(f"unknown preset '{cfg.preset}' (known: {', '.join(PRESETS)}, base)")
     for name, allowed in CHOICES.items():
@@ -190,29 +173,20 @@ def validate(cfg: BootConfig, world: int):
         raise UserError(f"need 0 < delta <= t_max - t_min, got delta={cfg.delta}")
     if cfg.batch < 1 or cfg.batch % world:
         raise UserError(f"global batch {cfg.batch} is not a positive multiple of the {world} processes")
-    if cfg.iters < 1 or (cfg.minutes is not None and cfg.minutes <= 0):
-        raise UserError(f"need --iters >= 1 and --minutes > 0 (or unset), got iters={cfg.iters}, minutes={cfg.minutes}")
-    if cfg.boundary_every < 0 or cfg.beta < 0 or cfg.lr <= 0 or not 0 <= cfg.ema < 1:
-        raise UserError("need boundary-every >= 0, beta >= 0, lr > 0 and 0 <= ema < 1")
-    if cfg.log_every < 1 or cfg.ckpt_every < 1 or cfg.preview < 0 or cfg.check < 0 or cfg.time_cond_dim < 2:
-        raise UserError("need log-every >= 1, ckpt-every >= 1, preview >= 0, check >= 0, time-cond-dim >= 2")
-    if cfg.keep < 1 or cfg.export_every < 0:
-        raise UserError("need keep >= 1 and export-every >= 0")
+    if cfg.boundary_every < 0 or cfg.beta < 0:
+        raise UserError("need boundary-every >= 0 and beta >= 0")
+    if cfg.preview < 0 or cfg.check < 0 or cfg.time_cond_dim < 2:
+        raise UserError("need preview >= 0, check >= 0, time-cond-dim >= 2")
     if cfg.w_max is not None and (cfg.w is None or cfg.w_max < cfg.w):
         raise UserError("--w-max needs --w with w <= w-max (w ~ U(w, w_max) per example)")
     if cfg.stage not in (1, 2):
         raise UserError(f"--stage must be 1 or 2, got {cfg.stage}")
     if cfg.stage == 2 and not cfg.stage1_run:
         raise UserError("--stage 2 needs --stage1-run DIR, a finished stage-1 run of the same cascade")
-    if cfg.stage == 2 and not (Path(cfg.stage1_run) / "student" / "generator.json").is_file():
-        raise UserError(f"--stage1-run '{cfg.stage1_run}' is not a finished stage-1 run (no student/generator.json)")
     if cfg.stage == 2:
-        teachers.read_json(Path(cfg.stage1_run) / "student" / "generator.json", "stage-1 student description")
-        teachers.check_model_dir(Path(cfg.stage1_run) / "student" / "unet", "stage-1 student")
+        teachers.check_finished_run(cfg.stage1_run, "stage-1")
     if not 0 <= cfg.noise_level < 1000:
         raise UserError(f"--noise-level must lie in 0..999, got {cfg.noise_level}")
-    if cfg.half and not torch.cuda.is_available():
-        raise UserError("--half needs a GPU (float16 teachers are slow and inexact on CPU)")
     if cfg.prompts is not None:
         teachers.load_prompts(cfg.prompts)
     teachers.check_teacher_files(cfg.teacher, cfg.model_id, cfg.stage)
@@ -257,9 +231,7 @@ import teachers  # noqa: E402
 from teachers import bcast, print0  # noqa: E402
 
 
-# ---------------------------------------------------------------------------------------------
 # --- BOOT Eq. (4)/(11): one DDIM step written in signal space, y_t = (x_t - sigma_t eps) / alpha_t
-# ---------------------------------------------------------------------------------------------
 def delta_lambda(schedule, t, s):
     """delta lambda' = 1 - alpha_t sigma_s / (sigma_t alpha_s) = 1 - e^(lambda_s - lambda_t) (Alg. 1, exact)."""
     return 1 - schedule.alpha(t) * schedule.sigma(s) / (schedule.sigma(t) * schedule.alpha(s))
@@ -280,9 +252,7 @@ def step_back(t, delta: float, t_min: float):
     return (t - delta).clamp(min=t_min)
 
 
-# ---------------------------------------------------------------------------------------------
 # --- BOOT Eq. (7)/(13)/(15): the stop-gradient bootstrapping target y^_theta(eps, s)
-# ---------------------------------------------------------------------------------------------
 @torch.no_grad()
 def bootstrap_target(f, schedule, y_t, eps, t, s, solver: str = "heun"):
     """SG[y^_s] from the student's y_t: one Euler (Eq. 7) or Heun (Eq. 15) step of the Signal-ODE.
@@ -318,53 +288,52 @@ def bootstrap_loss(y_s, target, weight):
     return (weight.to(per_example) * per_example).mean()
 
 
-# ---------------------------------------------------------------------------------------------
 # --- BOOT Eq. (8): boundary loss at t_max, where the teacher sees pure noise
-# ---------------------------------------------------------------------------------------------
 def boundary_loss(y_tmax, f_tmax):
     """Eq. (8): E ||f_phi(eps, t_max) - y_theta(eps, t_max)||^2 (mean over dimensions)."""
     return (f_tmax - y_tmax).pow(2).mean()
 
 
-# ---------------------------------------------------------------------------------------------
 # --- BOOT Sec. 3.3 / Eq. (9): the guided, thresholded teacher the targets are built from
-# ---------------------------------------------------------------------------------------------
-def guided_teacher(teacher, cond, w, clock=None):
+def guided_teacher(teacher, cond, w, meter=None):
     """f~(x, t) = f_n + w (f_c - f_n) (Eq. 9), clipped as the teacher's convention says, in float32."""
-    dtype = teacher.unet.dtype if hasattr(teacher, "unet") else torch.float32
+    dtype = teacher.dtype
     tcond = None if cond is None else {k: v.to(dtype) if v.is_floating_point() else v for k, v in cond.items()}
 
     def f(x, t):
-        with clock("teacher") if clock else nullcontext():
+        with meter.time("teacher") if meter else nullcontext():
             return teacher.x0(x.to(dtype), t.to(x.device, torch.float32), tcond, w).float()
 
     return f
 
 
 
-# ---------------------------------------------------------------------------------------------
-# Students: the teacher's network + zero-initialised (t, w) embedding, or a smaller fresh UNet
-# ---------------------------------------------------------------------------------------------
+# --- Students: the teacher's network + zero-initialised (t, w) embedding, or a smaller fresh UNet
+# The forward y_theta(eps, t, c, w) is `boot_generate` in pipelines/pipeline_boot.py, the file every
+# exported student carries: training, evaluate.py and a plain diffusers user run the same lines.
+from pipelines.pipeline_boot import boot_generate as y_theta  # noqa: E402
+
+
 def make_student(teacher, cfg: BootConfig, default_w):
-    """(student network, generator.json info). teachers.boot_generate is the forward y_theta."""
+    """(student network, generator.json facts: what y_theta needs besides the weights)."""
     kind = cfg.student if cfg.student != "auto" else ("copy" if hasattr(teacher, "unet") else "small")
     sch = teacher.schedule
     t_max = torch.tensor(cfg.t_max, dtype=torch.float64)
-    info = dict(method="boot", teacher=cfg.teacher, model_id=cfg.model_id, stage=cfg.stage, T=sch.T,
+    facts = dict(method="boot", teacher=cfg.teacher, model_id=cfg.model_id, stage=cfg.stage, T=sch.T,
                 t_max=cfg.t_max, alpha_tmax=float(sch.alpha(t_max)), sigma_tmax=float(sch.sigma(t_max)),
                 time_cond_dim=cfg.time_cond_dim, guided=teacher.guided, default_w=default_w,
                 num_classes=teacher.num_classes, sample_shape=list(teacher.sample_shape), latent=teacher.latent,
                 text=hasattr(teacher, "encode_prompts"), student=kind, seed=cfg.seed)
     if cfg.stage == 2:
-        info.update(stage1_run=str(Path(cfg.stage1_run).resolve()), noise_level=cfg.noise_level)
+        facts.update(stage1_run=str(Path(cfg.stage1_run).resolve()), noise_level=cfg.noise_level)
     build = copy_student if kind == "copy" else small_student
-    model = build(teacher, cfg.time_cond_dim, info)
-    info["class_name"] = type(model).__name__
-    return model, info
+    model = build(teacher, cfg.time_cond_dim, facts)
+    facts["class_name"] = type(model).__name__
+    return model, facts
 
 
-def copy_student(teacher, dim: int, info: dict):
-    """REFERENCE §4: from_config(teacher, time_cond_proj_dim=D), teacher weights, cond_proj zeroed."""
+def copy_student(teacher, dim: int, facts: dict):
+    """from_config(teacher, time_cond_proj_dim=D): the teacher's weights, the new cond_proj zeroed (App. C.3)."""
     from diffusers import UNet2DConditionModel
 
     if not hasattr(teacher, "unet"):
@@ -387,15 +356,15 @@ def copy_student(teacher, dim: int, info: dict):
         model.load_state_dict(state, strict=False)
         torch.nn.init.zeros_(model.class_embedding.linear_2.weight)
         torch.nn.init.zeros_(model.class_embedding.linear_2.bias)
-        info.update(time_cond_dim=None, time_input="class_labels")
+        facts.update(time_cond_dim=None, time_input="class_labels")
     else:
         raise UserError(f"cannot add a target-time input to a {type(teacher.unet).__name__} with a class "
                         f"embedding; use --student small")
-    info["output"] = "eps"
+    facts["output"] = "eps"
     return model.float()
 
 
-def small_student(teacher, dim: int, info: dict):
+def small_student(teacher, dim: int, facts: dict):
     """A fresh, smaller UNet2DConditionModel whose native timestep is the target time t."""
     from diffusers import UNet2DConditionModel
 
@@ -415,161 +384,27 @@ def small_student(teacher, dim: int, info: dict):
         if not teacher.num_classes:
             cfg.pop("num_class_embeds")
     cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    torch.manual_seed(info["seed"])
+    torch.manual_seed(facts["seed"])
     model = UNet2DConditionModel.from_config({**cfg, "time_cond_proj_dim": dim})
-    info.update(output="sample", native_time="target")
+    facts.update(output="sample", native_time="target")
     return model
 
 
-# ---------------------------------------------------------------------------------------------
-# Conditions: labels, prompts, IF stage-2 low-resolution inputs (all drawn from the global stream)
-# ---------------------------------------------------------------------------------------------
-def as_student_cond(cond, device):
-    """The condition dict in float32 on the student's device (the teacher may run in float16)."""
-    if cond is None:
-        return None
-    return {k: (v.float() if v.is_floating_point() else v).to(device) for k, v in cond.items()}
-
-
-class Conditions:
-    """Draws the condition c (and w) of a global batch; each rank keeps its slice [lo:hi]."""
-
-    def __init__(self, teacher, cfg: BootConfig, device, prompts=None, encoder=None, stage1=None):
-        self.teacher, self.cfg, self.device = teacher, cfg, device
-        self.prompts, self.encoder, self.stage1 = prompts, encoder or teacher, stage1
-        self.w = cfg.w if cfg.w is not None else teacher.default_guidance
-        if not teacher.guided:
-            self.w = None
-
-    def draw(self, g, B, lo, hi):
-        """(cond for the student (float32), w as a float or a [b] tensor) for examples lo..hi of B."""
-        cfg, cond = self.cfg, None
-        if self.prompts is not None:
-            idx = torch.randint(0, len(self.prompts), (B,), generator=g)[lo:hi]
-            cond = self.encoder.encode_prompts([self.prompts[i] for i in idx.tolist()])
-        elif self.teacher.num_classes:
-            cond = self.teacher.label_cond(torch.randint(0, self.teacher.num_classes, (B,), generator=g)[lo:hi])
-        w = self.w
-        if cfg.w_max is not None and self.w is not None:
-            w = (cfg.w + (cfg.w_max - cfg.w) * torch.rand(B, generator=g, dtype=torch.float64))[lo:hi].to(self.device)
-        if self.stage1 is not None:
-            cond = {**cond, **self.lowres(g, B, lo, hi, cond)}
-        return as_student_cond(cond, self.device), w
-
-    def lowres(self, g, B, lo, hi, cond):
-        """IF-II input: the stage-1 student's one-step output, upsampled and noised (Sec. 3.3, App. C.4)."""
-        gen = self.stage1
-        eps1 = torch.randn((B, *gen.sample_shape), generator=g)[lo:hi].to(self.device)
-        z = torch.randn((B, gen.sample_shape[0], *self.teacher.sample_shape[1:]), generator=g)[lo:hi]
-        cond1 = {"encoder_hidden_states": cond["encoder_hidden_states"].float()}
-        x1 = gen.generate(eps1, cond1, gen.default_guidance).clamp(-1, 1)
-        return self.teacher.lowres_cond(x1, self.cfg.noise_level, noise=z.to(self.device))
-
-
-# ---------------------------------------------------------------------------------------------
-# One BOOT iteration (Alg. 1)
-# ---------------------------------------------------------------------------------------------
-def sample_times(g, cfg: BootConfig, B: int, step: int):
-    """t ~ U(t_min, t_max) (Sec. 3.2), or the progressive ablation: a window of width 2 delta
-    sliding from t_max down to t_min over the run (Sec. 4.3, Fig. 6c)."""
-    u = torch.rand(B, generator=g, dtype=torch.float64)
-    if cfg.time_sampling == "uniform":
-        return cfg.t_min + (cfg.t_max - cfg.t_min) * u
-    centre = cfg.t_max - (cfg.t_max - cfg.t_min) * step / max(cfg.iters - 1, 1)
-    lo, hi = max(centre - cfg.delta, cfg.t_min), min(centre + cfg.delta, cfg.t_max)
-    return lo + (hi - lo) * u
-
-
-def boot_step(model, raw, info, teacher, eps, t, cond, w, cfg: BootConfig, boundary: bool, clock):
-    """L_BS (+ beta L_BC on boundary iterations) for one local batch; returns (loss, parts)."""
-    sch, dev = teacher.schedule, eps.device
-    y_theta = teachers.boot_generate
-    s = step_back(t, cfg.delta, cfg.t_min)
-    f = guided_teacher(teacher, cond, w, clock)
-    amp = lambda: teachers.student_autocast(cfg.precision, dev)  # noqa: E731 - bf16 on a GPU by default
-    with clock("student"), torch.no_grad(), amp():
-        y_t = y_theta(raw, info, eps, t.to(dev, torch.float32), cond, w).float()  # Alg. 1 line 7, under SG
-    target = bootstrap_target(f, sch, y_t, eps, t, s, cfg.solver)
-    weight = loss_weight(sch, t, cfg.delta, cfg.weighting, s)
-    tt, ee, cc, ww = s, eps, cond, w
-    if boundary:  # one student forward for y_theta(eps, s) and y_theta(eps, t_max)
-        tt = torch.cat([s, torch.full_like(s, cfg.t_max)])
-        ee, cc = torch.cat([eps, eps]), teachers.cat_cond(cond, cond)
-        ww = torch.cat([w, w]) if torch.is_tensor(w) else w
-    with clock("student"), amp():
-        y = y_theta(model, info, ee, tt.to(dev, torch.float32), cc, ww).float()
-    loss_bs = bootstrap_loss(y[: len(eps)], target, weight)
-    loss_bc = torch.zeros((), device=dev)
-    if boundary:
-        f_tmax = f(eps, torch.full_like(t, cfg.t_max))  # Eq. 8: the teacher sees x = eps at t_max
-        loss_bc = boundary_loss(y[len(eps):], f_tmax)
-    return loss_bs + cfg.beta * loss_bc, {"bs": loss_bs.detach(), "bc": loss_bc.detach()}
-
-
-class Clock:
-    """Wall time per part (teacher / student), synchronised on GPU."""
-
-    def __init__(self, device):
-        self.cuda = device.type == "cuda"
-        self.ms = {"teacher": 0.0, "student": 0.0}
-
-    @contextmanager
-    def __call__(self, key):
-        if self.cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        yield
-        if self.cuda:
-            torch.cuda.synchronize()
-        self.ms[key] += 1000 * (time.perf_counter() - t0)
-
-    def take(self):
-        out, self.ms = self.ms, {k: 0.0 for k in self.ms}
-        return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Setup: teachers, prompts, stage-1 generator, run directory (all checks before anything is written)
-# ---------------------------------------------------------------------------------------------
-def quiet_libraries():
-    """Keep stderr for our own one-line errors: no weight-loading bars or config notices."""
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
-def load_all(cfg: BootConfig, device):
-    """(teacher, Conditions): loads and checks every input, writes nothing."""
-    quiet_libraries()
+# --- Setup: teachers, prompts, stage-1 generator, run directory (all checks before anything is written)
+def load_teacher_and_context(cfg: BootConfig, device):
+    """(teacher, teachers.Context): loads and checks every input, writes nothing."""
+    teachers.quiet_libraries()
     dtype = torch.float16 if cfg.half else torch.float32
     teacher = teachers.load_teacher(cfg.teacher, device, dtype, model_id=cfg.model_id, stage=cfg.stage, clip=cfg.clip)
-    is_text = hasattr(teacher, "encode_prompts")
     if getattr(teacher, "stage", 1) == 2 and cfg.stage != 2:
         raise UserError(f"'{cfg.teacher}' is an IF stage-II pipeline: pass --stage 2 --stage1-run DIR")
     if cfg.stage == 2 and getattr(teacher, "stage", 1) != 2:
         raise UserError(f"--stage 2 needs an IF stage-II teacher; '{cfg.teacher}' is not one")
     if cfg.w is not None and not teacher.guided:
         raise UserError(f"teacher '{cfg.teacher}' is unconditional: --w (CFG) does not apply")
-    prompts = encoder = stage1 = None
-    if is_text or cfg.stage == 2:
-        if cfg.prompts is None:
-            raise UserError(f"text-to-image teacher '{cfg.teacher}' needs --prompts FILE (one prompt per line)")
-        prompts = teachers.load_prompts(cfg.prompts)
-    elif cfg.prompts is not None:
-        raise UserError(f"teacher '{cfg.teacher}' is not text-conditioned: --prompts does not apply")
-    if cfg.stage == 2:
-        stage1 = teachers.load_generator(cfg.stage1_run, device)
-        if stage1.info.get("stage", 1) != 1 or stage1.sample_shape[0] != teacher.sample_shape[0]:
-            raise UserError(f"'{cfg.stage1_run}' is not a stage-1 run with {teacher.sample_shape[0]}-channel outputs")
-        encoder = teacher
-        if not hasattr(teacher, "tokenizer"):  # IF-II may ship without T5: stage I's encodes the prompts
-            info = stage1.info
-            encoder = teachers.load_teacher(info["teacher"], device, dtype, model_id=info.get("model_id"))
-    return teacher, Conditions(teacher, cfg, device, prompts, encoder, stage1)
+    prompts, encoder, stage1 = teachers.load_context(teacher, cfg.teacher, cfg.prompts, cfg.stage1_run)
+    context = teachers.Context(teacher, prompts, encoder, stage1, (cfg.w, cfg.w_max), cfg.noise_level)
+    return teacher, context  # c ~ D (Alg. 1 line 3): labels, prompts, IF-II's stage-1 inputs
 
 
 def default_weight(cfg: BootConfig, teacher):
@@ -582,223 +417,130 @@ def default_weight(cfg: BootConfig, teacher):
     return cfg.w if cfg.w is not None else teacher.default_guidance
 
 
-# ---------------------------------------------------------------------------------------------
-# Training loop: one code path for one CPU/GPU process and torchrun DDP
-# ---------------------------------------------------------------------------------------------
+# --- Alg. 1: the training run, one flat loop for one CPU/GPU process and torchrun DDP
+def sample_times(g, cfg: BootConfig, B: int, step: int):
+    """t ~ U(t_min, t_max) (Sec. 3.2), or the progressive ablation: a window of width 2 delta
+    sliding from t_max down to t_min over the run (Sec. 4.3, Fig. 6c)."""
+    u = torch.rand(B, generator=g, dtype=torch.float64)
+    if cfg.time_sampling == "uniform":
+        return cfg.t_min + (cfg.t_max - cfg.t_min) * u
+    centre = cfg.t_max - (cfg.t_max - cfg.t_min) * step / max(cfg.iters - 1, 1)
+    lo, hi = max(centre - cfg.delta, cfg.t_min), min(centre + cfg.delta, cfg.t_max)
+    return lo + (hi - lo) * u
+
+
+def boot_step(model, facts, teacher, batch, cfg: BootConfig, boundary: bool, meter):
+    """Alg. 1 lines 4-11 on this process's batch (eps, t, c, w): L_BS (+ beta L_BC on boundary
+    iterations). Returns (loss, {"bs", "bc"}); `meter` times the teacher and the student."""
+    eps, t, cond, w = batch
+    raw, sch, dev = getattr(model, "module", model), teacher.schedule, eps.device  # DDP's module: no-grad pass
+    s = step_back(t, cfg.delta, cfg.t_min)  # line 4
+    f = guided_teacher(teacher, cond, w, meter)  # line 9's f~ (Eq. 9)
+    amp = lambda: teachers.student_autocast(cfg.precision, dev)  # noqa: E731 - bf16 on a GPU by default
+    timed = meter.time if meter else lambda part: nullcontext()
+    with timed("student"), torch.no_grad(), amp():
+        y_t = y_theta(raw, facts, eps, t.to(dev, torch.float32), cond, w).float()  # line 7, under SG
+    target = bootstrap_target(f, sch, y_t, eps, t, s, cfg.solver)  # lines 5-6, 8-10 (Eq. 7 / 15)
+    weight = loss_weight(sch, t, cfg.delta, cfg.weighting, s)  # line 10: 1 / (delta lambda')^2 or 1 / delta^2
+    times, noise, conds, ws = s, eps, cond, w
+    if boundary:  # one student forward for y_theta(eps, s) and y_theta(eps, t_max) (line 7)
+        times, noise = torch.cat([s, torch.full_like(s, cfg.t_max)]), torch.cat([eps, eps])
+        conds, ws = teachers.cat_cond(cond, cond), torch.cat([w, w]) if torch.is_tensor(w) else w
+    with timed("student"), amp():
+        y = y_theta(model, facts, noise, times.to(dev, torch.float32), conds, ws).float()
+    loss_bs = bootstrap_loss(y[: len(eps)], target, weight)  # line 10
+    loss_bc = torch.zeros((), device=dev)
+    if boundary:
+        f_tmax = f(eps, torch.full_like(t, cfg.t_max))  # line 9: the teacher sees x = eps at t_max
+        loss_bc = boundary_loss(y[len(eps):], f_tmax)  # line 11 (Eq. 8)
+    return loss_bs + cfg.beta * loss_bc, {"bs": loss_bs.detach(), "bc": loss_bc.detach()}
+
+
+LOGGED = ("loss", "bs", "bc")  # metrics.jsonl's losses; bc is the mean over the boundary iterations
+
+
 def train(cfg: BootConfig):
+    """Algorithm 1 (paper, Appendix) as one loop; teachers.py's run kit resumes, logs and checkpoints."""
+    teacher, context, student, facts, run = load_inputs(cfg)  # every input check on every process; nothing written
+    with teachers.training(run) as (rank, world, device, stop):  # process group, run lock, Ctrl-C
+        raw, ema, opt = teachers.optimisation(student, cfg, device)
+        g = torch.Generator().manual_seed(cfg.seed)  # the global noise / time / condition stream: same on every rank
+        saved = {"model": raw, "ema": ema, "opt": opt, "gen": g}  # what a checkpoint holds
+        step, why = run.resume(saved, f"boot {cfg.teacher}"), None
+        model, meter = teachers.ddp(raw, device, world), teachers.Meter(device, LOGGED, ("loss", "bc"), run.window)
+        B, b = cfg.batch, cfg.batch // world
+        lo, hi = rank * b, (rank + 1) * b  # this process's slice of every global draw
+        while step < cfg.iters:  # line 1
+            eps = torch.randn((B, *teacher.sample_shape), generator=g)[lo:hi].to(device)  # line 2
+            t = sample_times(g, cfg, B, step)[lo:hi].to(device)  # line 4 (s = t - delta: boot_step)
+            cond, w = context.draw(g, B, lo, hi)  # line 3 (and w, when the student learns it)
+            boundary = cfg.boundary_every > 0 and step % cfg.boundary_every == 0
+            loss, parts = boot_step(model, facts, teacher, (eps, t, cond, w), cfg, boundary, meter)  # lines 4-11
+            with meter.time("student"):  # line 12
+                opt.zero_grad(set_to_none=True)
+                loss.backward()  # DDP averages the gradients over ranks: the global-batch mean
+                run.check_update(loss, raw.parameters(), step + 1)  # a non-finite loss or gradient stops the run
+                opt.step()
+                ema.update(raw)
+            step += 1
+            meter.add(loss=loss, bs=parts["bs"], **({"bc": parts["bc"]} if boundary else {}))
+            why = run.end_iteration(step, meter, saved, stop)  # records, checkpoints; the budget, as rank 0 sees it
+            if why:
+                break
+            if cfg.export_every and step % cfg.export_every == 0 and rank == 0:
+                finish(cfg, raw, ema, facts, teacher, context, device)  # student/ + preview.png to look at mid-run
+        if why == "signal":  # checkpointed at the end of the interrupted iteration
+            raise stop.exit(step, run.ckpt)
+        if rank == 0:
+            d = finish(cfg, raw, ema, facts, teacher, context, device)
+            teachers.print_snippet(d, facts, context.prompts and context.prompts[0])
+    return step
+
+
+def load_inputs(cfg: BootConfig):
+    """(teacher, conditions, student, facts, run directory): every input checked, on every process,
+    before any process group is made or anything is written."""
     validate(cfg, int(os.environ.get("WORLD_SIZE", 1)))
-    teachers.check_hub(cfg.teacher, cfg.model_id, cfg.stage)  # before any process group or download
+    teachers.check_hub(cfg.teacher, cfg.model_id, cfg.stage)  # before any download
     rank, world, device = teachers.dist_env()
-    # every input check (teacher, student, run directory) on every process before a process group
-    teacher, conds = load_all(cfg, device)
+    teacher, context = load_teacher_and_context(cfg, device)
     run = teachers.RunDir(cfg.out, dataclasses.asdict(cfg), rank, resumable=RESUMABLE, keep=cfg.keep)
-    student, info = make_student(teacher, cfg, default_weight(cfg, teacher))
-    rank, world, device = teachers.dist_setup()
-    try:
-        run.start()
-        return _train(cfg, rank, world, device, teacher, conds, run, student, info)
-    finally:
-        run.close()
-        teachers.dist_teardown()
+    student, facts = make_student(teacher, cfg, default_weight(cfg, teacher))
+    return teacher, context, student, facts, run
 
 
-def _train(cfg: BootConfig, rank, world, device, teacher, conds, run, student, info):
-    raw = student.to(device).train()
-    teachers.enable_checkpointing(raw, cfg.grad_checkpointing)
-    teachers.setup_precision(cfg.precision, device)
-    ema = teachers.EMA(raw, cfg.ema)
-    opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=0.0)
-    g = torch.Generator().manual_seed(cfg.seed)  # the global stream: same on every rank
-    step, elapsed, window = 0, 0.0, None
-    state = run.load()
-    run.truncate_metrics(None if state is None else state["step"])
-    if state is not None:
-        raw.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        g.set_state(state["gen"].cpu())  # a CPU generator's state, whatever the map_location
-        step, elapsed, window = state["step"], state["elapsed"], state.get("window")
-        print0(f"resuming {cfg.out} at step {step}")
-    model = raw
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        model = DDP(raw, device_ids=[device.index] if device.type == "cuda" else None)
-    with teachers.Interrupt() as stop:
-        step = loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed, rank, world, device,
-                    window, stop)
-    if stop.halted:  # checkpoint written at the end of the interrupted iteration
-        stop.report(step, run.ckpt)
-        raise SystemExit(stop.exit_code)
-    if rank == 0:
-        finish(cfg, raw, ema, info, teacher, conds, device)
-    return step
-
-
-def checkpoint(run, raw, ema, opt, g, step, elapsed, window=None):
-    """window = (loss sums, iterations) of the metrics window still open: a resumed run's next record
-    averages the same iterations as an uninterrupted run's."""
-    run.save({"model": raw.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-              "gen": g.get_state(), "step": step, "elapsed": elapsed, "window": window})
-
-
-def loop(cfg, model, raw, info, ema, opt, g, teacher, conds, run, step, elapsed, rank, world, device, window=None,
-         stop=None):
-    """Alg. 1 until cfg.iters (or cfg.minutes); checkpoints, metrics.jsonl, progress bar."""
-    from tqdm import tqdm
-
-    B, b = cfg.batch, cfg.batch // world
-    lo, hi = rank * b, (rank + 1) * b
-    clock, t_run = Clock(device), time.time()
-    bar = tqdm(total=cfg.iters, initial=step, disable=rank != 0, desc=f"boot {cfg.teacher}", dynamic_ncols=True)
-    since, t_log, sums = 0, time.perf_counter(), torch.zeros(4, dtype=torch.float64)
-    if window is not None:  # the open metrics window of the checkpoint
-        sums, since = window["sums"].clone(), int(window["since"])
-    while step < cfg.iters:
-        eps = torch.randn((B, *teacher.sample_shape), generator=g)[lo:hi].to(device)  # Alg. 1 line 2
-        t = sample_times(g, cfg, B, step)[lo:hi].to(device)  # line 4
-        cond, w = conds.draw(g, B, lo, hi)  # line 3
-        boundary = cfg.boundary_every > 0 and step % cfg.boundary_every == 0
-        loss, parts = boot_step(model, raw, info, teacher, eps, t, cond, w, cfg, boundary, clock)
-        with clock("student"):
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # DDP averages the gradients over ranks: the global-batch mean
-            run.check_update(loss, raw.parameters(), step + 1)  # loss and gradient norm, before the step
-            opt.step()
-            ema.update(raw)
-        step, since = step + 1, since + 1
-        sums += torch.stack([loss.detach().double().cpu(), parts["bs"].double().cpu(),
-                             parts["bc"].double().cpu(), torch.tensor(float(boundary), dtype=torch.float64)])
-        bar.update(1)
-        flags = stop_flags(cfg, elapsed + time.time() - t_run, stop)
-        minutes_up, halt = flags["minutes"], flags["halt"]  # halt: SIGINT / SIGTERM, checkpoint now
-        if step % cfg.log_every == 0 or step == cfg.iters or minutes_up:
-            now = time.perf_counter()
-            rec = log_record(sums, clock.take(), 1000 * (now - t_log), since, step, device)
-            rec["elapsed_s"] = round(elapsed + time.time() - t_run, 1)
-            run.log(rec)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", bc=f"{rec['bc']:.4f}",
-                            ms=f"T{rec['ms_teacher']:.0f}/S{rec['ms_student']:.0f}/O{rec['ms_other']:.0f}")
-            since, t_log, sums = 0, now, torch.zeros_like(sums)
-        elif rank == 0:  # losses and the time split from the first iteration: this process's window so far
-            bar.set_postfix(bar_stats(sums, clock.ms, 1000 * (time.perf_counter() - t_log), since), refresh=False)
-        if step % cfg.ckpt_every == 0 or step == cfg.iters or minutes_up or halt:
-            checkpoint(run, raw, ema, opt, g, step, elapsed + time.time() - t_run, {"sums": sums.clone(), "since": since})
-        if halt:  # the open metrics window travels in the checkpoint: the rerun logs what a straight run would
-            if stop is not None:
-                stop.halted = True
-            break
-        if cfg.export_every and step % cfg.export_every == 0 and step < cfg.iters and not minutes_up and rank == 0:
-            finish(cfg, raw, ema, info, teacher, conds, device)  # student/ + preview.png to look at mid-run
-        if minutes_up:
-            print0(f"\n--minutes {cfg.minutes} reached at step {step}; rerun the command to continue")
-            break
-    bar.close()
-    return step
-
-
-def stop_flags(cfg, elapsed_s, stop=None):
-    """Reasons to stop after this iteration (the --minutes budget; a SIGINT / SIGTERM, which torchrun
-    forwards to every process but not at the same step), decided once on rank 0 and broadcast: every
-    process leaves the loop at the same step (a per-process decision would leave collectives unmatched)."""
-    return teachers.rank0_decides(minutes=cfg.minutes is not None and elapsed_s > 60 * cfg.minutes,
-                                  halt=stop is not None and stop.requested)
-
-
-def bar_stats(sums, ms, total_ms, n):
-    """The progress bar's postfix between log records: window means of this process alone (no
-    collective, so rank 0 may show it every iteration)."""
-    n = max(n, 1)
-    t, s = ms["teacher"] / n, ms["student"] / n
-    return {"loss": f"{sums[0].item() / n:.4f}", "bc": f"{sums[2].item() / max(sums[3].item(), 1):.4f}",
-            "ms": f"T{t:.0f}/S{s:.0f}/O{max(total_ms / n - t - s, 0.0):.0f}"}
-
-
-def log_record(sums, ms, total_ms, n, step, device):
-    """Losses averaged over the window and the ranks (bc over boundary iterations); per-iteration
-    milliseconds split teacher / student / other."""
-    vals = torch.tensor(teachers.mean_over_ranks(sums.tolist(), device))
-    n = max(n, 1)
-    per = {k: v / n for k, v in ms.items()}
-    return {"step": step, "loss": vals[0].item() / n, "bs": vals[1].item() / n,
-            "bc": vals[2].item() / max(vals[3].item(), 1),
-            "ms_teacher": round(per["teacher"], 1), "ms_student": round(per["student"], 1),
-            "ms_other": round(max(total_ms / n - per["teacher"] - per["student"], 0.0), 1)}
-
-
-# ---------------------------------------------------------------------------------------------
-# Output: the EMA student in diffusers format + generator.json, a preview grid, a distance check
-# ---------------------------------------------------------------------------------------------
-def finish(cfg, raw, ema, info, teacher, conds, device):
-    import copy
-
-    student = copy.deepcopy(raw)
-    ema.copy_to(student)
-    student.eval().requires_grad_(False)
-    d, tmp = Path(cfg.out) / "student", Path(cfg.out) / f".student.tmp-{os.getpid()}"
-    teachers.export_pipeline(student_pipeline(student, info, teacher, conds), tmp)  # written aside,
-    teachers.write_text_atomic(tmp / "generator.json", json.dumps(info, indent=2))
-    teachers.replace_dir(tmp, d)  # then swapped in whole
+# --- Output: the EMA student in diffusers format + generator.json, a preview grid, a distance check
+def finish(cfg, raw, ema, facts, teacher, context, device):
+    """student/ (the EMA student as a BootPipeline + generator.json), then preview.png and the distance check."""
+    encoder = context.encoder if context.prompts is not None else None  # the exported pipeline encodes its prompts
+    d, student = teachers.export_ema(raw, ema, lambda m: teachers.boot_pipeline(m, facts, teacher, encoder), facts, cfg.out)
     if cfg.preview or cfg.check:
-        preview(cfg, student, info, teacher, conds, device)
+        preview(cfg, student, facts, teacher, context, device)
     else:
         print0(f"wrote {d} (--preview 0 --check 0: no preview.png, no distance check)")
-    print0("load it with plain diffusers:\n" + teachers.pipeline_snippet(d, *snippet_call(info, conds)))
-
-
-def snippet_call(info, conds):
-    """(arguments of a one-step call, a note) for the snippet printed after training."""
-    if conds.prompts is not None:
-        call = f"prompt={json.dumps(conds.prompts[0])}"
-        if conds.stage1 is not None:
-            return call + ", image=low_res", "low_res: the stage-I student's images, output_type='latent'"
-        return call, ""
-    if info.get("num_classes"):
-        return f"batch_size={info['num_classes']}, class_labels=list(range({info['num_classes']}))", ""
-    return "batch_size=4", ""
-
-
-def student_pipeline(student, info, teacher, conds):
-    """The exported student: a BootPipeline (pipelines/pipeline_boot.py) with what it needs to run
-    alone: the text encoder and tokenizer, the latent decoder, IF-II's noising scheduler."""
-    from pipelines.pipeline_boot import BootPipeline
-
-    facts = {k: info.get(k) for k in ("T", "t_max", "alpha_tmax", "sigma_tmax", "time_cond_dim", "time_input",
-                                      "native_time", "output", "guided", "default_w", "num_classes")}
-    parts = dict(sample_channels=teacher.sample_shape[0], sample_size=teacher.sample_shape[-1])
-    enc = conds.encoder if conds.prompts is not None else None
-    if enc is not None:
-        parts.update(text_encoder=enc.text_encoder, tokenizer=enc.tokenizer, max_length=enc.max_length,
-                     use_mask=enc.use_mask)
-    if teacher.latent:
-        teacher.vae.register_to_config(scaling_factor=teachers.latent_scale(teacher.vae))  # written explicitly
-        parts["vae"] = teacher.vae
-    if conds.stage1 is not None:
-        from diffusers import DDPMScheduler
-
-        parts.update(image_noising_scheduler=DDPMScheduler.from_config(teacher.noising_config),
-                     noise_level=info["noise_level"])
-    return BootPipeline(unet=student, **facts, **parts)
+    return d
 
 
 @torch.no_grad()
-def preview(cfg, student, info, teacher, conds, device):
+def preview(cfg, student, facts, teacher, context, device):
     """preview.png: teacher DDIM-50 (top) vs student one step (bottom) from the same noise. Prints
     the mean squared distance of the student to the teacher's DDIM-50 ODE solution beside the
     teacher's own DDIM-1 and DDIM-10 (on --check samples for small images, else on the preview's)."""
     from torchvision.utils import save_image
 
-    small = math.prod(teacher.sample_shape) <= 1024 and conds.prompts is None
+    small = math.prod(teacher.sample_shape) <= 1024 and context.prompts is None
     n = max(cfg.preview, cfg.check) if small else cfg.preview
     noise = teachers.seeded_noise(range(n), teacher.sample_shape, device)
-    cond, w = preview_cond(cfg, teacher, conds, n, device)
+    cond, w = context.fixed(n), context.w
+    if cfg.w_max is not None and w is not None:  # a student conditioned on w: preview the default w
+        w = default_weight(cfg, teacher)
     f = guided_teacher(teacher, cond, w)
-    ddim = lambda steps: teachers.ddim(_Guided(teacher, f), noise, steps)  # noqa: E731
+    ddim = lambda steps: teachers.ddim(f, noise, steps, schedule=teacher.schedule)  # noqa: E731
     x = {"DDIM-50": ddim(50), "DDIM-1": ddim(1), "DDIM-10": ddim(10)}
-    x["student"] = teachers.boot_generate(student, info, noise, torch.zeros(n, device=device), cond, w)
+    x["student"] = y_theta(student, facts, noise, torch.zeros(n, device=device), cond, w)
     k = cfg.preview
     if k:
-        rows = torch.cat([teacher.decode(x[key][:k].to(_dtype(teacher))) for key in ("DDIM-50", "student")])
+        rows = torch.cat([teacher.decode(x[key][:k].to(teacher.dtype)) for key in ("DDIM-50", "student")])
         save_image(rows.float(), Path(cfg.out) / "preview.png", nrow=k)
     dist = {key: (x[key] - x["DDIM-50"]).pow(2).mean().item() for key in ("student", "DDIM-1", "DDIM-10")}
     print0(f"mean sq. distance to the teacher's DDIM-50 from the same noise (n={n}): student 1-step "
@@ -808,134 +550,25 @@ def preview(cfg, student, info, teacher, conds, device):
     return dist
 
 
-def _dtype(teacher):
-    """The dtype the teacher's networks (and its latent decoder) were loaded in."""
-    return teacher.unet.dtype if hasattr(teacher, "unet") else torch.float32
-
-
-class _Guided:
-    """The guided teacher f~ seen through the samplers' interface (x0 + schedule)."""
-
-    def __init__(self, teacher, f):
-        self.schedule, self.f = teacher.schedule, f
-
-    def x0(self, x, t, cond=None, w=None):
-        return self.f(x, t)
-
-
-def preview_cond(cfg, teacher, conds, n, device):
-    """Labels 0..K-1 repeated, or the first prompts; a fixed stage-1 draw for IF-II."""
-    w = conds.w
-    if cfg.w_max is not None and w is not None:
-        w = default_weight(cfg, teacher)
-    if conds.prompts is not None:
-        cond = conds.encoder.encode_prompts([conds.prompts[i % len(conds.prompts)] for i in range(n)])
-        if conds.stage1 is not None:
-            g = torch.Generator().manual_seed(10_000)
-            cond = {**cond, **conds.lowres(g, n, 0, n, cond)}
-    elif teacher.num_classes:
-        cond = teacher.label_cond(torch.arange(n) % teacher.num_classes)
-    else:
-        cond = None
-    return as_student_cond(cond, device), w
-
-
-# ---------------------------------------------------------------------------------------------
-# One-step sampling of a finished run:  python boot.py sample RUN [--label K | --prompt TEXT] [--w W]
-# ---------------------------------------------------------------------------------------------
-def sample_main(argv):
-    p = teachers.OneLineParser(prog="boot.py sample", description="one-step samples of a finished BOOT run")
-    p.add_argument("run", help="run directory (with student/)")
-    p.add_argument("--label", type=int, default=None, help="class label (class-conditional teachers)")
-    p.add_argument("--prompt", default=None, help="text prompt (text-to-image teachers)")
-    p.add_argument("--w", type=float, default=None, help="guidance weight the student is conditioned on")
-    p.add_argument("--n", type=int, default=16, help="number of samples (seeds --seed .. --seed + n - 1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="PNG path (default RUN/samples.png)")
-    p.add_argument("--device", default=None, help="cuda, cuda:K or cpu (default: cuda when there is a GPU)")
-    a = p.parse_args(argv)
-    if a.n < 1:
-        raise UserError("--n must be at least 1")
-    if a.w is not None and not math.isfinite(a.w):
-        raise UserError(f"--w must be a finite number, got {a.w}")
-    device = teachers.sample_device(a.device)  # a flag error first, before anything is read
-    if not (Path(a.run) / "student" / "generator.json").is_file():
-        raise UserError(f"'{a.run}' has no student/generator.json (not a finished run directory)")
-    teachers.read_json(Path(a.run) / "student" / "generator.json", "student description")
-    teachers.check_model_dir(Path(a.run) / "student" / "unet", "student")
-    teachers.check_output_file(a.out or str(Path(a.run) / "samples.png"), "--out")
-    quiet_libraries()
-    gen = teachers.load_generator(a.run, device)  # the exported pipeline: encoder and decoder loaded once
-    cond = sample_cond(gen, a.label, a.prompt, a.n, a.seed)
-    noise = teachers.seeded_noise(range(a.seed, a.seed + a.n), gen.sample_shape, device)
-    t0 = time.perf_counter()
-    x = gen.generate(noise, cond, a.w)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    dt = time.perf_counter() - t0
-    from torchvision.utils import save_image
-
-    out = a.out or str(Path(a.run) / "samples.png")
-    save_image(gen.decode(x).float().cpu(), out, nrow=int(math.sqrt(a.n)) or 1)
-    print(f"{a.n} one-step samples in {dt:.2f} s on {device} -> {out}")
-
-
-def sample_cond(gen, label, prompt, n, seed):
-    """The condition of `boot.py sample`: labels, prompt embeddings, IF-II's stage-1 input."""
-    info = gen.info
-    if info.get("num_classes") and prompt is None:
-        k = label if label is not None else None
-        labels = torch.arange(n) % info["num_classes"] if k is None else torch.full((n,), k)
-        if labels.min() < 0 or labels.max() >= info["num_classes"]:
-            raise UserError(f"--label must lie in 0..{info['num_classes'] - 1}")
-        return gen.label_cond(labels)
-    if label is not None:
-        raise UserError("this student is not class-conditional: --label does not apply")
-    stage2 = info.get("stage", 1) == 2
-    if prompt is None:
-        if info.get("text"):
-            raise UserError("this student is text-conditioned: pass --prompt TEXT")
-        return None
-    pipe = gen.pipe  # the exported pipeline's own text encoder and IF-II input: no teacher needed
-    if pipe.text_encoder is None:
-        raise UserError("this student is not text-conditioned: --prompt does not apply")
-    cond = {"encoder_hidden_states": pipe.encode_prompt([prompt] * n).float()}
-    if stage2:
-        stage1 = teachers.load_generator(info["stage1_run"], gen.device)
-        noise1 = teachers.seeded_noise(range(seed, seed + n), stage1.sample_shape, gen.device)
-        x1 = stage1.generate(noise1, cond, None).clamp(-1, 1)
-        low = pipe.lowres(x1, info["noise_level"], generator=torch.Generator().manual_seed(seed))
-        cond = {**cond, **{k: v.float() if v.is_floating_point() else v for k, v in low.items()}}
-    return cond
-
-
-# ---------------------------------------------------------------------------------------------
-# --dry-run: memory per GPU and network passes of one iteration, from the teacher's configs only
-# ---------------------------------------------------------------------------------------------
+# --- --dry-run: memory per GPU and network passes of one iteration, from the teacher's configs only
 def memory_report(cfg: BootConfig, world: int) -> dict:
     """The teacher and student built from configs (no weights read); the student's activations for
     one sample measured on CPU under the precision a GPU run uses (auto = bf16 autocast)."""
-    quiet_libraries()
+    teachers.quiet_libraries()
     with teachers.config_only():
         dtype = torch.float16 if cfg.half else torch.float32
         teacher = teachers.load_teacher(cfg.teacher, "meta", dtype, model_id=cfg.model_id, stage=cfg.stage, clip=cfg.clip)
         from accelerate import init_empty_weights
 
         with init_empty_weights():  # parameters on the meta device, nothing else
-            student, info = make_student(teacher, cfg, default_weight(cfg, teacher))
+            student, facts = make_student(teacher, cfg, default_weight(cfg, teacher))
     student.to_empty(device="cpu").train()  # uninitialised values: only the shapes matter here
     eps, t = torch.zeros(1, *teacher.sample_shape), torch.full((1,), 0.5)
     cond = {k: torch.zeros((1, *v.shape[1:]), dtype=v.dtype) for k, v in teacher.null.items()} or None
     if cfg.stage == 2:
         cond = {**cond, "lowres": torch.zeros(1, *teacher.sample_shape), "class_labels": torch.tensor([cfg.noise_level])}
-    cond, w = as_student_cond(cond, "cpu"), default_weight(cfg, teacher)
-    precision = "bf16" if cfg.precision == "auto" else cfg.precision
-
-    def forward():
-        with teachers.student_autocast(precision, "cpu"):
-            teachers.boot_generate(student, info, eps, t, cond, w).float().mean()
-
-    act = teachers.saved_activation_bytes(student, forward)
+    cond, w = teachers.float_cond(cond, "cpu"), default_weight(cfg, teacher)
+    act = teachers.training_activation_bytes(student, lambda: y_theta(student, facts, eps, t, cond, w), cfg.precision)
     cfg_pair = teacher.guided and (w is not None or cfg.w_max is not None) and w != 1.0
     k = cfg.boundary_every
     passes = {"teacher_forwards": (2 if cfg.solver == "heun" else 1) + (1 / k if k else 0),
@@ -943,27 +576,20 @@ def memory_report(cfg: BootConfig, world: int) -> dict:
               "student_forwards_no_grad": 1, "student_forward_backward": 1,
               "student_train_batch": f"2 b every {k} iterations (boundary), else b" if k else "b"}
     mods = [getattr(teacher, name, None) for name in ("unet", "text_encoder", "vae")]
-    return teachers.memory_estimate(mods, 2 if cfg.half else 4, student, act, 2 if k else 1, cfg.batch // world, passes)
+    return teachers.memory_estimate(mods, 2 if cfg.half else 4, student, (act, 2 if k else 1), cfg.batch // world, passes)
 
 
-# ---------------------------------------------------------------------------------------------
-# main
-# ---------------------------------------------------------------------------------------------
+# --- main
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        if argv[:1] == ["sample"]:
-            sample_main(argv[1:])
-            return 0
-        cfg, dry_run = configure(argv)
-        if dry_run:
-            return 0
+    return cli.main_of(command, sys.argv[1:] if argv is None else argv)
+
+
+def command(argv):
+    if argv[:1] == ["sample"]:  # one-step samples of a finished run (teachers.sample_command)
+        return teachers.sample_command("boot", argv[1:])
+    cfg, dry_run = configure(argv)
+    if not dry_run:
         train(cfg)
-    except UserError as e:
-        if int(os.environ.get("RANK", 0)) == 0:
-            print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import typing
 from pathlib import Path
 
 HELP_FLAGS = ("-h", "--help")
@@ -24,15 +25,23 @@ def answers_alone(argv, flags=HELP_FLAGS) -> bool:
     return any(a in flags for a in argv)
 
 
-def answer_alone(configure, argv, prefix="error: ") -> int:
-    """Run a script's `configure(argv)` (which prints the help or the dry-run config) as its main:
-    exit code 0, or 2 with one line on stderr for bad input."""
+def flag(default, help_: str, choices=None):
+    """A config dataclass field that is a command-line flag: its default, its help, its choices."""
+    meta = {"help": help_} if choices is None else {"help": help_, "choices": list(choices)}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def main_of(command, argv) -> int:
+    """A script's main: `command(argv)`'s exit code (None = 0), or 2 with one line `error: ...` on
+    stderr for bad input (printed by rank 0 only under torchrun: every rank stops alike)."""
+    import os
+
     try:
-        configure(argv)
+        return command(argv) or 0
     except UserError as e:
-        print(f"{prefix}{e}", file=sys.stderr)
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 def add_usage(parser, line: str):
@@ -64,12 +73,13 @@ class OneLineParser(argparse.ArgumentParser):
 def parser_from_dataclass(cls, doc: str):
     """argparse flags from a config dataclass: --field-name, defaults shown, bools as --flag/--no-flag."""
     p = OneLineParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    hints = typing.get_type_hints(cls)  # the annotations as types (they are strings under `from __future__`)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         default = f.default_factory() if f.default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING \
             else f.default
         help_ = (f.metadata.get("help", "") + f" (default: {default})").strip()
-        typ = f.type if isinstance(f.type, type) else eval(f.type, vars(sys.modules[cls.__module__]) | {"float": float})  # noqa: S307
+        typ = hints[f.name]
         if typ is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
         elif f.metadata.get("choices"):
@@ -77,7 +87,7 @@ def parser_from_dataclass(cls, doc: str):
         elif f.metadata.get("nargs"):
             p.add_argument(flag, type=f.metadata["elem"], nargs=f.metadata["nargs"], default=default, help=help_)
         else:
-            conv = {int: int, float: float, str: str}.get(typ, _optional_conv(f.type))
+            conv = {int: int, float: float, str: str}.get(typ, _optional_conv(typ))
             p.add_argument(flag, type=conv, default=default, help=help_)
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     return p

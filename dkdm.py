@@ -3,123 +3,91 @@
 Xiang, Zhang, Shang, Wu, Yan, Nie (CVPR 2025), arXiv:2409.03550. A frozen teacher diffusion model
 is the only data source: a randomly initialised student of any diffusers architecture learns the
 teacher's every denoising step (Eq. 19-21), on noisy samples the teacher itself keeps producing
-(dynamic iterative distillation, Alg. 1). Read it next to the paper, top to bottom:
+(dynamic iterative distillation, Alg. 1). Top to bottom: config -> objective -> knowledge streams
+(pool init by shuffle denoise or staggered chains) -> students (cnn, vit) -> baselines -> Alg. 1.
 
-    config -> objective Eq. (19)-(21) -> knowledge streams (iterative, shuffled, dynamic; pool
-    init by shuffle denoise or staggered chains) -> students (cnn, vit) -> baselines (data-free,
-    data) -> training loop -> export / preview / sampling -> main
-
-Commands (each writes runs/dkdm-<teacher>-<student>-<method>/: config.json, metrics.jsonl,
-checkpoints/, student/ (a diffusers pipeline directory + generator.json), preview.png):
-
-    python dkdm.py                              # CPU (2 cores): digits teacher, cnn student, dynamic
-                                                # distillation, staggered pool init; 10,000 iterations
-                                                # (time per iteration and init: README.md, DKDM table)
-    python dkdm.py --student vit                # a DiT student of the same CNN teacher (~3x the cnn's
-                                                # time per iteration on CPU: 3,000 iterations by default)
-    python dkdm.py --method data --iters 4000   # baselines at equal iterations: real digits, or
-    python dkdm.py --method data-free           #   a synthetic set the teacher samples (Table 2)
-    python dkdm.py --method shuffled --iters 2000   # ablation (Sec. 4.3): iterative | shuffled | dynamic
-    python dkdm.py --dry-run                    # the resolved config, pool size and init cost
-    python evaluate.py --run runs/dkdm-digits-cnn-dynamic --nfe 50   # FD of the student vs teacher
+    python dkdm.py                              # digits teacher, cnn student, dynamic distillation,
+                                                #   staggered pool init -> runs/dkdm-digits-cnn-dynamic/
+    python dkdm.py --student vit                # a DiT student of the same CNN teacher
+    python dkdm.py --method data-free           # baselines: a synthetic set the teacher samples (Table
+    python dkdm.py --method data --iters 4000   #   2), or real digits; ablation: --method shuffled
+    python dkdm.py --dry-run                    # the resolved config, pool size, init cost, memory
     python dkdm.py sample runs/dkdm-digits-cnn-dynamic --sampler ancestral --steps 50
-
-    # the paper's settings on GPUs (hub teachers download on first use):
     torchrun --standalone --nproc_per_node=8 dkdm.py --teacher ddpm-cifar10 --batch 128 \\
-        --lr 1e-4 --warmup 0 --ema 0.9999 --iters 200000 --pool-init shuffle
-    python dkdm.py --teacher ldm-celebahq --rho 4 --batch 32 --lr 1e-4 --ema 0.9999 --iters 200000
-    python dkdm.py --teacher path/to/any/diffusers/DDPMPipeline/or/LDMPipeline/dir
+        --lr 1e-4 --warmup 0 --ema 0.9999 --iters 200000 --pool-init shuffle   # the paper's settings
 
-Conventions (REFERENCE: the official code, qianlong0502/DKDM): integer steps i = 0..T-1 as in
-diffusers, alpha_bar_{-1} = 1; the teacher's x0-hat is clipped per the teacher, the student's is
-not; the student's mean is detached inside the KL, so L*vlb trains only the variance head; loss
-= L*simple + lam L*vlb per timestep (lam = 1, see `dkdm_loss`). Teachers with a fixed variance
-(latent LDMs, google/ddpm-*) give L*simple only and a student with C output channels.
-Deviations from the paper, each a flag (README, "Paper vs ours"): the gradient norm is clipped at
-1.0 (--clip-grad 0: none, as the paper); the embedded digits teacher keeps the CPU protocol (DDIM-50
-scoring, a 100-step synthetic set) where hub teachers get Table 4's samplers.
-A pool entry is (x, i, label): the noisy sample x_i waiting for the step i -> i-1. An entry whose
-step i = 0 was just taken has become a clean sample; it restarts from fresh noise at i = T-1 right
-after that step (the official code keeps it at "t = 0" and resets it when next drawn: the same
-stream of training inputs). Under torchrun each process owns a pool of rho T b/world entries
-seeded by its rank (together rho T b, as in one process) and trains on b/world of them per step;
-gradients are averaged by DDP.
-Bad input stops with one line on stderr and exit code 2 before anything is written.
+Conventions (those of the official code, github.com/qianlong0502/DKDM): integer steps i = 0..T-1 as
+in diffusers, alpha_bar_{-1} = 1; the teacher's x0-hat is clipped per the teacher, the student's is
+not; the student's mean is detached inside the KL, so L*vlb trains only the variance head; loss =
+L*simple + lam L*vlb per timestep (see `dkdm_loss`). Fixed-variance teachers (latent LDMs,
+google/ddpm-*) give L*simple only. Deviations from the paper are flags (README, "Paper vs ours").
+A pool entry (x, i, label) is the noisy sample x_i waiting for the step i -> i-1; once its step
+i = 0 is taken it restarts from fresh noise at i = T-1 (the official code resets it when next
+drawn: the same stream). Under torchrun each process owns rho T b/world entries seeded by its rank.
+Run directories, resume, --minutes and exit codes work as in boot.py (teachers.py's run kit).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import cli
-from cli import UserError
+from cli import UserError, flag
 
-LN2 = math.log(2.0)
 METHODS = ("dynamic", "shuffled", "iterative", "data-free", "data")
 POOL_INITS = ("auto", "staggered", "shuffle", "noise")
-# Synthetic set sizes of the data-free baseline: the teacher's training-set size (Table 4).
-TRAIN_SET_SIZE = {"digits": 1797, "gmm": 1797, "ddpm-cifar10": 50000, "ldm-celebahq": 25000}
+TRAIN_SET_SIZE = {"digits": 1797, "gmm": 1797, "ddpm-cifar10": 50000, "ldm-celebahq": 25000}  # synthetic set (Table 4)
 # The embedded teachers keep the cheaper CPU protocol of every bench row (README, "paper vs ours"): the
 # synthetic set by 100 ancestral steps instead of Table 4's T = 1000, students scored with DDIM-50.
 EMBEDDED = ("digits", "gmm")
 
 
-# ---------------------------------------------------------------------------------------------
-# Config
-# ---------------------------------------------------------------------------------------------
+# --- Config
 @dataclass
 class DKDMConfig:
-    teacher: str = field(default="digits", metadata={"help": "registry name (digits, ddpm-cifar10, ldm-celebahq, gmm), hub id or local dir"})
-    model_id: str | None = field(default=None, metadata={"help": "override the registry entry's hub id (a mirror or a local copy)"})
-    student: str = field(default="cnn", metadata={"help": "cnn (UNet2DModel), vit (DiTTransformer2DModel) or a dir with a diffusers config.json"})
-    width: int | None = field(default=None, metadata={"help": "student base width; default 16 (cnn) / 128 (vit) at 8x8, 64 / 384 above"})
-    vit_init: str = field(default="adaln-zero", metadata={"choices": ["adaln-zero", "diffusers"], "help": "vit: DiT's "
-                          "adaLN-Zero init (the DiT paper), or diffusers' default init of DiTTransformer2DModel"})
-    method: str = field(default="dynamic", metadata={"choices": list(METHODS), "help": "knowledge stream, or a baseline"})
-    rho: float = field(default=0.4, metadata={"help": "dynamic pool size rho T b (Alg. 1); 0.4 pixel, 4 latent in the paper"})
-    pool_init: str = field(default="auto", metadata={"choices": list(POOL_INITS), "help": "auto: staggered (dynamic), shuffle (shuffled), noise (iterative)"})
-    chains: int = field(default=512, metadata={"help": "staggered init: teacher chains M run in one batch (well above rho b)"})
-    init_batch: int = field(default=512, metadata={"help": "shuffle-denoise init: samples per teacher pass"})
-    batch: int = field(default=64, metadata={"help": "global batch b (divided over torchrun processes)"})
-    iters: int | None = field(default=None, metadata={"help": "training iterations; default 10,000 (cnn) or 3,000 "
-                                                                "(vit, ~3x the cnn's cost per iteration on CPU)"})
-    minutes: float | None = field(default=None, metadata={"help": "also stop after this many minutes of training"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate (constant after warm-up)"})
-    warmup: int = field(default=200, metadata={"help": "linear lr warm-up iterations"})
-    ema: float = field(default=0.998, metadata={"help": "EMA decay of the exported student"})
-    clip_grad: float = field(default=1.0, metadata={"help": "clip the gradient norm at this value; 0 = no clipping "
-                                                            "(the paper and the official trainer: none; see README)"})
-    lam: float = field(default=1.0, metadata={"help": "weight lambda of L*vlb (Eq. 19), per timestep"})
-    p_uncond: float = field(default=0.0, metadata={"help": "fraction of samples with the null label (student learns CFG's unconditional model)"})
-    synth_sampler: str = field(default="auto", metadata={"choices": ["auto", "ancestral", "ddim"], "help": "data-free baseline's "
-                                                         "sampler; auto: Table 4's IDDPM (pixel teachers) or DDIM (latent)"})
-    synth_steps: int | None = field(default=None, metadata={"help": "data-free baseline: steps per synthetic sample; default "
-                                                                   "Table 4's T = 1000 (pixel) / 100 (latent); 100 for digits, gmm"})
-    synth_n: int | None = field(default=None, metadata={"help": "data-free baseline: synthetic set size; default the training-set size"})
-    seed: int = field(default=0, metadata={"help": "seed of every random draw (process r uses seed + 1000003 r)"})
-    half: bool = field(default=False, metadata={"help": "run the frozen teacher in float16 (GPU only; the same in boot.py)"})
-    precision: str = field(default="auto", metadata={"choices": list(cli.PRECISIONS), "help": "student: auto (bf16 autocast + TF32 matmuls on a GPU, float32 on CPU), bf16, fp32"})
-    grad_checkpointing: bool = field(default=False, metadata={"help": "recompute the student's activations in backward (less memory, more time)"})
-    out: str | None = field(default=None, metadata={"help": "run dir; default runs/dkdm-<teacher>-<student>-<method>"})
-    log_every: int = field(default=100, metadata={"help": "metrics.jsonl / progress interval"})
-    ckpt_every: int = field(default=1000, metadata={"help": "checkpoint interval (a rerun resumes from the latest)"})
-    keep: int = field(default=1, metadata={"help": "checkpoints kept: the last N (checkpoints/step-*.pt; latest.pt is the newest)"})
-    export_every: int = field(default=0, metadata={"help": "also export the EMA student + preview.png every K iterations while training (0: at the end)"})
-    sample: str | None = field(default=None, metadata={"help": "sampling entry point: a finished run dir to sample from (no training)"})
-    sampler: str = field(default="ancestral", metadata={"choices": ["ancestral", "ddim"], "help": "--sample: IDDPM ancestral or DDIM"})
-    steps: int = field(default=50, metadata={"help": "--sample: sampler steps"})
-    n: int = field(default=64, metadata={"help": "--sample: number of images (seeds 0..n-1, label seed mod classes)"})
-    device: str | None = field(default=None, metadata={"help": "--sample: cuda, cuda:K or cpu (default: cuda when there is a GPU)"})
+    teacher: str = flag("digits", "registry name (digits, ddpm-cifar10, ldm-celebahq, gmm), hub id or local dir")
+    model_id: str | None = flag(None, "override the registry entry's hub id (a mirror or a local copy)")
+    student: str = flag("cnn", "cnn (UNet2DModel), vit (DiTTransformer2DModel) or a dir with a diffusers config.json")
+    width: int | None = flag(None, "student base width; default 16 (cnn) / 128 (vit) at 8x8, 64 / 384 above")
+    vit_init: str = flag("adaln-zero", "vit: DiT's adaLN-Zero init, or diffusers' default", choices=["adaln-zero", "diffusers"])
+    method: str = flag("dynamic", "knowledge stream, or a baseline", choices=METHODS)
+    rho: float = flag(0.4, "dynamic pool size rho T b (Alg. 1); 0.4 pixel, 4 latent in the paper")
+    pool_init: str = flag("auto", "auto: staggered (dynamic), shuffle (shuffled), noise (iterative)", choices=POOL_INITS)
+    chains: int = flag(512, "staggered init: teacher chains M run in one batch (well above rho b)")
+    init_batch: int = flag(512, "shuffle-denoise init: samples per teacher pass")
+    batch: int = flag(64, "global batch b (divided over torchrun processes)")
+    iters: int | None = flag(None, "training iterations; default 10,000 (cnn) or 3,000 (vit)")
+    minutes: float | None = flag(None, "stop (checkpoint + export) after this many minutes of training in all reruns")
+    lr: float = flag(1e-3, "AdamW learning rate (constant after warm-up)")
+    warmup: int = flag(200, "linear lr warm-up iterations")
+    ema: float = flag(0.998, "EMA decay of the exported student")
+    clip_grad: float = flag(1.0, "clip the gradient norm at this value; 0: none, as the paper and its code (README)")
+    lam: float = flag(1.0, "weight lambda of L*vlb (Eq. 19), per timestep")
+    p_uncond: float = flag(0.0, "fraction of samples with the null label (student learns CFG's unconditional model)")
+    synth_sampler: str = flag("auto", "data-free baseline's sampler; auto: Table 4's (IDDPM pixel, DDIM latent)",
+                              choices=["auto", "ancestral", "ddim"])
+    synth_steps: int | None = flag(None, "data-free baseline: steps per synthetic sample; default Table 4's T = 1000 "
+                                         "(pixel) / 100 (latent); 100 for digits, gmm")
+    synth_n: int | None = flag(None, "data-free baseline: synthetic set size; default the training-set size")
+    seed: int = flag(0, "seed of every random draw (process r uses seed + 1000003 r)")
+    half: bool = flag(False, "run the frozen teacher in float16 (GPU only; the same in boot.py)")
+    precision: str = flag("auto", "student: auto (bf16 autocast + TF32 on a GPU, float32 on CPU)", choices=cli.PRECISIONS)
+    grad_checkpointing: bool = flag(False, "recompute the student's activations in backward (less memory, more time)")
+    out: str | None = flag(None, "run dir; default runs/dkdm-<teacher>-<student>-<method>")
+    log_every: int = flag(100, "metrics.jsonl / progress interval")
+    ckpt_every: int = flag(1000, "checkpoint interval (a rerun resumes from the latest)")
+    keep: int = flag(1, "checkpoints kept: the last N (checkpoints/step-*.pt; latest.pt is the newest)")
+    export_every: int = flag(0, "also export the EMA student + preview.png every K iterations (0: at the end only)")
 
 
 RESUMABLE = ("iters", "minutes", "log_every", "ckpt_every", "precision", "grad_checkpointing", "keep", "export_every")
-SAMPLING_FIELDS = ("sample", "sampler", "steps", "n", "device")
+STUDENT_ITERS = {"cnn": 10_000, "vit": 3_000}  # --iters when unset (a config directory: the cnn's)
 
 
 def parser():
@@ -137,16 +105,12 @@ import teachers  # noqa: E402
 from teachers import print0  # noqa: E402
 
 
-# ---------------------------------------------------------------------------------------------
 # --- DKDM Eq. (20): L*simple = || eps_T(x_t, t) - eps_S(x_t, t) ||^2, mean over C x H x W
-# ---------------------------------------------------------------------------------------------
 def l_simple(eps_T, eps_S):
     return ((eps_T - eps_S) ** 2).mean(dim=tuple(range(1, eps_S.dim())))
 
 
-# ---------------------------------------------------------------------------------------------
 # --- DKDM Eq. (21) with Eq. (12): L*vlb = KL(p_T(x_{t-1}|x_t) || p_S(x_{t-1}|x_t)) in bits/dim
-# ---------------------------------------------------------------------------------------------
 def student_mean_logvar(sch, x_t, i, eps_S, v_S):
     """p_S(x_{t-1} | x_t): mean from the student's eps (detached: L*simple trains it, as in IDDPM;
     x0-hat not clipped, as in the official code), log-variance from its v by Eq. (12)."""
@@ -158,12 +122,10 @@ def student_mean_logvar(sch, x_t, i, eps_S, v_S):
 def l_vlb(mean_T, logvar_T, mean_S, logvar_S):
     """KL between the two Gaussians, mean over dims, / ln 2 (no decoder NLL at t = 0)."""
     kl = teachers.normal_kl(mean_T, logvar_T, mean_S, logvar_S)
-    return kl.mean(dim=tuple(range(1, kl.dim()))) / LN2
+    return kl.mean(dim=tuple(range(1, kl.dim()))) / math.log(2.0)
 
 
-# ---------------------------------------------------------------------------------------------
 # --- DKDM Eq. (19): L*DKDM = L*simple + lambda L*vlb
-# ---------------------------------------------------------------------------------------------
 def dkdm_loss(sch, x_t, i, out_S, target, lam: float, learned_variance: bool):
     """(loss, mse, vb), each per sample. target = (mean_T, logvar_T, eps_T) of the teacher's step.
 
@@ -181,9 +143,7 @@ def dkdm_loss(sch, x_t, i, out_S, target, lam: float, learned_variance: bool):
     return mse + lam * vb, mse, vb
 
 
-# ---------------------------------------------------------------------------------------------
 # --- DKDM Sec. 3.3, Alg. 1: knowledge pool B+ and one teacher step per drawn sample
-# ---------------------------------------------------------------------------------------------
 def fresh_samples(teacher, n, g, p_uncond=0.0):
     """n pure noises x_{T-1} ~ N(0, I) and their labels (uniform; the null label w.p. p_uncond)."""
     x = torch.randn((n, *teacher.sample_shape), generator=g).to(teacher.device)
@@ -240,6 +200,11 @@ class Pool:
                 self.labels[idx[done]] = labels
         self.x[idx], self.i[idx] = new_x, new_i
 
+    def spread(self, T):
+        """metrics.jsonl's pool_t_spread: is the histogram of steps i still flat? (std / mean of 10 bins)"""
+        hist = torch.histc(self.i.float().cpu(), bins=10, min=0, max=T - 1)
+        return {"pool_t_spread": float(hist.std() / hist.mean())}
+
     def state_dict(self):
         return {"x": self.x, "i": self.i, "labels": self.labels, "g": self.g.get_state()}
 
@@ -264,22 +229,15 @@ def knowledge_step(teacher, pool: Pool, b, w=None, p_uncond=0.0):
     return x_t, i, labels, target
 
 
-# ---------------------------------------------------------------------------------------------
 # --- Pool initialisation: noise (iterative), shuffle denoise (Fig. 3), staggered chains
-# ---------------------------------------------------------------------------------------------
 def init_noise(teacher, n, g, p_uncond=0.0):
     """Iterative distillation's start: n noises, all at i = T-1 (they then step in lockstep)."""
     x, labels = fresh_samples(teacher, n, g, p_uncond)
     return Pool(x, torch.full((n,), teacher.schedule.T - 1, device=x.device), labels, g)
 
 
-def shuffle_denoise_cost(T, n):
-    """Expected sample evaluations of shuffle denoise: n (T - 1) / 2 (i_end uniform on 0..T-1)."""
-    return n * (T - 1) / 2
-
-
 @torch.no_grad()
-def init_shuffle(teacher, n, g, w=None, p_uncond=0.0, batch=512, progress=False):
+def init_shuffle(teacher, n, g, w=None, p_uncond=0.0, batch=512):
     """Shuffle denoise (the paper's init): every entry starts from noise at T-1 and the teacher
     denoises it down to its own i_end ~ U{0..T-1}. About n T / 2 sample evaluations."""
     T = teacher.schedule.T
@@ -287,7 +245,7 @@ def init_shuffle(teacher, n, g, w=None, p_uncond=0.0, batch=512, progress=False)
     i_end = torch.randint(0, T, (n,), generator=g).to(x.device)
     from tqdm import tqdm
 
-    for s in tqdm(range(T - 1, 0, -1), desc="shuffle denoise", disable=not progress, leave=False):
+    for s in tqdm(range(T - 1, 0, -1), desc="shuffle denoise", disable=not teachers.is_rank0(), leave=False):
         active = (i_end < s).nonzero().flatten()  # entries at step s that go on to s - 1
         if len(active) == 0:
             break
@@ -304,7 +262,7 @@ def staggered_counts(n, T):
 
 
 @torch.no_grad()
-def init_staggered(teacher, n, chains, g, w=None, p_uncond=0.0, progress=False, return_chains=False):
+def init_staggered(teacher, n, chains, g, w=None, p_uncond=0.0, return_chains=False):
     """M teacher chains run from T-1 to 0 in one batch; at every step i, about n/T of their
     current states are copied into the pool at step i. T-1 batched passes, M (T-1) evaluations.
 
@@ -324,7 +282,7 @@ def init_staggered(teacher, n, chains, g, w=None, p_uncond=0.0, progress=False, 
     queue, slot = torch.empty(0, dtype=torch.long), 0
     from tqdm import tqdm
 
-    for s in tqdm(range(T - 1, -1, -1), desc="staggered init", disable=not progress, leave=False):
+    for s in tqdm(range(T - 1, -1, -1), desc="staggered init", disable=not teachers.is_rank0(), leave=False):
         k = int(counts[s])
         if len(queue) < k:  # refill: this cycle's leftovers first, then the other chains shuffled
             perm = torch.randperm(chains, generator=g)
@@ -356,34 +314,21 @@ def init_cost(cfg, T, n):
     if how == "staggered":
         return cfg.chains * (T - 1), T - 1
     if how == "shuffle":
-        evals = shuffle_denoise_cost(T, n)
+        evals = n * (T - 1) / 2  # shuffle denoise: i_end uniform on 0..T-1
         return evals, max(T - 1, math.ceil(evals / cfg.init_batch))
     return 0, 0
 
 
-def make_pool(cfg, teacher, n, g, w, progress):
+def make_pool(cfg, teacher, n, g, w):
     how = resolved_init(cfg)
     if how == "staggered":
-        return init_staggered(teacher, n, cfg.chains, g, w, cfg.p_uncond, progress)
+        return init_staggered(teacher, n, cfg.chains, g, w, cfg.p_uncond)
     if how == "shuffle":
-        return init_shuffle(teacher, n, g, w, cfg.p_uncond, cfg.init_batch, progress)
+        return init_shuffle(teacher, n, g, w, cfg.p_uncond, cfg.init_batch)
     return init_noise(teacher, n, g, cfg.p_uncond)
 
 
-# ---------------------------------------------------------------------------------------------
-# Students of any architecture (Sec. 4.2, Table 5): a smaller CNN, or a DiT-style transformer
-# ---------------------------------------------------------------------------------------------
-def out_channels(teacher):
-    """eps (C channels), plus C variance channels (v of Eq. 12) when the teacher learned them."""
-    C = teacher.sample_shape[0]
-    return 2 * C if teacher.learned_variance else C
-
-
-def label_slots(teacher):
-    """Label embeddings: the teacher's classes + its null label (absent when unconditional)."""
-    return teacher.num_classes + 1 if teacher.num_classes else None
-
-
+# --- Students of any architecture (Sec. 4.2, Table 5): a smaller CNN, or a DiT-style transformer
 def cnn_config(teacher, width=None):
     """A UNet2DModel smaller than the teacher: 2 levels at 8x8, 3 up to 32x32, 4 above."""
     C, H, _ = teacher.sample_shape
@@ -392,19 +337,19 @@ def cnn_config(teacher, width=None):
     attn_last = H > 8  # self-attention at the lowest resolution only, above 8x8
     down = ["DownBlock2D"] * (len(mult) - 1) + ["AttnDownBlock2D" if attn_last else "DownBlock2D"]
     up = ["AttnUpBlock2D" if attn_last else "UpBlock2D"] + ["UpBlock2D"] * (len(mult) - 1)
-    return dict(sample_size=H, in_channels=C, out_channels=out_channels(teacher),
+    return dict(sample_size=H, in_channels=C, out_channels=teachers.out_channels(teacher),
                 block_out_channels=[w * m for m in mult], layers_per_block=1 if H <= 8 else 2,
                 down_block_types=down, up_block_types=up, norm_num_groups=8 if w <= 32 else 32,
-                attention_head_dim=8, num_class_embeds=label_slots(teacher))
+                attention_head_dim=8, num_class_embeds=teachers.label_slots(teacher))
 
 
 def vit_config(teacher, width=None):
     """A DiTTransformer2DModel (adaLN-zero, patch 2): 4 layers of width 128 at 8x8, 12 of 384 above."""
     C, H, _ = teacher.sample_shape
     w = width or (128 if H <= 8 else 384)
-    return dict(sample_size=H, in_channels=C, out_channels=out_channels(teacher), patch_size=2,
+    return dict(sample_size=H, in_channels=C, out_channels=teachers.out_channels(teacher), patch_size=2,
                 num_layers=4 if H <= 8 else 12, num_attention_heads=4, attention_head_dim=w // 4,
-                num_embeds_ada_norm=label_slots(teacher) or 1)
+                num_embeds_ada_norm=teachers.label_slots(teacher) or 1)
 
 
 def adaln_zero_(model):
@@ -429,44 +374,16 @@ def build_student(cfg, teacher):
         model = diffusers.DiTTransformer2DModel(**vit_config(teacher, cfg.width))
         if cfg.vit_init == "adaln-zero":
             adaln_zero_(model)
-    else:
-        conf = json.loads((Path(cfg.student) / "config.json").read_text())
-        name = conf.get("_class_name", "")
-        if name not in ("UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel"):
-            raise UserError(f"student '{cfg.student}' is a {name or 'config without _class_name'}; "
-                            f"supported: UNet2DModel, UNet2DConditionModel, DiTTransformer2DModel")
-        model = getattr(diffusers, name).from_config(conf)
-    check_student(model, teacher, cfg.student)
+    else:  # any diffusers denoiser's config.json
+        model = teachers.denoiser_from_config(cfg.student)
+    teachers.check_student_fits(model, teacher, cfg.student)
     for m in model.modules():  # DiT drops labels at random in train mode, to an index the teacher
         if type(m).__name__ == "LabelEmbedding":  # never saw; the null label is distilled instead
             m.dropout_prob = 0.0  # (--p-uncond), and the stream stays a function of the seed
     return model
 
 
-def check_student(model, teacher, what):
-    """One-line errors when the student cannot stand in for the teacher."""
-    c = model.config
-    C, H, _ = teacher.sample_shape
-    size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
-    if c.in_channels != C or size != H:
-        raise UserError(f"student '{what}' takes {c.in_channels}x{size}x{size} inputs; teacher "
-                        f"'{teacher.name}' makes {C}x{H}x{H}")
-    if c.out_channels != out_channels(teacher):
-        raise UserError(f"student '{what}' has {c.out_channels} output channels; teacher '{teacher.name}' needs "
-                        f"{out_channels(teacher)} ({'eps + variance' if teacher.learned_variance else 'eps'})")
-    if getattr(c, "patch_size", None) and H % c.patch_size:
-        raise UserError(f"student '{what}': patch size {c.patch_size} does not divide {H}")
-    slots = getattr(c, "num_class_embeds", None) or getattr(c, "num_embeds_ada_norm", None)
-    if teacher.num_classes and (slots or 0) < teacher.num_classes + 1:
-        raise UserError(f"student '{what}' embeds {slots or 0} labels; teacher '{teacher.name}' has "
-                        f"{teacher.num_classes} classes + a null label")
-    if not teacher.num_classes and getattr(c, "num_class_embeds", None):
-        raise UserError(f"student '{what}' is class-conditional; teacher '{teacher.name}' is not")
-
-
-# ---------------------------------------------------------------------------------------------
 # --- Baselines (Sec. 4.1): data-free (a synthetic set, Fig. 2b) and data-based (Fig. 2a)
-# ---------------------------------------------------------------------------------------------
 def synth_plan(cfg, teacher):
     """(sampler, steps) of the synthetic set. Table 4: IDDPM with all T steps for pixel teachers,
     DDIM-100 for latent ones; the embedded teachers: ancestral 100 (see EMBEDDED)."""
@@ -485,368 +402,156 @@ def eval_plan(cfg, teacher):
     return ("ddim", min(200, T)) if teacher.latent else ("ancestral", min(50, T))
 
 
-@torch.no_grad()
-def synthetic_dataset(teacher, n, steps, g, w=None, batch=256, sampler="ancestral"):
-    """The data-free baseline's D': n teacher samples (IDDPM ancestral or DDIM, `steps` steps, Table 4)."""
-    from tqdm import tqdm
-
-    xs, ls = [], []
-    for k in tqdm(range(0, n, batch), desc="synthetic set", unit="batch", leave=False):
-        noise, labels = fresh_samples(teacher, min(batch, n - k), g)
-        if sampler == "ddim":
-            xs.append(teachers.ddim(teacher, noise, steps, as_cond(labels), w).float())
-        else:
-            xs.append(teachers.ancestral(teacher, noise, steps, as_cond(labels), w, generator=g).float())
-        ls.append(labels)
-    return torch.cat(xs), (None if ls[0] is None else torch.cat(ls))
-
-
-class DataStream:
-    """Batches of (x0, labels) drawn with replacement from a fixed set (real or synthetic)."""
-
-    def __init__(self, x0, labels, g, num_classes=None, p_uncond=0.0):
-        self.x0, self.labels, self.g, self.K, self.p_uncond = x0, labels, g, num_classes, p_uncond
-
-    def draw(self, b):
-        idx = torch.randint(0, len(self.x0), (b,), generator=self.g)
-        labels = None
-        if self.labels is not None:
-            drop = torch.rand(b, generator=self.g) < self.p_uncond
-            labels = torch.where(drop, self.K, self.labels.cpu()[idx]).to(self.x0.device)
-        return self.x0[idx.to(self.x0.device)], labels
-
-    def state_dict(self):
-        return {"g": self.g.get_state()}
-
-    def load_state_dict(self, s):
-        self.g.set_state(s["g"].cpu())  # a CPU generator's state, whatever the map_location
-
-
 def data_stream(cfg, teacher, run_path, g, rank, w):
     """Real digits (`data`), or the teacher's synthetic set (`data-free`, made once, kept in the run)."""
     if cfg.method == "data":
         x, y = teachers.load_digits_tensor()
-        return DataStream(x.to(teacher.device), y.to(teacher.device), g, teacher.num_classes, cfg.p_uncond)
+        return teachers.ImageSet(x.to(teacher.device), y.to(teacher.device), g, teacher.num_classes, cfg.p_uncond)
     f = Path(run_path) / "synthetic.pt"
     if rank == 0 and not f.is_file():
         n = synth_n(cfg)
         sampler, steps = synth_plan(cfg, teacher)
         print0(f"data-free baseline: sampling {n} images with the teacher ({sampler}, {steps} steps)")
         gs = torch.Generator().manual_seed(cfg.seed + 7)
-        x, y = synthetic_dataset(teacher, n, steps, gs, w, sampler=sampler)
+        x, y = teachers.sample_set(teacher, lambda m: fresh_samples(teacher, m, gs), n, steps, gs, w, sampler)
         teachers.save_checkpoint(f, {"x": x.cpu(), "labels": None if y is None else y.cpu()})
-    barrier()
+    teachers.barrier("synthetic set")
     s = teachers.load_checkpoint(f)
     y = None if s["labels"] is None else s["labels"].to(teacher.device)
-    return DataStream(s["x"].to(teacher.device), y, g, teacher.num_classes, cfg.p_uncond)
+    return teachers.ImageSet(s["x"].to(teacher.device), y, g, teacher.num_classes, cfg.p_uncond)
 
 
 def synth_n(cfg):
     return cfg.synth_n or TRAIN_SET_SIZE.get(cfg.teacher, 10000)
 
 
-# ---------------------------------------------------------------------------------------------
-# Training loop (Alg. 1): one knowledge step, one student step, EMA; checkpoints with the pool
-# ---------------------------------------------------------------------------------------------
-def barrier(site="barrier"):
-    teachers.barrier(site)
-
-
-def stream_file(run, rank, step):
-    return run.path / "checkpoints" / f"stream-rank{rank}-step{step}.pt"
-
-
-def save_all(run, step, raw, ema, opt, stream, rank, window=None):
-    """Per-process pool (+ its generator) first, then the model checkpoint naming that step (with the
-    open metrics window: sums and count, so a resumed run's next record equals the uninterrupted one's)."""
-    teachers.save_checkpoint(stream_file(run, rank, step), stream.state_dict())
-    barrier()
-    run.save({"model": raw.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-              "window": window})
-    barrier()
-    keep = {stream_file(run, rank, s) for s in [*run.kept_steps(), step]}  # each kept checkpoint's pool
-    for f in run.path.glob(f"checkpoints/stream-rank{rank}-step*.pt"):
-        if f not in keep:
-            f.unlink(missing_ok=True)
-
-
-def student_step(cfg, teacher, model, stream, b, w):
-    """(loss, mse, vb, teacher seconds) of one batch: Eq. (19) on the stream, or Eq. (13) on data."""
-    sch = teacher.schedule
-    if isinstance(stream, DataStream):
+# --- Alg. 1: the training run, one flat loop for one CPU/GPU process and torchrun DDP
+def student_step(cfg, teacher, model, stream, b, w, meter=None):
+    """Alg. 1 lines 4-6 (and 8): (loss, mse, vb) of one batch, Eq. (19) on the knowledge stream
+    (whose pool takes the teacher's step), or Eq. (13) on a fixed set (the baselines)."""
+    timed = meter.time if meter else lambda part: nullcontext()
+    amp = lambda: teachers.student_autocast(cfg.precision, teacher.device)  # noqa: E731 - bf16 on a GPU by default
+    if isinstance(stream, teachers.ImageSet):
         x0, labels = stream.draw(b)
-        with teachers.student_autocast(cfg.precision, x0.device):
-            loss = teachers.iddpm_loss(model, x0, as_cond(labels), sch, stream.g)
-        return loss, loss.detach(), torch.zeros(()), 0.0
-    start = time.perf_counter()
-    x_t, i, labels, target = knowledge_step(teacher, stream, b, w, cfg.p_uncond)
-    sync(x_t.device)
-    t_teacher = time.perf_counter() - start
-    with teachers.student_autocast(cfg.precision, x_t.device):  # bf16 on a GPU by default
+        with timed("student"), amp():
+            loss = teachers.iddpm_loss(model, x0, as_cond(labels), teacher.schedule, stream.g)
+        return loss, loss.detach(), torch.zeros(())
+    with timed("teacher"):
+        x_t, i, labels, target = knowledge_step(teacher, stream, b, w, cfg.p_uncond)  # lines 4 and 8
+    with timed("student"), amp():
         out = teachers.call_net(model, x_t, i.to(x_t.dtype), as_cond(labels)).float()
-    loss, mse, vb = dkdm_loss(sch, x_t, i, out, target, cfg.lam, teacher.learned_variance)
-    return loss.mean(), mse.mean().detach(), vb.mean().detach(), t_teacher
+    with timed("student"):
+        loss, mse, vb = dkdm_loss(teacher.schedule, x_t, i, out, target, cfg.lam, teacher.learned_variance)
+    return loss.mean(), mse.mean().detach(), vb.mean().detach()  # lines 5-6: Eq. (20), (21)
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+LOGGED = ("loss", "mse", "vb")  # metrics.jsonl's losses (Eq. 19, 20, 21)
 
 
-def stop_now(cfg, step, started, stop=None):
-    """Iteration or minute budget reached, or a signal (`stop`: SIGINT / SIGTERM). The step count is
-    the same on every process; the clock and the signal's arrival are not, so rank 0's reading
-    decides for all (teachers.rank0_decides builds the flags on the device)."""
-    minutes_up = cfg.minutes is not None and time.time() - started > 60 * cfg.minutes
-    if step >= cfg.iters:
-        return True
-    flags = teachers.rank0_decides(minutes=minutes_up, halt=stop is not None and stop.requested)
-    if flags["halt"] and stop is not None:
-        stop.halted = True  # main sees the same decision on every process
-    return flags["minutes"] or flags["halt"]
+def train(cfg, teacher, student, run):
+    """Algorithm 1 (dynamic iterative distillation; the ablations and baselines swap the stream) as
+    one loop; teachers.py's run kit resumes, logs and checkpoints."""
+    with teachers.training(run) as (rank, world, device, stop):  # process group, run lock, Ctrl-C
+        print0(json.dumps(run_facts(cfg, teacher, student, run, world), indent=2))
+        raw, ema, opt = teachers.optimisation(student, cfg, device)
+        g = torch.Generator().manual_seed(cfg.seed + 1000003 * rank)  # this process's knowledge stream
+        b, w = cfg.batch // world, teacher.default_guidance
+        stream = make_stream(cfg, teacher, run, g, w, world)  # line 1: the pool B+_1 (or the baselines' set)
+        saved = {"model": raw, "ema": ema, "opt": opt, "stream": stream}  # what a checkpoint holds
+        step, why = run.resume(saved, f"dkdm {cfg.method}"), None
+        model, meter = teachers.ddp(raw, device, world), teachers.Meter(device, LOGGED, window=run.window)
+        pool_stats = (lambda: stream.spread(teacher.schedule.T)) if isinstance(stream, Pool) else None
+        if step == 0:
+            run.checkpoint(0, meter, saved)  # the initialised pool: a rerun never repeats its init
+        while step < cfg.iters:  # lines 2-3, 9
+            for group in opt.param_groups:  # linear warm-up, then constant
+                group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+            loss, mse, vb = student_step(cfg, teacher, model, stream, b, w, meter)  # lines 4-6, 8
+            with meter.time("student"):  # line 7
+                opt.zero_grad(set_to_none=True)
+                loss.backward()  # DDP averages the gradients over ranks: the global-batch mean
+                run.check_update(loss, raw.parameters(), step + 1)  # a non-finite loss or gradient stops the run
+                if cfg.clip_grad > 0:
+                    torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.clip_grad)
+                opt.step()
+                ema.update(raw)
+            step += 1
+            meter.add(loss=loss, mse=mse, vb=vb)
+            why = run.end_iteration(step, meter, saved, stop, extra=pool_stats)
+            if why:  # records and checkpoints written; the budget as rank 0 sees it
+                break
+            if cfg.export_every and step % cfg.export_every == 0 and rank == 0:
+                teachers.write_preview(teacher, export_student(cfg, teacher, raw, ema, run.path), run.path / "preview.png")
+        if why == "signal":  # checkpointed at the end of the interrupted iteration
+            raise stop.exit(step, run.ckpt)
+        if rank == 0:
+            d = export_student(cfg, teacher, raw, ema, run.path)
+            teachers.write_preview(teacher, d, run.path / "preview.png")
+            print0(f"{step} iterations; student -> {d}; preview -> {run.path / 'preview.png'}")
+            teachers.print_snippet(d, {"method": "dkdm", "num_classes": teacher.num_classes})
+    return step
 
 
-def train(cfg, teacher, student, run, rank, world, device, stop=None):
-    from torch.nn.parallel import DistributedDataParallel as DDP
-    from tqdm import tqdm
-
-    g = torch.Generator().manual_seed(cfg.seed + 1000003 * rank)
-    b, w = cfg.batch // world, teacher.default_guidance
-    raw = student.to(device).train()
-    teachers.enable_checkpointing(raw, cfg.grad_checkpointing)
-    teachers.setup_precision(cfg.precision, device)
-    model = DDP(raw) if world > 1 else raw
-    ema = teachers.EMA(raw, cfg.ema)
-    opt = torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=0.0)
-    state, step = run.load(), 0
-    run.truncate_metrics(None if state is None else state["step"])  # records past the checkpoint go
+def make_stream(cfg, teacher, run, g, w, world):
+    """Alg. 1 line 1: this process's knowledge pool B+_1, initialised as --pool-init says (a fresh run),
+    or empty, for run.resume to fill from the checkpoint; the baselines' fixed set of images."""
     if cfg.method in ("data", "data-free"):
-        stream = data_stream(cfg, teacher, run.path, g, rank, w)
-    else:
-        n = pool_size(cfg, teacher.schedule.T, b)
-        if state is None:
-            evals, passes = init_cost(cfg, teacher.schedule.T, n)
-            print0(f"pool: {n} entries per process, init '{resolved_init(cfg)}': {evals:,.0f} teacher sample "
-                   f"evaluations in {passes:,} batched passes")
-            start = time.time()
-            stream = make_pool(cfg, teacher, n, g, w, progress=rank == 0)
-            print0(f"pool initialised in {time.time() - start:.1f} s")
-            run.log({"step": 0, "pool_init": resolved_init(cfg), "init_seconds": time.time() - start,
-                     "init_evals": evals, "pool_size": n * world})
-        else:
-            stream = init_noise(teacher, n, g)  # replaced by the saved pool just below
-    if state is not None:
-        raw.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
-        saved = getattr(run, "stream_state", None) or teachers.read_checkpoint(stream_file(run, rank, step), "knowledge-stream checkpoint")
-        stream.load_state_dict(saved)
-        print0(f"resumed from {run.ckpt} at step {step}")
-    else:
-        save_all(run, 0, raw, ema, opt, stream, rank)
-
-    started, acc, since = time.time(), [0.0] * 6, 0  # loss, mse, vb, teacher s, student s, other s
-    if state is not None and state.get("window"):
-        acc, since = list(state["window"]["acc"]), int(state["window"]["since"])
-    bar = tqdm(total=cfg.iters, initial=step, disable=rank != 0, desc=f"dkdm {cfg.method}")
-    while not stop_now(cfg, step, started, stop):
-        t0 = time.perf_counter()
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
-        t1 = time.perf_counter()
-        loss, mse, vb, t_teacher = student_step(cfg, teacher, model, stream, b, w)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        run.check_update(loss, raw.parameters(), step + 1)  # loss and gradient norm, before the step
-        if cfg.clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.clip_grad)
-        opt.step()
-        ema.update(raw)
-        sync(device)
-        t2 = time.perf_counter()
-        step, since = step + 1, since + 1
-        losses = (loss.item(), mse.item(), vb.item())
-        bar.update(1)
-        t_student, t_other = t2 - t1 - t_teacher, (t1 - t0) + (time.perf_counter() - t2)
-        acc = [a + v for a, v in zip(acc, (*losses, t_teacher, t_student, t_other))]
-        if step % cfg.log_every == 0 or step == cfg.iters:
-            log_progress(cfg, run, bar, step, acc, stream, device, teacher.schedule.T, since)
-            acc, since = [0.0] * 6, 0
-        elif rank == 0:  # losses and the time split from the first iteration (this process's window)
-            bar.set_postfix_str(progress_text(*[a / since for a in acc]), refresh=False)
-        if step % cfg.ckpt_every == 0:
-            save_all(run, step, raw, ema, opt, stream, rank, {"acc": acc, "since": since})
-        if cfg.export_every and step % cfg.export_every == 0 and step < cfg.iters and rank == 0:
-            write_preview(teacher, export_student(cfg, teacher, raw, ema, run.path), run.path / "preview.png")
-    bar.close()
-    save_all(run, step, raw, ema, opt, stream, rank, {"acc": acc, "since": since})
-    return raw, ema, step
-
-
-def log_progress(cfg, run, bar, step, acc, stream, device, T, k):
-    """metrics.jsonl + progress bar: losses (averaged over processes) and the time split per iteration:
-    teacher = knowledge step (teacher forward + pool draw and write-back), student = forward,
-    backward, AdamW and EMA, other = the rest of the loop."""
-    loss, mse, vb, t_teacher, t_student, t_other = teachers.mean_over_ranks([a / k for a in acc], device)
-    rec = {"step": step, "loss": loss, "mse": mse, "vb": vb, "ms_iter": 1e3 * (t_teacher + t_student + t_other),
-           "ms_teacher": 1e3 * t_teacher, "ms_student": 1e3 * t_student, "ms_other": 1e3 * t_other}
-    if isinstance(stream, Pool):  # is the pool's t-histogram still flat? (std of 10 bins / mean)
-        hist = torch.histc(stream.i.float().cpu(), bins=10, min=0, max=T - 1)
-        rec["pool_t_spread"] = float(hist.std() / hist.mean())
-    run.log(rec)
-    bar.set_postfix_str(progress_text(loss, mse, vb, t_teacher, t_student, t_other))
-
-
-def progress_text(loss, mse, vb, t_teacher, t_student, t_other):
-    return (f"loss {loss:.4f} mse {mse:.4f} vb {vb:.4f} | ms/it teacher {1e3 * t_teacher:.0f} "
-            f"student {1e3 * t_student:.0f} other {1e3 * t_other:.0f}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Export: a diffusers pipeline directory + generator.json (evaluate.py reads nothing else)
-# ---------------------------------------------------------------------------------------------
-def teacher_source(cfg):
-    """Where the teacher's pipeline lives (for its scheduler config); None for the analytic gmm."""
-    if cfg.model_id:
-        return cfg.model_id
-    if cfg.teacher in teachers.REGISTRY:
-        return teachers.REGISTRY[cfg.teacher].default_id
-    return cfg.teacher
-
-
-def student_scheduler(cfg, teacher):
-    """The teacher's scheduler config, with the student's variance type, eps prediction and clip."""
-    from diffusers import DDPMScheduler
-
-    over = dict(variance_type="learned_range" if teacher.learned_variance else teacher.variance_type,
-                prediction_type="epsilon", clip_sample=teacher.clip == "static", thresholding=False)
-    where = teacher_source(cfg)
-    if where is not None:
-        _, conf = teachers._scheduler_facts(where)
-        return DDPMScheduler.from_config({k: v for k, v in conf.items() if not k.startswith("_")}, **over)
-    ab = teacher.schedule.alphas_cumprod
-    betas = 1 - ab / torch.cat([torch.ones(1, dtype=ab.dtype), ab[:-1]])
-    return DDPMScheduler(num_train_timesteps=len(ab), trained_betas=betas.tolist(), **over)
-
-
-def export_student(cfg, teacher, raw, ema, run_path):
-    """run/student/: unet/ (EMA weights), scheduler/, model_index.json, generator.json; atomic."""
-    import copy
-    import shutil
-
-    model = copy.deepcopy(raw).cpu()
-    ema.copy_to(model)
-    final, tmp = Path(run_path) / "student", Path(run_path) / f".student.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    cls = type(model).__name__
-    teachers.export_pipeline(student_pipeline(cfg, teacher, model), tmp)
-    name = cfg.teacher if cfg.teacher in teachers.REGISTRY else str(Path(cfg.teacher).resolve())
-    (tmp / "generator.json").write_text(json.dumps({
-        "method": "dkdm", "teacher": name, "model_id": teachers.local_path(cfg.model_id), "steps": eval_plan(cfg, teacher)[1],
-        "sampler": eval_plan(cfg, teacher)[0],
-        "sample_shape": list(teacher.sample_shape), "num_classes": teacher.num_classes,
-        "latent": teacher.latent, "default_w": teacher.default_guidance, "class_name": cls,
-        "training": cfg.method}, indent=2))
-    teachers.replace_dir(tmp, final)  # never deletes the old export before the new one is whole
-    return final
-
-
-def student_pipeline(cfg, teacher, model):
-    """The exported student: a TrailingDDIMPipeline (pipelines/pipeline_ddim.py), the teacher's
-    DDIM as a diffusers pipeline, with the teacher's latent decoder when it has one."""
-    from pipelines.pipeline_ddim import TrailingDDIMPipeline
-
-    sched = student_scheduler(cfg, teacher)
-    if teacher.latent:  # the factor the teacher's latents use, written explicitly into the export
-        teacher.vae.register_to_config(scaling_factor=teachers.latent_scale(teacher.vae))
-    return TrailingDDIMPipeline(unet=model, scheduler=teachers.ddim_scheduler(dict(sched.config)),
-                                vae=teacher.vae if teacher.latent else None, num_classes=teacher.num_classes,
-                                variance_type=sched.config.variance_type, default_guidance=teacher.default_guidance)
-
-
-@torch.no_grad()
-def write_preview(teacher, student_dir, path, n=16, steps=50):
-    """preview.png: teacher (top row) and student (bottom row), DDIM-50 from the same noise."""
-    from torchvision.utils import save_image
-
-    student = teachers.load_teacher(str(student_dir), device=teacher.device)
-    seeds = list(range(n))
-    noise = teachers.seeded_noise(seeds, teacher.sample_shape, teacher.device)
-    cond = teacher.label_cond(torch.tensor([s % teacher.num_classes for s in seeds])) if teacher.num_classes else None
-    w = teacher.default_guidance
-    rows = [teacher.decode(teachers.ddim(m, noise, steps, cond, w)) for m in (teacher, student)]
-    save_image(torch.cat(rows).float().cpu(), path, nrow=n)
-
-
-# ---------------------------------------------------------------------------------------------
-# Sampling entry point for a trained student: IDDPM ancestral or DDIM, N steps
-# ---------------------------------------------------------------------------------------------
-@torch.no_grad()
-def sample_run(cfg):
-    from torchvision.utils import save_image
-
-    device = teachers.sample_device(cfg.device)
-    gen = teachers.load_generator(cfg.sample, device)
-    student = gen.model
-    teachers.trailing_steps(student.schedule.T, cfg.steps)
-    seeds = list(range(cfg.n))
-    noise = teachers.seeded_noise(seeds, student.sample_shape, student.device)
-    cond = student.label_cond(torch.tensor([s % student.num_classes for s in seeds])) if student.num_classes else None
+        return data_stream(cfg, teacher, run.path, g, run.rank, w)
+    if run.resume_step is not None:
+        empty = torch.empty(0, device=teacher.device)
+        return Pool(empty, empty.long(), None, g)
+    n = pool_size(cfg, teacher.schedule.T, cfg.batch // world)
+    evals, passes = init_cost(cfg, teacher.schedule.T, n)
+    print0(f"pool: {n} entries per process, init '{resolved_init(cfg)}': {evals:,.0f} teacher sample "
+           f"evaluations in {passes:,} batched passes")
     start = time.time()
-    if cfg.sampler == "ancestral":
-        x = teachers.ancestral(student, noise, cfg.steps, cond, gen.default_guidance, generator=torch.Generator().manual_seed(0))
-    else:  # the exported pipeline's DDIM, as a diffusers user runs it
-        x = gen.pipe.denoise(noise, None if cond is None else cond["class_labels"], gen.default_guidance, cfg.steps)
-    out = Path(cfg.sample) / f"samples-{cfg.sampler}{cfg.steps}.png"
-    save_image(gen.decode(x).float().cpu(), out, nrow=int(math.sqrt(cfg.n)) or 1)
-    print(f"{cfg.n} {cfg.sampler}-{cfg.steps} samples in {time.time() - start:.1f} s -> {out}")
-    return 0
+    pool = make_pool(cfg, teacher, n, g, w)
+    print0(f"pool initialised in {time.time() - start:.1f} s")
+    run.log({"step": 0, "pool_init": resolved_init(cfg), "init_seconds": time.time() - start,
+             "init_evals": evals, "pool_size": n * world})
+    return pool
 
 
-# ---------------------------------------------------------------------------------------------
-# main: every check before anything is written
-# ---------------------------------------------------------------------------------------------
-def check_config(cfg):
-    """Errors that need no model."""
-    teachers.check_finite_fields(cfg)
+# --- Export: a diffusers pipeline directory + generator.json (evaluate.py reads nothing else)
+def export_student(cfg, teacher, raw, ema, run_path):
+    """run/student/: model_index.json, unet/ (EMA weights), scheduler/, [vae/], generator.json."""
+    name = cfg.teacher if cfg.teacher in teachers.REGISTRY else str(Path(cfg.teacher).resolve())
+    sampler, steps = eval_plan(cfg, teacher)
+    info = {"method": "dkdm", "teacher": name, "model_id": teachers.local_path(cfg.model_id), "steps": steps,
+            "sampler": sampler, "sample_shape": list(teacher.sample_shape), "num_classes": teacher.num_classes,
+            "latent": teacher.latent, "default_w": teacher.default_guidance, "class_name": type(raw).__name__,
+            "training": cfg.method}
+    source = teachers.teacher_source(cfg.teacher, cfg.model_id)  # the teacher's pipeline: its scheduler config
+    return teachers.export_ema(raw, ema, lambda model: teachers.ddpm_pipeline(model, teacher, source), info, run_path)[0]
+
+
+# --- main: every check before anything is written
+def load_inputs(cfg):
+    """(teacher, student, run directory): every input checked, on every process, before any process
+    group is made or anything is written."""
+    teachers.check_run_fields(cfg)
     checks = [(cfg.rho > 0, "--rho must be positive"), (cfg.lam >= 0, "--lam must be non-negative"),
               (cfg.batch >= 1, "--batch must be at least 1"), (cfg.chains >= 1, "--chains must be at least 1"),
-              (cfg.init_batch >= 1, "--init-batch must be at least 1"), (cfg.iters >= 1, "--iters must be at least 1"),
-              (cfg.minutes is None or cfg.minutes > 0, "--minutes must be positive"), (cfg.lr > 0, "--lr must be positive"),
-              (cfg.warmup >= 0, "--warmup must be non-negative"), (cfg.clip_grad >= 0, "--clip-grad must be non-negative"), (0 <= cfg.ema < 1, "--ema must lie in [0, 1)"),
-              (0 <= cfg.p_uncond < 1, "--p-uncond must lie in [0, 1)"), (cfg.synth_steps is None or cfg.synth_steps >= 1, "--synth-steps must be at least 1"),
+              (cfg.init_batch >= 1, "--init-batch must be at least 1"), (cfg.warmup >= 0, "--warmup must be non-negative"),
+              (cfg.clip_grad >= 0, "--clip-grad must be non-negative"),
+              (0 <= cfg.p_uncond < 1, "--p-uncond must lie in [0, 1)"),
+              (cfg.synth_steps is None or cfg.synth_steps >= 1, "--synth-steps must be at least 1"),
               (cfg.synth_n is None or cfg.synth_n >= 1, "--synth-n must be at least 1"),
-              (cfg.log_every >= 1 and cfg.ckpt_every >= 1, "--log-every and --ckpt-every must be at least 1"),
-              (cfg.keep >= 1 and cfg.export_every >= 0, "--keep must be at least 1 and --export-every non-negative"),
-              (cfg.steps >= 1 and cfg.n >= 1, "--steps and --n must be at least 1"),
-              (not cfg.half or torch.cuda.is_available(), "--half needs a GPU (float16 teachers are slow and inexact on CPU)"),
+              (cfg.width is None or cfg.width >= 1, "--width must be at least 1"),
               (cfg.method != "iterative" or cfg.pool_init in ("auto", "noise"),
                "--method iterative starts every sample at T-1 (--pool-init auto or noise)")]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
-    if cfg.width is not None and cfg.width < 1:
-        raise UserError("--width must be at least 1")
     if cfg.student not in ("cnn", "vit") and not (Path(cfg.student) / "config.json").is_file():
         raise UserError(f"unknown student '{cfg.student}' (cnn, vit, or a directory with a diffusers config.json)")
     if cfg.student not in ("cnn", "vit"):
         teachers.read_json(Path(cfg.student) / "config.json", "student config")
-    if cfg.sample and not (Path(cfg.sample) / "student" / "generator.json").is_file():
-        raise UserError(f"--sample: '{cfg.sample}' holds no student/generator.json (not a finished dkdm run)")
-    if cfg.sample:
-        info = teachers.read_json(Path(cfg.sample) / "student" / "generator.json", "student description")
-        if info.get("method") != "dkdm":
-            raise UserError(f"--sample: '{cfg.sample}' is not a dkdm run (its student is a {info.get('method')} student)")
-        teachers.check_model_dir(Path(cfg.sample) / "student", "student")
-        teachers.check_output_file(Path(cfg.sample) / f"samples-{cfg.sampler}{cfg.steps}.png", "--sample")
-    else:
-        teachers.check_teacher_files(cfg.teacher, cfg.model_id)
-        teachers.check_output_dir(run_dir(cfg), "--out")
-
-
-def prepare(cfg, rank, world, device):
-    """(teacher, student, RunDir): the teacher loaded, the student built, every check done."""
+    teachers.check_teacher_files(cfg.teacher, cfg.model_id)
+    out = cfg.out or f"runs/dkdm-{Path(cfg.teacher).name}-{Path(cfg.student).name}-{cfg.method}"
+    teachers.check_output_dir(out, "--out")
+    teachers.check_hub(cfg.teacher, cfg.model_id)  # before any download
+    rank, world, device = teachers.dist_env()
     if cfg.batch % world:
         raise UserError(f"--batch {cfg.batch} is not divisible by the {world} processes")
     teacher = teachers.load_teacher(cfg.teacher, device=device, model_id=cfg.model_id,
@@ -861,119 +566,53 @@ def prepare(cfg, rank, world, device):
         need = int(staggered_counts(pool_size(cfg, teacher.schedule.T, cfg.batch // world), teacher.schedule.T).max())
         if cfg.chains < need:
             raise UserError(f"--chains {cfg.chains} is below the {need} pool entries per step (rho b); use well above")
-    out = run_dir(cfg)
-    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in SAMPLING_FIELDS}
-    config.update(out=out, world_size=world, pool_init=resolved_init(cfg) if cfg.method not in ("data", "data-free") else None)
-    run = teachers.RunDir(out, config, rank, resumable=RESUMABLE, keep=cfg.keep)
-    if run.resume_step is not None and cfg.method not in ("data", "data-free"):  # this process's pool file
-        run.stream_state = teachers.read_checkpoint(stream_file(run, rank, run.resume_step), "knowledge-stream checkpoint")
+    config = {**dataclasses.asdict(cfg), "out": out, "world_size": world,
+              "pool_init": resolved_init(cfg) if cfg.method not in ("data", "data-free") else None}
+    run = teachers.RunDir(config["out"], config, rank, resumable=RESUMABLE, keep=cfg.keep,
+                          per_rank={"stream": "knowledge-stream checkpoint"})
     return teacher, student, run
 
 
-def run_dir(cfg):
-    return cfg.out or f"runs/dkdm-{Path(cfg.teacher).name}-{Path(cfg.student).name}-{cfg.method}"
-
-
-def describe(cfg, teacher, student, run, world):
+def run_facts(cfg, teacher, student, run, world):
+    """The config with its defaults filled in, and what the run will do (--dry-run, start of a run)."""
     T, b = teacher.schedule.T, cfg.batch // world
     facts = {"teacher": f"{teacher.name} {teacher.sample_shape} T={T} variance={teacher.variance_type}",
              "student": f"{type(student).__name__} {sum(p.numel() for p in student.parameters()):,} params",
              "objective": "L*simple + lam L*vlb" if teacher.learned_variance else "L*simple (fixed-variance teacher)"}
+    if cfg.width is None and cfg.student in ("cnn", "vit"):
+        c = student.config
+        facts["width"] = c.block_out_channels[0] if cfg.student == "cnn" else c.num_attention_heads * c.attention_head_dim
+    if cfg.synth_n is None and cfg.method == "data-free":
+        facts["synth_n"] = synth_n(cfg)
     if cfg.method in ("dynamic", "shuffled", "iterative"):
         n = pool_size(cfg, T, b)
         evals, passes = init_cost(cfg, T, n)
         facts["pool"] = f"{n} x {world} entries, init {resolved_init(cfg)}: {evals:,.0f} sample evaluations, {passes:,} passes"
-    return {**run.config, **filled_defaults(cfg, teacher), **facts}
+    return {**run.config, **facts}
 
 
-def filled_defaults(cfg, teacher):
-    """The values that None stands for in the config (shown by --dry-run and at the start of a run)."""
-    filled = {}
-    if cfg.width is None and cfg.student == "cnn":
-        filled["width"] = cnn_config(teacher)["block_out_channels"][0]
-    elif cfg.width is None and cfg.student == "vit":
-        conf = vit_config(teacher)
-        filled["width"] = conf["attention_head_dim"] * conf["num_attention_heads"]
-    if cfg.synth_n is None and cfg.method == "data-free":
-        filled["synth_n"] = synth_n(cfg)
-    return filled
-
-
-def memory_report(cfg, teacher, student, world):
-    """--dry-run: memory per GPU (teacher, student + AdamW + EMA, activations measured on CPU for one
-    sample under the precision a GPU run uses, the pool) and the network passes of one iteration."""
-    import copy
-
-    model = copy.deepcopy(student).cpu().train()
-    C, H, W = teacher.sample_shape
-    x, i = torch.zeros(1, C, H, W), torch.tensor([teacher.schedule.T // 2])
-    labels = torch.zeros(1, dtype=torch.long) if teacher.num_classes else None
-    precision = "bf16" if cfg.precision == "auto" else cfg.precision
-
-    def forward():
-        with teachers.student_autocast(precision, "cpu"):
-            teachers.call_net(model, x, i.float(), as_cond(labels)).float().mean()
-
-    act = teachers.saved_activation_bytes(model, forward)
-    b = cfg.batch // world
-    pool = pool_size(cfg, teacher.schedule.T, b) if cfg.method in ("dynamic", "shuffled", "iterative") else 0
-    w = teacher.default_guidance
-    passes = {"teacher_forwards": 1 if cfg.method not in ("data", "data-free") else 0,
-              "teacher_forward_batch": "2 b (CFG pair)" if teacher.guided and w not in (None, 1.0) else "b",
-              "student_forward_backward": 1}
-    return teachers.memory_estimate([getattr(teacher, "unet", None), getattr(teacher, "vae", None)],
-                                    2 if cfg.half else 4, model, act, 1, b, passes,
-                                    extra_per_sample=pool / b * (4 * C * H * W + 16), extra_what="pool")
+def command(argv):
+    if "--sample" in argv:  # the older spelling of `sample RUN`
+        k = argv.index("--sample")
+        argv = ["sample", *argv[k + 1:k + 2], *argv[:k], *argv[k + 2:]]
+    if argv[:1] == ["sample"]:  # samples of a finished run (teachers.sample_command)
+        return teachers.sample_command("dkdm", argv[1:])
+    args = vars(parser().parse_args(argv))
+    dry_run, iters = args.pop("dry_run"), args.pop("iters")  # --iters unset: the student's default
+    cfg = DKDMConfig(**args, iters=STUDENT_ITERS.get(args["student"], STUDENT_ITERS["cnn"]) if iters is None else iters)
+    cfg = dataclasses.replace(cfg, **{k: teachers.local_path(getattr(cfg, k)) for k in ("teacher", "model_id")})
+    teacher, student, run = load_inputs(cfg)
+    if dry_run:  # the config, what the run will do, and its memory per GPU with the pool (4 C H W + 16 bytes each)
+        world, (C, H, W) = run.config["world_size"], teacher.sample_shape
+        b = cfg.batch // world
+        pool = pool_size(cfg, teacher.schedule.T, b) if cfg.method in ("dynamic", "shuffled", "iterative") else 0
+        memory = teachers.student_memory(teacher, student, cfg, b, int(pool > 0), (pool / b * (4 * C * H * W + 16), "pool"))
+        return print0(json.dumps({**run_facts(cfg, teacher, student, run, world), "memory_estimate": memory}, indent=2))
+    train(cfg, teacher, student, run)
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["sample"]:
-        argv = ["--sample", *argv[1:]]
-    args = vars(parser().parse_args(argv))
-    dry_run = args.pop("dry_run")
-    cfg = DKDMConfig(**args)
-    cfg = dataclasses.replace(cfg, **{k: teachers.local_path(getattr(cfg, k)) for k in ("teacher", "model_id")})
-    if cfg.iters is None:
-        cfg = dataclasses.replace(cfg, iters=3000 if cfg.student == "vit" else 10000)
-    try:
-        check_config(cfg)
-        if cfg.sample:
-            return sample_run(cfg)
-        teachers.check_hub(cfg.teacher, cfg.model_id)  # before any process group or download
-        # every check (teacher, student, run directory) on every process before a process group
-        rank, world, device = teachers.dist_env()
-        teacher, student, run = prepare(cfg, rank, world, device)
-        if dry_run:
-            facts = describe(cfg, teacher, student, run, world)
-            print0(json.dumps({**facts, "memory_estimate": memory_report(cfg, teacher, student, world)}, indent=2))
-            return 0
-        rank, world, device = teachers.dist_setup()
-        try:
-            run.start()
-            barrier()
-            print0(json.dumps(describe(cfg, teacher, student, run, world), indent=2))
-            with teachers.Interrupt() as stop:
-                raw, ema, step = train(cfg, teacher, student, run, rank, world, device, stop)
-            if stop.halted:  # the loop checkpointed at the end of the interrupted iteration
-                stop.report(step, run.ckpt)
-                raise SystemExit(stop.exit_code)
-            if rank == 0:
-                d = export_student(cfg, teacher, raw, ema, run.path)
-                write_preview(teacher, d, run.path / "preview.png")
-                print0(f"{step} iterations; student -> {d}; preview -> {run.path / 'preview.png'}")
-                K = teacher.num_classes
-                call = f"batch_size={K}, class_labels=list(range({K}))" if K else "batch_size=4"
-                print0("load it with plain diffusers:\n" + teachers.pipeline_snippet(d, call + ", num_inference_steps=50"))
-            barrier()
-        finally:
-            run.close()
-            teachers.dist_teardown()
-    except UserError as e:
-        if int(os.environ.get("RANK", 0)) == 0:
-            print(f"dkdm.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.main_of(command, sys.argv[1:] if argv is None else list(argv))
 
 
 if __name__ == "__main__":

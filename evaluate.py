@@ -32,7 +32,7 @@ rows share n and n_ref.
     python evaluate.py --teacher ddpm-cifar10 --ref DIR --n 10000 # Inception FID, 1 GPU, online
     python evaluate.py --teacher sd21 --prompts prompts.txt --n 1000 --nfe 50  # + CLIP score
     torchrun --standalone --nproc_per_node=8 evaluate.py --teacher digits --num-samples 1000  # same numbers
-    python evaluate.py --train-classifier   # re-train the digits feature classifier (CPU)
+    python assets/train.py classifier       # re-train the digits feature classifier (also: --train-classifier)
 
 --json PATH writes the table as records {"name", "sampler", "nfe", "features", "fid",
 "precision", "recall", "images_per_s", "n", ...}; --grid PATH writes a PNG whose rows share the
@@ -144,54 +144,12 @@ def _shift_and_jitter(x, generator):
     return x + 0.05 * torch.randn(x.shape, generator=generator)
 
 
-def train_classifier(out_dir=CLASSIFIER_DIR, seed=0, held_out=360, epochs=60, batch=64, lr=2e-3):
-    """Train the digits feature classifier on a seeded split; print and save held-out accuracy."""
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    x, y = teachers.load_digits_tensor()
-    perm = torch.randperm(len(x), generator=g)
-    test, train = perm[:held_out], perm[held_out:]
-    model = DigitsClassifier()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps = epochs * -(-len(train) // batch)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    start = time.time()
-    from tqdm import tqdm
-
-    for _ in tqdm(range(epochs), desc="digits classifier", unit="epoch"):
-        order = train[torch.randperm(len(train), generator=g)]
-        for i in range(0, len(order), batch):
-            idx = order[i:i + batch]
-            loss = F.cross_entropy(model(_shift_and_jitter(x[idx], g)), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    with torch.no_grad():
-        acc = (model(x[test]).argmax(1) == y[test]).float().mean().item()
-    from safetensors.torch import save_file
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out_dir / "model.safetensors")
-    cfg = {"channels": [32, 64, 64], "feature_dim": 128, "num_classes": 10, "seed": seed, "held_out": held_out,
-           "held_out_accuracy": round(acc, 4), "epochs": epochs, "batch": batch, "lr": lr,
-           "trained_by": "python evaluate.py --train-classifier",
-           "data": "sklearn.datasets.load_digits, x = pixels / 8 - 1, split by torch.randperm(seed)"}
-    (out_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"digits classifier: {n_params:,} parameters, {steps} steps in {time.time() - start:.0f} s, "
-          f"held-out accuracy {100 * acc:.1f} % on {held_out} images -> {out_dir}")
-    return acc
-
-
 @functools.lru_cache(maxsize=2)
 def load_classifier(path=CLASSIFIER_DIR):
     """(frozen DigitsClassifier, its config dict) from safetensors weights + config.json."""
     path = Path(path)
     if not (path / "model.safetensors").is_file() or not (path / "config.json").is_file():
-        raise UserError(f"digits classifier missing in '{path}': run python evaluate.py --train-classifier")
+        raise UserError(f"digits classifier missing in '{path}': run python assets/train.py classifier")
     from safetensors.torch import load_file
 
     cfg = json.loads((path / "config.json").read_text())
@@ -507,9 +465,9 @@ def sig3(x) -> str:
     return f"{v:.{max(0, 2 - math.floor(math.log10(abs(v))))}f}"
 
 
-def evaluate_samples(images, ref_feats: dict, name, sampler=None, nfe=None, images_per_s=None,
-                     prompts=None, clip_model=None, device="cpu") -> list[dict]:
-    """One record per feature space in ref_feats (space -> reference features N_ref x D).
+def evaluate_samples(images, ref_feats: dict, row: dict, prompts=None, clip_model=None, device="cpu") -> list[dict]:
+    """One record per feature space in ref_feats (space -> reference features N_ref x D); `row` names
+    what made the images: name, sampler, nfe, images_per_s.
 
     IS (digits classifier) goes with the digits record; the CLIP score (with prompts) with all.
     """
@@ -519,9 +477,9 @@ def evaluate_samples(images, ref_feats: dict, name, sampler=None, nfe=None, imag
         f = features(images, space, device=device)
         precision, recall = precision_recall(ref, f)
         records.append({
-            "name": name, "sampler": sampler, "nfe": nfe, "features": space,
+            "name": row["name"], "sampler": row.get("sampler"), "nfe": row.get("nfe"), "features": space,
             "fid": frechet_distance_features(f, ref), "precision": precision, "recall": recall,
-            "images_per_s": images_per_s, "n": len(images), "n_ref": len(ref),
+            "images_per_s": row.get("images_per_s"), "n": len(images), "n_ref": len(ref),
             "inception_score": inception_score(digits_probs(images)) if space == "digits" else None,
             "clip_score": clip,
         })
@@ -627,7 +585,7 @@ def real_images(teacher, ref=None):
 
 
 def load_student(run_dir, device="cpu"):
-    """The distilled generator of a run directory (teachers.load_generator reads its student/)."""
+    """The distilled generator of a run directory (teachers.load_student reads its student/)."""
     p = Path(run_dir)
     if not p.is_dir():
         raise UserError(f"run directory '{run_dir}' does not exist")
@@ -635,7 +593,7 @@ def load_student(run_dir, device="cpu"):
         raise UserError(f"run directory '{run_dir}' is empty")
     if not (p / "student").is_dir():
         raise UserError(f"run directory '{run_dir}' has no student/ (has training finished?)")
-    return teachers.load_generator(p, device=device)
+    return teachers.load_student(p, device=device)
 
 
 def split_real(n_real, n_held, seed=0):
@@ -757,7 +715,7 @@ def run_evaluation(cfg: EvalConfig, rank=0, world=1, device="cpu"):
     held, refh = split_real(len(real), cfg.n)
     if rank == 0:  # the `real` row: n held-out real images; every row is scored against the rest
         ref_feats = {s: features(real[refh], s, device=device) for s in spaces}
-        records += evaluate_samples(real[held], ref_feats, "real", device=device)
+        records += evaluate_samples(real[held], ref_feats, {"name": "real"}, device=device)
     runs = [(teacher.name, cfg.sampler, k, teacher_sampler(teacher, cfg.sampler, k, w, prompts))
             for k in sorted(cfg.nfe, reverse=True)]
     if student:
@@ -778,7 +736,8 @@ def run_evaluation(cfg: EvalConfig, rank=0, world=1, device="cpu"):
                 cache.save(sampler, nfe, images, ips)
         if rank == 0:
             ps = [prompts[s % len(prompts)] for s in seeds] if prompts else None
-            records += evaluate_samples(images, ref_feats, name, sampler, nfe, ips, ps, cfg.clip_model, device)
+            row = {"name": name, "sampler": sampler, "nfe": nfe, "images_per_s": ips}
+            records += evaluate_samples(images, ref_feats, row, ps, cfg.clip_model, device)
             rows.append((f"{sampler}-{nfe}", images))
     return records, rows, add_speedups(records)
 
@@ -793,7 +752,7 @@ def main(argv=None):
             print(json.dumps(dry_run_view(cfg), indent=2))
             return 0
         if cfg.train_classifier:
-            train_classifier()
+            teachers.assets_train().train_classifier()
             return 0
         if cfg.teacher:
             teachers.check_hub(cfg.teacher)  # before any process group or download

@@ -11,7 +11,7 @@ t = i / (T - 1), i = 0..T-1, is the teacher's own discrete `alphas_cumprod`.
 
     python teachers.py --list                       # the registry (no download)
     python teachers.py --sample digits --steps 50   # DDIM samples of the embedded teacher -> PNG
-    python teachers.py --train-digits               # re-train the embedded teacher (~5 CPU min)
+    python assets/train.py digits                   # re-train the embedded teacher (also: --train-digits)
 
 Reading order: schedule -> Teacher (CFG, thresholding, eps/x0/v, learned variance) -> samplers
 -> embedded teachers (analytic Gaussian mixture, digits) -> hub loaders and registry -> run
@@ -174,10 +174,6 @@ def cat_cond(a: dict | None, b: dict | None):
     return {k: torch.cat([a[k], b[k]]) for k in a}
 
 
-def index_cond(cond: dict | None, idx):
-    return None if cond is None else {k: v[idx] for k, v in cond.items()}
-
-
 class Teacher(nn.Module):
     """A frozen diffusion model seen as f_phi(x_t, t, c). Subclasses implement `net`.
 
@@ -186,10 +182,16 @@ class Teacher(nn.Module):
     Time t is continuous in [0, 1] (a float tensor of shape [B]).
     """
 
+    FACTS = dict(clip=None, dynamic_p=0.995, dynamic_max=1.0, default_guidance=None, num_classes=None,
+                 latent=False, name="teacher")  # keyword facts of a teacher, and their defaults
+
     def __init__(self, schedule: Schedule, sample_shape, prediction_type="epsilon", variance_type="fixed_small",
-                 clip=None, dynamic_p=0.995, dynamic_max=1.0, default_guidance=None, num_classes=None,
-                 latent=False, name="teacher"):
+                 **facts):
         super().__init__()
+        unknown = set(facts) - set(self.FACTS)
+        if unknown:
+            raise TypeError(f"unknown teacher facts: {', '.join(sorted(unknown))}")
+        facts = {**self.FACTS, **facts}
         if prediction_type not in ("epsilon", "sample", "v_prediction"):
             raise UserError(f"unsupported prediction type '{prediction_type}'")
         self.schedule = schedule
@@ -197,11 +199,8 @@ class Teacher(nn.Module):
         self.prediction_type = prediction_type
         self.variance_type = variance_type
         self.learned_variance = variance_type in ("learned", "learned_range")
-        self.clip, self.dynamic_p, self.dynamic_max = clip, dynamic_p, dynamic_max
-        self.default_guidance = default_guidance
-        self.num_classes = num_classes
-        self.latent = latent
-        self.name = name
+        for k, v in facts.items():  # clip (thresholding), dynamic_p / dynamic_max, default_guidance (w),
+            setattr(self, k, v)  # num_classes, latent, name
         self.null: dict = {}  # key -> the negative condition for one example
         self.nfe = 0  # network forwards, counted per call (a CFG pair counts once)
 
@@ -233,11 +232,10 @@ class Teacher(nn.Module):
             raise UserError(f"class labels must lie in 0..{self.num_classes - 1} (or {self.num_classes} for null)")
         return {"class_labels": labels.to(self.device)}
 
-    def random_cond(self, n, generator=None):
-        """A condition for n examples drawn like a user would: uniform labels, or None."""
-        if self.num_classes:
-            return self.label_cond(torch.randint(0, self.num_classes, (n,), generator=generator))
-        return None
+    @property
+    def dtype(self):
+        """The dtype its networks (and latent decoder) were loaded in; float32 for analytic teachers."""
+        return self.unet.dtype if hasattr(self, "unet") else torch.float32
 
     @property
     def device(self):
@@ -331,18 +329,24 @@ def trailing_steps(T: int, steps: int):
 
 
 @torch.no_grad()
-def ddim(teacher: Teacher, noise, steps: int, cond=None, w=None):
+def ddim(model, noise, steps: int, cond=None, w=None, schedule=None):
     """DDIM (BOOT Eq. 1): x_s = sigma_s/sigma_t x_t + (alpha_s - alpha_t sigma_s/sigma_t) f(x_t, t).
 
-    Starts from x = noise at the last integer step T - 1 and ends with x0 = f(x_t, t_last), i.e.
-    alpha_bar = 1 after the final step. steps = NFE.
+    `model` is a Teacher (f = its x0 under cond and w) or any denoiser callable f(x, t) -> x0 on
+    `schedule` (k-diffusion's shape: BOOT's guided teacher plugs straight in). Starts from x = noise
+    at the last integer step T - 1 and ends with x0 = f(x_t, t_last), i.e. alpha_bar = 1 after the
+    final step. steps = NFE.
     """
-    sch = teacher.schedule
+    if isinstance(model, Teacher):
+        schedule, denoise = model.schedule, lambda x, t: model.x0(x, t, cond, w)  # noqa: E731
+    else:
+        denoise = model
+    sch = schedule
     grid = trailing_steps(sch.T, steps)
     x = noise
     for k, i in enumerate(grid):
         t = torch.full((x.shape[0],), i / (sch.T - 1), dtype=x.dtype, device=x.device)
-        f = teacher.x0(x, t, cond, w)
+        f = denoise(x, t)
         if k + 1 == len(grid):
             return f
         s = torch.full_like(t, grid[k + 1] / (sch.T - 1))
@@ -529,46 +533,102 @@ def iddpm_loss(model, x0, cond, sch: Schedule, generator=None):
     return (mse + torch.where(i > 0, vb, torch.zeros_like(vb))).mean()
 
 
-def train_digits(out_dir=DIGITS_DIR, steps=2500, batch=128, lr=1e-3, seed=0, p_uncond=0.2):
-    """Train the embedded teacher on scikit-learn's digits and save it in diffusers format."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+def out_channels(teacher):
+    """A denoiser standing in for `teacher` predicts eps (C channels), plus C variance channels (v of
+    DKDM Eq. 12) when the teacher learned them."""
+    C = teacher.sample_shape[0]
+    return 2 * C if teacher.learned_variance else C
+
+
+def label_slots(teacher):
+    """Label embeddings: the teacher's classes + its null label (absent when unconditional)."""
+    return teacher.num_classes + 1 if teacher.num_classes else None
+
+
+def denoiser_from_config(directory):
+    """A randomly initialised diffusers denoiser from `directory`/config.json (UNet2DModel,
+    UNet2DConditionModel or DiTTransformer2DModel)."""
+    import diffusers
+
+    conf = read_json(Path(directory) / "config.json", "student config")
+    name = conf.get("_class_name", "")
+    if name not in ("UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel"):
+        raise UserError(f"student '{directory}' is a {name or 'config without _class_name'}; "
+                        f"supported: UNet2DModel, UNet2DConditionModel, DiTTransformer2DModel")
+    return getattr(diffusers, name).from_config(conf)
+
+
+def check_student_fits(model, teacher, what):
+    """One-line errors when a diffusers denoiser (DKDM's student) cannot stand in for the teacher."""
+    c = model.config
+    C, H, _ = teacher.sample_shape
+    size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
+    if c.in_channels != C or size != H:
+        raise UserError(f"student '{what}' takes {c.in_channels}x{size}x{size} inputs; teacher "
+                        f"'{teacher.name}' makes {C}x{H}x{H}")
+    if c.out_channels != out_channels(teacher):
+        raise UserError(f"student '{what}' has {c.out_channels} output channels; teacher '{teacher.name}' needs "
+                        f"{out_channels(teacher)} ({'eps + variance' if teacher.learned_variance else 'eps'})")
+    if getattr(c, "patch_size", None) and H % c.patch_size:
+        raise UserError(f"student '{what}': patch size {c.patch_size} does not divide {H}")
+    slots = getattr(c, "num_class_embeds", None) or getattr(c, "num_embeds_ada_norm", None)
+    if teacher.num_classes and (slots or 0) < teacher.num_classes + 1:
+        raise UserError(f"student '{what}' embeds {slots or 0} labels; teacher '{teacher.name}' has "
+                        f"{teacher.num_classes} classes + a null label")
+    if not teacher.num_classes and getattr(c, "num_class_embeds", None):
+        raise UserError(f"student '{what}' is class-conditional; teacher '{teacher.name}' is not")
+
+
+class ImageSet:
+    """Batches of (x0, labels) drawn with replacement from a fixed set of images (real, or a teacher's
+    samples): what standard diffusion training (iddpm_loss) reads; DKDM's data / data-free baselines."""
+
+    def __init__(self, x0, labels, g, num_classes=None, p_uncond=0.0):
+        self.x0, self.labels, self.g, self.K, self.p_uncond = x0, labels, g, num_classes, p_uncond
+
+    def draw(self, b):
+        """b images and their labels (the null label K with probability p_uncond)."""
+        idx = torch.randint(0, len(self.x0), (b,), generator=self.g)
+        labels = None
+        if self.labels is not None:
+            drop = torch.rand(b, generator=self.g) < self.p_uncond
+            labels = torch.where(drop, self.K, self.labels.cpu()[idx]).to(self.x0.device)
+        return self.x0[idx.to(self.x0.device)], labels
+
+    def state_dict(self):
+        return {"g": self.g.get_state()}
+
+    def load_state_dict(self, s):
+        self.g.set_state(s["g"].cpu())  # a CPU generator's state, whatever the map_location
+
+
+@torch.no_grad()
+def sample_set(teacher, draw, n, steps, g, w=None, sampler="ancestral"):
+    """n teacher samples (IDDPM ancestral or DDIM, `steps` steps, batches of 256) from `draw(m)`'s m
+    noises and labels: a synthetic training set (DKDM's data-free baseline, Table 4)."""
     from tqdm import tqdm
 
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    x, y = load_digits_tensor()
-    model = UNet2DConditionModel(**digits_unet_config())
-    ema = EMA(model, 0.999)
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
-                              variance_type="learned_range", clip_sample=True, prediction_type="epsilon")
-    sch = Schedule(scheduler.alphas_cumprod)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    lr_at = lambda k: lr * min(1.0, (k + 1) / 100) * 0.5 * (1 + math.cos(math.pi * k / steps))
-    start = time.time()
-    bar = tqdm(range(steps), desc="digits teacher")
-    for k in bar:
-        idx = torch.randint(0, len(x), (batch,), generator=g)
-        labels = torch.where(torch.rand(batch, generator=g) < p_uncond, torch.full_like(y[idx], 10), y[idx])
-        loss = iddpm_loss(model, x[idx], {"class_labels": labels}, sch, g)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(k)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ema.update(model)
-        if k % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-    ema.copy_to(model)
-    out_dir = Path(out_dir)
-    export_pipeline(digits_pipeline(model, scheduler), out_dir)
-    info = {"dataset": "sklearn.datasets.load_digits (1,797 8x8 digits, scaled to [-1, 1])",
-            "steps": steps, "batch": batch, "lr": lr, "seed": seed, "p_uncond": p_uncond, "ema": 0.999,
-            "loss": "IDDPM hybrid (L_simple + L_vlb, t > 0)", "seconds": round(time.time() - start, 1),
-            "command": f"python teachers.py --train-digits --train-steps {steps} --seed {seed}"}
-    (out_dir / "training.json").write_text(json.dumps(info, indent=2))
-    print(f"saved {out_dir} ({info['seconds']} s)")
-    return model
+    xs, ls, batch = [], [], 256
+    for k in tqdm(range(0, n, batch), desc="synthetic set", unit="batch", leave=False):
+        noise, labels = draw(min(batch, n - k))
+        cond = None if labels is None else {"class_labels": labels}
+        if sampler == "ddim":
+            xs.append(ddim(teacher, noise, steps, cond, w).float())
+        else:
+            xs.append(ancestral(teacher, noise, steps, cond, w, generator=g).float())
+        ls.append(labels)
+    return torch.cat(xs), (None if ls[0] is None else torch.cat(ls))
+
+
+def assets_train():
+    """assets/train.py, the script that trained the shipped assets (`python teachers.py --train-digits`
+    and `python evaluate.py --train-classifier` run it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("assets_train", ASSETS / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # ---------------------------------------------------------------------------------------------
@@ -922,12 +982,11 @@ def _load_sd(where, index, dtype):
     unet = _load_component(UNet2DConditionModel, where, "unet", dtype)
     sched, cfg = _scheduler_facts(where)
     vae = _load_component(AutoencoderKL, where, "vae", dtype)
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
     size = unet.config.sample_size
     t = TextTeacher(unet, sched, (unet.config.in_channels, size, size),
                     prediction_type=cfg.get("prediction_type", "epsilon"), variance_type="fixed_small",
                     clip=None, default_guidance=7.5, latent=True)
-    t.vae, t.vae_factor = vae, factor
+    t.vae = vae
     t.tokenizer, t.text_encoder = _load_text(where, dtype, CLIPTextModel)
     t.max_length, t.use_mask = t.tokenizer.model_max_length if t.tokenizer.model_max_length < 10**6 else 77, False
     t.set_negative("")
@@ -1007,6 +1066,79 @@ def pipeline_snippet(directory, call: str, note: str = "") -> str:
             f"images = pipe({call}).images" + (f"  # {note}" if note else ""))
 
 
+def print_snippet(directory, info: dict, prompt=None):
+    """After training: the plain-diffusers lines that load and sample the export in `directory`."""
+    steps, K = ("" if info["method"] == "boot" else ", num_inference_steps=50"), info.get("num_classes")
+    call, note = ("batch_size=4" + steps), ""
+    if prompt is not None:
+        call = f"prompt={json.dumps(prompt)}"
+        if info.get("stage", 1) == 2:
+            call, note = call + ", image=low_res", "low_res: the stage-I student's images, output_type='latent'"
+    elif K:
+        call = f"batch_size={K}, class_labels=list(range({K}))" + steps
+    print0("load it with plain diffusers:\n" + pipeline_snippet(directory, call, note))
+
+
+def boot_pipeline(unet, info: dict, teacher, encoder=None):
+    """A BOOT student as a BootPipeline (pipelines/pipeline_boot.py) with what it needs to run alone:
+    the text encoder and tokenizer (`encoder`: the teacher that encodes the prompts), the latent
+    decoder, IF-II's noising scheduler."""
+    from pipelines.pipeline_boot import BootPipeline
+
+    facts = {k: info.get(k) for k in ("T", "t_max", "alpha_tmax", "sigma_tmax", "time_cond_dim", "time_input",
+                                      "native_time", "output", "guided", "default_w", "num_classes")}
+    parts = dict(sample_channels=teacher.sample_shape[0], sample_size=teacher.sample_shape[-1])
+    if encoder is not None:
+        parts.update(text_encoder=encoder.text_encoder, tokenizer=encoder.tokenizer, max_length=encoder.max_length,
+                     use_mask=encoder.use_mask)
+    if teacher.latent:
+        teacher.vae.register_to_config(scaling_factor=latent_scale(teacher.vae))  # written explicitly
+        parts["vae"] = teacher.vae
+    if info.get("stage", 1) == 2:
+        from diffusers import DDPMScheduler
+
+        parts.update(image_noising_scheduler=DDPMScheduler.from_config(teacher.noising_config),
+                     noise_level=info["noise_level"])
+    return BootPipeline(unet=unet, **facts, **parts)
+
+
+def ddpm_pipeline(unet, teacher, source):
+    """A diffusion student (DKDM) as a TrailingDDIMPipeline (pipelines/pipeline_ddim.py): the
+    teacher's scheduler (from `source`, its pipeline; else its alphas_cumprod) with the student's
+    variance type, eps prediction and clip, and the teacher's latent decoder when it has one."""
+    from diffusers import DDPMScheduler
+
+    from pipelines.pipeline_ddim import TrailingDDIMPipeline
+
+    over = dict(variance_type="learned_range" if teacher.learned_variance else teacher.variance_type,
+                prediction_type="epsilon", clip_sample=teacher.clip == "static", thresholding=False)
+    if source is not None:
+        conf = {k: v for k, v in _scheduler_facts(source)[1].items() if not k.startswith("_")}
+        sched = DDPMScheduler.from_config(conf, **over)
+    else:
+        ab = teacher.schedule.alphas_cumprod
+        betas = 1 - ab / torch.cat([torch.ones(1, dtype=ab.dtype), ab[:-1]])
+        sched = DDPMScheduler(num_train_timesteps=len(ab), trained_betas=betas.tolist(), **over)
+    if teacher.latent:  # the factor the teacher's latents use, written explicitly into the export
+        teacher.vae.register_to_config(scaling_factor=latent_scale(teacher.vae))
+    return TrailingDDIMPipeline(unet=unet, scheduler=ddim_scheduler(dict(sched.config)),
+                                vae=teacher.vae if teacher.latent else None, num_classes=teacher.num_classes,
+                                variance_type=sched.config.variance_type, default_guidance=teacher.default_guidance)
+
+
+@torch.no_grad()
+def write_preview(teacher, student_dir, path, n=16, steps=50):
+    """preview.png: teacher (top row) and the exported student (bottom row), DDIM-50 from the same noise."""
+    from torchvision.utils import save_image
+
+    student = load_teacher(str(student_dir), device=teacher.device)
+    seeds = list(range(n))
+    noise = seeded_noise(seeds, teacher.sample_shape, teacher.device)
+    cond = teacher.label_cond(torch.tensor([s % teacher.num_classes for s in seeds])) if teacher.num_classes else None
+    rows = [teacher.decode(ddim(m, noise, steps, cond, teacher.default_guidance)) for m in (teacher, student)]
+    save_image(torch.cat(rows).float().cpu(), path, nrow=n)
+
+
 def pipeline_class(name: str):
     """This repository's pipeline class for a model_index.json `_class_name` (a [file, class] pair)."""
     import importlib
@@ -1043,7 +1175,7 @@ def load_pipeline(path, device="cpu"):
     return pipe.to(device)
 
 
-class Generator:
+class ExportedStudent:
     """A distilled student loaded from `RUN/student`: generate(noise, cond, w) -> x0 in model space.
 
     The student is a diffusers pipeline (pipelines/): a one-step BootPipeline or a
@@ -1072,6 +1204,31 @@ class Generator:
 
     def label_cond(self, labels):
         return {"class_labels": torch.as_tensor(labels, dtype=torch.long, device=self.device)}
+
+    def condition(self, label, prompt, seeds):
+        """The condition of `sample`: labels (--label, else 0..K-1 repeated), the prompt's embedding
+        by the exported pipeline's own text encoder, and for IF-II the stage-1 student's output."""
+        info, n = self.info, len(seeds)
+        if info.get("num_classes") and prompt is None:
+            labels = torch.arange(n) % info["num_classes"] if label is None else torch.full((n,), label)
+            if labels.min() < 0 or labels.max() >= info["num_classes"]:
+                raise UserError(f"--label must lie in 0..{info['num_classes'] - 1}")
+            return self.label_cond(labels)
+        if label is not None:
+            raise UserError("this student is not class-conditional: --label does not apply")
+        if prompt is None:
+            if info.get("text"):
+                raise UserError("this student is text-conditioned: pass --prompt TEXT")
+            return None
+        if getattr(self.pipe, "text_encoder", None) is None:
+            raise UserError("this student is not text-conditioned: --prompt does not apply")
+        cond = {"encoder_hidden_states": self.pipe.encode_prompt([prompt] * n).float()}
+        if info.get("stage", 1) == 2:
+            stage1 = load_student(info["stage1_run"], self.device)
+            x1 = stage1.generate(seeded_noise(seeds, stage1.sample_shape, self.device), cond, None).clamp(-1, 1)
+            low = self.pipe.lowres(x1, info["noise_level"], generator=torch.Generator().manual_seed(seeds[0]))
+            cond = {**cond, **{k: v.float() if v.is_floating_point() else v for k, v in low.items()}}
+        return cond
 
     @torch.no_grad()
     def generate(self, noise, cond=None, w=None, generator=None):
@@ -1103,8 +1260,152 @@ def sample_device(name):
     return device
 
 
-def load_generator(run_dir, device="cpu") -> Generator:
-    return Generator(run_dir, device)
+def load_student(run_dir, device="cpu") -> ExportedStudent:
+    return ExportedStudent(run_dir, device)
+
+
+def load_context(teacher, name: str, prompts_file, stage1_run):
+    """What a conditioned teacher needs besides labels (BOOT Alg. 1's context dataset D): (prompts,
+    the teacher that encodes them, the IF stage-I student that stage II is conditioned on), each
+    None where it does not apply; one-line errors when --prompts / --stage1-run do not fit."""
+    stage2, prompts, encoder, stage1 = getattr(teacher, "stage", 1) == 2, None, None, None
+    if hasattr(teacher, "encode_prompts") or stage2:
+        if prompts_file is None:
+            raise UserError(f"text-to-image teacher '{name}' needs --prompts FILE (one prompt per line)")
+        prompts = load_prompts(prompts_file)
+    elif prompts_file is not None:
+        raise UserError(f"teacher '{name}' is not text-conditioned: --prompts does not apply")
+    if stage2:
+        stage1 = load_student(stage1_run, teacher.device)
+        if stage1.info.get("stage", 1) != 1 or stage1.sample_shape[0] != teacher.sample_shape[0]:
+            raise UserError(f"'{stage1_run}' is not a stage-1 run with {teacher.sample_shape[0]}-channel outputs")
+        encoder = teacher
+        if not hasattr(teacher, "tokenizer"):  # IF-II may ship without T5: stage I's encodes the prompts
+            info = stage1.info
+            encoder = load_teacher(info["teacher"], teacher.device, teacher.dtype, model_id=info.get("model_id"))
+    return prompts, encoder, stage1
+
+
+def float_cond(cond, device):
+    """A condition dict in float32 on `device` (a student's: the teacher may run in float16)."""
+    if cond is None:
+        return None
+    return {k: (v.float() if v.is_floating_point() else v).to(device) for k, v in cond.items()}
+
+
+class Context:
+    """The condition c (and CFG weight w) of each training example, drawn from the global stream g
+    (BOOT Alg. 1 line 3, c ~ D): labels, prompts encoded by `encoder`, and for IF stage II the
+    stage-I student's one-step output, upsampled and noised (Sec. 3.3, App. C.4). w is the teacher's
+    (or w_range[0]), or U(w_range) per example. Each process keeps its slice lo:hi of a global draw."""
+
+    def __init__(self, teacher, prompts=None, encoder=None, stage1=None, w_range=(None, None), noise_level=250):
+        self.teacher, self.prompts, self.encoder, self.stage1 = teacher, prompts, encoder or teacher, stage1
+        self.w_range, self.noise_level, self.device = w_range, noise_level, teacher.device
+        self.w = None if not teacher.guided else w_range[0] if w_range[0] is not None else teacher.default_guidance
+
+    def draw(self, g, B, lo, hi):
+        """(cond for the student (float32), w as a float or a [b] tensor) for examples lo..hi of B."""
+        (w_lo, w_hi), cond, w = self.w_range, None, self.w
+        if self.prompts is not None:
+            idx = torch.randint(0, len(self.prompts), (B,), generator=g)[lo:hi]
+            cond = self.encoder.encode_prompts([self.prompts[i] for i in idx.tolist()])
+        elif self.teacher.num_classes:
+            cond = self.teacher.label_cond(torch.randint(0, self.teacher.num_classes, (B,), generator=g)[lo:hi])
+        if w_hi is not None and self.w is not None:
+            w = (w_lo + (w_hi - w_lo) * torch.rand(B, generator=g, dtype=torch.float64))[lo:hi].to(self.device)
+        if self.stage1 is not None:
+            cond = {**cond, **self.lowres(g, B, lo, hi, cond)}
+        return float_cond(cond, self.device), w
+
+    def lowres(self, g, B, lo, hi, cond):
+        """IF-II input: the stage-1 student's one-step output, upsampled and noised (Sec. 3.3, App. C.4)."""
+        gen = self.stage1
+        eps1 = torch.randn((B, *gen.sample_shape), generator=g)[lo:hi].to(self.device)
+        z = torch.randn((B, gen.sample_shape[0], *self.teacher.sample_shape[1:]), generator=g)[lo:hi]
+        cond1 = {"encoder_hidden_states": cond["encoder_hidden_states"].float()}
+        x1 = gen.generate(eps1, cond1, gen.default_guidance).clamp(-1, 1)
+        return self.teacher.lowres_cond(x1, self.noise_level, noise=z.to(self.device))
+
+    def fixed(self, n):
+        """The conditions of a preview: labels 0..K-1 repeated, or the first prompts in turn, with a
+        fixed stage-1 draw for IF-II."""
+        cond = None
+        if self.prompts is not None:
+            cond = self.encoder.encode_prompts([self.prompts[i % len(self.prompts)] for i in range(n)])
+            if self.stage1 is not None:
+                cond = {**cond, **self.lowres(torch.Generator().manual_seed(10_000), n, 0, n, cond)}
+        elif self.teacher.num_classes:
+            cond = self.teacher.label_cond(torch.arange(n) % self.teacher.num_classes)
+        return float_cond(cond, self.device)
+
+
+def check_finished_run(run, what: str) -> dict:
+    """A finished run directory (student/generator.json parses, student/ is a whole export): its generator.json."""
+    if not (Path(run) / "student" / "generator.json").is_file():
+        raise UserError(f"'{run}' has no student/generator.json: it is not a finished {what} run")
+    info = read_json(Path(run) / "student" / "generator.json", f"{what} student description")
+    check_model_dir(Path(run) / "student", f"{what} student")
+    return info
+
+
+def sample_command(method: str, argv) -> None:
+    """`python boot.py sample RUN` / `python dkdm.py sample RUN`: samples of a finished run from its
+    exported pipeline alone. BOOT students take one step (--label / --prompt / --w); DKDM students
+    run IDDPM ancestral or DDIM sampling (--sampler / --steps, labels seed mod classes)."""
+    boot = method == "boot"
+    p = OneLineParser(prog=f"{method}.py sample", description=f"samples of a finished {method.upper()} run")
+    p.add_argument("run", help="run directory (with student/)")
+    p.add_argument("--n", type=int, default=16 if boot else 64, help="number of samples (seeds --seed .. --seed + n - 1)")
+    p.add_argument("--seed", type=int, default=0, help="first noise seed")
+    p.add_argument("--out", default=None, help="PNG path (default: RUN/samples.png; dkdm: RUN/samples-<sampler><steps>.png)")
+    p.add_argument("--device", default=None, help="cuda, cuda:K or cpu (default: cuda when there is a GPU)")
+    if boot:
+        p.add_argument("--label", type=int, default=None, help="class label (class-conditional teachers)")
+        p.add_argument("--prompt", default=None, help="text prompt (text-to-image teachers)")
+        p.add_argument("--w", type=float, default=None, help="guidance weight the student is conditioned on")
+    else:
+        p.add_argument("--sampler", choices=["ancestral", "ddim"], default="ancestral", help="IDDPM ancestral or DDIM")
+        p.add_argument("--steps", type=int, default=50, help="sampler steps")
+    a = p.parse_args(argv)
+    if a.n < 1 or not boot and a.steps < 1:
+        raise UserError("--n must be at least 1" if boot else "--steps and --n must be at least 1")
+    if boot and a.w is not None and not math.isfinite(a.w):
+        raise UserError(f"--w must be a finite number, got {a.w}")
+    device = sample_device(a.device)  # a flag error first, before anything is read
+    info = check_finished_run(a.run, method)
+    if info.get("method") != method:
+        raise UserError(f"'{a.run}' is not a {method} run (its student is a {info.get('method')} student)")
+    out = a.out or str(Path(a.run) / ("samples.png" if boot else f"samples-{a.sampler}{a.steps}.png"))
+    check_output_file(out, "--out")
+    quiet_libraries()
+    gen, seeds = load_student(a.run, device), range(a.seed, a.seed + a.n)
+    noise = seeded_noise(seeds, gen.sample_shape, device)
+    if boot:
+        cond = gen.condition(a.label, a.prompt, seeds)
+        return write_samples(gen, lambda: gen.generate(noise, cond, a.w), out, "one-step samples")
+    trailing_steps(gen.model.schedule.T, a.steps)
+    cond = gen.label_cond([s % gen.num_classes for s in seeds]) if gen.num_classes else None
+    w, g = gen.default_guidance, torch.Generator().manual_seed(a.seed)
+    if a.sampler == "ancestral":
+        make = lambda: ancestral(gen.model, noise, a.steps, cond, w, generator=g)  # noqa: E731
+    else:  # the exported pipeline's DDIM, as a diffusers user runs it
+        make = lambda: gen.pipe.denoise(noise, cond and cond["class_labels"], w, a.steps)  # noqa: E731
+    write_samples(gen, make, out, f"{a.sampler}-{a.steps} samples")
+
+
+@torch.no_grad()
+def write_samples(gen, make, out, what: str):
+    """`sample`'s end: time `make()` (synchronised on a GPU), save the grid, say so."""
+    from torchvision.utils import save_image
+
+    t0 = time.perf_counter()
+    x = make()
+    if gen.device.type == "cuda":
+        torch.cuda.synchronize(gen.device)
+    dt = time.perf_counter() - t0
+    save_image(gen.decode(x).float().cpu(), out, nrow=int(math.sqrt(len(x))) or 1)
+    print(f"{len(x)} {what} in {dt:.2f} s on {gen.device} -> {out}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1308,16 +1609,28 @@ def saved_activation_bytes(model, forward) -> int:
     return sum(seen.values())
 
 
+def training_activation_bytes(model, forward, precision: str) -> int:
+    """saved_activation_bytes of one training forward `forward()` under the student precision a GPU
+    run uses (--precision auto: bf16 autocast)."""
+    def run():
+        with student_autocast("bf16" if precision == "auto" else precision, "cpu"):
+            forward().float().mean()
+
+    return saved_activation_bytes(model, run)
+
+
 def n_params(*modules) -> int:
     return sum(p.numel() for m in modules if m is not None for p in m.parameters())
 
 
-def memory_estimate(teacher_modules, teacher_bytes_per_param, student, act_per_sample, act_batch_factor, b,
-                    passes: dict, extra_per_sample=0, extra_what=None) -> dict:
+def memory_estimate(teacher_modules, teacher_bytes_per_param, student, activations, b, passes: dict,
+                    extra=(0, None)) -> dict:
     """Memory per GPU for a local batch b: teacher weights, student weights + grads + AdamW + EMA
-    (float32: 4 + 4 + 8 + 4 bytes a parameter), activations per sample (x act_batch_factor when a
-    pass trains on more than b samples), and what else grows with b on the device (`extra_per_sample`). The
+    (float32: 4 + 4 + 8 + 4 bytes a parameter), activations = (bytes per sample, x factor when a pass
+    trains on more than b samples), and what else grows with b on the device (extra = (bytes per
+    sample, its name)). The
     batches that fit in 40 / 80 GB keep 10% for the CUDA context and the allocator's slack."""
+    (act_per_sample, act_batch_factor), (extra_per_sample, extra_what) = activations, extra
     n_t, n_s = n_params(*teacher_modules), n_params(student)
     static = n_t * teacher_bytes_per_param + 20 * n_s
     per = WORKSPACE * act_per_sample * act_batch_factor + extra_per_sample
@@ -1334,6 +1647,23 @@ def memory_estimate(teacher_modules, teacher_bytes_per_param, student, act_per_s
     if extra_per_sample:
         out[f"{extra_what}_GiB"] = round(b * extra_per_sample / GiB, 3)
     return out
+
+
+def student_memory(teacher, student, cfg, b: int, teacher_forwards: int, extra=(0, None)) -> dict:
+    """memory_estimate for a diffusion student trained on the teacher's outputs (DKDM): one training
+    forward of the student on x_t at T/2, the teacher's networks in cfg.half's precision, `extra` =
+    (bytes per local sample, its name) of what else the run keeps on the device."""
+    import copy
+
+    model = copy.deepcopy(student).cpu().train()
+    x, i = torch.zeros(1, *teacher.sample_shape), torch.tensor([teacher.schedule.T / 2])
+    cond = {"class_labels": torch.zeros(1, dtype=torch.long)} if teacher.num_classes else None
+    act = training_activation_bytes(model, lambda: call_net(model, x, i, cond), cfg.precision)
+    w = teacher.default_guidance
+    passes = {"teacher_forwards": teacher_forwards, "student_forward_backward": 1,
+              "teacher_forward_batch": "2 b (CFG pair)" if teacher.guided and w not in (None, 1.0) else "b"}
+    return memory_estimate([getattr(teacher, "unet", None), getattr(teacher, "vae", None)], 2 if cfg.half else 4,
+                           model, (act, 1), b, passes, extra)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1381,8 +1711,13 @@ def enable_checkpointing(model, on: bool):
     model.enable_gradient_checkpointing()
 
 
+def is_rank0() -> bool:
+    """Whether this process prints (rank 0 of torchrun, or the only process)."""
+    return int(os.environ.get("RANK", 0)) == 0
+
+
 def print0(*args, **kw):
-    if int(os.environ.get("RANK", 0)) == 0:
+    if is_rank0():
         print(*args, **kw, flush=True)
 
 
@@ -1410,17 +1745,6 @@ class EMA:
     def load_state_dict(self, state):
         for k in self.shadow:
             self.shadow[k].copy_(state[k])
-
-
-def rng_state():
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and state.get("cuda"):
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def fsync_dir(path):
@@ -1753,8 +2077,8 @@ class RunDir:
     """
 
     def __init__(self, path, config: dict, rank: int = 0, resumable=("iters", "minutes", "log_every", "ckpt_every"),
-                 keep: int = 1):
-        self.path, self.rank, self.keep = Path(path), rank, keep
+                 keep: int = 1, per_rank: dict | None = None):
+        self.path, self.rank, self.keep, self.per_rank = Path(path), rank, keep, per_rank or {}
         self.ckpt = self.path / "checkpoints" / "latest.pt"
         check_output_dir(self.path, "--out")
         cfg_file = self.path / "config.json"
@@ -1770,6 +2094,8 @@ class RunDir:
         self.lock.check()
         self._state = read_checkpoint(self.ckpt, mmap=True) if self.ckpt.is_file() else None
         self.resume_step = None if self._state is None else self._state.get("step")  # None: a fresh run
+        self.rank_states = {} if self.resume_step is None else {  # this process's own files, checked now
+            name: read_checkpoint(self.rank_file(name, self.resume_step), what) for name, what in self.per_rank.items()}
 
     def start(self):
         """Create the directory, take the lock, write config.json (call after all input checks passed)."""
@@ -1780,6 +2106,8 @@ class RunDir:
             for tmp in (self.path / "checkpoints").glob(".*.tmp"):  # left by a writer killed mid-save
                 tmp.unlink(missing_ok=True)
             write_text_atomic(self.path / "config.json", json.dumps(self.config, indent=2))
+            self.truncate_metrics(self.resume_step)  # records past the checkpoint go: the rerun logs them again
+        barrier("run.start")  # the directories exist before any process writes into them
 
     def close(self):
         self.lock.release()
@@ -1846,6 +2174,83 @@ class RunDir:
         if not update_is_finite(loss, parameters):
             raise SystemExit(f"error: non-finite loss or gradient norm at iteration {step}; not applied, {self.kept()}")
 
+    # --- the training run: resume, budget, cadence ---------------------------------------------
+    def rank_file(self, name: str, step: int) -> Path:
+        """checkpoints/<name>-rank<r>-step<step>.pt: a process's own state (DKDM's knowledge pool)."""
+        return self.path / "checkpoints" / f"{name}-rank{self.rank}-step{int(step)}.pt"
+
+    def resume(self, objs: dict, desc: str) -> int:
+        """Load the latest checkpoint into `objs` (name -> model, EMA, optimizer, generator, or a
+        per-process state named in `per_rank`) and open the progress bar.
+        Returns the step to start from (0 for a fresh run); `self.window` is the open metrics window
+        (metrics.jsonl was cut back to the checkpoint by `start`)."""
+        from tqdm import tqdm
+
+        state, step = self.load(), 0
+        self.window, self.elapsed0, self.t_start = None, 0.0, time.time()
+        if state is not None:
+            step = state["step"]
+            for name, obj in objs.items():
+                load_into(obj, self.rank_states[name] if name in self.per_rank else state[name])
+            self.window, self.elapsed0 = state.get("window"), state.get("elapsed", 0.0)
+            print0(f"resuming {self.path} at step {step} from {self.ckpt}")
+        self.bar = tqdm(total=self.config["iters"], initial=step, disable=self.rank != 0, desc=desc, dynamic_ncols=True)
+        return step
+
+    def elapsed(self) -> float:
+        """Training seconds over every invocation of this run (the --minutes budget counts them all)."""
+        return self.elapsed0 + time.time() - self.t_start
+
+    def stop_reason(self, step: int, stop=None):
+        """'iters', 'minutes', 'signal' or None after iteration `step`. The clock and a signal's arrival
+        differ between processes, so rank 0's reading decides for all (`rank0_decides`)."""
+        minutes = self.config.get("minutes")
+        flags = rank0_decides(minutes=minutes is not None and self.elapsed() > 60 * minutes,
+                              halt=stop is not None and stop.requested)
+        if flags["halt"]:
+            return "signal"
+        return "iters" if step >= self.config["iters"] else "minutes" if flags["minutes"] else None
+
+    def checkpoint(self, step: int, meter, objs: dict):
+        """The per-process states first, then the checkpoint naming that step (with the open metrics
+        window and the elapsed time); per-process files of checkpoints no longer kept go."""
+        per_rank = {k: v for k, v in objs.items() if k in self.per_rank}
+        for name, obj in per_rank.items():
+            save_checkpoint(self.rank_file(name, step), state_of(obj))
+        if per_rank:
+            barrier("checkpoint:per-rank")
+        self.save({**{k: state_of(v) for k, v in objs.items() if k not in per_rank}, "step": step,
+                   "elapsed": self.elapsed(), "window": meter.window()})
+        if per_rank:
+            barrier("checkpoint:saved")
+            steps = {*self.kept_steps(), step}
+            for name in per_rank:
+                keep = {self.rank_file(name, s) for s in steps}
+                for f in self.path.glob(f"checkpoints/{name}-rank{self.rank}-step*.pt"):
+                    if f not in keep:
+                        f.unlink(missing_ok=True)
+
+    def end_iteration(self, step: int, meter, objs: dict, stop=None, extra=None):
+        """After iteration `step`: a metrics record (with `extra()`'s fields) every log_every and at the
+        end of the budget, a checkpoint every ckpt_every and whenever the loop stops. Returns the stop
+        reason (or None). A signal checkpoints the open window without a record: the rerun logs what a
+        straight run would."""
+        why, c = self.stop_reason(step, stop), self.config
+        self.bar.update(1)
+        if step % c["log_every"] == 0 or why in ("iters", "minutes"):
+            rec = meter.record(step, self.elapsed())
+            self.log({**rec, **(extra() if extra else {})})
+            self.bar.set_postfix(meter.postfix(rec))
+        elif self.rank == 0:  # from the first iteration: this process's open window (no collective)
+            self.bar.set_postfix(meter.postfix(), refresh=False)
+        if step % c["ckpt_every"] == 0 or why:
+            self.checkpoint(step, meter, objs)
+        if why:
+            self.bar.close()
+        if why == "minutes":
+            print0(f"\n--minutes {c['minutes']} reached at step {step}; rerun the command to continue")
+        return why
+
 
 class Interrupt:
     """SIGINT / SIGTERM during a training loop: remember the signal and let the loop finish its
@@ -1857,7 +2262,6 @@ class Interrupt:
 
     def __init__(self):
         self.signum = None
-        self.halted = False  # set by the loop from the rank-0 decision: the same on every process
         self._old = {}
 
     def __enter__(self):
@@ -1904,6 +2308,167 @@ class Interrupt:
         cmd = shlex.join(["python", *sys.argv]) if "RANK" not in os.environ else "the same torchrun command"
         print0(f"stopped at step {step}: checkpoint {ckpt}; resume with: {cmd}", file=sys.stderr)
 
+    def exit(self, step: int, ckpt) -> SystemExit:
+        """After the loop stopped for the signal (checkpoint written): report, and the exit to raise."""
+        self.report(step, ckpt)
+        return SystemExit(self.exit_code)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run kit: what a training run of either method does around its Algorithm 1, written once
+# ---------------------------------------------------------------------------------------------
+# boot.py and dkdm.py each keep their Algorithm 1 as one flat loop; everything else a run needs is
+# here: the process group and the run lock (`training`), AdamW + EMA (`optimisation`), resume and
+# metrics.jsonl truncation (`RunDir.resume`), the iteration and cumulative --minutes budget and a
+# signal (`RunDir.stop_reason`), log and checkpoint cadence (`RunDir.end_iteration`), the
+# teacher / student / other time split with rank-averaged windows (`Meter`), the EMA export
+# (`export_ema`); `sample RUN` of both is `sample_command` (with the loaders, above); cli.main_of gives
+# both the one error prefix.
+from contextlib import contextmanager  # noqa: E402
+
+
+def check_run_fields(cfg):
+    """The fields both methods' configs share: one rule and one message each, before any work."""
+    check_finite_fields(cfg)
+    checks = [(cfg.iters >= 1, "--iters must be at least 1"), (cfg.lr > 0, "--lr must be positive"),
+              (cfg.minutes is None or cfg.minutes > 0, "--minutes must be positive (or unset)"),
+              (0 <= cfg.ema < 1, "--ema must lie in [0, 1)"), (cfg.log_every >= 1, "--log-every must be at least 1"),
+              (cfg.ckpt_every >= 1, "--ckpt-every must be at least 1"), (cfg.keep >= 1, "--keep must be at least 1"),
+              (cfg.export_every >= 0, "--export-every must be non-negative"),
+              (not cfg.half or torch.cuda.is_available(), "--half needs a GPU (float16 teachers are slow and inexact on CPU)")]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+@contextmanager
+def training(run):
+    """After every input check: the process group (torchrun) or one process, the run directory's lock
+    and config.json, SIGINT / SIGTERM caught. Yields (rank, world, device, stop)."""
+    rank, world, device = dist_setup()
+    try:
+        run.start()
+        with Interrupt() as stop:
+            yield rank, world, device, stop
+    finally:
+        run.close()
+        dist_teardown()
+
+
+def optimisation(student, cfg, device):
+    """(raw student on the device in train mode, its EMA, AdamW without weight decay) for cfg.lr / cfg.ema,
+    with cfg.grad_checkpointing and cfg.precision's TF32 switch applied."""
+    raw = student.to(device).train()
+    enable_checkpointing(raw, cfg.grad_checkpointing)
+    setup_precision(cfg.precision, device)
+    return raw, EMA(raw, cfg.ema), torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=0.0)
+
+
+def ddp(raw, device, world: int):
+    """The model the loop trains through: DDP under torchrun (gradients averaged over the ranks: the
+    global-batch mean), the raw model in one process."""
+    if world == 1:
+        return raw
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(raw, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+class Meter:
+    """The metrics window: sums of named values since the last record, and where the wall time went
+    (teacher / student / other, per iteration). A record averages the window over the ranks; the open
+    window travels in checkpoints, so a resumed run writes the records an uninterrupted one would.
+    A value reported on some iterations only (BOOT's boundary loss) is averaged over those."""
+
+    def __init__(self, device, keys, shown=None, window=None):
+        self.cuda, self.keys, self.shown = device.type == "cuda", tuple(keys), tuple(shown or keys)
+        self.sums, self.counts, self.n = dict.fromkeys(self.keys, 0.0), dict.fromkeys(self.keys, 0), 0
+        if window and set(window.get("sums", {})) == set(self.keys):  # else: an older checkpoint's window
+            self.sums, self.counts, self.n = dict(window["sums"]), dict(window["counts"]), int(window["n"])
+        self.ms, self.t0 = {"teacher": 0.0, "student": 0.0}, time.perf_counter()
+
+    @contextmanager
+    def time(self, part: str):
+        """Adds the wall time of the block to `part` (synchronised on a GPU)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        yield
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.ms[part] += 1000 * (time.perf_counter() - t0)
+
+    def add(self, **values):
+        """One iteration's values (floats or 0-d tensors)."""
+        self.n += 1
+        for k, v in values.items():
+            self.sums[k] += v.item() if torch.is_tensor(v) else float(v)
+            self.counts[k] += 1
+
+    def split(self, means=None) -> dict:
+        """Per-iteration milliseconds of this process (or of `means`, a rank average)."""
+        n = max(self.n, 1)
+        t, s, total = means or (self.ms["teacher"], self.ms["student"], 1000 * (time.perf_counter() - self.t0))
+        return {"ms_iter": round(total / n, 1), "ms_teacher": round(t / n, 1), "ms_student": round(s / n, 1),
+                "ms_other": round(max(total - t - s, 0.0) / n, 1)}
+
+    def record(self, step: int, elapsed_s: float) -> dict:
+        """The window's means over the ranks (a collective: every rank calls it at the same step); resets it."""
+        total = 1000 * (time.perf_counter() - self.t0)
+        vals = mean_over_ranks([self.sums[k] for k in self.keys] + [self.ms["teacher"], self.ms["student"], total])
+        k = len(self.keys)
+        rec = {"step": step, **{key: v / max(self.counts[key], 1) for key, v in zip(self.keys, vals)},
+               **self.split(vals[k:]), "elapsed_s": round(elapsed_s, 1)}
+        self.__init__(torch.device("cuda" if self.cuda else "cpu"), self.keys, self.shown)
+        return rec
+
+    def postfix(self, rec=None) -> dict:
+        """The progress bar's fields: a record, or this process's open window (no collective)."""
+        rec = rec or {**{k: self.sums[k] / max(self.counts[k], 1) for k in self.keys}, **self.split()}
+        return {**{k: f"{rec[k]:.4f}" for k in self.shown},
+                "ms": f"T{rec['ms_teacher']:.0f}/S{rec['ms_student']:.0f}/O{rec['ms_other']:.0f}"}
+
+    def window(self) -> dict:
+        return {"sums": dict(self.sums), "counts": dict(self.counts), "n": self.n}
+
+
+def state_of(obj):
+    """What a checkpoint keeps of obj: a torch.Generator's state, or its state_dict()."""
+    return obj.get_state() if isinstance(obj, torch.Generator) else obj.state_dict()
+
+
+def load_into(obj, state):
+    if isinstance(obj, torch.Generator):
+        obj.set_state(state.cpu())  # a CPU generator's state, whatever the map_location
+    else:
+        obj.load_state_dict(state)
+
+
+def export_ema(raw, ema, pipeline_of, info: dict, run_path):
+    """run/student/: the EMA weights as the diffusers pipeline `pipeline_of(model)` builds, and
+    generator.json (`info`), written aside and swapped in whole. Returns (directory, EMA model)."""
+    import copy
+
+    model = copy.deepcopy(raw)
+    ema.copy_to(model)
+    model.eval().requires_grad_(False)
+    final, tmp = Path(run_path) / "student", Path(run_path) / f".student.tmp-{os.getpid()}"
+    export_pipeline(pipeline_of(model), tmp)
+    write_text_atomic(tmp / "generator.json", json.dumps(info, indent=2))
+    replace_dir(tmp, final)  # the old export stays until the new one is whole
+    return final, model
+
+
+def quiet_libraries():
+    """Keep stderr for our own one-line errors: no weight-loading bars or config notices."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
 
 def upscale(images, min_size: int = 32):
     """Nearest-neighbour upscaling of tiny images (8x8 digits) so that grids are viewable."""
@@ -1933,7 +2498,7 @@ def main(argv=None):
             for name, e in REGISTRY.items():
                 print(f"{name:14s} {e.kind:9s} {e.default_id or '(built in)':42s} {e.about}")
         elif args.train_digits:
-            train_digits(steps=args.train_steps, seed=args.seed)
+            assets_train().train_digits(steps=args.train_steps, seed=args.seed)
         elif args.sample:
             if args.n < 1:
                 raise UserError("--n must be at least 1")

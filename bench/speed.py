@@ -47,10 +47,11 @@ def floors(boot_run: Path, dkdm_student_dir: Path, boot_batch=128, dkdm_batch=64
     import torch
 
     import teachers
+    from pipelines.pipeline_boot import boot_generate
 
     torch.set_num_threads(1)
     t = teachers.load_teacher("digits")
-    gen = teachers.Generator(boot_run)
+    gen = teachers.ExportedStudent(boot_run)
     s_boot = gen.model.train().requires_grad_(True)
     s_dkdm = teachers.load_teacher(str(dkdm_student_dir)).unet.train().requires_grad_(True)
     info = gen.info
@@ -65,7 +66,7 @@ def floors(boot_run: Path, dkdm_student_dir: Path, boot_batch=128, dkdm_batch=64
 
         def f():
             with torch.set_grad_enabled(grad):
-                y = teachers.boot_generate(s_boot, info, x, torch.rand(boot_batch), c)
+                y = boot_generate(s_boot, info, x, torch.rand(boot_batch), c)
                 if grad:
                     y.square().mean().backward()
         return f

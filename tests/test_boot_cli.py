@@ -121,7 +121,7 @@ def test_digits_smoke_generator_loads(tmp_path):
     assert boot_main(*TINY, "--w", "2", "--w-max", "3", "--out", run) == 0
     info = assert_finished(run, 3)
     assert info["student"] == "copy" and info["guided"] and info["default_w"] == 2.0
-    gen = teachers.load_generator(run)
+    gen = teachers.load_student(run)
     x = gen.generate(torch.randn(5, 1, 8, 8), gen.label_cond(torch.arange(5)), 2.5)
     assert x.shape == (5, 1, 8, 8) and torch.isfinite(x).all() and gen.nfe == 1
     assert boot_main(*TINY, "--student", "small", "--solver", "euler", "--weighting", "lambda",
@@ -171,7 +171,7 @@ def test_unet2dmodel_teacher_copy(tmp_path):
     cfg = boot.resolve(boot.BootConfig(teacher=str(tmp_path / "ddpm")))
     model, info = boot.make_student(teacher, cfg, None)
     eps = torch.randn(3, 3, 8, 8)
-    y = teachers.boot_generate(model, info, eps, torch.tensor([0.0, 0.4, 0.9]))
+    y = boot.y_theta(model, info, eps, torch.tensor([0.0, 0.4, 0.9]))
     assert torch.allclose(y, teacher.x0(eps, torch.full((3,), cfg.t_max)), atol=1e-5)
     assert boot_main("--teacher", tmp_path / "ddpm", *TINY, "--out", tmp_path / "run") == 0
     assert_finished(tmp_path / "run", 3)

@@ -84,10 +84,10 @@ def test_student_is_conditioned_on_w_drawn_per_example():
     model, info = boot.make_student(teacher, cfg, default_w=2.0)  # fresh: its (t, w) projection is not zero
     eps, cond, t = draw((4, 1, 8, 8), 3).float(), teacher.label_cond(torch.arange(4)), torch.full((4,), 0.5)
     with torch.no_grad():
-        y1, y4 = (teachers.boot_generate(model, info, eps, t, cond, w) for w in (1.0, 4.0))
-        y4_each = teachers.boot_generate(model, info, eps, t, cond, torch.full((4,), 4.0))
+        y1, y4 = (boot.y_theta(model, info, eps, t, cond, w) for w in (1.0, 4.0))
+        y4_each = boot.y_theta(model, info, eps, t, cond, torch.full((4,), 4.0))
     assert (y1 - y4).abs().max() > 1e-4 and torch.allclose(y4, y4_each)
-    cond, w = boot.Conditions(teacher, cfg, CPU).draw(torch.Generator().manual_seed(0), 4000, 0, 4000)
+    cond, w = teachers.Context(teacher, w_range=(cfg.w, cfg.w_max)).draw(torch.Generator().manual_seed(0), 4000, 0, 4000)
     assert w.shape == (4000,) and kstest(((w - 1.0) / 4.0).numpy(), "uniform").pvalue > 1e-3
     counts = torch.bincount(cond["class_labels"], minlength=10)  # Alg. 1 line 3: c per example, uniform
     assert counts.sum() == 4000 and (counts - 400).abs().max() < 80
@@ -107,7 +107,7 @@ def test_boot_step_is_eq7_plus_eq8_with_a_stop_gradient_target(weighting, bounda
     eps = draw((n, 1, 8, 8), 11).float()
     t = torch.tensor([0.06, 0.2, 0.4, 0.6, 0.8, 0.9], dtype=torch.float64)  # 0.06: s is clipped at t_min
     cond = teacher.label_cond(torch.arange(n))
-    loss, parts = boot.boot_step(model, model, info, teacher, eps, t, cond, w, cfg, boundary, boot.Clock(CPU))
+    loss, parts = boot.boot_step(model, info, teacher, (eps, t, cond, w), cfg, boundary, None)
     got = torch.autograd.grad(loss, list(model.parameters()))
 
     c, null = exact.label_cond(torch.arange(n)), exact.label_cond(torch.full((n,), 10))
@@ -118,7 +118,7 @@ def test_boot_step_is_eq7_plus_eq8_with_a_stop_gradient_target(weighting, bounda
         return f_n + w * (exact.x0(x, tt, c) - f_n)
 
     def y(tt):
-        return teachers.boot_generate(model, info, eps, tt.float(), cond, w).double()
+        return boot.y_theta(model, info, eps, tt.float(), cond, w).double()
 
     s = torch.where(t - cfg.delta > cfg.t_min, t - cfg.delta, torch.full_like(t, cfg.t_min))
     with torch.no_grad():
@@ -141,7 +141,7 @@ def test_a_short_gmm_run_learns_the_teachers_ode_output(tmp_path, monkeypatch):
     the teacher's DDIM-1 distance to its own DDIM-50 output from the same noise (measured: 0.007 vs
     0.056; the same student read at t_max instead of t_min: 0.033)."""
     seen, step = [], boot.boot_step
-    monkeypatch.setattr(boot, "boot_step", lambda *a: seen.append(a[4]) or step(*a))  # its eps (Alg. 1 line 2)
+    monkeypatch.setattr(boot, "boot_step", lambda *a: seen.append(a[3][0]) or step(*a))  # its eps (Alg. 1 line 2)
     run = tmp_path / "gmm"
     assert boot.main(["--teacher", "gmm", "--iters", "150", "--batch", "32", "--ema", "0.9", "--preview", "0",
                       "--check", "128", "--out", str(run)]) == 0
@@ -151,7 +151,7 @@ def test_a_short_gmm_run_learns_the_teachers_ode_output(tmp_path, monkeypatch):
     d = json.loads((run / "distance.json").read_text())
     assert d["n"] == 128 and d["student"] < 0.25 * d["DDIM-1"], d
     # the exported one-step generator (what evaluate.py and `boot.py sample` load): y_theta(eps, t_min)
-    gen, teacher = teachers.load_generator(run), teachers.load_teacher("gmm")
+    gen, teacher = teachers.load_student(run), teachers.load_teacher("gmm")
     noise, cond = teachers.seeded_noise(range(128), (1, 8, 8)), gen.label_cond(torch.arange(128) % 10)
     ode = teachers.ddim(teacher, noise, 50, cond)
     one_step = (gen.generate(noise, cond) - ode).pow(2).mean()
@@ -190,7 +190,7 @@ def test_if_stage2_input_is_the_pipelines_noise_augmentation(tiny_if_dirs):
             return 3 * e
 
     cfg = boot.resolve(boot.BootConfig(teacher=str(s2), stage=2, stage1_run="unused"))
-    conds = boot.Conditions(t2, cfg, CPU, ["a", "b"], t2, Stage1())
+    conds = teachers.Context(t2, ["a", "b"], t2, Stage1(), (cfg.w, cfg.w_max), cfg.noise_level)
     got = conds.lowres(torch.Generator().manual_seed(5), 2, 0, 2, t2.encode_prompts(["a", "b"]))
     g = torch.Generator().manual_seed(5)
     eps1, z = torch.randn((2, 3, 8, 8), generator=g), torch.randn((2, 3, 16, 16), generator=g)

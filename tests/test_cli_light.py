@@ -75,4 +75,4 @@ def test_dkdm_sample_subcommand_is_the_sample_flag(tmp_path, capsys):
 
     for argv in (["sample", str(tmp_path)], ["--sample", str(tmp_path)]):
         assert dkdm.main(argv) == 2
-        assert "holds no student/generator.json" in capsys.readouterr().err
+        assert "has no student/generator.json" in capsys.readouterr().err

@@ -62,7 +62,7 @@ def check_run(run, shape):
     recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in recs if "loss" in r]
     assert steps and all(torch.isfinite(torch.tensor(r["loss"])) for r in steps)
-    gen = teachers.load_generator(run)
+    gen = teachers.load_student(run)
     noise = torch.randn(2, *shape)
     cond = gen.label_cond([1, 2]) if gen.num_classes else None
     gen.nfe = 3
@@ -117,7 +117,7 @@ def test_budget_resume_equals_one_run(tmp_path, latent_teacher):
     ok(dkdm(*args, "--iters", 12, "--out", tmp_path / "straight"))
     ok(dkdm(*args, "--iters", 6, "--out", tmp_path / "split"))
     r = ok(dkdm(*args, "--iters", 12, "--out", tmp_path / "split"))
-    assert "resumed from" in r.stdout
+    assert "resuming " in r.stdout
     a, b = student_weights(tmp_path / "straight"), student_weights(tmp_path / "split")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -140,7 +140,7 @@ def test_kill_and_rerun_reproduces(tmp_path, latent_teacher):
     p.wait()
     assert not (run / "student").exists()
     r = ok(dkdm(*args, "--out", run))
-    assert "resumed from" in r.stdout
+    assert "resuming " in r.stdout
     a, b = student_weights(tmp_path / "straight"), student_weights(run)
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -39,7 +39,7 @@ def test_fixed_variance_teacher_gives_l_simple_only():
     loss is Eq. (20), torch's per-example MSE. With both variances fixed, Eq. (21)'s KL would be
     the same eps error times a constant per step: L*vlb adds nothing."""
     teacher = tiny_teacher(learned=False, clip=None)
-    assert dkdm.out_channels(teacher) == 1
+    assert teachers.out_channels(teacher) == 1
     g = torch.Generator().manual_seed(5)
     x, i = torch.randn(3, 1, 8, 8, generator=g), torch.tensor([2, 7, 19])
     target = teacher.p_mean_logvar(x, i, teacher.label_cond(torch.tensor([0, 1, 2])))
@@ -110,7 +110,7 @@ def test_the_three_streams():
     for method in ("iterative", "shuffled", "dynamic"):
         cfg = dkdm.DKDMConfig(method=method, rho=0.5, chains=64)
         n = dkdm.pool_size(cfg, T, b)
-        pools[method] = dkdm.make_pool(cfg, teacher, n, torch.Generator().manual_seed(2), None, False)
+        pools[method] = dkdm.make_pool(cfg, teacher, n, torch.Generator().manual_seed(2), None)
     assert len(pools["iterative"]) == b and (pools["iterative"].i == T - 1).all()
     assert len(pools["shuffled"]) == b and len(pools["shuffled"].i.unique()) > b // 2
     assert len(pools["dynamic"]) == round(0.5 * T * b)
@@ -135,7 +135,7 @@ def test_a_student_equal_to_the_teacher_has_zero_loss_on_the_stream():
     cfg = dkdm.DKDMConfig(method="dynamic", rho=0.5)
     pool = dkdm.init_staggered(teacher, dkdm.pool_size(cfg, T, 16), 64, torch.Generator().manual_seed(3))
     for _ in range(5):
-        loss, mse, _, _ = dkdm.student_step(cfg, teacher, AsStudent(teacher), pool, 16, None)
+        loss, mse, _ = dkdm.student_step(cfg, teacher, AsStudent(teacher), pool, 16, None)
         assert loss.item() < 1e-8 and mse.item() < 1e-8
 
 

@@ -193,7 +193,7 @@ def test_student_that_does_not_fit_is_refused(tmp_path):
                {"num_class_embeds": None}):
         conf = {**dkdm.cnn_config(teacher), **kw}
         with pytest.raises(teachers.UserError):
-            dkdm.check_student(UNet2DModel(**conf), teacher, "custom")
+            teachers.check_student_fits(UNet2DModel(**conf), teacher, "custom")
 
 
 def test_exported_student_loads_as_a_teacher(tmp_path):

@@ -289,7 +289,7 @@ def test_text_teacher_with_clip_score(tiny_sd_dir, tiny_clip_dir, tmp_path, caps
 
 
 class FakeStudent:
-    """The contract of teachers.load_generator: .generate(noise, cond, w) -> x0, .nfe, .teacher_name, .info."""
+    """The contract of teachers.load_student: .generate(noise, cond, w) -> x0, .nfe, .teacher_name, .info."""
     nfe, teacher_name, info = 1, "gmm", {"method": "boot"}
 
     def __init__(self):
@@ -302,7 +302,7 @@ class FakeStudent:
 def test_run_directory_with_a_student(tmp_path, monkeypatch, capsys):
     run = tmp_path / "boot-gmm"
     (run / "student").mkdir(parents=True)
-    monkeypatch.setattr(teachers, "load_generator", lambda d, device="cpu": FakeStudent(), raising=False)
+    monkeypatch.setattr(teachers, "load_student", lambda d, device="cpu": FakeStudent(), raising=False)
     monkeypatch.setattr(E, "check_run", lambda d: None)  # the fake run has no files to check
     assert E.main(["--run", str(run), "--nfe", "1", "2", "--n", "50", "--features", "pixels",
                    "--json", str(tmp_path / "r.json"), "--grid", str(tmp_path / "g.png")]) == 0
@@ -317,7 +317,7 @@ def test_run_directory_with_a_student(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (teachers.DIGITS_DIR / "model_index.json").exists(),
-                    reason="assets/digits-teacher not trained yet (python teachers.py --train-digits)")
+                    reason="assets/digits-teacher not trained yet (python assets/train.py digits)")
 def test_digits_teacher_table(tmp_path):
     """The issue's check: offline on CPU, DDIM-1 far worse than DDIM-50, DDIM-50 near real-vs-real."""
     out = tmp_path / "eval.json"

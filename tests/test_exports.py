@@ -3,7 +3,7 @@ this repository, it makes the same images as the repository's own samplers (max 
 
 Tiny runs of every export kind (BOOT: teacher copy, UNet2DModel copy, small student, text-to-image,
 IF stage I and II; DKDM: cnn and vit students, a cnn on a latent teacher) and the shipped digits teacher are sampled twice:
-here, by `teachers.load_generator(run).generate` with `boot.sample_cond` (what `boot.py sample`
+here, by `teachers.load_student(run).generate` with `ExportedStudent.condition` (what `boot.py sample`
 and evaluate.py run) or by `teachers.ddim` (DKDM students, the teacher), and in a `python -I`
 subprocess started in an empty directory with `DiffusionPipeline.from_pretrained(dir,
 trust_remote_code=True)` and the diffusers call conventions (per-image seeded generators).
@@ -100,11 +100,11 @@ def as_np(images):
 
 def boot_reference(run):
     """The student as training saw it, not through its export: the network rebuilt by boot.py and
-    loaded from checkpoints/latest.pt, y_theta = teachers.boot_generate with the run's own facts,
+    loaded from checkpoints/latest.pt, y_theta = boot.y_theta with the run's own facts,
     conditions from the teacher (labels k mod K, its prompt encoder, IF-II's noised stage-I
     output), decoded by the teacher. Seeds 0..N-1, the student's default w. Model space and images."""
     cfg = boot.BootConfig(**json.loads((Path(run) / "config.json").read_text()))
-    teacher, conds = boot.load_all(cfg, torch.device("cpu"))
+    teacher, conds = boot.load_teacher_and_context(cfg, torch.device("cpu"))
     model, info = boot.make_student(teacher, cfg, boot.default_weight(cfg, teacher))
     model.load_state_dict(teachers.load_checkpoint(Path(run) / "checkpoints" / "latest.pt")["ema"])
     if conds.prompts is not None:
@@ -116,7 +116,7 @@ def boot_reference(run):
         cond = teacher.label_cond(torch.arange(N) % teacher.num_classes) if teacher.num_classes else None
     noise = teachers.seeded_noise(range(N), teacher.sample_shape)
     with torch.no_grad():
-        x = teachers.boot_generate(model.eval(), info, noise, torch.zeros(N), cond, None)
+        x = boot.y_theta(model.eval(), info, noise, torch.zeros(N), cond, None)
         return x, as_np(teacher.decode(x))
 
 
@@ -160,9 +160,9 @@ def exports(tmp_path_factory, tiny_sd_dir, tiny_if_dirs):
     cases["boot_if_stage2"]["stage1"] = str(tmp / "boot_if_stage1" / "student")
     # BOOT's initial copy student is the teacher's x0-hat at t_max, whatever the target time (App. C.3)
     cfg = boot.resolve(boot.BootConfig(teacher="digits"))
-    t, conds = boot.load_all(cfg, torch.device("cpu"))
+    t, conds = boot.load_teacher_and_context(cfg, torch.device("cpu"))
     student, info = boot.make_student(t, cfg, boot.default_weight(cfg, t))
-    teachers.export_pipeline(boot.student_pipeline(student.eval(), info, t, conds), tmp / "init")
+    teachers.export_pipeline(teachers.boot_pipeline(student.eval(), info, t), tmp / "init")
     cases["boot_copy_init"] = {"path": str(tmp / "init"), "n": N, "kwargs": {}}
     x0 = t.x0(teachers.seeded_noise(range(N), t.sample_shape), torch.full((N,), 0.9),
               t.label_cond(torch.arange(N) % 10), t.default_guidance)
@@ -242,9 +242,9 @@ def test_stock_ddim_scheduler_from_the_shipped_config_is_teachers_ddim():
 
 
 def test_train_digits_writes_the_shipped_pipeline_files(tmp_path):
-    """`python teachers.py --train-digits` (here with 0 steps) writes the model_index.json, scheduler
+    """`python assets/train.py digits` (here with 0 steps) writes the model_index.json, scheduler
     config and pipeline file that ship in assets/digits-teacher."""
-    teachers.train_digits(out_dir=tmp_path, steps=0)
+    teachers.assets_train().train_digits(out_dir=tmp_path, steps=0)
     for f in ("model_index.json", "scheduler/scheduler_config.json"):
         new, shipped = (json.loads((base / f).read_text()) for base in (tmp_path, teachers.DIGITS_DIR))
         new.pop("_diffusers_version"), shipped.pop("_diffusers_version")
@@ -263,4 +263,4 @@ def test_bad_calls_and_old_exports_are_one_clear_error(tmp_path):
     (old / "generator.json").write_text(json.dumps({"method": "boot", "teacher": "digits", "sample_shape": [1, 8, 8]}))
     (old / "model_index.json").write_text(json.dumps({"_class_name": "DDPMPipeline"}))
     with pytest.raises(teachers.UserError, match="older version of this repository; rerun its training command"):
-        teachers.load_generator(tmp_path / "run")
+        teachers.load_student(tmp_path / "run")

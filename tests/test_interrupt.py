@@ -100,7 +100,7 @@ def test_sigterm_dkdm_checkpoints_and_resumes_exactly(tmp_path, capsys):
     assert f"stopped at step {k}" in err and "resume with: python " in err and "dkdm.py" in err
     assert not (tmp_path / "cut" / "student").exists()
     budget = [*args[:-6], "--iters", k + 4, *args[-4:]]
-    assert "resumed from" in run(dkdm.main, [*budget, "--out", tmp_path / "cut"], capsys)
+    assert "resuming " in run(dkdm.main, [*budget, "--out", tmp_path / "cut"], capsys)
     run(dkdm.main, [*budget, "--out", tmp_path / "straight"], capsys)
     a, b = checkpoint(tmp_path / "straight"), checkpoint(tmp_path / "cut")
     assert a["step"] == b["step"] == k + 4

@@ -24,7 +24,7 @@ student.train()
 cond = {"encoder_hidden_states": teacher.encode_prompts(["a red cube"] * B)["encoder_hidden_states"]}
 eps, t = torch.randn(B, *teacher.sample_shape), torch.rand(B)
 def step(n):
-    y = teachers.boot_generate(student, info, eps[:n], t[:n], {k: v[:n] for k, v in cond.items()}, 7.5)
+    y = boot.y_theta(student, info, eps[:n], t[:n], {k: v[:n] for k, v in cond.items()}, 7.5)
     y.square().mean().backward()
 def anon():  # resident anonymous memory (tensors), in bytes; other processes cannot move it
     line = next(ln for ln in open("/proc/self/status") if ln.startswith("RssAnon:"))

@@ -29,8 +29,8 @@ def test_boot_iteration_under_autocast(precision, dtype):
     seen = conv_in_dtypes(student)
     g = torch.Generator().manual_seed(0)
     eps, t = torch.randn(4, 1, 8, 8, generator=g), boot.sample_times(g, cfg, 4, 0)
-    cond, w = boot.Conditions(teacher, cfg, torch.device("cpu")).draw(g, 4, 0, 4)
-    loss, _ = boot.boot_step(student, student, info, teacher, eps, t, cond, w, cfg, True, boot.Clock(torch.device("cpu")))
+    cond, w = teachers.Context(teacher, w_range=(cfg.w, cfg.w_max)).draw(g, 4, 0, 4)
+    loss, _ = boot.boot_step(student, info, teacher, (eps, t, cond, w), cfg, True, None)
     loss.backward()
     assert seen == [dtype, dtype]  # the no-grad y_t pass and the training pass ("auto" is fp32 on CPU)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
@@ -44,7 +44,7 @@ def test_dkdm_iteration_under_autocast(precision, dtype):
     student = dkdm.build_student(cfg, teacher)
     seen = conv_in_dtypes(student)
     pool = dkdm.init_noise(teacher, 8, torch.Generator().manual_seed(0))
-    loss, mse, vb, _ = dkdm.student_step(cfg, teacher, student, pool, 4, teacher.default_guidance)
+    loss, mse, vb = dkdm.student_step(cfg, teacher, student, pool, 4, teacher.default_guidance)
     loss.backward()
     assert seen == [dtype] and loss.dtype == torch.float32 and torch.isfinite(loss) and vb > 0
 
