@@ -14,8 +14,10 @@ t = i / (T - 1), i = 0..T-1, is the teacher's own discrete `alphas_cumprod`.
     python assets/train.py digits                   # re-train the embedded teacher (also: --train-digits)
 
 Reading order: schedule -> Teacher (CFG, thresholding, eps/x0/v, learned variance) -> samplers
--> embedded teachers (analytic Gaussian mixture, digits) -> hub loaders and registry -> run
-plumbing shared by boot.py and dkdm.py (torchrun, EMA, atomic checkpoints, dataclass CLI).
+-> embedded teachers (analytic Gaussian mixture, digits; training on a fixed image set) -> hub
+loaders and registry -> conditions and exported students (build, load, `sample RUN`) -> run
+plumbing (torchrun, collectives, memory estimate, precision, atomic checkpoints, input checks)
+-> the run kit both training loops use (resume, budget, metrics, checkpoints, EMA export).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import cli
@@ -1979,6 +1982,18 @@ def check_teacher_files(name_or_path, model_id=None, stage=1):
     check_model_dir(where, "teacher")
 
 
+# ---------------------------------------------------------------------------------------------
+# Run kit: what a training run of either method does around its Algorithm 1, written once
+# ---------------------------------------------------------------------------------------------
+# boot.py and dkdm.py each keep their Algorithm 1 as one flat loop; everything else a run needs is
+# here: the process group and the run lock (`training`), AdamW + EMA (`optimisation`), resume and
+# metrics.jsonl truncation (`RunDir.start`, `resume`), the iteration and cumulative --minutes budget and a
+# signal (`RunDir.stop_reason`), log and checkpoint cadence (`RunDir.end_iteration`), the
+# teacher / student / other time split with rank-averaged windows (`Meter`), the EMA export
+# (`export_ema`); `sample RUN` of both is `sample_command` (with the loaders, above); cli.main_of gives
+# both the one error prefix.
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -2313,18 +2328,6 @@ class Interrupt:
         self.report(step, ckpt)
         return SystemExit(self.exit_code)
 
-
-# ---------------------------------------------------------------------------------------------
-# Run kit: what a training run of either method does around its Algorithm 1, written once
-# ---------------------------------------------------------------------------------------------
-# boot.py and dkdm.py each keep their Algorithm 1 as one flat loop; everything else a run needs is
-# here: the process group and the run lock (`training`), AdamW + EMA (`optimisation`), resume and
-# metrics.jsonl truncation (`RunDir.resume`), the iteration and cumulative --minutes budget and a
-# signal (`RunDir.stop_reason`), log and checkpoint cadence (`RunDir.end_iteration`), the
-# teacher / student / other time split with rank-averaged windows (`Meter`), the EMA export
-# (`export_ema`); `sample RUN` of both is `sample_command` (with the loaders, above); cli.main_of gives
-# both the one error prefix.
-from contextlib import contextmanager  # noqa: E402
 
 
 def check_run_fields(cfg):

@@ -2,7 +2,7 @@
 (assets/digits-teacher, its settings in training.json) and the digits feature classifier that
 evaluate.py's offline FD uses (assets/digits-classifier, its settings in config.json).
 
-    python assets/train.py digits [--steps 2500] [--seed 0]   # the teacher: IDDPM hybrid loss, ~5 CPU min
+    python assets/train.py digits [--steps 2500] [--seed 0]   # the teacher (IDDPM hybrid loss; time: training.json)
     python assets/train.py classifier [--seed 0]              # the classifier, on a seeded split
 
 Both overwrite the shipped files; every number in the README that depends on them would move.
