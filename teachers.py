@@ -2385,9 +2385,13 @@ class Meter:
 
     def __init__(self, device, keys, shown=None, window=None):
         self.cuda, self.keys, self.shown = device.type == "cuda", tuple(keys), tuple(shown or keys)
-        self.sums, self.counts, self.n = dict.fromkeys(self.keys, 0.0), dict.fromkeys(self.keys, 0), 0
+        self.reset()
         if window and set(window.get("sums", {})) == set(self.keys):  # else: an older checkpoint's window
             self.sums, self.counts, self.n = dict(window["sums"]), dict(window["counts"]), int(window["n"])
+
+    def reset(self):
+        """An empty window, its clock started now."""
+        self.sums, self.counts, self.n = dict.fromkeys(self.keys, 0.0), dict.fromkeys(self.keys, 0), 0
         self.ms, self.t0 = {"teacher": 0.0, "student": 0.0}, time.perf_counter()
 
     @contextmanager
@@ -2422,7 +2426,7 @@ class Meter:
         k = len(self.keys)
         rec = {"step": step, **{key: v / max(self.counts[key], 1) for key, v in zip(self.keys, vals)},
                **self.split(vals[k:]), "elapsed_s": round(elapsed_s, 1)}
-        self.__init__(torch.device("cuda" if self.cuda else "cpu"), self.keys, self.shown)
+        self.reset()
         return rec
 
     def postfix(self, rec=None) -> dict:
