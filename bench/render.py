@@ -149,6 +149,33 @@ def table_tests_time(results):
             f"(`{t['summary']}`{_load_note(t)}; `python bench/run.py newcomer-tests`, {t['date']}).")
 
 
+def table_curves(results, names=("curve-cnn", "curve-vit")):
+    """FD (digits features) vs iterations of both students along one run each, with the teacher's
+    DDIM-50 from the same evaluations; the default iterations of each student in bold."""
+    import dkdm  # the default iterations (torch-free until a student is built)
+
+    curves = {n: {p["iters"]: p for p in results[n]["curve"]} for n in names if results.get(n)}
+    if not curves:
+        return "(not measured yet: `python bench/run.py curves`)"
+    iters = sorted({k for c in curves.values() for k in c})
+    head = "| iterations | " + " | ".join(f"{n.split('-')[1]} FD (digits) | ms / it" for n in curves) + " | teacher DDIM-50 FD |"
+    lines = [head, "|" + "---|" * (2 * len(curves) + 2)]
+    for k in iters:
+        cells, teacher = [], None
+        for name, c in curves.items():
+            p = c.get(k)
+            fd = _pick(p["records"], sampler="student").get("digits", {}).get("fid") if p else None
+            teacher = teacher or (_pick(p["records"], "ddim", 50).get("digits", {}).get("fid") if p else None)
+            cell = _f(fd)
+            if p and k == dkdm.STUDENT_ITERS[name.split("-")[1]]:
+                cell = f"**{cell}** (default)"
+            cells += [cell, _f((p or {}).get("last_metrics", {}).get("ms_iter"), ".0f")]
+        lines.append(f"| {k:,} | " + " | ".join(cells) + f" | {_f(teacher)} |")
+    cmds = [f"- {results[n]['about']}: `{results[n]['train']} --iters K` for K = "
+            f"{', '.join(f'{k:,}' for k in curves[n])}, each resuming the last" for n in curves]
+    return "\n".join(lines) + "\n\n" + "\n".join(cmds)
+
+
 def blocks(results) -> dict[str, str]:
     return {
         "newcomer": table_newcomer(results),
@@ -163,6 +190,7 @@ def blocks(results) -> dict[str, str]:
                                            "dkdm-rho0.02-shuffle"]),
         "speed": table_speed(results),
         "paper": table_paper(results),
+        "curves": table_curves(results),
     }
 
 

@@ -39,6 +39,7 @@ class Exp:
     train: list[str] | None  # argv after `python`; None = evaluation only
     eval: list[str] | None  # argv after `python evaluate.py`
     run_dir: str | None = None
+    curve: tuple = ()  # evaluate after each of these --iters: one run, resumed (bitwise a straight run)
 
 
 def boot(name, about, *flags, iters=1000):
@@ -86,6 +87,15 @@ EXPERIMENTS = [
          ["--rho", "0.02", "--chains", "2", "--iters", "2000"], out="runs/init-staggered-M2"),
     dkdm("dkdm-rho0.02-shuffle", "rho = 0.02, shuffle-denoise init (the paper's)",
          ["--rho", "0.02", "--pool-init", "shuffle", "--iters", "2000"], out="runs/init-shuffle"),
+    # FD vs iterations of both students' default commands (group `curves`): the last point of each is
+    # the default run itself (a run resumed at each point equals the straight run bitwise)
+    Exp("curve-cnn", "curves", "DKDM default, cnn student: FD vs iterations", ["dkdm.py", "--out", "runs/bench/curve-cnn"],
+        ["--run", "runs/bench/curve-cnn", "--nfe", "50", "--n", str(N_EVAL)], "runs/bench/curve-cnn",
+        curve=(1000, 2000, 4000, 6000, 8000, 10000)),
+    Exp("curve-vit", "curves", "DKDM default, vit student: FD vs iterations",
+        ["dkdm.py", "--student", "vit", "--out", "runs/bench/curve-vit"],
+        ["--run", "runs/bench/curve-vit", "--nfe", "50", "--n", str(N_EVAL)], "runs/bench/curve-vit",
+        curve=(1000, 2000, 4000, 6000, 8000, 10000)),
 ]
 BY_NAME = {e.name: e for e in EXPERIMENTS}
 # README's first screen (bench/newcomer.py): --help CPU time and install size; the default boot.py
@@ -98,8 +108,30 @@ def load_results() -> dict:
     return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
 
 
+def run_curve(exp: Exp, env: dict, log) -> dict:
+    """The run trained to each point of exp.curve in turn (each command resumes the last) and scored there."""
+    points, start = [], time.time()
+    for k in exp.curve:
+        subprocess.run([PY, *exp.train, "--iters", str(k)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+        train_s = time.time() - start
+        out_json = ROOT / "runs" / "bench" / f"{exp.name}-{k}.json"
+        subprocess.run([PY, "evaluate.py", *exp.eval, "--json", str(out_json)], cwd=ROOT, env=env, stdout=log,
+                       stderr=subprocess.STDOUT, check=True)
+        metrics = [json.loads(line) for line in (ROOT / exp.run_dir / "metrics.jsonl").read_text().splitlines() if line]
+        points.append({"iters": k, "train_wall_s": round(train_s, 1), "records": json.loads(out_json.read_text()),
+                       "last_metrics": metrics[-1]})
+        start = time.time()
+    return {"about": exp.about, "train": " ".join(["python", *exp.train]), "eval": " ".join(["python", "evaluate.py", *exp.eval]),
+            "curve": points, "threads": 1, "date": time.strftime("%Y-%m-%d")}
+
+
 def run_one(exp: Exp, force: bool) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    if exp.curve:
+        log = ROOT / "runs" / "bench" / f"{exp.name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as f:
+            return run_curve(exp, env, f)
     log = ROOT / "runs" / "bench" / f"{exp.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
