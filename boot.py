@@ -56,7 +56,6 @@ import json
 import math
 import os
 import sys
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path

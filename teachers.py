@@ -1230,7 +1230,7 @@ class ExportedStudent:
             stage1 = load_student(info["stage1_run"], self.device)
             x1 = stage1.generate(seeded_noise(seeds, stage1.sample_shape, self.device), cond, None).clamp(-1, 1)
             low = self.pipe.lowres(x1, info["noise_level"], generator=torch.Generator().manual_seed(seeds[0]))
-            cond = {**cond, **{k: v.float() if v.is_floating_point() else v for k, v in low.items()}}
+            cond = {**cond, **float_cond(low, self.device)}
         return cond
 
     @torch.no_grad()
