@@ -87,6 +87,9 @@ EXPERIMENTS = [
          ["--rho", "0.02", "--chains", "2", "--iters", "2000"], out="runs/init-staggered-M2"),
     dkdm("dkdm-rho0.02-shuffle", "rho = 0.02, shuffle-denoise init (the paper's)",
          ["--rho", "0.02", "--pool-init", "shuffle", "--iters", "2000"], out="runs/init-shuffle"),
+    dkdm("dkdm-shuffle-init", "default rho = 0.4, shuffle-denoise init (the paper's)",
+         ["--pool-init", "shuffle", "--iters", "2000"]),
+    dkdm("dkdm-dynamic-seed1", "dynamic iterative (staggered init, M = 512), seed 1", ["--seed", "1", "--iters", "2000"]),
     # FD vs iterations of both students' default commands (group `curves`): the last point of each is
     # the default run itself (a run resumed at each point equals the straight run bitwise)
     Exp("curve-cnn", "curves", "DKDM default, cnn student: FD vs iterations", ["dkdm.py", "--out", "runs/bench/curve-cnn"],
