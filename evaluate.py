@@ -74,6 +74,9 @@ class EvalConfig:
     nfe: tuple[int, ...] = field(default=(1, 10, 50), metadata={"nargs": "+", "elem": int,
                                                                 "help": "teacher sampler steps to score"})
     sampler: str = field(default="ddim", metadata={"choices": ["ddim", "ancestral"], "help": "teacher sampler"})
+    dkdm_sampler: str = field(default="auto", metadata={
+        "choices": ["auto", "ddim", "ancestral"], "help": "a DKDM run's student: sampler to score it with; auto: the "
+                                                          "one its run exported (IDDPM pixel, DDIM latent and digits)"})
     n: int = field(default=1000, metadata={"help": "samples per sampler (seeds seed .. seed + n - 1)"})
     seed: int = field(default=0, metadata={"help": "seed of the first sample"})
     batch: int = field(default=128, metadata={"help": "generation batch per process (throughput is at this batch)"})
@@ -633,12 +636,14 @@ def check_config(cfg: EvalConfig):
     if cfg.ref:
         check_image_folder(cfg.ref)
     if cfg.run:
-        check_run(cfg.run)
+        check_run(cfg.run, cfg.dkdm_sampler)
     else:
         teachers.check_teacher_files(cfg.teacher)
+        if cfg.dkdm_sampler != "auto":
+            raise UserError("--dkdm-sampler applies to the student of a DKDM run (--run DIR)")
 
 
-def check_run(run):
+def check_run(run, dkdm_sampler="auto"):
     """A finished run directory: its student description parses, its weights and its teacher's are whole."""
     p = Path(run)
     if not p.is_dir():
@@ -648,6 +653,8 @@ def check_run(run):
     if not (p / "student" / "generator.json").is_file():
         raise UserError(f"run directory '{run}' has no student/generator.json (has training finished?)")
     info = teachers.read_json(p / "student" / "generator.json", "student description")
+    if dkdm_sampler != "auto" and info.get("method") != "dkdm":
+        raise UserError(f"--dkdm-sampler applies to a DKDM run; '{run}' holds a one-step BOOT student")
     teachers.check_model_dir(p / "student" if info.get("method") == "dkdm" else p / "student" / "unet", "student")
     teachers.check_teacher_files(info.get("teacher", ""), info.get("model_id"), info.get("stage", 1))
 
@@ -686,6 +693,8 @@ def dry_run_view(cfg: EvalConfig) -> dict:
 def run_evaluation(cfg: EvalConfig, rank=0, world=1, device="cpu"):
     """(records, grid rows, speed-up baseline) for a teacher or a run; records on rank 0 only."""
     student = load_student(cfg.run, device) if cfg.run else None
+    if student and cfg.dkdm_sampler != "auto":
+        student.info["sampler"] = cfg.dkdm_sampler  # ExportedStudent.generate reads it
     if student:
         teacher = teachers.load_teacher(student.teacher_name, device=device, model_id=student.info.get("model_id"))
     else:

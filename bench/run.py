@@ -66,6 +66,8 @@ EXPERIMENTS = [
     boot("boot-euler", "Euler targets (Eq. 7)", "--solver", "euler"),
     boot("boot-no-boundary", "no boundary loss (Eq. 8 off)", "--boundary-every", "0"),
     boot("boot-progressive", "progressive time schedule", "--time-sampling", "progressive"),
+    boot("boot-table3-lr", "Table 3's lr 1e-4 and EMA 0.9999 (3,000 iterations)", "--lr", "1e-4", "--ema", "0.9999",
+         iters=3000),
     dkdm("dkdm-default", "DKDM, the default command (cnn student, dynamic, staggered init M = 512)", [],
          out="runs/dkdm-digits-cnn-dynamic"),
     dkdm("dkdm-data-10k", "baseline: real digits (data-based training)", ["--method", "data"],
@@ -90,6 +92,12 @@ EXPERIMENTS = [
     dkdm("dkdm-shuffle-init", "default rho = 0.4, shuffle-denoise init (the paper's)",
          ["--pool-init", "shuffle", "--iters", "2000"]),
     dkdm("dkdm-dynamic-seed1", "dynamic iterative (staggered init, M = 512), seed 1", ["--seed", "1", "--iters", "2000"]),
+    Exp("dkdm-eval-iddpm", "dkdm", "the seed-1 run and the teacher scored with IDDPM-50 (Sec. 4.1's sampler)",
+        ["dkdm.py", "--seed", "1", "--iters", "2000", "--out", "runs/bench/dkdm-dynamic-seed1"],
+        ["--run", "runs/bench/dkdm-dynamic-seed1", "--sampler", "ancestral", "--nfe", "50", "--dkdm-sampler", "ancestral",
+         "--n", str(N_EVAL)], "runs/bench/dkdm-dynamic-seed1"),
+    dkdm("dkdm-data-free-iddpm", "baseline: synthetic set by IDDPM-1000 (Table 4's sampler for pixel teachers)",
+         ["--method", "data-free", "--synth-steps", "1000", "--iters", "2000"]),
     # FD vs iterations of both students' default commands (group `curves`): the last point of each is
     # the default run itself (a run resumed at each point equals the straight run bitwise)
     Exp("curve-cnn", "curves", "DKDM default, cnn student: FD vs iterations", ["dkdm.py", "--out", "runs/bench/curve-cnn"],

@@ -183,6 +183,9 @@ MUTANTS = [
       ("dkdm.py", 'if cfg.method == "dynamic" else b_local', 'if cfg.method != "iterative" else b_local')),
     M("dkdm-shuffled-starts-from-noise", "DKDM three streams", [DD + "test_the_three_streams"],
       ("dkdm.py", '"shuffled": "shuffle"', '"shuffled": "noise"')),
+    M("dkdm-clips-the-papers-teachers", "DKDM training (no gradient clipping)",
+      ["tests/test_defaults.py::test_clip_grad_default_is_the_papers_none_except_on_the_embedded_teachers"],
+      ("dkdm.py", "self.clip_grad = 1.0 if self.teacher in EMBEDDED else 0.0", "self.clip_grad = 1.0")),
 ]
 
 

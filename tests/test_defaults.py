@@ -35,6 +35,16 @@ def test_vit_student_starts_adaln_zero_and_trains(digits):
     assert teachers.call_net(model, x, t, {"class_labels": labels}).abs().min() > 0
 
 
+def test_clip_grad_default_is_the_papers_none_except_on_the_embedded_teachers():
+    """The paper and its trainer clip nothing: so does every hub or local teacher by default; the
+    embedded digits / gmm teachers keep the 1.0 their bench rows were measured with."""
+    for teacher, clip in [("digits", 1.0), ("gmm", 1.0), ("ddpm-cifar10", 0.0), ("ldm-celebahq", 0.0),
+                          ("google/ddpm-cifar10-32", 0.0), ("path/to/iddpm-cifar10", 0.0)]:
+        assert dkdm.DKDMConfig(teacher=teacher).clip_grad == clip, teacher
+    assert dkdm.DKDMConfig(teacher="ddpm-cifar10", clip_grad=0.5).clip_grad == 0.5
+    assert dkdm.DKDMConfig(teacher="digits", clip_grad=0.0).clip_grad == 0.0
+
+
 @pytest.mark.parametrize("clip", [None, "0", "0.5"])
 def test_clip_grad_flag(tmp_path, monkeypatch, clip):
     """--clip-grad 0 clips nothing (the paper and the official trainer); a positive value is the max norm."""

@@ -303,7 +303,7 @@ def test_run_directory_with_a_student(tmp_path, monkeypatch, capsys):
     run = tmp_path / "boot-gmm"
     (run / "student").mkdir(parents=True)
     monkeypatch.setattr(teachers, "load_student", lambda d, device="cpu": FakeStudent(), raising=False)
-    monkeypatch.setattr(E, "check_run", lambda d: None)  # the fake run has no files to check
+    monkeypatch.setattr(E, "check_run", lambda d, *a: None)  # the fake run has no files to check
     assert E.main(["--run", str(run), "--nfe", "1", "2", "--n", "50", "--features", "pixels",
                    "--json", str(tmp_path / "r.json"), "--grid", str(tmp_path / "g.png")]) == 0
     out = capsys.readouterr().out
@@ -313,6 +313,30 @@ def test_run_directory_with_a_student(tmp_path, monkeypatch, capsys):
     assert student["sampler"] == "student" and student["nfe"] == 1 and student["speedup"] > 0
     assert Image.open(tmp_path / "g.png").size[1] == 2 + 3 * 34
     assert "has no student/" in _one_line_error(capsys, ["--run", str(tmp_path)])
+
+
+def test_dkdm_sampler_rescores_a_dkdm_student(tmp_path, capsys):
+    """--dkdm-sampler scores a DKDM student with another sampler (the paper's IDDPM on the embedded
+    teacher, whose runs export DDIM): auto is the exported one, ancestral gives other samples."""
+    import dkdm
+
+    run = tmp_path / "dkdm-gmm"
+    assert dkdm.main(["--teacher", "gmm", "--rho", "0.01", "--batch", "4", "--chains", "16", "--iters", "2",
+                      "--out", str(run)]) == 0
+    fd = {}
+    for sampler in ("auto", "ddim", "ancestral"):
+        out = tmp_path / f"{sampler}.json"
+        assert E.main(["--run", str(run), "--nfe", "2", "--n", "16", "--features", "pixels", "--dkdm-sampler",
+                       sampler, "--json", str(out)]) == 0
+        fd[sampler] = json.loads(out.read_text())[-1]["fid"]
+    capsys.readouterr()
+    assert fd["auto"] == fd["ddim"] != fd["ancestral"]
+    boot_run = tmp_path / "boot-run"
+    (boot_run / "student").mkdir(parents=True)
+    (boot_run / "student" / "generator.json").write_text(json.dumps({"method": "boot", "teacher": "gmm"}))
+    assert "applies to a DKDM run" in _one_line_error(capsys, ["--run", str(boot_run), "--dkdm-sampler", "ddim"])
+    assert "applies to the student of a DKDM run" in _one_line_error(capsys, ["--teacher", "gmm", "--dkdm-sampler",
+                                                                              "ancestral"])
 
 
 @pytest.mark.slow
