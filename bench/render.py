@@ -186,8 +186,8 @@ def blocks(results) -> dict[str, str]:
         "dkdm-default": table_group(results, ["dkdm-default", "dkdm-data-10k"]),
         "dkdm": table_group(results, ["dkdm-dynamic", "dkdm-shuffled", "dkdm-iterative", "dkdm-data",
                                       "dkdm-data-free", "dkdm-vit", "dkdm-vit-diffusers-init"]),
-        "dkdm-pool": table_group(results, ["dkdm-dynamic", "dkdm-rho0.02-M512", "dkdm-rho0.02-M2",
-                                           "dkdm-rho0.02-shuffle"]),
+        "dkdm-pool": table_group(results, ["dkdm-dynamic", "dkdm-dynamic-seed1", "dkdm-shuffle-init",
+                                           "dkdm-rho0.02-M512", "dkdm-rho0.02-M2", "dkdm-rho0.02-shuffle"]),
         "speed": table_speed(results),
         "paper": table_paper(results),
         "curves": table_curves(results),
@@ -205,6 +205,32 @@ def _vs(results, ours, paper, label_ours, label_paper):
     if a is None or b is None:
         return f"not measured yet (`python bench/run.py {ours} {paper}`)"
     return f"FD {a:.2f} ({label_ours}) vs {b:.2f} ({label_paper}), 2,000 iterations, `python bench/run.py {ours} {paper}`"
+
+
+def _noise(results):
+    """The seed-to-seed FD difference of the 2,000-iteration default DKDM row (seeds 0 and 1)."""
+    a, b = _fd(results, "dkdm-dynamic"), _fd(results, "dkdm-dynamic-seed1")
+    return "" if a is None or b is None else f"; seed-to-seed: {a:.2f} vs {b:.2f} (`dkdm-dynamic-seed1`)"
+
+
+def _eval_sampler(results):
+    """Student and teacher FD under DDIM-50 (the digits protocol) and IDDPM-50 (the paper's), one run."""
+    ddim, iddpm = (results.get(k) or {} for k in ("dkdm-dynamic-seed1", "dkdm-eval-iddpm"))
+    rows = [(_pick(r.get("records", []), sampler="student").get("digits"),
+             _pick(r.get("records", []), sampler=smp, nfe=50).get("digits")) for r, smp in ((ddim, "ddim"), (iddpm, "ancestral"))]
+    if not all(s and t for s, t in rows):
+        return "not measured yet (`python bench/run.py dkdm-dynamic-seed1 dkdm-eval-iddpm`)"
+    (sd, td), (si, ti) = rows
+    return (f"one student (2,000 iterations, seed 1) / its teacher: DDIM-50 FD {sd['fid']:.2f} / {td['fid']:.2f} "
+            f"({sd['fid'] / td['fid']:.2f}×), IDDPM-50 {si['fid']:.2f} / {ti['fid']:.2f} ({si['fid'] / ti['fid']:.2f}×), "
+            "`python bench/run.py dkdm-dynamic-seed1 dkdm-eval-iddpm`")
+
+
+def _boot_lr(results):
+    a, b = _fd(results, "boot-default"), _fd(results, "boot-table3-lr")
+    if a is None or b is None:
+        return "not measured yet (`python bench/run.py boot-default boot-table3-lr`)"
+    return f"FD {a:.2f} (ours) vs {b:.2f} (Table 3's), 3,000 iterations, `python bench/run.py boot-default boot-table3-lr`"
 
 
 def _boot_facts():
@@ -241,21 +267,25 @@ def table_paper(results):
     rows = [
         ("DKDM gradient clipping", "none (paper; official trainer)",
          "none for hub and local teachers; max norm 1.0 on the embedded digits / gmm (`--clip-grad`)",
-         _vs(results, "dkdm-dynamic", "dkdm-no-clip", "ours", "none")),
+         _vs(results, "dkdm-dynamic", "dkdm-no-clip", "ours", "none") + _noise(results)),
         ("DKDM pool initialisation", "shuffle denoise, ρ·T·b·T/2 sample evaluations",
          "staggered, M = 512 chains, M·T evaluations (`--pool-init shuffle`)",
-         _vs(results, "dkdm-rho0.02-M512", "dkdm-rho0.02-shuffle", "staggered", "shuffle") + " at ρ = 0.02; "
-         "at the default ρ = 0.4 not measured (below)"),
+         _vs(results, "dkdm-dynamic", "dkdm-shuffle-init", "staggered", "shuffle") + " at the default ρ = 0.4; "
+         + _vs(results, "dkdm-rho0.02-M512", "dkdm-rho0.02-shuffle", "staggered", "shuffle") + " at ρ = 0.02"
+         + _noise(results)),
         ("DiT student init", "adaLN-Zero (DiT paper)", "adaLN-Zero (`--vit-init diffusers`: diffusers' default)",
          _vs(results, "dkdm-vit", "dkdm-vit-diffusers-init", "adaLN-Zero", "diffusers")),
         ("DKDM lr / warm-up / EMA / batch", "1e-4 / none / 0.9999 / 128 (official trainer)",
          "cnn 1e-3 / 200 / 0.998 / 64, vit 3e-3 / 200 / 0.9995 / 64 on digits (10,000 CPU iterations each); the "
-         "paper's in the GPU commands", "vit: `python dkdm.py --student vit --lr 4e-3` diverged between 8,000 and 8,500 "
+         "paper's in the GPU commands", _vs(results, "dkdm-dynamic", "dkdm-official-recipe", "cnn, ours", "official")
+         + "; vit: `python dkdm.py --student vit --lr 4e-3` diverged between 8,000 and 8,500 "
          "iterations (loss 0.01 to 0.7); the default's FD curve below"),
         ("DKDM data-free baseline's synthetic set (Table 4)", "IDDPM-1000 (pixel), DDIM-100 (latent)",
-         "the paper's for hub teachers; ancestral-100 for digits (`--synth-steps 1000`)", "not measured"),
+         "the paper's for hub teachers; ancestral-100 for digits (`--synth-steps 1000`)",
+         _vs(results, "dkdm-data-free", "dkdm-data-free-iddpm", "ancestral-100", "IDDPM-1000")),
         ("DKDM student evaluation (Sec. 4.1)", "IDDPM-50 (pixel), DDIM-200 (latent), 50k samples",
-         "the paper's sampler for hub teachers; DDIM-50, n = 1,000 for digits (every table here)", "not measured"),
+         "the paper's sampler for hub teachers; DDIM-50, n = 1,000 for digits (every table here; "
+         "`evaluate.py --dkdm-sampler ancestral`: IDDPM)", _eval_sampler(results)),
         ("BOOT λ weighting (Alg. 1 line 10)", "1/(δλ')² with δλ' = 1 − α_tσ_s/(σ_tα_s)", "the same",
          "the analytic dλ/dt instead would weigh t = 0.3 / 0.6 / 0.89 by " + " / ".join(f"{r:.2f}" for r in ratio)
          + " × (cosine schedule, δ = 0.04); digits runs use the uniform weight"),
@@ -264,7 +294,7 @@ def table_paper(results):
          + ", ".join(f"{v[1]:.1f} {k}" for k, v in amp.items()) + "; at t_max = 0.9: "
          + ", ".join(f"{v[2]:.1f} {k}" for k, v in amp.items()) + " (0.9 measured on digits, README above)"),
         ("BOOT lr / EMA on digits", "Table 3: 1e-4 / 0.9999 (image teachers)", "3e-4 / 0.995 (3,000 CPU iterations); "
-         "Table 3's for the hub presets", "not measured"),
+         "Table 3's for the hub presets", _boot_lr(results)),
     ]
     lines = ["| setting | paper | ours (default) | measured on the embedded teacher |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]

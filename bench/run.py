@@ -96,6 +96,8 @@ EXPERIMENTS = [
         ["dkdm.py", "--seed", "1", "--iters", "2000", "--out", "runs/bench/dkdm-dynamic-seed1"],
         ["--run", "runs/bench/dkdm-dynamic-seed1", "--sampler", "ancestral", "--nfe", "50", "--dkdm-sampler", "ancestral",
          "--n", str(N_EVAL)], "runs/bench/dkdm-dynamic-seed1"),
+    dkdm("dkdm-official-recipe", "dynamic iterative, the official trainer's lr 1e-4, no warm-up, EMA 0.9999, batch 128",
+         ["--lr", "1e-4", "--warmup", "0", "--ema", "0.9999", "--batch", "128", "--iters", "2000"]),
     dkdm("dkdm-data-free-iddpm", "baseline: synthetic set by IDDPM-1000 (Table 4's sampler for pixel teachers)",
          ["--method", "data-free", "--synth-steps", "1000", "--iters", "2000"]),
     # FD vs iterations of both students' default commands (group `curves`): the last point of each is
