@@ -186,7 +186,8 @@ def blocks(results) -> dict[str, str]:
         "dkdm-default": table_group(results, ["dkdm-default", "dkdm-data-10k"]),
         "dkdm": table_group(results, ["dkdm-dynamic", "dkdm-shuffled", "dkdm-iterative", "dkdm-data",
                                       "dkdm-data-free", "dkdm-vit", "dkdm-vit-diffusers-init"]),
-        "dkdm-pool": table_group(results, ["dkdm-dynamic", "dkdm-dynamic-seed1", "dkdm-shuffle-init",
+        "dkdm-pool": table_group(results, ["dkdm-dynamic", "dkdm-dynamic-seed1", "dkdm-shuffle-init", "dkdm-dynamic-4k",
+                                           "dkdm-dynamic-seed1-4k", "dkdm-shuffle-init-4k",
                                            "dkdm-rho0.02-M512", "dkdm-rho0.02-M2", "dkdm-rho0.02-shuffle"]),
         "speed": table_speed(results),
         "paper": table_paper(results),
@@ -200,17 +201,21 @@ def _fd(results, name):
     return rec and rec["fid"]
 
 
-def _vs(results, ours, paper, label_ours, label_paper):
+def _vs(results, ours, paper, label_ours, label_paper, iters="2,000"):
     a, b = _fd(results, ours), _fd(results, paper)
     if a is None or b is None:
         return f"not measured yet (`python bench/run.py {ours} {paper}`)"
-    return f"FD {a:.2f} ({label_ours}) vs {b:.2f} ({label_paper}), 2,000 iterations, `python bench/run.py {ours} {paper}`"
+    return f"FD {a:.2f} ({label_ours}) vs {b:.2f} ({label_paper}), {iters} iterations, `python bench/run.py {ours} {paper}`"
 
 
 def _noise(results):
-    """The seed-to-seed FD difference of the 2,000-iteration default DKDM row (seeds 0 and 1)."""
-    a, b = _fd(results, "dkdm-dynamic"), _fd(results, "dkdm-dynamic-seed1")
-    return "" if a is None or b is None else f"; seed-to-seed: {a:.2f} vs {b:.2f} (`dkdm-dynamic-seed1`)"
+    """FD of the default DKDM command at seeds 0 and 1 (2,000 and 4,000 iterations): run-to-run noise."""
+    out = []
+    for iters, a, b in (("2,000", "dkdm-dynamic", "dkdm-dynamic-seed1"), ("4,000", "dkdm-dynamic-4k", "dkdm-dynamic-seed1-4k")):
+        fa, fb = _fd(results, a), _fd(results, b)
+        if fa is not None and fb is not None:
+            out.append(f"{fa:.2f} vs {fb:.2f} at {iters} (`{b}`)")
+    return "; seed 0 vs seed 1 of the clipped default: " + ", ".join(out) if out else ""
 
 
 def _eval_sampler(results):
@@ -270,8 +275,9 @@ def table_paper(results):
          _vs(results, "dkdm-dynamic", "dkdm-no-clip", "ours", "none") + _noise(results)),
         ("DKDM pool initialisation", "shuffle denoise, ρ·T·b·T/2 sample evaluations",
          "staggered, M = 512 chains, M·T evaluations (`--pool-init shuffle`)",
-         _vs(results, "dkdm-dynamic", "dkdm-shuffle-init", "staggered", "shuffle") + " at the default ρ = 0.4; "
-         + _vs(results, "dkdm-rho0.02-M512", "dkdm-rho0.02-shuffle", "staggered", "shuffle") + " at ρ = 0.02"
+         _vs(results, "dkdm-dynamic", "dkdm-shuffle-init", "staggered", "shuffle") + " and "
+         + _vs(results, "dkdm-dynamic-4k", "dkdm-shuffle-init-4k", "staggered", "shuffle", "4,000") + " at the default "
+         "ρ = 0.4; " + _vs(results, "dkdm-rho0.02-M512", "dkdm-rho0.02-shuffle", "staggered", "shuffle") + " at ρ = 0.02"
          + _noise(results)),
         ("DiT student init", "adaLN-Zero (DiT paper)", "adaLN-Zero (`--vit-init diffusers`: diffusers' default)",
          _vs(results, "dkdm-vit", "dkdm-vit-diffusers-init", "adaLN-Zero", "diffusers")),

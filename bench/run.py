@@ -92,6 +92,13 @@ EXPERIMENTS = [
     dkdm("dkdm-shuffle-init", "default rho = 0.4, shuffle-denoise init (the paper's)",
          ["--pool-init", "shuffle", "--iters", "2000"]),
     dkdm("dkdm-dynamic-seed1", "dynamic iterative (staggered init, M = 512), seed 1", ["--seed", "1", "--iters", "2000"]),
+    # the same three runs continued to 4,000 iterations (resumed: bitwise a straight 4,000-iteration run)
+    dkdm("dkdm-dynamic-4k", "dynamic iterative (staggered init, M = 512), 4,000 iterations", ["--iters", "4000"],
+         out="runs/abl-dynamic"),
+    dkdm("dkdm-dynamic-seed1-4k", "dynamic iterative (staggered init, M = 512), seed 1, 4,000 iterations",
+         ["--seed", "1", "--iters", "4000"], out="runs/bench/dkdm-dynamic-seed1"),
+    dkdm("dkdm-shuffle-init-4k", "default rho = 0.4, shuffle-denoise init (the paper's), 4,000 iterations",
+         ["--pool-init", "shuffle", "--iters", "4000"], out="runs/bench/dkdm-shuffle-init"),
     Exp("dkdm-eval-iddpm", "dkdm", "the seed-1 run and the teacher scored with IDDPM-50 (Sec. 4.1's sampler)",
         ["dkdm.py", "--seed", "1", "--iters", "2000", "--out", "runs/bench/dkdm-dynamic-seed1"],
         ["--run", "runs/bench/dkdm-dynamic-seed1", "--sampler", "ancestral", "--nfe", "50", "--dkdm-sampler", "ancestral",
