@@ -99,6 +99,8 @@ EXPERIMENTS = [
          ["--seed", "1", "--iters", "4000"], out="runs/bench/dkdm-dynamic-seed1"),
     dkdm("dkdm-shuffle-init-4k", "default rho = 0.4, shuffle-denoise init (the paper's), 4,000 iterations",
          ["--pool-init", "shuffle", "--iters", "4000"], out="runs/bench/dkdm-shuffle-init"),
+    dkdm("dkdm-chains2560-4k", "staggered init with M = 2,560 chains (every t < 100 entry its own chain), 4,000 iterations",
+         ["--chains", "2560", "--iters", "4000"]),
     Exp("dkdm-eval-iddpm", "dkdm", "the seed-1 run and the teacher scored with IDDPM-50 (Sec. 4.1's sampler)",
         ["dkdm.py", "--seed", "1", "--iters", "2000", "--out", "runs/bench/dkdm-dynamic-seed1"],
         ["--run", "runs/bench/dkdm-dynamic-seed1", "--sampler", "ancestral", "--nfe", "50", "--dkdm-sampler", "ancestral",
