@@ -187,7 +187,7 @@ def blocks(results) -> dict[str, str]:
         "dkdm": table_group(results, ["dkdm-dynamic", "dkdm-shuffled", "dkdm-iterative", "dkdm-data",
                                       "dkdm-data-free", "dkdm-vit", "dkdm-vit-diffusers-init"]),
         "dkdm-pool": table_group(results, ["dkdm-dynamic", "dkdm-dynamic-seed1", "dkdm-shuffle-init", "dkdm-dynamic-4k",
-                                           "dkdm-dynamic-seed1-4k", "dkdm-shuffle-init-4k",
+                                           "dkdm-dynamic-seed1-4k", "dkdm-shuffle-init-4k", "dkdm-chains2560-4k",
                                            "dkdm-rho0.02-M512", "dkdm-rho0.02-M2", "dkdm-rho0.02-shuffle"]),
         "speed": table_speed(results),
         "paper": table_paper(results),
@@ -274,10 +274,12 @@ def table_paper(results):
          "none for hub and local teachers; max norm 1.0 on the embedded digits / gmm (`--clip-grad`)",
          _vs(results, "dkdm-dynamic", "dkdm-no-clip", "ours", "none") + _noise(results)),
         ("DKDM pool initialisation", "shuffle denoise, ρ·T·b·T/2 sample evaluations",
-         "staggered, M = 512 chains, M·T evaluations (`--pool-init shuffle`)",
+         "shuffle denoise for hub and local teachers; staggered, M = 512 chains, M·T evaluations, on the embedded "
+         "digits / gmm (`--pool-init`)",
          _vs(results, "dkdm-dynamic", "dkdm-shuffle-init", "staggered", "shuffle") + " and "
          + _vs(results, "dkdm-dynamic-4k", "dkdm-shuffle-init-4k", "staggered", "shuffle", "4,000") + " at the default "
-         "ρ = 0.4; " + _vs(results, "dkdm-rho0.02-M512", "dkdm-rho0.02-shuffle", "staggered", "shuffle") + " at ρ = 0.02"
+         "ρ = 0.4" + ("" if _fd(results, "dkdm-chains2560-4k") is None else f" (staggered with M = 2,560 chains: "
+                      f"{_fd(results, 'dkdm-chains2560-4k'):.2f} at 4,000, `dkdm-chains2560-4k`)") + "; " + _vs(results, "dkdm-rho0.02-M512", "dkdm-rho0.02-shuffle", "staggered", "shuffle") + " at ρ = 0.02"
          + _noise(results)),
         ("DiT student init", "adaLN-Zero (DiT paper)", "adaLN-Zero (`--vit-init diffusers`: diffusers' default)",
          _vs(results, "dkdm-vit", "dkdm-vit-diffusers-init", "adaLN-Zero", "diffusers")),

@@ -186,6 +186,9 @@ MUTANTS = [
     M("dkdm-clips-the-papers-teachers", "DKDM training (no gradient clipping)",
       ["tests/test_defaults.py::test_clip_grad_default_is_the_papers_none_except_on_the_embedded_teachers"],
       ("dkdm.py", "self.clip_grad = 1.0 if self.teacher in EMBEDDED else 0.0", "self.clip_grad = 1.0")),
+    M("dkdm-staggered-init-on-the-papers-teachers", "DKDM pool init (shuffle denoise, Fig. 3)",
+      ["tests/test_defaults.py::test_dynamic_pool_init_default_is_the_papers_shuffle_except_on_the_embedded_teachers"],
+      ("dkdm.py", 'dynamic = "staggered" if cfg.teacher in EMBEDDED else "shuffle"', 'dynamic = "staggered"')),
 ]
 
 

@@ -45,6 +45,19 @@ def test_clip_grad_default_is_the_papers_none_except_on_the_embedded_teachers():
     assert dkdm.DKDMConfig(teacher="digits", clip_grad=0.0).clip_grad == 0.0
 
 
+def test_dynamic_pool_init_default_is_the_papers_shuffle_except_on_the_embedded_teachers():
+    """Shuffle denoise (Fig. 3) initialises the dynamic pool of every hub or local teacher; the embedded
+    digits / gmm teachers keep the staggered chains (the paper's init costs ~80 CPU-min there)."""
+    init = lambda **k: dkdm.resolved_init(dkdm.DKDMConfig(**k))  # noqa: E731
+    for teacher, how in [("digits", "staggered"), ("gmm", "staggered"), ("ddpm-cifar10", "shuffle"),
+                         ("ldm-celebahq", "shuffle"), ("path/to/iddpm-cifar10", "shuffle")]:
+        assert init(teacher=teacher) == how, teacher
+        assert init(teacher=teacher, method="shuffled") == "shuffle"
+        assert init(teacher=teacher, method="iterative") == "noise"
+    assert init(teacher="ddpm-cifar10", pool_init="staggered") == "staggered"
+    assert init(teacher="digits", pool_init="shuffle") == "shuffle"
+
+
 @pytest.mark.parametrize("clip", [None, "0", "0.5"])
 def test_clip_grad_flag(tmp_path, monkeypatch, clip):
     """--clip-grad 0 clips nothing (the paper and the official trainer); a positive value is the max norm."""
