@@ -279,7 +279,8 @@ def table_paper(results):
          _vs(results, "dkdm-dynamic", "dkdm-shuffle-init", "staggered", "shuffle") + " and "
          + _vs(results, "dkdm-dynamic-4k", "dkdm-shuffle-init-4k", "staggered", "shuffle", "4,000") + " at the default "
          "ρ = 0.4" + ("" if _fd(results, "dkdm-chains2560-4k") is None else f" (staggered with M = 2,560 chains: "
-                      f"{_fd(results, 'dkdm-chains2560-4k'):.2f} at 4,000, `dkdm-chains2560-4k`)") + "; " + _vs(results, "dkdm-rho0.02-M512", "dkdm-rho0.02-shuffle", "staggered", "shuffle") + " at ρ = 0.02"
+                      f"{_fd(results, 'dkdm-chains2560-4k'):.2f} at 4,000, `dkdm-chains2560-4k`)") + "; "
+         + _vs(results, "dkdm-rho0.02-M512", "dkdm-rho0.02-shuffle", "staggered", "shuffle") + " at ρ = 0.02"
          + _noise(results)),
         ("DiT student init", "adaLN-Zero (DiT paper)", "adaLN-Zero (`--vit-init diffusers`: diffusers' default)",
          _vs(results, "dkdm-vit", "dkdm-vit-diffusers-init", "adaLN-Zero", "diffusers")),
