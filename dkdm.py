@@ -417,7 +417,7 @@ def data_stream(cfg, teacher, run_path, g, rank, w):
         return teachers.ImageSet(x.to(teacher.device), y.to(teacher.device), g, teacher.num_classes, cfg.p_uncond)
     f = Path(run_path) / "synthetic.pt"
     if rank == 0 and not f.is_file():
-        n = cfg.synth_n or TRAIN_SET_SIZE.get(cfg.teacher, 10000)
+        n = synth_n(cfg)
         sampler, steps = synth_plan(cfg, teacher)
         print0(f"data-free baseline: sampling {n} images with the teacher ({sampler}, {steps} steps)")
         gs = torch.Generator().manual_seed(cfg.seed + 7)
@@ -427,6 +427,11 @@ def data_stream(cfg, teacher, run_path, g, rank, w):
     s = teachers.load_checkpoint(f)
     y = None if s["labels"] is None else s["labels"].to(teacher.device)
     return teachers.ImageSet(s["x"].to(teacher.device), y, g, teacher.num_classes, cfg.p_uncond)
+
+
+def synth_n(cfg):
+    """Size of the data-free baseline's synthetic set: --synth-n, else the teacher's training set (Table 4)."""
+    return cfg.synth_n or TRAIN_SET_SIZE.get(cfg.teacher, 10000)
 
 
 # --- Alg. 1: the training run, one flat loop for one CPU/GPU process and torchrun DDP
@@ -587,7 +592,7 @@ def run_facts(cfg, teacher, student, run, world):
         c = student.config
         facts["width"] = c.block_out_channels[0] if cfg.student == "cnn" else c.num_attention_heads * c.attention_head_dim
     if cfg.synth_n is None and cfg.method == "data-free":
-        facts["synth_n"] = TRAIN_SET_SIZE.get(cfg.teacher, 10000)
+        facts["synth_n"] = synth_n(cfg)
     if cfg.method in ("dynamic", "shuffled", "iterative"):
         n = pool_size(cfg, T, b)
         evals, passes = init_cost(cfg, T, n)

@@ -231,13 +231,6 @@ def _eval_sampler(results):
             "`python bench/run.py dkdm-dynamic-seed1 dkdm-eval-iddpm`")
 
 
-def _boot_lr(results):
-    a, b = _fd(results, "boot-default"), _fd(results, "boot-table3-lr")
-    if a is None or b is None:
-        return "not measured yet (`python bench/run.py boot-default boot-table3-lr`)"
-    return f"FD {a:.2f} (ours) vs {b:.2f} (Table 3's), 3,000 iterations, `python bench/run.py boot-default boot-table3-lr`"
-
-
 def _boot_facts():
     """Computed, not trained: BOOT's analytic/discrete lambda-weight ratio (cosine, delta 0.04) at
     t = 0.3 / 0.6 / 0.89, and 1/alpha at each preset's t_max (and at 0.9) on diffusers' beta tables."""
@@ -303,7 +296,7 @@ def table_paper(results):
          + ", ".join(f"{v[1]:.1f} {k}" for k, v in amp.items()) + "; at t_max = 0.9: "
          + ", ".join(f"{v[2]:.1f} {k}" for k, v in amp.items()) + " (0.9 measured on digits, README above)"),
         ("BOOT lr / EMA on digits", "Table 3: 1e-4 / 0.9999 (image teachers)", "3e-4 / 0.995 (3,000 CPU iterations); "
-         "Table 3's for the hub presets", _boot_lr(results)),
+         "Table 3's for the hub presets", _vs(results, "boot-default", "boot-table3-lr", "ours", "Table 3's", "3,000")),
     ]
     lines = ["| setting | paper | ours (default) | measured on the embedded teacher |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
