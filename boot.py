@@ -160,36 +160,33 @@ def preset_for(cfg: BootConfig):
 
 def validate(cfg: BootConfig, world: int):
     """All checks that need no teacher: one-line UserErrors before anything is loaded or written."""
-    teachers.check_run_fields(cfg)
-    if cfg.preset not in (*PRESETS, "base"):
-        raise UserError(f"unknown preset '{cfg.preset}' (known: {', '.join(PRESETS)}, base)")
-    for name, allowed in CHOICES.items():
-        if getattr(cfg, name) not in allowed:
-            raise UserError(f"unknown {name.replace('_', '-')} '{getattr(cfg, name)}' (known: {', '.join(allowed)})")
-    if not 0.0 <= cfg.t_min < cfg.t_max < 1.0:
-        raise UserError(f"need 0 <= t_min < t_max < 1, got t_min={cfg.t_min}, t_max={cfg.t_max}")
-    if not 0.0 < cfg.delta <= cfg.t_max - cfg.t_min:
-        raise UserError(f"need 0 < delta <= t_max - t_min, got delta={cfg.delta}")
-    if cfg.batch < 1 or cfg.batch % world:
-        raise UserError(f"global batch {cfg.batch} is not a positive multiple of the {world} processes")
-    if cfg.boundary_every < 0 or cfg.beta < 0:
-        raise UserError("need boundary-every >= 0 and beta >= 0")
-    if cfg.preview < 0 or cfg.check < 0 or cfg.time_cond_dim < 2:
-        raise UserError("need preview >= 0, check >= 0, time-cond-dim >= 2")
-    if cfg.w_max is not None and (cfg.w is None or cfg.w_max < cfg.w):
-        raise UserError("--w-max needs --w with w <= w-max (w ~ U(w, w_max) per example)")
-    if cfg.stage not in (1, 2):
-        raise UserError(f"--stage must be 1 or 2, got {cfg.stage}")
-    if cfg.stage == 2 and not cfg.stage1_run:
-        raise UserError("--stage 2 needs --stage1-run DIR, a finished stage-1 run of the same cascade")
+    cli.check_run_fields(cfg)
+    runkit.teacher_dtype(cfg.half, runkit.env()[2])  # --half needs a GPU
+    checks = [(cfg.preset in (*PRESETS, "base"), f"unknown preset '{cfg.preset}' (known: {', '.join(PRESETS)}, base)"),
+              *((getattr(cfg, k) in v, f"unknown {k.replace('_', '-')} '{getattr(cfg, k)}' (known: {', '.join(v)})")
+                for k, v in CHOICES.items()),
+              (0.0 <= cfg.t_min < cfg.t_max < 1.0, f"need 0 <= t_min < t_max < 1, got t_min={cfg.t_min}, t_max={cfg.t_max}"),
+              (0.0 < cfg.delta <= cfg.t_max - cfg.t_min, f"need 0 < delta <= t_max - t_min, got delta={cfg.delta}"),
+              (cfg.batch >= 1 and cfg.batch % world == 0,
+               f"global batch {cfg.batch} is not a positive multiple of the {world} processes"),
+              (cfg.boundary_every >= 0 and cfg.beta >= 0, "need boundary-every >= 0 and beta >= 0"),
+              (cfg.preview >= 0 and cfg.check >= 0 and cfg.time_cond_dim >= 2,
+               "need preview >= 0, check >= 0, time-cond-dim >= 2"),
+              (cfg.w_max is None or (cfg.w is not None and cfg.w <= cfg.w_max),
+               "--w-max needs --w with w <= w-max (w ~ U(w, w_max) per example)"),
+              (cfg.stage in (1, 2), f"--stage must be 1 or 2, got {cfg.stage}"),
+              (cfg.stage != 2 or cfg.stage1_run, "--stage 2 needs --stage1-run DIR, a finished stage-1 run of the same cascade")]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
     if cfg.stage == 2:
-        teachers.check_finished_run(cfg.stage1_run, "stage-1")
+        students.check_finished_run(cfg.stage1_run, "stage-1")
     if not 0 <= cfg.noise_level < 1000:
         raise UserError(f"--noise-level must lie in 0..999, got {cfg.noise_level}")
     if cfg.prompts is not None:
-        teachers.load_prompts(cfg.prompts)
+        cli.load_prompts(cfg.prompts)
     teachers.check_teacher_files(cfg.teacher, cfg.model_id, cfg.stage)
-    teachers.check_output_dir(cfg.out, "--out")
+    cli.check_output_dir(cfg.out, "--out")
 
 
 # CFG weights the registry teachers bring (Table 3: 7.5 SD, 7.0 IF-I, 4.0 IF-II; 1 = the plain
@@ -226,8 +223,11 @@ if __name__ == "__main__" and sys.argv[1:2] != ["sample"] and cli.answers_alone(
 
 import torch  # noqa: E402  (below the config: --help answers without it)
 
+import runkit  # noqa: E402
 import teachers  # noqa: E402
-from teachers import bcast, print0  # noqa: E402
+from pipelines import students  # noqa: E402
+from runkit import print0  # noqa: E402
+from teachers import bcast  # noqa: E402
 
 
 # --- BOOT Eq. (4)/(11): one DDIM step written in signal space, y_t = (x_t - sigma_t eps) / alpha_t
@@ -305,6 +305,54 @@ def guided_teacher(teacher, cond, w, meter=None):
 
     return f
 
+
+
+# --- Conditions c ~ D (Alg. 1 line 3): labels, prompts, IF stage II's stage-1 inputs
+class Context:
+    """The condition c (and CFG weight w) of each training example, drawn from the global stream g
+    (BOOT Alg. 1 line 3, c ~ D): labels, prompts encoded by `encoder`, and for IF stage II the
+    stage-I student's one-step output, upsampled and noised (Sec. 3.3, App. C.4). w is the teacher's
+    (or w_range[0]), or U(w_range) per example. Each process keeps its slice lo:hi of a global draw."""
+
+    def __init__(self, teacher, prompts=None, encoder=None, stage1=None, w_range=(None, None), noise_level=250):
+        self.teacher, self.prompts, self.encoder, self.stage1 = teacher, prompts, encoder or teacher, stage1
+        self.w_range, self.noise_level, self.device = w_range, noise_level, teacher.device
+        self.w = None if not teacher.guided else w_range[0] if w_range[0] is not None else teacher.default_guidance
+
+    def draw(self, g, B, lo, hi):
+        """(cond for the student (float32), w as a float or a [b] tensor) for examples lo..hi of B."""
+        (w_lo, w_hi), cond, w = self.w_range, None, self.w
+        if self.prompts is not None:
+            idx = torch.randint(0, len(self.prompts), (B,), generator=g)[lo:hi]
+            cond = self.encoder.encode_prompts([self.prompts[i] for i in idx.tolist()])
+        elif self.teacher.num_classes:
+            cond = self.teacher.label_cond(torch.randint(0, self.teacher.num_classes, (B,), generator=g)[lo:hi])
+        if w_hi is not None and self.w is not None:
+            w = (w_lo + (w_hi - w_lo) * torch.rand(B, generator=g, dtype=torch.float64))[lo:hi].to(self.device)
+        if self.stage1 is not None:
+            cond = {**cond, **self.lowres(g, B, lo, hi, cond)}
+        return teachers.float_cond(cond, self.device), w
+
+    def lowres(self, g, B, lo, hi, cond):
+        """IF-II input: the stage-1 student's one-step output, upsampled and noised (Sec. 3.3, App. C.4)."""
+        gen = self.stage1
+        eps1 = torch.randn((B, *gen.sample_shape), generator=g)[lo:hi].to(self.device)
+        z = torch.randn((B, gen.sample_shape[0], *self.teacher.sample_shape[1:]), generator=g)[lo:hi]
+        cond1 = {"encoder_hidden_states": cond["encoder_hidden_states"].float()}
+        x1 = gen.generate(eps1, cond1, gen.default_guidance).clamp(-1, 1)
+        return self.teacher.lowres_cond(x1, self.noise_level, noise=z.to(self.device))
+
+    def fixed(self, n):
+        """The conditions of a preview: labels 0..K-1 repeated, or the first prompts in turn, with a
+        fixed stage-1 draw for IF-II."""
+        cond = None
+        if self.prompts is not None:
+            cond = self.encoder.encode_prompts([self.prompts[i % len(self.prompts)] for i in range(n)])
+            if self.stage1 is not None:
+                cond = {**cond, **self.lowres(torch.Generator().manual_seed(10_000), n, 0, n, cond)}
+        elif self.teacher.num_classes:
+            cond = self.teacher.label_cond(torch.arange(n) % self.teacher.num_classes)
+        return teachers.float_cond(cond, self.device)
 
 
 # --- Students: the teacher's network + zero-initialised (t, w) embedding, or a smaller fresh UNet
@@ -391,19 +439,32 @@ def small_student(teacher, dim: int, facts: dict):
 
 # --- Setup: teachers, prompts, stage-1 generator, run directory (all checks before anything is written)
 def load_teacher_and_context(cfg: BootConfig, device):
-    """(teacher, teachers.Context): loads and checks every input, writes nothing."""
+    """(teacher, Context): the teacher, and what a conditioned teacher needs besides labels (Alg. 1's
+    context dataset D): prompts, the teacher that encodes them, the IF stage-I student that stage II is
+    conditioned on. Loads and checks every input (one line each when one does not fit), writes nothing."""
     teachers.quiet_libraries()
-    dtype = torch.float16 if cfg.half else torch.float32
+    dtype = runkit.teacher_dtype(cfg.half, device)
     teacher = teachers.load_teacher(cfg.teacher, device, dtype, model_id=cfg.model_id, stage=cfg.stage, clip=cfg.clip)
-    if getattr(teacher, "stage", 1) == 2 and cfg.stage != 2:
-        raise UserError(f"'{cfg.teacher}' is an IF stage-II pipeline: pass --stage 2 --stage1-run DIR")
-    if cfg.stage == 2 and getattr(teacher, "stage", 1) != 2:
-        raise UserError(f"--stage 2 needs an IF stage-II teacher; '{cfg.teacher}' is not one")
+    stage2, prompts, encoder, stage1 = getattr(teacher, "stage", 1) == 2, None, None, None
+    if stage2 != (cfg.stage == 2):
+        raise UserError(f"'{cfg.teacher}' is an IF stage-II pipeline: pass --stage 2 --stage1-run DIR" if stage2 else
+                        f"--stage 2 needs an IF stage-II teacher; '{cfg.teacher}' is not one")
     if cfg.w is not None and not teacher.guided:
         raise UserError(f"teacher '{cfg.teacher}' is unconditional: --w (CFG) does not apply")
-    prompts, encoder, stage1 = teachers.load_context(teacher, cfg.teacher, cfg.prompts, cfg.stage1_run)
-    context = teachers.Context(teacher, prompts, encoder, stage1, (cfg.w, cfg.w_max), cfg.noise_level)
-    return teacher, context  # c ~ D (Alg. 1 line 3): labels, prompts, IF-II's stage-1 inputs
+    if (hasattr(teacher, "encode_prompts") or stage2) and cfg.prompts is None:
+        raise UserError(f"text-to-image teacher '{cfg.teacher}' needs --prompts FILE (one prompt per line)")
+    if not (hasattr(teacher, "encode_prompts") or stage2) and cfg.prompts is not None:
+        raise UserError(f"teacher '{cfg.teacher}' is not text-conditioned: --prompts does not apply")
+    if cfg.prompts is not None:
+        prompts = cli.load_prompts(cfg.prompts)
+    if stage2:
+        stage1 = students.load_student(cfg.stage1_run, teacher.device)
+        if stage1.info.get("stage", 1) != 1 or stage1.sample_shape[0] != teacher.sample_shape[0]:
+            raise UserError(f"'{cfg.stage1_run}' is not a stage-1 run with {teacher.sample_shape[0]}-channel outputs")
+        encoder, info = teacher, stage1.info
+        if not hasattr(teacher, "tokenizer"):  # IF-II may ship without T5: stage I's encodes the prompts
+            encoder = teachers.load_teacher(info["teacher"], teacher.device, teacher.dtype, model_id=info.get("model_id"))
+    return teacher, Context(teacher, prompts, encoder, stage1, (cfg.w, cfg.w_max), cfg.noise_level)
 
 
 def default_weight(cfg: BootConfig, teacher):
@@ -435,7 +496,7 @@ def boot_step(model, facts, teacher, batch, cfg: BootConfig, boundary: bool, met
     raw, sch, dev = getattr(model, "module", model), teacher.schedule, eps.device  # DDP's module: no-grad pass
     s = step_back(t, cfg.delta, cfg.t_min)  # line 4
     f = guided_teacher(teacher, cond, w, meter)  # line 9's f~ (Eq. 9)
-    amp = lambda: teachers.student_autocast(cfg.precision, dev)  # noqa: E731 - bf16 on a GPU by default
+    amp = lambda: runkit.student_autocast(cfg.precision, dev)  # noqa: E731 - bf16 on a GPU by default
     timed = meter.time if meter else lambda part: nullcontext()
     with timed("student"), torch.no_grad(), amp():
         y_t = y_theta(raw, facts, eps, t.to(dev, torch.float32), cond, w).float()  # line 7, under SG
@@ -459,14 +520,14 @@ LOGGED = ("loss", "bs", "bc")  # metrics.jsonl's losses; bc is the mean over the
 
 
 def train(cfg: BootConfig):
-    """Algorithm 1 (paper, Appendix) as one loop; teachers.py's run kit resumes, logs and checkpoints."""
+    """Algorithm 1 (paper, Appendix) as one loop; runkit.py resumes, logs and checkpoints."""
     teacher, context, student, facts, run = load_inputs(cfg)  # every input check on every process; nothing written
-    with teachers.training(run) as (rank, world, device, stop):  # process group, run lock, Ctrl-C
-        raw, ema, opt = teachers.optimisation(student, cfg, device)
+    with runkit.training(run) as (rank, world, device):  # process group, run lock, Ctrl-C / SIGTERM
+        raw, ema, opt = runkit.optimisation(student, cfg, device)
         g = torch.Generator().manual_seed(cfg.seed)  # the global noise / time / condition stream: same on every rank
         saved = {"model": raw, "ema": ema, "opt": opt, "gen": g}  # what a checkpoint holds
         step, why = run.resume(saved, f"boot {cfg.teacher}"), None
-        model, meter = teachers.ddp(raw, device, world), teachers.Meter(device, LOGGED, ("loss", "bc"), run.window)
+        model, meter = runkit.ddp(raw, device, world), runkit.Meter(device, LOGGED, ("loss", "bc"), run.window)
         B, b = cfg.batch, cfg.batch // world
         lo, hi = rank * b, (rank + 1) * b  # this process's slice of every global draw
         while step < cfg.iters:  # line 1
@@ -483,16 +544,14 @@ def train(cfg: BootConfig):
                 ema.update(raw)
             step += 1
             meter.add(loss=loss, bs=parts["bs"], **({"bc": parts["bc"]} if boundary else {}))
-            why = run.end_iteration(step, meter, saved, stop)  # records, checkpoints; the budget, as rank 0 sees it
+            why = run.end_iteration(step, meter, saved)  # records, checkpoints; the budget or a signal, as rank 0 sees it
             if why:
                 break
             if cfg.export_every and step % cfg.export_every == 0 and rank == 0:
                 finish(cfg, raw, ema, facts, teacher, context, device)  # student/ + preview.png to look at mid-run
-        if why == "signal":  # checkpointed at the end of the interrupted iteration
-            raise stop.exit(step, run.ckpt)
         if rank == 0:
             d = finish(cfg, raw, ema, facts, teacher, context, device)
-            teachers.print_snippet(d, facts, context.prompts and context.prompts[0])
+            students.print_snippet(d, facts, context.prompts and context.prompts[0])
     return step
 
 
@@ -501,9 +560,9 @@ def load_inputs(cfg: BootConfig):
     before any process group is made or anything is written."""
     validate(cfg, int(os.environ.get("WORLD_SIZE", 1)))
     teachers.check_hub(cfg.teacher, cfg.model_id, cfg.stage)  # before any download
-    rank, world, device = teachers.dist_env()
+    rank, world, device = runkit.env()
     teacher, context = load_teacher_and_context(cfg, device)
-    run = teachers.RunDir(cfg.out, dataclasses.asdict(cfg), rank, resumable=RESUMABLE, keep=cfg.keep)
+    run = runkit.RunDir(cfg.out, dataclasses.asdict(cfg), rank, resumable=RESUMABLE, keep=cfg.keep)
     student, facts = make_student(teacher, cfg, default_weight(cfg, teacher))
     return teacher, context, student, facts, run
 
@@ -512,7 +571,7 @@ def load_inputs(cfg: BootConfig):
 def finish(cfg, raw, ema, facts, teacher, context, device):
     """student/ (the EMA student as a BootPipeline + generator.json), then preview.png and the distance check."""
     encoder = context.encoder if context.prompts is not None else None  # the exported pipeline encodes its prompts
-    d, student = teachers.export_ema(raw, ema, lambda m: teachers.boot_pipeline(m, facts, teacher, encoder), facts, cfg.out)
+    d, student = runkit.export_ema(raw, ema, lambda m: students.boot_pipeline(m, facts, teacher, encoder), facts, cfg.out)
     if cfg.preview or cfg.check:
         preview(cfg, student, facts, teacher, context, device)
     else:
@@ -545,7 +604,7 @@ def preview(cfg, student, facts, teacher, context, device):
     print0(f"mean sq. distance to the teacher's DDIM-50 from the same noise (n={n}): student 1-step "
            f"{dist['student']:.4f} | teacher DDIM-1 {dist['DDIM-1']:.4f}, DDIM-10 {dist['DDIM-10']:.4f}")
     print0(f"wrote {Path(cfg.out) / 'student'}" + (f" and {Path(cfg.out) / 'preview.png'}" if k else ""))
-    teachers.write_text_atomic(Path(cfg.out) / "distance.json", json.dumps({"n": n, **dist}, indent=2))
+    runkit.write_text_atomic(Path(cfg.out) / "distance.json", json.dumps({"n": n, **dist}, indent=2))
     return dist
 
 
@@ -553,21 +612,20 @@ def preview(cfg, student, facts, teacher, context, device):
 def memory_report(cfg: BootConfig, world: int) -> dict:
     """The teacher and student built from configs (no weights read); the student's activations for
     one sample measured on CPU under the precision a GPU run uses (auto = bf16 autocast)."""
-    teachers.quiet_libraries()
-    with teachers.config_only():
-        dtype = torch.float16 if cfg.half else torch.float32
-        teacher = teachers.load_teacher(cfg.teacher, "meta", dtype, model_id=cfg.model_id, stage=cfg.stage, clip=cfg.clip)
-        from accelerate import init_empty_weights
+    from accelerate import init_empty_weights
 
-        with init_empty_weights():  # parameters on the meta device, nothing else
-            student, facts = make_student(teacher, cfg, default_weight(cfg, teacher))
+    teachers.quiet_libraries()
+    teacher = teachers.load_teacher(cfg.teacher, "meta", torch.float16 if cfg.half else torch.float32,
+                                    model_id=cfg.model_id, stage=cfg.stage, clip=cfg.clip, weights=False)
+    with init_empty_weights():  # parameters on the meta device, nothing else
+        student, facts = make_student(teacher, cfg, default_weight(cfg, teacher))
     student.to_empty(device="cpu").train()  # uninitialised values: only the shapes matter here
     eps, t = torch.zeros(1, *teacher.sample_shape), torch.full((1,), 0.5)
     cond = {k: torch.zeros((1, *v.shape[1:]), dtype=v.dtype) for k, v in teacher.null.items()} or None
     if cfg.stage == 2:
         cond = {**cond, "lowres": torch.zeros(1, *teacher.sample_shape), "class_labels": torch.tensor([cfg.noise_level])}
     cond, w = teachers.float_cond(cond, "cpu"), default_weight(cfg, teacher)
-    act = teachers.training_activation_bytes(student, lambda: y_theta(student, facts, eps, t, cond, w), cfg.precision)
+    act = runkit.activation_bytes(student, lambda: y_theta(student, facts, eps, t, cond, w), cfg.precision)
     cfg_pair = teacher.guided and (w is not None or cfg.w_max is not None) and w != 1.0
     k = cfg.boundary_every
     passes = {"teacher_forwards": (2 if cfg.solver == "heun" else 1) + (1 / k if k else 0),
@@ -575,7 +633,7 @@ def memory_report(cfg: BootConfig, world: int) -> dict:
               "student_forwards_no_grad": 1, "student_forward_backward": 1,
               "student_train_batch": f"2 b every {k} iterations (boundary), else b" if k else "b"}
     mods = [getattr(teacher, name, None) for name in ("unet", "text_encoder", "vae")]
-    return teachers.memory_estimate(mods, 2 if cfg.half else 4, student, (act, 2 if k else 1), cfg.batch // world, passes)
+    return runkit.memory_estimate(mods, 2 if cfg.half else 4, student, (act, 2 if k else 1), cfg.batch // world, passes)
 
 
 # --- main
@@ -584,8 +642,8 @@ def main(argv=None):
 
 
 def command(argv):
-    if argv[:1] == ["sample"]:  # one-step samples of a finished run (teachers.sample_command)
-        return teachers.sample_command("boot", argv[1:])
+    if argv[:1] == ["sample"]:  # one-step samples of a finished run (pipelines/students.py)
+        return students.sample_command("boot", argv[1:])
     cfg, dry_run = configure(argv)
     if not dry_run:
         train(cfg)

@@ -1,13 +1,17 @@
 """Command-line plumbing shared by boot.py, dkdm.py, evaluate.py and teachers.py, without torch.
 
-Only the standard library is imported here, so that `--help` (and a `--dry-run` that needs no
-model) answers before torch, diffusers or transformers are loaded: each script defines its config
-dataclass, then asks `answers_alone(argv)` and, if so, answers from the config alone.
+Only the standard library is imported here, so that `--help` answers before torch, diffusers or
+transformers are loaded: each script defines its config dataclass, then asks `answers_alone(argv)`
+and, if so, answers from the config alone. The input checks below need no torch either: each
+raises a one-line UserError and writes nothing, so they all run before any work.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import math
+import os
 import sys
 import typing
 from pathlib import Path
@@ -103,3 +107,136 @@ def _optional_conv(typ):
 
     conv.__name__ = base.__name__  # argparse: "invalid int value: 'abc'"
     return conv
+
+
+# --- Input checks: numbers, paths, JSON, safetensors (one line each, before any work) -----------
+def first_line(e) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def check_finite_fields(cfg):
+    """Every float (or tuple of floats) field of a config dataclass is a finite number."""
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        for x in (v if isinstance(v, (tuple, list)) else (v,)):
+            if isinstance(x, float) and not math.isfinite(x):
+                raise UserError(f"--{f.name.replace('_', '-')} must be a finite number, got {x}")
+
+
+def check_run_fields(cfg):
+    """The fields both training configs share: one rule and one message each."""
+    check_finite_fields(cfg)
+    checks = [(cfg.iters >= 1, "--iters must be at least 1"), (cfg.lr > 0, "--lr must be positive"),
+              (cfg.minutes is None or cfg.minutes > 0, "--minutes must be positive (or unset)"),
+              (0 <= cfg.ema < 1, "--ema must lie in [0, 1)"), (cfg.log_every >= 1, "--log-every must be at least 1"),
+              (cfg.ckpt_every >= 1, "--ckpt-every must be at least 1"), (cfg.keep >= 1, "--keep must be at least 1"),
+              (cfg.export_every >= 0, "--export-every must be non-negative")]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def _writable(d: Path) -> bool:
+    """Can files be created in directory d? (an unnamed temporary file: nothing appears)"""
+    import tempfile
+
+    try:
+        tempfile.TemporaryFile(dir=d).close()
+        return True
+    except OSError:
+        return False
+
+
+def check_output_file(path, flag: str):
+    """An output file to create or overwrite: not a directory, in an existing writable directory."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise UserError(f"{flag} '{path}' is a directory, not a file")
+    if not p.resolve().parent.is_dir():
+        raise UserError(f"{flag}: directory of '{path}' does not exist")
+    if not _writable(p.resolve().parent) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UserError(f"{flag} '{path}' is not writable")
+
+
+def check_output_dir(path, flag: str = "--out"):
+    """A directory to create or write into: not a file, under a writable existing ancestor."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{flag} '{path}' is a file, not a directory")
+    q = p.resolve()
+    while not q.exists():
+        q = q.parent
+    if not q.is_dir():
+        raise UserError(f"{flag} '{path}' lies under the file '{q}'")
+    if not _writable(q):
+        raise UserError(f"{flag} '{path}' is not writable ('{q}' refuses new files)")
+
+
+def read_json(path, what: str) -> dict:
+    """A JSON object from a file, or a one-line UserError naming the file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{what} '{path}' does not exist") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"{what} '{path}' is not valid JSON ({first_line(e)})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{what} '{path}' is not a JSON object")
+    return data
+
+
+def check_model_dir(path, what="model"):
+    """A local diffusers directory, without loading it: model_index.json / config.json parse, every
+    listed component has its folder, every config parses, every safetensors header is whole."""
+    from safetensors import safe_open
+
+    d = Path(path)
+    if (d / "model_index.json").is_file():
+        index = read_json(d / "model_index.json", f"{what} index")
+        parts = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v and v[0]]
+        for k in parts:
+            if not (d / k).is_dir():
+                raise UserError(f"{what} '{path}' lists '{k}' in model_index.json but has no {k}/ folder")
+        dirs = [d / k for k in parts]
+    elif (d / "config.json").is_file():
+        dirs = [d]
+    else:
+        raise UserError(f"{what} '{path}' holds neither model_index.json nor config.json")
+    for sub in dirs:
+        for name in ("config.json", "scheduler_config.json"):
+            if (sub / name).is_file():
+                read_json(sub / name, f"{what} config")
+        for f in sorted(sub.glob("*.safetensors")):
+            try:
+                with safe_open(str(f), "pt") as st:
+                    st.keys()
+            except Exception as e:  # noqa: BLE001 - SafetensorError and OSError alike
+                raise UserError(f"weights file '{f}' is truncated or corrupt ({first_line(e)})") from None
+
+
+def check_hub(repo: str, what: str):
+    """One line and stop, before any process group or download, when hub repo `repo` cannot be had: not
+    in the local Hugging Face cache and HF_HUB_OFFLINE set, or the hub unreachable. Only rank 0 probes
+    the network (one connection, 5 s timeout); under torchrun its exit stops the other processes."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("model_index.json", "config.json")):
+        return  # cached: loads offline too
+    fix = "download it once with network (hf download REPO), or pass a local directory instead"
+    if constants.HF_HUB_OFFLINE:
+        raise UserError(f"{what}, not in the local Hugging Face cache, and "
+                        f"HF_HUB_OFFLINE is set: {fix.replace('REPO', repo)}")
+    if int(os.environ.get("RANK", 0)) != 0:
+        return
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
+        return  # behind a proxy a direct connection says nothing: the download reports its own error
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
+    except OSError as e:
+        raise UserError(f"{what} and the hub ({url.hostname}) cannot be reached "
+                        f"({type(e).__name__}: {e}): {fix.replace('REPO', repo)}") from None

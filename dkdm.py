@@ -24,7 +24,7 @@ google/ddpm-*) give L*simple only. Deviations from the paper are flags (README, 
 A pool entry (x, i, label) is the noisy sample x_i waiting for the step i -> i-1; once its step
 i = 0 is taken it restarts from fresh noise at i = T-1 (the official code resets it when next
 drawn: the same stream). Under torchrun each process owns rho T b/world entries seeded by its rank.
-Run directories, resume, --minutes and exit codes work as in boot.py (teachers.py's run kit).
+Run directories, resume, --minutes and exit codes work as in boot.py (runkit.py).
 """
 from __future__ import annotations
 
@@ -108,8 +108,10 @@ if __name__ == "__main__" and cli.answers_alone(sys.argv[1:]):  # --help: before
 
 import torch  # noqa: E402
 
+import runkit  # noqa: E402
 import teachers  # noqa: E402
-from teachers import print0  # noqa: E402
+from pipelines import students  # noqa: E402
+from runkit import print0  # noqa: E402
 
 
 # --- DKDM Eq. (20): L*simple = || eps_T(x_t, t) - eps_S(x_t, t) ||^2, mean over C x H x W
@@ -118,6 +120,11 @@ def l_simple(eps_T, eps_S):
 
 
 # --- DKDM Eq. (21) with Eq. (12): L*vlb = KL(p_T(x_{t-1}|x_t) || p_S(x_{t-1}|x_t)) in bits/dim
+def normal_kl(mean1, logvar1, mean2, logvar2):
+    """KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) elementwise, in nats."""
+    return 0.5 * (logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2) - 1.0)
+
+
 def student_mean_logvar(sch, x_t, i, eps_S, v_S):
     """p_S(x_{t-1} | x_t): mean from the student's eps (detached: L*simple trains it, as in IDDPM;
     x0-hat not clipped, as in the official code), log-variance from its v by Eq. (12)."""
@@ -128,7 +135,7 @@ def student_mean_logvar(sch, x_t, i, eps_S, v_S):
 
 def l_vlb(mean_T, logvar_T, mean_S, logvar_S):
     """KL between the two Gaussians, mean over dims, / ln 2 (no decoder NLL at t = 0)."""
-    kl = teachers.normal_kl(mean_T, logvar_T, mean_S, logvar_S)
+    kl = normal_kl(mean_T, logvar_T, mean_S, logvar_S)
     return kl.mean(dim=tuple(range(1, kl.dim()))) / math.log(2.0)
 
 
@@ -153,11 +160,11 @@ def dkdm_loss(sch, x_t, i, out_S, target, lam: float, learned_variance: bool):
 # --- DKDM Sec. 3.3, Alg. 1: knowledge pool B+ and one teacher step per drawn sample
 def fresh_samples(teacher, n, g, p_uncond=0.0):
     """n pure noises x_{T-1} ~ N(0, I) and their labels (uniform; the null label w.p. p_uncond)."""
-    x = torch.randn((n, *teacher.sample_shape), generator=g).to(teacher.device)
+    x = torch.randn((n, *teacher.sample_shape), generator=g, device=g.device).to(teacher.device)
     if not teacher.num_classes:
         return x, None
-    labels = torch.randint(0, teacher.num_classes, (n,), generator=g)
-    labels = torch.where(torch.rand(n, generator=g) < p_uncond, teacher.num_classes, labels)
+    labels = torch.randint(0, teacher.num_classes, (n,), generator=g, device=g.device)
+    labels = torch.where(torch.rand(n, generator=g, device=g.device) < p_uncond, teacher.num_classes, labels)
     return x, labels.to(teacher.device)
 
 
@@ -173,15 +180,15 @@ def teacher_step(teacher, x, i, labels, w, g):
     one network forward for both.
     """
     mean, logvar, eps = teacher.p_mean_logvar(x, i, as_cond(labels), w)
-    z = torch.randn(x.shape, generator=g).to(x)
+    z = torch.randn(x.shape, generator=g, device=g.device).to(x)  # drawn where the pool lives: no copy
     return (mean, logvar, eps), mean + (0.5 * logvar).exp() * z
 
 
 class Pool:
     """B+: noisy samples x_i (float32), their integer steps i and labels, kept on the device.
 
-    `g` (a CPU torch.Generator) drives every random draw of the stream; its state is saved with
-    the pool, so a resumed run continues the same knowledge stream.
+    `g` (a torch.Generator on the pool's device) drives every random draw of the stream; its state is
+    saved with the pool, so a resumed run continues the same knowledge stream.
     """
 
     def __init__(self, x, i, labels, g):
@@ -192,7 +199,7 @@ class Pool:
 
     def draw(self, b):
         """b indices without replacement (Alg. 1 line 4)."""
-        return torch.randperm(len(self), generator=self.g)[:b].to(self.x.device)
+        return torch.randperm(len(self), generator=self.g, device=self.g.device)[:b].to(self.x.device)
 
     def advance(self, idx, x_prev, teacher, p_uncond):
         """Write x_{t-1} back; entries whose step i = 0 was taken restart from noise at T-1."""
@@ -219,7 +226,7 @@ class Pool:
         self.x, self.i, self.labels = s["x"].to(self.x.device), s["i"].to(self.x.device), s["labels"]
         if self.labels is not None:
             self.labels = self.labels.to(self.x.device)
-        self.g.set_state(s["g"].cpu())  # a CPU generator's state, whatever the map_location
+        self.g.set_state(s["g"].cpu())  # a generator's state is a CPU tensor, whatever the map_location
 
 
 def knowledge_step(teacher, pool: Pool, b, w=None, p_uncond=0.0):
@@ -249,13 +256,15 @@ def init_shuffle(teacher, n, g, w=None, p_uncond=0.0, batch=512):
     denoises it down to its own i_end ~ U{0..T-1}. About n T / 2 sample evaluations."""
     T = teacher.schedule.T
     x, labels = fresh_samples(teacher, n, g, p_uncond)
-    i_end = torch.randint(0, T, (n,), generator=g).to(x.device)
+    i_end = torch.randint(0, T, (n,), generator=g, device=g.device).to(x.device)
+    by_end = torch.argsort(i_end, stable=True)  # the entries still going at step s (i_end < s) are a prefix
+    going = torch.bincount(i_end, minlength=T).cumsum(0).tolist()  # of going[s - 1]: one read, not one a step
     from tqdm import tqdm
 
-    for s in tqdm(range(T - 1, 0, -1), desc="shuffle denoise", disable=not teachers.is_rank0(), leave=False):
-        active = (i_end < s).nonzero().flatten()  # entries at step s that go on to s - 1
-        if len(active) == 0:
+    for s in tqdm(range(T - 1, 0, -1), desc="shuffle denoise", disable=not runkit.is_rank0(), leave=False):
+        if going[s - 1] == 0:
             break
+        active = by_end[:going[s - 1]].sort().values  # entries at step s that go on to s - 1, in index order
         for chunk in active.split(batch):
             lab = None if labels is None else labels[chunk]
             _, x[chunk] = teacher_step(teacher, x[chunk], torch.full_like(chunk, s), lab, w, g)
@@ -285,14 +294,14 @@ def init_staggered(teacher, n, chains, g, w=None, p_uncond=0.0, return_chains=Fa
     x = torch.empty((n, *teacher.sample_shape), device=xc.device)
     i = torch.empty(n, dtype=torch.long, device=xc.device)
     labels = None if lc is None else torch.empty(n, dtype=torch.long, device=xc.device)
-    chain_of = torch.empty(n, dtype=torch.long)
-    queue, slot = torch.empty(0, dtype=torch.long), 0
+    chain_of = torch.empty(n, dtype=torch.long, device=g.device)
+    queue, slot = torch.empty(0, dtype=torch.long, device=g.device), 0
     from tqdm import tqdm
 
-    for s in tqdm(range(T - 1, -1, -1), desc="staggered init", disable=not teachers.is_rank0(), leave=False):
+    for s in tqdm(range(T - 1, -1, -1), desc="staggered init", disable=not runkit.is_rank0(), leave=False):
         k = int(counts[s])
         if len(queue) < k:  # refill: this cycle's leftovers first, then the other chains shuffled
-            perm = torch.randperm(chains, generator=g)
+            perm = torch.randperm(chains, generator=g, device=g.device)
             queue = torch.cat([queue, perm[~torch.isin(perm, queue)]])
         take, queue = queue[:k], queue[k:]
         x[slot:slot + k], i[slot:slot + k], chain_of[slot:slot + k] = xc[take.to(xc.device)], s, take
@@ -337,6 +346,18 @@ def make_pool(cfg, teacher, n, g, w):
 
 
 # --- Students of any architecture (Sec. 4.2, Table 5): a smaller CNN, or a DiT-style transformer
+def out_channels(teacher):
+    """A denoiser standing in for `teacher` predicts eps (C channels), plus C variance channels (v of
+    DKDM Eq. 12) when the teacher learned them."""
+    C = teacher.sample_shape[0]
+    return 2 * C if teacher.learned_variance else C
+
+
+def label_slots(teacher):
+    """Label embeddings: the teacher's classes + its null label (absent when unconditional)."""
+    return teacher.num_classes + 1 if teacher.num_classes else None
+
+
 def cnn_config(teacher, width=None):
     """A UNet2DModel smaller than the teacher: 2 levels at 8x8, 3 up to 32x32, 4 above."""
     C, H, _ = teacher.sample_shape
@@ -345,19 +366,19 @@ def cnn_config(teacher, width=None):
     attn_last = H > 8  # self-attention at the lowest resolution only, above 8x8
     down = ["DownBlock2D"] * (len(mult) - 1) + ["AttnDownBlock2D" if attn_last else "DownBlock2D"]
     up = ["AttnUpBlock2D" if attn_last else "UpBlock2D"] + ["UpBlock2D"] * (len(mult) - 1)
-    return dict(sample_size=H, in_channels=C, out_channels=teachers.out_channels(teacher),
+    return dict(sample_size=H, in_channels=C, out_channels=out_channels(teacher),
                 block_out_channels=[w * m for m in mult], layers_per_block=1 if H <= 8 else 2,
                 down_block_types=down, up_block_types=up, norm_num_groups=8 if w <= 32 else 32,
-                attention_head_dim=8, num_class_embeds=teachers.label_slots(teacher))
+                attention_head_dim=8, num_class_embeds=label_slots(teacher))
 
 
 def vit_config(teacher, width=None):
     """A DiTTransformer2DModel (adaLN-zero, patch 2): 4 layers of width 128 at 8x8, 12 of 384 above."""
     C, H, _ = teacher.sample_shape
     w = width or (128 if H <= 8 else 384)
-    return dict(sample_size=H, in_channels=C, out_channels=teachers.out_channels(teacher), patch_size=2,
+    return dict(sample_size=H, in_channels=C, out_channels=out_channels(teacher), patch_size=2,
                 num_layers=4 if H <= 8 else 12, num_attention_heads=4, attention_head_dim=w // 4,
-                num_embeds_ada_norm=teachers.label_slots(teacher) or 1)
+                num_embeds_ada_norm=label_slots(teacher) or 1)
 
 
 def adaln_zero_(model):
@@ -372,6 +393,40 @@ def adaln_zero_(model):
     return model
 
 
+def denoiser_from_config(directory):
+    """A randomly initialised diffusers denoiser from `directory`/config.json (UNet2DModel,
+    UNet2DConditionModel or DiTTransformer2DModel)."""
+    import diffusers
+
+    conf = cli.read_json(Path(directory) / "config.json", "student config")
+    name = conf.get("_class_name", "")
+    if name not in ("UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel"):
+        raise UserError(f"student '{directory}' is a {name or 'config without _class_name'}; "
+                        f"supported: UNet2DModel, UNet2DConditionModel, DiTTransformer2DModel")
+    return getattr(diffusers, name).from_config(conf)
+
+
+def check_student_fits(model, teacher, what):
+    """One-line errors when a diffusers denoiser (DKDM's student) cannot stand in for the teacher."""
+    c = model.config
+    C, H, _ = teacher.sample_shape
+    size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
+    if c.in_channels != C or size != H:
+        raise UserError(f"student '{what}' takes {c.in_channels}x{size}x{size} inputs; teacher "
+                        f"'{teacher.name}' makes {C}x{H}x{H}")
+    if c.out_channels != out_channels(teacher):
+        raise UserError(f"student '{what}' has {c.out_channels} output channels; teacher '{teacher.name}' needs "
+                        f"{out_channels(teacher)} ({'eps + variance' if teacher.learned_variance else 'eps'})")
+    if getattr(c, "patch_size", None) and H % c.patch_size:
+        raise UserError(f"student '{what}': patch size {c.patch_size} does not divide {H}")
+    slots = getattr(c, "num_class_embeds", None) or getattr(c, "num_embeds_ada_norm", None)
+    if teacher.num_classes and (slots or 0) < teacher.num_classes + 1:
+        raise UserError(f"student '{what}' embeds {slots or 0} labels; teacher '{teacher.name}' has "
+                        f"{teacher.num_classes} classes + a null label")
+    if not teacher.num_classes and getattr(c, "num_class_embeds", None):
+        raise UserError(f"student '{what}' is class-conditional; teacher '{teacher.name}' is not")
+
+
 def build_student(cfg, teacher):
     """A randomly initialised student: cnn, vit, or any diffusers denoiser config in a directory."""
     import diffusers
@@ -383,8 +438,8 @@ def build_student(cfg, teacher):
         if cfg.vit_init == "adaln-zero":
             adaln_zero_(model)
     else:  # any diffusers denoiser's config.json
-        model = teachers.denoiser_from_config(cfg.student)
-    teachers.check_student_fits(model, teacher, cfg.student)
+        model = denoiser_from_config(cfg.student)
+    check_student_fits(model, teacher, cfg.student)
     for m in model.modules():  # DiT drops labels at random in train mode, to an index the teacher
         if type(m).__name__ == "LabelEmbedding":  # never saw; the null label is distilled instead
             m.dropout_prob = 0.0  # (--p-uncond), and the stream stays a function of the seed
@@ -392,6 +447,68 @@ def build_student(cfg, teacher):
 
 
 # --- Baselines (Sec. 4.1): data-free (a synthetic set, Fig. 2b) and data-based (Fig. 2a)
+def iddpm_loss(model, x0, cond, sch, generator=None):
+    """IDDPM hybrid loss: L_simple + L_vlb (KL(q || p) in bits/dim, mean detached; t > 0)."""
+    B = x0.shape[0]
+    dev = generator.device if generator is not None else "cpu"  # draws where the generator lives
+    i = torch.randint(0, sch.T, (B,), generator=generator, device=dev).to(x0.device)
+    eps = torch.randn(x0.shape, generator=generator, device=dev).to(x0)
+    ab = teachers.bcast(sch.alpha_bar(i).float(), x0)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    out = teachers.call_net(model, x_t, i.float(), cond)
+    C = x0.shape[1]
+    eps_hat, v = out[:, :C], out[:, C:]
+    mse = ((eps - eps_hat) ** 2).mean(dim=(1, 2, 3))
+    if v.shape[1] == 0:  # a fixed-variance model: L_simple only
+        return mse.mean()
+    x0_hat = (x_t - (1 - ab).sqrt() * eps_hat.detach()) / ab.sqrt()
+    m_p, lv_p = teachers.gaussian_step(sch, x_t, x0_hat, i, i - 1, v, "learned_range")
+    m_q, lv_q = teachers.gaussian_step(sch, x_t, x0, i, i - 1, None, "fixed_small")
+    vb = normal_kl(m_q, lv_q, m_p, lv_p).mean(dim=(1, 2, 3)) / math.log(2.0)
+    return (mse + torch.where(i > 0, vb, torch.zeros_like(vb))).mean()
+
+
+class ImageSet:
+    """Batches of (x0, labels) drawn with replacement from a fixed set of images (real, or a teacher's
+    samples): what standard diffusion training (iddpm_loss) reads; DKDM's data / data-free baselines."""
+
+    def __init__(self, x0, labels, g, num_classes=None, p_uncond=0.0):
+        self.x0, self.labels, self.g, self.K, self.p_uncond = x0, labels, g, num_classes, p_uncond
+
+    def draw(self, b):
+        """b images and their labels (the null label K with probability p_uncond)."""
+        idx = torch.randint(0, len(self.x0), (b,), generator=self.g, device=self.g.device)
+        labels = None
+        if self.labels is not None:
+            drop = torch.rand(b, generator=self.g, device=self.g.device) < self.p_uncond
+            labels = torch.where(drop, self.K, self.labels.to(idx.device)[idx]).to(self.x0.device)
+        return self.x0[idx.to(self.x0.device)], labels
+
+    def state_dict(self):
+        return {"g": self.g.get_state()}
+
+    def load_state_dict(self, s):
+        self.g.set_state(s["g"].cpu())  # a generator's state is a CPU tensor, whatever the map_location
+
+
+@torch.no_grad()
+def sample_set(teacher, draw, n, steps, g, w=None, sampler="ancestral"):
+    """n teacher samples (IDDPM ancestral or DDIM, `steps` steps, batches of 256) from `draw(m)`'s m
+    noises and labels: a synthetic training set (DKDM's data-free baseline, Table 4)."""
+    from tqdm import tqdm
+
+    xs, ls, batch = [], [], 256
+    for k in tqdm(range(0, n, batch), desc="synthetic set", unit="batch", leave=False):
+        noise, labels = draw(min(batch, n - k))
+        cond = None if labels is None else {"class_labels": labels}
+        if sampler == "ddim":
+            xs.append(teachers.ddim(teacher, noise, steps, cond, w).float())
+        else:
+            xs.append(teachers.ancestral(teacher, noise, steps, cond, w, generator=g).float())
+        ls.append(labels)
+    return torch.cat(xs), (None if ls[0] is None else torch.cat(ls))
+
+
 def synth_plan(cfg, teacher):
     """(sampler, steps) of the synthetic set. Table 4: IDDPM with all T steps for pixel teachers,
     DDIM-100 for latent ones; the embedded teachers: ancestral 100 (see EMBEDDED)."""
@@ -414,19 +531,19 @@ def data_stream(cfg, teacher, run_path, g, rank, w):
     """Real digits (`data`), or the teacher's synthetic set (`data-free`, made once, kept in the run)."""
     if cfg.method == "data":
         x, y = teachers.load_digits_tensor()
-        return teachers.ImageSet(x.to(teacher.device), y.to(teacher.device), g, teacher.num_classes, cfg.p_uncond)
+        return ImageSet(x.to(teacher.device), y.to(teacher.device), g, teacher.num_classes, cfg.p_uncond)
     f = Path(run_path) / "synthetic.pt"
     if rank == 0 and not f.is_file():
         n = synth_n(cfg)
         sampler, steps = synth_plan(cfg, teacher)
         print0(f"data-free baseline: sampling {n} images with the teacher ({sampler}, {steps} steps)")
-        gs = torch.Generator().manual_seed(cfg.seed + 7)
-        x, y = teachers.sample_set(teacher, lambda m: fresh_samples(teacher, m, gs), n, steps, gs, w, sampler)
-        teachers.save_checkpoint(f, {"x": x.cpu(), "labels": None if y is None else y.cpu()})
-    teachers.barrier("synthetic set")
-    s = teachers.load_checkpoint(f)
+        gs = torch.Generator(teacher.device).manual_seed(cfg.seed + 7)
+        x, y = sample_set(teacher, lambda m: fresh_samples(teacher, m, gs), n, steps, gs, w, sampler)
+        runkit.save_checkpoint(f, {"x": x.cpu(), "labels": None if y is None else y.cpu()})
+    runkit.barrier(teacher.device)
+    s = runkit.load_checkpoint(f)
     y = None if s["labels"] is None else s["labels"].to(teacher.device)
-    return teachers.ImageSet(s["x"].to(teacher.device), y, g, teacher.num_classes, cfg.p_uncond)
+    return ImageSet(s["x"].to(teacher.device), y, g, teacher.num_classes, cfg.p_uncond)
 
 
 def synth_n(cfg):
@@ -439,11 +556,11 @@ def student_step(cfg, teacher, model, stream, b, w, meter=None):
     """Alg. 1 lines 4-6 (and 8): (loss, mse, vb) of one batch, Eq. (19) on the knowledge stream
     (whose pool takes the teacher's step), or Eq. (13) on a fixed set (the baselines)."""
     timed = meter.time if meter else lambda part: nullcontext()
-    amp = lambda: teachers.student_autocast(cfg.precision, teacher.device)  # noqa: E731 - bf16 on a GPU by default
-    if isinstance(stream, teachers.ImageSet):
+    amp = lambda: runkit.student_autocast(cfg.precision, teacher.device)  # noqa: E731 - bf16 on a GPU by default
+    if isinstance(stream, ImageSet):
         x0, labels = stream.draw(b)
         with timed("student"), amp():
-            loss = teachers.iddpm_loss(model, x0, as_cond(labels), teacher.schedule, stream.g)
+            loss = iddpm_loss(model, x0, as_cond(labels), teacher.schedule, stream.g)
         return loss, loss.detach(), torch.zeros(())
     with timed("teacher"):
         x_t, i, labels, target = knowledge_step(teacher, stream, b, w, cfg.p_uncond)  # lines 4 and 8
@@ -459,16 +576,16 @@ LOGGED = ("loss", "mse", "vb")  # metrics.jsonl's losses (Eq. 19, 20, 21)
 
 def train(cfg, teacher, student, run):
     """Algorithm 1 (dynamic iterative distillation; the ablations and baselines swap the stream) as
-    one loop; teachers.py's run kit resumes, logs and checkpoints."""
-    with teachers.training(run) as (rank, world, device, stop):  # process group, run lock, Ctrl-C
+    one loop; runkit.py resumes, logs and checkpoints."""
+    with runkit.training(run) as (rank, world, device):  # process group, run lock, Ctrl-C / SIGTERM
         print0(json.dumps(run_facts(cfg, teacher, student, run, world), indent=2))
-        raw, ema, opt = teachers.optimisation(student, cfg, device)
-        g = torch.Generator().manual_seed(cfg.seed + 1000003 * rank)  # this process's knowledge stream
+        raw, ema, opt = runkit.optimisation(student, cfg, device)
+        g = torch.Generator(device).manual_seed(cfg.seed + 1000003 * rank)  # this process's knowledge stream
         b, w = cfg.batch // world, teacher.default_guidance
         stream = make_stream(cfg, teacher, run, g, w, world)  # line 1: the pool B+_1 (or the baselines' set)
         saved = {"model": raw, "ema": ema, "opt": opt, "stream": stream}  # what a checkpoint holds
         step, why = run.resume(saved, f"dkdm {cfg.method}"), None
-        model, meter = teachers.ddp(raw, device, world), teachers.Meter(device, LOGGED, window=run.window)
+        model, meter = runkit.ddp(raw, device, world), runkit.Meter(device, LOGGED, window=run.window)
         pool_stats = (lambda: stream.spread(teacher.schedule.T)) if isinstance(stream, Pool) else None
         if step == 0:
             run.checkpoint(0, meter, saved)  # the initialised pool: a rerun never repeats its init
@@ -486,18 +603,16 @@ def train(cfg, teacher, student, run):
                 ema.update(raw)
             step += 1
             meter.add(loss=loss, mse=mse, vb=vb)
-            why = run.end_iteration(step, meter, saved, stop, extra=pool_stats)
-            if why:  # records and checkpoints written; the budget as rank 0 sees it
+            why = run.end_iteration(step, meter, saved, extra=pool_stats)
+            if why:  # records and checkpoints written; the budget or a signal, as rank 0 sees it
                 break
             if cfg.export_every and step % cfg.export_every == 0 and rank == 0:
-                teachers.write_preview(teacher, export_student(cfg, teacher, raw, ema, run.path), run.path / "preview.png")
-        if why == "signal":  # checkpointed at the end of the interrupted iteration
-            raise stop.exit(step, run.ckpt)
+                students.write_preview(teacher, export_student(cfg, teacher, raw, ema, run.path), run.path / "preview.png")
         if rank == 0:
             d = export_student(cfg, teacher, raw, ema, run.path)
-            teachers.write_preview(teacher, d, run.path / "preview.png")
+            students.write_preview(teacher, d, run.path / "preview.png")
             print0(f"{step} iterations; student -> {d}; preview -> {run.path / 'preview.png'}")
-            teachers.print_snippet(d, {"method": "dkdm", "num_classes": teacher.num_classes})
+            students.print_snippet(d, {"method": "dkdm", "num_classes": teacher.num_classes})
     return step
 
 
@@ -531,14 +646,15 @@ def export_student(cfg, teacher, raw, ema, run_path):
             "latent": teacher.latent, "default_w": teacher.default_guidance, "class_name": type(raw).__name__,
             "training": cfg.method}
     source = teachers.teacher_source(cfg.teacher, cfg.model_id)  # the teacher's pipeline: its scheduler config
-    return teachers.export_ema(raw, ema, lambda model: teachers.ddpm_pipeline(model, teacher, source), info, run_path)[0]
+    return runkit.export_ema(raw, ema, lambda model: students.ddpm_pipeline(model, teacher, source), info, run_path)[0]
 
 
 # --- main: every check before anything is written
 def load_inputs(cfg):
     """(teacher, student, run directory): every input checked, on every process, before any process
     group is made or anything is written."""
-    teachers.check_run_fields(cfg)
+    cli.check_run_fields(cfg)
+    runkit.teacher_dtype(cfg.half, runkit.env()[2])  # --half needs a GPU
     checks = [(cfg.rho > 0, "--rho must be positive"), (cfg.lam >= 0, "--lam must be non-negative"),
               (cfg.batch >= 1, "--batch must be at least 1"), (cfg.chains >= 1, "--chains must be at least 1"),
               (cfg.init_batch >= 1, "--init-batch must be at least 1"), (cfg.warmup >= 0, "--warmup must be non-negative"),
@@ -555,16 +671,16 @@ def load_inputs(cfg):
     if cfg.student not in ("cnn", "vit") and not (Path(cfg.student) / "config.json").is_file():
         raise UserError(f"unknown student '{cfg.student}' (cnn, vit, or a directory with a diffusers config.json)")
     if cfg.student not in ("cnn", "vit"):
-        teachers.read_json(Path(cfg.student) / "config.json", "student config")
+        cli.read_json(Path(cfg.student) / "config.json", "student config")
     teachers.check_teacher_files(cfg.teacher, cfg.model_id)
     out = cfg.out or f"runs/dkdm-{Path(cfg.teacher).name}-{Path(cfg.student).name}-{cfg.method}"
-    teachers.check_output_dir(out, "--out")
+    cli.check_output_dir(out, "--out")
     teachers.check_hub(cfg.teacher, cfg.model_id)  # before any download
-    rank, world, device = teachers.dist_env()
+    rank, world, device = runkit.env()
     if cfg.batch % world:
         raise UserError(f"--batch {cfg.batch} is not divisible by the {world} processes")
     teacher = teachers.load_teacher(cfg.teacher, device=device, model_id=cfg.model_id,
-                                    dtype=teachers.teacher_dtype(cfg.half, device))
+                                    dtype=runkit.teacher_dtype(cfg.half, device))
     if cfg.method == "data" and teacher.name != "digits":
         raise UserError("--method data needs the embedded digits teacher (its real data ships with scikit-learn)")
     if cfg.p_uncond > 0 and not teacher.num_classes:
@@ -577,9 +693,24 @@ def load_inputs(cfg):
             raise UserError(f"--chains {cfg.chains} is below the {need} pool entries per step (rho b); use well above")
     config = {**dataclasses.asdict(cfg), "out": out, "world_size": world,
               "pool_init": resolved_init(cfg) if cfg.method not in ("data", "data-free") else None}
-    run = teachers.RunDir(config["out"], config, rank, resumable=RESUMABLE, keep=cfg.keep,
+    run = runkit.RunDir(config["out"], config, rank, resumable=RESUMABLE, keep=cfg.keep,
                           per_rank={"stream": "knowledge-stream checkpoint"})
     return teacher, student, run
+
+
+def student_memory(teacher, student, cfg, b: int, pool_bytes: float) -> dict:
+    """--dry-run's memory per GPU (runkit.memory_estimate): one training forward of the student at T/2,
+    the teacher in cfg.half's precision, one teacher forward per iteration, the pool's bytes per sample."""
+    import copy
+
+    model = copy.deepcopy(student).cpu().train()
+    x, i = torch.zeros(1, *teacher.sample_shape), torch.tensor([teacher.schedule.T / 2])
+    cond = {"class_labels": torch.zeros(1, dtype=torch.long)} if teacher.num_classes else None
+    act = runkit.activation_bytes(model, lambda: teachers.call_net(model, x, i, cond), cfg.precision)
+    passes = {"teacher_forwards": int(pool_bytes > 0), "student_forward_backward": 1,
+              "teacher_forward_batch": "2 b (CFG pair)" if teacher.guided and teacher.default_guidance not in (None, 1.0) else "b"}
+    return runkit.memory_estimate([getattr(teacher, "unet", None), getattr(teacher, "vae", None)], 2 if cfg.half else 4,
+                                  model, (act, 1), b, passes, (pool_bytes, "pool"))
 
 
 def run_facts(cfg, teacher, student, run, world):
@@ -604,8 +735,8 @@ def command(argv):
     if "--sample" in argv:  # the older spelling of `sample RUN`
         k = argv.index("--sample")
         argv = ["sample", *argv[k + 1:k + 2], *argv[:k], *argv[k + 2:]]
-    if argv[:1] == ["sample"]:  # samples of a finished run (teachers.sample_command)
-        return teachers.sample_command("dkdm", argv[1:])
+    if argv[:1] == ["sample"]:  # samples of a finished run (pipelines/students.py)
+        return students.sample_command("dkdm", argv[1:])
     args = vars(parser().parse_args(argv))
     dry_run = args.pop("dry_run")
     cfg = DKDMConfig(**args)
@@ -615,7 +746,7 @@ def command(argv):
         world, (C, H, W) = run.config["world_size"], teacher.sample_shape
         b = cfg.batch // world
         pool = pool_size(cfg, teacher.schedule.T, b) if cfg.method in ("dynamic", "shuffled", "iterative") else 0
-        memory = teachers.student_memory(teacher, student, cfg, b, int(pool > 0), (pool / b * (4 * C * H * W + 16), "pool"))
+        memory = student_memory(teacher, student, cfg, b, pool / b * (4 * C * H * W + 16))
         return print0(json.dumps({**run_facts(cfg, teacher, student, run, world), "memory_estimate": memory}, indent=2))
     train(cfg, teacher, student, run)
 

@@ -110,8 +110,10 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+import runkit  # noqa: E402
 import teachers  # noqa: E402
-from teachers import print0  # noqa: E402
+from pipelines import students  # noqa: E402
+from runkit import print0  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,7 +350,7 @@ def teacher_sampler(teacher, sampler="ddim", nfe=50, w=None, prompts=None):
         if sampler == "ddim":
             x0 = teachers.ddim(teacher, noise, nfe, cond, w)
         else:  # the step noise of one batch comes from its first seed: reproducible at equal --batch
-            x0 = teachers.ancestral(teacher, noise, nfe, cond, w, generator=torch.Generator().manual_seed(seeds[0]))
+            x0 = teachers.ancestral(teacher, noise, nfe, cond, w, generator=torch.Generator(teacher.device).manual_seed(seeds[0]))
         return teacher.decode(x0).float().cpu()
     return sample
 
@@ -360,7 +362,7 @@ def student_sampler(student, teacher, w=None, prompts=None):
         noise = teachers.seeded_noise(seeds, teacher.sample_shape, teacher.device)
         extra = {}
         if getattr(student, "info", {}).get("sampler") == "ancestral":  # its step noise, as teacher_sampler's
-            extra["generator"] = torch.Generator().manual_seed(seeds[0])
+            extra["generator"] = torch.Generator(teacher.device).manual_seed(seeds[0])
         return teacher.decode(student.generate(noise, condition(teacher, seeds, prompts), w=w, **extra)).float().cpu()
     return sample
 
@@ -385,7 +387,7 @@ def generate(sample, seeds, batch, rank=0, world=1, warmup=1, desc=None):
     local = torch.cat(chunks) if chunks else None
     if world == 1:
         return local, len(seeds) / seconds
-    parts = teachers.gather_objects((local, seconds), "evaluate.generate", world)
+    parts = runkit.gather((local, seconds), world)
     first = next(p[0] for p in parts if p[0] is not None)
     images = torch.empty(len(seeds), *first.shape[1:], dtype=first.dtype)
     for r, (part, _) in enumerate(parts):
@@ -588,7 +590,7 @@ def real_images(teacher, ref=None):
 
 
 def load_student(run_dir, device="cpu"):
-    """The distilled generator of a run directory (teachers.load_student reads its student/)."""
+    """The distilled generator of a run directory (students.load_student reads its student/)."""
     p = Path(run_dir)
     if not p.is_dir():
         raise UserError(f"run directory '{run_dir}' does not exist")
@@ -596,7 +598,7 @@ def load_student(run_dir, device="cpu"):
         raise UserError(f"run directory '{run_dir}' is empty")
     if not (p / "student").is_dir():
         raise UserError(f"run directory '{run_dir}' has no student/ (has training finished?)")
-    return teachers.load_student(p, device=device)
+    return students.load_student(p, device=device)
 
 
 def split_real(n_real, n_held, seed=0):
@@ -615,7 +617,7 @@ def split_real(n_real, n_held, seed=0):
 # ---------------------------------------------------------------------------------------------
 def check_config(cfg: EvalConfig):
     """Argument errors that need no model: raised before any work."""
-    teachers.check_finite_fields(cfg)
+    cli.check_finite_fields(cfg)
     if not cfg.train_classifier and (cfg.teacher is None) == (cfg.run is None):
         raise UserError("give exactly one of --teacher NAME or --run DIR (or --train-classifier)")
     if cfg.n < 4:
@@ -627,12 +629,12 @@ def check_config(cfg: EvalConfig):
             raise UserError(f"unknown feature space '{space}' (known: {', '.join(FEATURE_SPACES)})")
     for flag, out in (("--json", cfg.json), ("--grid", cfg.grid)):
         if out:
-            teachers.check_output_file(out, flag)
+            cli.check_output_file(out, flag)
     if cfg.train_classifier:
-        teachers.check_output_dir(CLASSIFIER_DIR, "--train-classifier")
+        cli.check_output_dir(CLASSIFIER_DIR, "--train-classifier")
         return
     if cfg.prompts:
-        teachers.load_prompts(cfg.prompts)
+        cli.load_prompts(cfg.prompts)
     if cfg.ref:
         check_image_folder(cfg.ref)
     if cfg.run:
@@ -652,10 +654,10 @@ def check_run(run, dkdm_sampler="auto"):
         raise UserError(f"run directory '{run}' is empty")
     if not (p / "student" / "generator.json").is_file():
         raise UserError(f"run directory '{run}' has no student/generator.json (has training finished?)")
-    info = teachers.read_json(p / "student" / "generator.json", "student description")
+    info = cli.read_json(p / "student" / "generator.json", "student description")
     if dkdm_sampler != "auto" and info.get("method") != "dkdm":
         raise UserError(f"--dkdm-sampler applies to a DKDM run; '{run}' holds a one-step BOOT student")
-    teachers.check_model_dir(p / "student" if info.get("method") == "dkdm" else p / "student" / "unet", "student")
+    cli.check_model_dir(p / "student" if info.get("method") == "dkdm" else p / "student" / "unet", "student")
     teachers.check_teacher_files(info.get("teacher", ""), info.get("model_id"), info.get("stage", 1))
 
 
@@ -699,7 +701,7 @@ def run_evaluation(cfg: EvalConfig, rank=0, world=1, device="cpu"):
         teacher = teachers.load_teacher(student.teacher_name, device=device, model_id=student.info.get("model_id"))
     else:
         teacher = teachers.load_teacher(cfg.teacher, device=device)
-    prompts = teachers.load_prompts(cfg.prompts) if cfg.prompts else None
+    prompts = cli.load_prompts(cfg.prompts) if cfg.prompts else None
     if hasattr(teacher, "encode_prompts") != bool(prompts):
         raise UserError(f"teacher '{teacher.name}' is text-conditioned: pass --prompts FILE" if prompts is None
                         else f"teacher '{teacher.name}' takes no prompts (drop --prompts)")
@@ -718,7 +720,7 @@ def run_evaluation(cfg: EvalConfig, rank=0, world=1, device="cpu"):
         load_classifier()
     w = cfg.w if cfg.w is not None else teacher.default_guidance
     if world > 1:  # every check above ran on every process before the process group is made
-        teachers.dist_setup()
+        runkit.setup()
 
     records, rows = [], []
     held, refh = split_real(len(real), cfg.n)
@@ -765,11 +767,11 @@ def main(argv=None):
             return 0
         if cfg.teacher:
             teachers.check_hub(cfg.teacher)  # before any process group or download
-        rank, world, device = teachers.dist_env()
+        rank, world, device = runkit.env()
         try:
             records, rows, baseline = run_evaluation(cfg, rank, world, device)
         finally:
-            teachers.dist_teardown()
+            runkit.teardown()
     except UserError as e:
         if int(os.environ.get("RANK", 0)) == 0:
             print(f"evaluate.py: error: {e}", file=sys.stderr)

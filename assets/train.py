@@ -20,8 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's
 
 import torch  # noqa: E402
 
+import dkdm  # noqa: E402
 import evaluate  # noqa: E402
+import runkit  # noqa: E402
 import teachers  # noqa: E402
+from pipelines import students  # noqa: E402
 
 
 def train_digits(out_dir=teachers.DIGITS_DIR, steps=2500, batch=128, lr=1e-3, seed=0, p_uncond=0.2):
@@ -33,7 +36,7 @@ def train_digits(out_dir=teachers.DIGITS_DIR, steps=2500, batch=128, lr=1e-3, se
     g = torch.Generator().manual_seed(seed)
     x, y = teachers.load_digits_tensor()
     model = UNet2DConditionModel(**teachers.digits_unet_config())
-    ema = teachers.EMA(model, 0.999)
+    ema = runkit.EMA(model, 0.999)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
                               variance_type="learned_range", clip_sample=True, prediction_type="epsilon")
     sch = teachers.Schedule(scheduler.alphas_cumprod)
@@ -44,7 +47,7 @@ def train_digits(out_dir=teachers.DIGITS_DIR, steps=2500, batch=128, lr=1e-3, se
     for k in bar:
         idx = torch.randint(0, len(x), (batch,), generator=g)
         labels = torch.where(torch.rand(batch, generator=g) < p_uncond, torch.full_like(y[idx], 10), y[idx])
-        loss = teachers.iddpm_loss(model, x[idx], {"class_labels": labels}, sch, g)
+        loss = dkdm.iddpm_loss(model, x[idx], {"class_labels": labels}, sch, g)
         for group in opt.param_groups:
             group["lr"] = lr_at(k)
         opt.zero_grad(set_to_none=True)
@@ -56,7 +59,7 @@ def train_digits(out_dir=teachers.DIGITS_DIR, steps=2500, batch=128, lr=1e-3, se
             bar.set_postfix(loss=f"{loss.item():.4f}")
     ema.copy_to(model)
     out_dir = Path(out_dir)
-    teachers.export_pipeline(teachers.digits_pipeline(model, scheduler), out_dir)
+    students.digits_pipeline(model, scheduler).save_pretrained(out_dir)
     info = {"dataset": "sklearn.datasets.load_digits (1,797 8x8 digits, scaled to [-1, 1])",
             "steps": steps, "batch": batch, "lr": lr, "seed": seed, "p_uncond": p_uncond, "ema": 0.999,
             "loss": "IDDPM hybrid (L_simple + L_vlb, t > 0)", "seconds": round(time.time() - start, 1),

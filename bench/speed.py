@@ -47,11 +47,12 @@ def floors(boot_run: Path, dkdm_student_dir: Path, boot_batch=128, dkdm_batch=64
     import torch
 
     import teachers
+    from pipelines import students
     from pipelines.pipeline_boot import boot_generate
 
     torch.set_num_threads(1)
     t = teachers.load_teacher("digits")
-    gen = teachers.ExportedStudent(boot_run)
+    gen = students.ExportedStudent(boot_run)
     s_boot = gen.model.train().requires_grad_(True)
     s_dkdm = teachers.load_teacher(str(dkdm_student_dir)).unet.train().requires_grad_(True)
     info = gen.info

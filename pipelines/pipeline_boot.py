@@ -20,6 +20,11 @@ needs nothing of the repository. How the network is called (all stored in model_
 """
 from __future__ import annotations
 
+import inspect
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -90,6 +95,7 @@ def to_images(x, vae=None, output_type="pil", pipe=None):
 
 class BootPipeline(DiffusionPipeline):
     """One-step BOOT student: `pipe(batch_size, generator, class_labels | prompt, guidance_scale)`.
+    `num_inference_steps` is accepted for code written for few-step pipelines, and must be 1.
 
     guidance_scale is the CFG weight w (BOOT Eq. 9) the student was distilled at (or within, when
     trained on a range); the student conditions on it, it does not run two passes. The negative
@@ -115,6 +121,17 @@ class BootPipeline(DiffusionPipeline):
                                 output=output, guided=guided, default_w=default_w, num_classes=num_classes,
                                 sample_channels=sample_channels, sample_size=sample_size,
                                 max_length=max_length, use_mask=use_mask, noise_level=noise_level)
+
+    def save_config(self, save_directory, **kwargs):
+        """model_index.json names this file (the list-form `_class_name`) and the file is copied beside
+        it, so that a saved or pushed copy loads again with trust_remote_code=True, without this repository."""
+        super().save_config(save_directory)
+        d, source = Path(save_directory), Path(inspect.getfile(type(self)))
+        if not (d / source.name).exists() or not (d / source.name).samefile(source):
+            shutil.copyfile(source, d / source.name)
+        index = json.loads((d / "model_index.json").read_text())
+        index["_class_name"] = [source.stem, type(self).__name__]
+        (d / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
     @torch.no_grad()
     def encode_prompt(self, prompt: list[str]):
@@ -148,8 +165,10 @@ class BootPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, batch_size: int = 1, generator=None, class_labels=None, prompt=None, negative_prompt=None,
                  guidance_scale: float | None = None, image=None, noise_level: int | None = None, latents=None,
-                 prompt_embeds=None, output_type: str = "pil", return_dict: bool = True):
+                 prompt_embeds=None, output_type: str = "pil", return_dict: bool = True, num_inference_steps: int = 1):
         cfg, cond = self.config, {}
+        if num_inference_steps != 1:
+            raise ValueError(f"a BOOT student samples in one step: num_inference_steps must be 1, not {num_inference_steps}")
         batch_size = batch_size if latents is None else latents.shape[0]
         if negative_prompt not in (None, "") and not (isinstance(negative_prompt, list) and set(negative_prompt) <= {""}):
             raise ValueError("a BOOT student learned guidance against the empty prompt: negative_prompt cannot change it")

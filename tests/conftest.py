@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may touch the network
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("STRICT_DIST", "1")  # torchrun runs in tests fail where NCCL would (teachers.collective)
+
 
 
 def pytest_configure(config):

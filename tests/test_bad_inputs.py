@@ -4,6 +4,8 @@ unchanged. Table-driven, in-process (no interpreter start-up per case), on the g
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -216,10 +218,27 @@ def _png(path, size=(8, 8), mode="L"):
     Image.new(mode, size, 128).save(path)
 
 
+HOLD = """
+import fcntl, json, os, socket, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+print("held", flush=True)
+time.sleep(3600)
+"""
+
+
+def hold_lock(path):
+    """A process holding the run directory's lock, as a running writer does (until killed)."""
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
 @pytest.fixture(scope="module")
 def fx(tmp_path_factory):
     """Shared inputs: broken teacher directories, finished runs and broken copies of them."""
-    d = tmp_path_factory.mktemp("bad-inputs")
+    d, holders = tmp_path_factory.mktemp("bad-inputs"), []
     (d / "prompts.txt").write_text("a cat\n")
     (d / "empty.txt").write_text("\n")
     (d / "afile").write_text("not a directory\n")
@@ -267,12 +286,14 @@ def fx(tmp_path_factory):
         (d / f"{m}_badcfg" / "config.json").write_text('{"teacher": ')
         ck = (d / f"{m}_trunc" / "checkpoints" / "latest.pt").read_bytes()
         (d / f"{m}_trunc" / "checkpoints" / "latest.pt").write_bytes(ck[: len(ck) // 3])
-        lock = {"pid": os.getppid(), "host": __import__("socket").gethostname(), "group": None}
-        (d / f"{m}_locked" / "run.lock").write_text(json.dumps(lock))  # a live process that is not us
+        holders.append(hold_lock(d / f"{m}_locked" / "run.lock"))  # a live writer that is not us
         (d / f"{m}_badgen" / "student" / "generator.json").write_text("{")
         unet = d / f"{m}_truncunet" / "student" / "unet" / "diffusion_pytorch_model.safetensors"
         unet.write_bytes(unet.read_bytes()[:100])
-    return d
+    yield d
+    for p in holders:
+        p.kill()
+        p.wait()
 
 
 def listing(*dirs):

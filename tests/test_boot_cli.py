@@ -12,7 +12,9 @@ import pytest
 import torch
 
 import boot
+import runkit
 import teachers
+from pipelines import students
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--iters", "3", "--batch", "4", "--preview", "2", "--check", "4", "--log-every", "1"]
@@ -38,7 +40,7 @@ def boot_main(*args, capsys=None):
 
 
 def weights(run, key="model"):
-    return teachers.load_checkpoint(Path(run) / "checkpoints" / "latest.pt")[key]
+    return runkit.load_checkpoint(Path(run) / "checkpoints" / "latest.pt")[key]
 
 
 def assert_finished(run, steps):
@@ -121,7 +123,7 @@ def test_digits_smoke_generator_loads(tmp_path):
     assert boot_main(*TINY, "--w", "2", "--w-max", "3", "--out", run) == 0
     info = assert_finished(run, 3)
     assert info["student"] == "copy" and info["guided"] and info["default_w"] == 2.0
-    gen = teachers.load_student(run)
+    gen = students.load_student(run)
     x = gen.generate(torch.randn(5, 1, 8, 8), gen.label_cond(torch.arange(5)), 2.5)
     assert x.shape == (5, 1, 8, 8) and torch.isfinite(x).all() and gen.nfe == 1
     assert boot_main(*TINY, "--student", "small", "--solver", "euler", "--weighting", "lambda",
@@ -196,7 +198,7 @@ def test_killed_run_rerun_reproduces_the_uninterrupted_run(tmp_path):
         time.sleep(0.01)
     p.send_signal(signal.SIGKILL)
     assert p.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    killed_at = teachers.load_checkpoint(ckpt)["step"]
+    killed_at = runkit.load_checkpoint(ckpt)["step"]
     assert killed_at < 60
     out = boot_cli(*args, "--out", tmp_path / "b").stdout
     assert f"resuming {tmp_path / 'b'} at step {killed_at}" in out

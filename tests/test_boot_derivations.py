@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import boot
 import teachers
+from pipelines import students
 
 CPU = torch.device("cpu")
 
@@ -87,7 +88,7 @@ def test_student_is_conditioned_on_w_drawn_per_example():
         y1, y4 = (boot.y_theta(model, info, eps, t, cond, w) for w in (1.0, 4.0))
         y4_each = boot.y_theta(model, info, eps, t, cond, torch.full((4,), 4.0))
     assert (y1 - y4).abs().max() > 1e-4 and torch.allclose(y4, y4_each)
-    cond, w = teachers.Context(teacher, w_range=(cfg.w, cfg.w_max)).draw(torch.Generator().manual_seed(0), 4000, 0, 4000)
+    cond, w = boot.Context(teacher, w_range=(cfg.w, cfg.w_max)).draw(torch.Generator().manual_seed(0), 4000, 0, 4000)
     assert w.shape == (4000,) and kstest(((w - 1.0) / 4.0).numpy(), "uniform").pvalue > 1e-3
     counts = torch.bincount(cond["class_labels"], minlength=10)  # Alg. 1 line 3: c per example, uniform
     assert counts.sum() == 4000 and (counts - 400).abs().max() < 80
@@ -151,7 +152,7 @@ def test_a_short_gmm_run_learns_the_teachers_ode_output(tmp_path, monkeypatch):
     d = json.loads((run / "distance.json").read_text())
     assert d["n"] == 128 and d["student"] < 0.25 * d["DDIM-1"], d
     # the exported one-step generator (what evaluate.py and `boot.py sample` load): y_theta(eps, t_min)
-    gen, teacher = teachers.load_student(run), teachers.load_teacher("gmm")
+    gen, teacher = students.load_student(run), teachers.load_teacher("gmm")
     noise, cond = teachers.seeded_noise(range(128), (1, 8, 8)), gen.label_cond(torch.arange(128) % 10)
     ode = teachers.ddim(teacher, noise, 50, cond)
     one_step = (gen.generate(noise, cond) - ode).pow(2).mean()
@@ -190,7 +191,7 @@ def test_if_stage2_input_is_the_pipelines_noise_augmentation(tiny_if_dirs):
             return 3 * e
 
     cfg = boot.resolve(boot.BootConfig(teacher=str(s2), stage=2, stage1_run="unused"))
-    conds = teachers.Context(t2, ["a", "b"], t2, Stage1(), (cfg.w, cfg.w_max), cfg.noise_level)
+    conds = boot.Context(t2, ["a", "b"], t2, Stage1(), (cfg.w, cfg.w_max), cfg.noise_level)
     got = conds.lowres(torch.Generator().manual_seed(5), 2, 0, 2, t2.encode_prompts(["a", "b"]))
     g = torch.Generator().manual_seed(5)
     eps1, z = torch.randn((2, 3, 8, 8), generator=g), torch.randn((2, 3, 16, 16), generator=g)

@@ -7,7 +7,7 @@ import torch
 
 import boot
 import dkdm
-import teachers
+import runkit
 
 
 def ckpt_names(run):
@@ -24,7 +24,7 @@ def test_boot_keeps_the_last_n_and_exports_mid_run(tmp_path, monkeypatch):
             "--export-every", "3", "--out", str(run)]
     assert boot.main([*args, "--iters", "6"]) == 0
     assert ckpt_names(run) == ["latest.pt", "step-000000004.pt", "step-000000006.pt"]
-    assert teachers.load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 6
+    assert runkit.load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 6
     assert len(exports) == 2 and not torch.equal(exports[0], exports[1])  # step 3 (mid-run) and the end
     assert (run / "student" / "unet" / "diffusion_pytorch_model.safetensors").is_file() and (run / "preview.png").is_file()
     assert boot.main([*args, "--iters", "8"]) == 0  # resume from the mapped latest.pt, keep pruning
@@ -44,4 +44,4 @@ def test_dkdm_keeps_pools_of_kept_checkpoints_and_exports_mid_run(tmp_path, monk
     assert len(exports) == 3  # steps 2 and 4 while training, then the end
     assert json.loads((run / "student" / "generator.json").read_text())["method"] == "dkdm"
     assert dkdm.main([*args, "--iters", "6", "--export-every", "0"]) == 0
-    assert teachers.load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 6
+    assert runkit.load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 6

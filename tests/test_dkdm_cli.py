@@ -55,14 +55,15 @@ def student_weights(run):
 
 
 def check_run(run, shape):
-    import teachers
 
     run = Path(run)
     assert (run / "preview.png").is_file() and (run / "config.json").is_file()
     recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in recs if "loss" in r]
     assert steps and all(torch.isfinite(torch.tensor(r["loss"])) for r in steps)
-    gen = teachers.load_student(run)
+    from pipelines import students
+
+    gen = students.load_student(run)
     noise = torch.randn(2, *shape)
     cond = gen.label_cond([1, 2]) if gen.num_classes else None
     gen.nfe = 3

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import dkdm
+import runkit
 import teachers
 
 T = 20
@@ -193,14 +194,14 @@ def test_student_that_does_not_fit_is_refused(tmp_path):
                {"num_class_embeds": None}):
         conf = {**dkdm.cnn_config(teacher), **kw}
         with pytest.raises(teachers.UserError):
-            teachers.check_student_fits(UNet2DModel(**conf), teacher, "custom")
+            dkdm.check_student_fits(UNet2DModel(**conf), teacher, "custom")
 
 
 def test_exported_student_loads_as_a_teacher(tmp_path):
     teacher = tiny_teacher()
     cfg = dkdm.DKDMConfig(teacher="gmm", student="cnn")  # gmm: scheduler rebuilt from the table
     student = dkdm.build_student(cfg, teacher)
-    d = dkdm.export_student(cfg, teacher, student, teachers.EMA(student, 0.9), tmp_path)
+    d = dkdm.export_student(cfg, teacher, student, runkit.EMA(student, 0.9), tmp_path)
     loaded = teachers.load_teacher(str(d))
     assert loaded.learned_variance and loaded.num_classes == 10 and loaded.sample_shape == (1, 8, 8)
     torch.testing.assert_close(loaded.schedule.alphas_cumprod, teacher.schedule.alphas_cumprod, rtol=1e-6, atol=1e-7)

@@ -12,6 +12,7 @@ from PIL import Image
 
 import evaluate as E
 import teachers
+from pipelines import students
 from teachers import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -289,7 +290,7 @@ def test_text_teacher_with_clip_score(tiny_sd_dir, tiny_clip_dir, tmp_path, caps
 
 
 class FakeStudent:
-    """The contract of teachers.load_student: .generate(noise, cond, w) -> x0, .nfe, .teacher_name, .info."""
+    """The contract of students.load_student: .generate(noise, cond, w) -> x0, .nfe, .teacher_name, .info."""
     nfe, teacher_name, info = 1, "gmm", {"method": "boot"}
 
     def __init__(self):
@@ -302,7 +303,7 @@ class FakeStudent:
 def test_run_directory_with_a_student(tmp_path, monkeypatch, capsys):
     run = tmp_path / "boot-gmm"
     (run / "student").mkdir(parents=True)
-    monkeypatch.setattr(teachers, "load_student", lambda d, device="cpu": FakeStudent(), raising=False)
+    monkeypatch.setattr(students, "load_student", lambda d, device="cpu": FakeStudent())
     monkeypatch.setattr(E, "check_run", lambda d, *a: None)  # the fake run has no files to check
     assert E.main(["--run", str(run), "--nfe", "1", "2", "--n", "50", "--features", "pixels",
                    "--json", str(tmp_path / "r.json"), "--grid", str(tmp_path / "g.png")]) == 0

@@ -3,7 +3,7 @@ this repository, it makes the same images as the repository's own samplers (max 
 
 Tiny runs of every export kind (BOOT: teacher copy, UNet2DModel copy, small student, text-to-image,
 IF stage I and II; DKDM: cnn and vit students, a cnn on a latent teacher) and the shipped digits teacher are sampled twice:
-here, by `teachers.load_student(run).generate` with `ExportedStudent.condition` (what `boot.py sample`
+here, by `students.load_student(run).generate` with `ExportedStudent.condition` (what `boot.py sample`
 and evaluate.py run) or by `teachers.ddim` (DKDM students, the teacher), and in a `python -I`
 subprocess started in an empty directory with `DiffusionPipeline.from_pretrained(dir,
 trust_remote_code=True)` and the diffusers call conventions (per-image seeded generators).
@@ -22,7 +22,9 @@ import torch
 
 import boot
 import dkdm
+import runkit
 import teachers
+from pipelines import students
 
 N = 4  # images per export
 TOL = 1e-5
@@ -106,7 +108,7 @@ def boot_reference(run):
     cfg = boot.BootConfig(**json.loads((Path(run) / "config.json").read_text()))
     teacher, conds = boot.load_teacher_and_context(cfg, torch.device("cpu"))
     model, info = boot.make_student(teacher, cfg, boot.default_weight(cfg, teacher))
-    model.load_state_dict(teachers.load_checkpoint(Path(run) / "checkpoints" / "latest.pt")["ema"])
+    model.load_state_dict(runkit.load_checkpoint(Path(run) / "checkpoints" / "latest.pt")["ema"])
     if conds.prompts is not None:
         cond = {"encoder_hidden_states": conds.encoder.encode_prompts([PROMPT] * N)["encoder_hidden_states"].float()}
         if cfg.stage == 2:
@@ -162,7 +164,7 @@ def exports(tmp_path_factory, tiny_sd_dir, tiny_if_dirs):
     cfg = boot.resolve(boot.BootConfig(teacher="digits"))
     t, conds = boot.load_teacher_and_context(cfg, torch.device("cpu"))
     student, info = boot.make_student(t, cfg, boot.default_weight(cfg, t))
-    teachers.export_pipeline(teachers.boot_pipeline(student.eval(), info, t), tmp / "init")
+    students.boot_pipeline(student.eval(), info, t).save_pretrained(tmp / "init")
     cases["boot_copy_init"] = {"path": str(tmp / "init"), "n": N, "kwargs": {}}
     x0 = t.x0(teachers.seeded_noise(range(N), t.sample_shape), torch.full((N,), 0.9),
               t.label_cond(torch.arange(N) % 10), t.default_guidance)
@@ -253,7 +255,7 @@ def test_train_digits_writes_the_shipped_pipeline_files(tmp_path):
 
 
 def test_bad_calls_and_old_exports_are_one_clear_error(tmp_path):
-    pipe = teachers.load_pipeline(teachers.DIGITS_DIR)
+    pipe = students.load_pipeline(teachers.DIGITS_DIR)
     with pytest.raises(ValueError, match="class_labels must lie in 0..9"):
         pipe(batch_size=2, class_labels=[3, 12], num_inference_steps=2)
     with pytest.raises(ValueError, match="num_inference_steps must lie in 1..1000"):
@@ -263,4 +265,4 @@ def test_bad_calls_and_old_exports_are_one_clear_error(tmp_path):
     (old / "generator.json").write_text(json.dumps({"method": "boot", "teacher": "digits", "sample_shape": [1, 8, 8]}))
     (old / "model_index.json").write_text(json.dumps({"_class_name": "DDPMPipeline"}))
     with pytest.raises(teachers.UserError, match="older version of this repository; rerun its training command"):
-        teachers.load_student(tmp_path / "run")
+        students.load_student(tmp_path / "run")

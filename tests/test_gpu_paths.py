@@ -2,9 +2,7 @@
 the sd21 row), paths stored resolved, `boot.py sample` on a chosen device loading the teacher once,
 and IF stage II sampled from a pipeline saved without T5."""
 import json
-from pathlib import Path
 
-import pytest
 import torch
 
 import boot

@@ -11,6 +11,7 @@ import pytest
 import boot
 import dkdm
 import evaluate
+import runkit
 import teachers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def no_process_group(monkeypatch):
-    monkeypatch.setattr(teachers, "dist_setup", lambda: pytest.fail("a process group was made"))
+    monkeypatch.setattr(runkit, "setup", lambda: pytest.fail("a process group was made"))
 
 
 @pytest.fixture

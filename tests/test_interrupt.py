@@ -13,7 +13,7 @@ import torch
 
 import boot
 import dkdm
-import teachers
+import runkit
 from test_dkdm_cli import tiny_latent_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,7 @@ def terminate_after(p, metrics: Path, records: int):
 
 
 def checkpoint(run_dir):
-    return teachers.load_checkpoint(Path(run_dir) / "checkpoints" / "latest.pt")
+    return runkit.load_checkpoint(Path(run_dir) / "checkpoints" / "latest.pt")
 
 
 def test_sigterm_boot_checkpoints_and_resumes_exactly(tmp_path, capsys):

@@ -1,6 +1,5 @@
 """Student precision: bf16 autocast (on by default on GPUs, asked for here on CPU), gradient
 checkpointing that leaves the gradients unchanged, and --half meaning the same in both scripts."""
-import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ import torch
 
 import boot
 import dkdm
+import runkit
 import teachers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ def test_boot_iteration_under_autocast(precision, dtype):
     seen = conv_in_dtypes(student)
     g = torch.Generator().manual_seed(0)
     eps, t = torch.randn(4, 1, 8, 8, generator=g), boot.sample_times(g, cfg, 4, 0)
-    cond, w = teachers.Context(teacher, w_range=(cfg.w, cfg.w_max)).draw(g, 4, 0, 4)
+    cond, w = boot.Context(teacher, w_range=(cfg.w, cfg.w_max)).draw(g, 4, 0, 4)
     loss, _ = boot.boot_step(student, info, teacher, (eps, t, cond, w), cfg, True, None)
     loss.backward()
     assert seen == [dtype, dtype]  # the no-grad y_t pass and the training pass ("auto" is fp32 on CPU)
@@ -62,7 +62,7 @@ def test_gradient_checkpointing_leaves_gradients_unchanged():
     for on in (False, True):
         torch.manual_seed(0)
         student = dkdm.build_student(dkdm.DKDMConfig(), teacher).train()
-        teachers.enable_checkpointing(student, on)
+        runkit.enable_checkpointing(student, on)
         x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
         out = teachers.call_net(student, x, torch.tensor([3.0, 100.0, 500.0, 999.0]), {"class_labels": torch.arange(4)})
         out.square().mean().backward()

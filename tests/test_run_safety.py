@@ -15,7 +15,7 @@ import torch
 
 import boot
 import dkdm
-import teachers
+import runkit
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1"}
@@ -58,7 +58,7 @@ def metrics(run):
 
 
 def assert_same_state(a, b, keys=("model", "ema")):
-    sa, sb = (teachers.load_checkpoint(Path(r) / "checkpoints" / "latest.pt") for r in (a, b))
+    sa, sb = (runkit.load_checkpoint(Path(r) / "checkpoints" / "latest.pt") for r in (a, b))
     assert sa["step"] == sb["step"]
     for key in keys:
         assert sa[key].keys() == sb[key].keys() and all(torch.equal(sa[key][k], sb[key][k]) for k in sa[key]), key
@@ -75,7 +75,7 @@ def test_kill_during_a_save_then_rerun_equals_the_uninterrupted_run(tmp_path, sc
     assert r.returncode == 0, r.stderr[-2000:]
     r = cli(script, *args, "--out", b, kill_at_save=kill_at)
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
-    assert teachers.load_checkpoint(b / "checkpoints" / "latest.pt")["step"] == ckpt_step  # the old one, whole
+    assert runkit.load_checkpoint(b / "checkpoints" / "latest.pt")["step"] == ckpt_step  # the old one, whole
     assert [x["step"] for x in metrics(b) if "loss" in x][-1] == 12  # logged past the checkpoint
     r = cli(script, *args, "--out", b)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -117,7 +117,7 @@ def test_nonfinite_update_is_not_applied_and_never_checkpointed(tmp_path, monkey
         module.main([*args, "--out", str(run)])
     msg = str(e.value.code)
     assert "iteration 3" in msg and "last good checkpoint (step 2)" in msg, msg
-    state = teachers.load_checkpoint(run / "checkpoints" / "latest.pt")
+    state = runkit.load_checkpoint(run / "checkpoints" / "latest.pt")
     assert state["step"] == 2
     tensors = [v for part in ("model", "ema") for v in state[part].values()]
     tensors += [v for s in state["opt"]["state"].values() for v in s.values() if torch.is_tensor(v)]
@@ -145,7 +145,7 @@ def test_two_writers_one_run_directory(tmp_path, monkeypatch, capsys):
         first.send_signal(signal.SIGKILL)
         first.wait()
     # the holder died: its lock is stale and taken over; the rerun resumes and finishes
-    step = teachers.load_checkpoint(run / "checkpoints" / "latest.pt")["step"]
+    step = runkit.load_checkpoint(run / "checkpoints" / "latest.pt")["step"]
     assert boot.main([*args[:2], *args[4:], "--iters", str(step + 1)]) == 0
     assert f"resuming {run} at step {step}" in capsys.readouterr().out
     assert not (run / "run.lock").exists() and (run / "student" / "generator.json").is_file()

@@ -1,9 +1,7 @@
-"""Strict distributed mode (STRICT_DIST=1): CPU torchrun runs that fail where NCCL on GPUs would.
-
-NCCL takes only tensors on the process's GPU and hangs when ranks call different collectives;
-gloo on CPU accepts CPU tensors and desynchronises only by luck. Under STRICT_DIST=1 every
-collective must go through teachers.collective, the ranks' call sites are compared, and rank r's
-clock runs (1 + r) times as fast, so these 2-process runs fail deterministically on such bugs."""
+"""The strict distributed mode (tests/strict_dist.py) makes CPU torchrun runs fail where NCCL on GPUs
+would: a tensor not made on the run device, ranks at different collectives, a decision taken from a
+per-rank clock. The probe below makes each mistake on purpose; the two CLI runs show that both
+training loops pass under it (their --minutes stop is rank 0's decision)."""
 import json
 import os
 import subprocess
@@ -11,14 +9,15 @@ import sys
 import textwrap
 from pathlib import Path
 
-import teachers
+import runkit
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def torchrun(*args, timeout=300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "STRICT_DIST": "1", "STRICT_DIST_TIMEOUT": "60"}
+    """2 CPU processes under torchrun, with the strict mode installed in each (tests/strict/sitecustomize.py)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "STRICT_DIST": "1",
+           "STRICT_DIST_TIMEOUT": "60", "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "strict"), str(ROOT)])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *map(str, args)]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -26,47 +25,55 @@ def torchrun(*args, timeout=300):
 PROBE = textwrap.dedent("""
     import json, sys, time
     import torch, torch.distributed as dist
-    sys.path.insert(0, sys.argv[1])
-    import teachers
+    import runkit
 
-    rank, world, device = teachers.dist_setup()
+    rank, world, device = runkit.setup()
     seen = {}
-    try:  # a collective outside teachers.collective (the CPU tensor NCCL would refuse)
+    try:  # broken on purpose: a tensor made outside the run kit (on a GPU: a CPU tensor NCCL refuses)
         dist.broadcast(torch.tensor([1.0]), 0)
-        seen["raw"] = "passed"
+        seen["stray"] = "passed"
     except RuntimeError as e:
-        seen["raw"] = str(e)
-    try:  # ranks at different call sites
-        teachers.collective("mean", [1.0], "site-a" if rank == 0 else "site-b")
+        seen["stray"] = str(e)
+    try:  # broken on purpose: the ranks at different collectives
+        runkit.mean([1.0], device) if rank == 0 else runkit.decide(device, stop=False)
         seen["desync"] = "passed"
     except RuntimeError as e:
         seen["desync"] = str(e)
-    seen["mean"] = teachers.collective("mean", [float(rank), 2.0], "mean")
+    seen["mean"] = runkit.mean([float(rank), 2.0], device)
     t0 = time.time(); time.sleep(0.2); local = time.time() - t0
     seen["clock"] = local
-    seen["decided"] = teachers.rank0_decides(stop=local > 0.3)  # rank 1 alone sees 0.4 s
-    open(f"{sys.argv[2]}/probe-{rank}.json", "w").write(json.dumps(seen))  # a file each: stdout lines interleave
-    teachers.dist_teardown()
+    seen["decided"] = runkit.decide(device, stop=local > 0.3)  # rank 1 alone sees 0.4 s: rank 0's answer wins
+    try:  # broken on purpose: a collective only where the local clock says so
+        if local > 0.3:
+            runkit.mean([1.0], device)
+        runkit.decide(device, stop=False)
+        seen["clock_decision"] = "passed"
+    except RuntimeError as e:
+        seen["clock_decision"] = str(e)
+    open(f"{sys.argv[1]}/probe-{rank}.json", "w").write(json.dumps(seen))  # a file each: stdout lines interleave
+    runkit.teardown()
 """)
 
 
-def test_strict_mode_catches_raw_collectives_desync_and_local_clocks(tmp_path):
+def test_strict_mode_fails_on_stray_tensors_desync_and_local_clocks(tmp_path):
     (tmp_path / "probe.py").write_text(PROBE)
-    p = torchrun(tmp_path / "probe.py", ROOT, tmp_path, timeout=120)
+    p = torchrun(tmp_path / "probe.py", tmp_path, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
     seen = {int(f.stem.split("-")[1]): json.loads(f.read_text()) for f in tmp_path.glob("probe-*.json")}
     assert sorted(seen) == [0, 1]
     for rank, s in seen.items():
-        assert "torch.distributed.broadcast called directly" in s["raw"]
-        assert "rank 0 at 'site-a'" in s["desync"] and "rank 1 at 'site-b'" in s["desync"]
+        assert "torch.distributed.broadcast got a tensor not made on the run device" in s["stray"], s["stray"]
+        assert "ranks desynchronised" in s["desync"] and "all_reduce@" in s["desync"] and "broadcast@" in s["desync"]
         assert s["mean"] == [0.5, 2.0]  # (0 + 1) / 2
         assert s["decided"] == {"stop": False}  # rank 0's reading, on both ranks
+        assert "ranks desynchronised" in s["clock_decision"], s["clock_decision"]
     assert seen[0]["clock"] < 0.3 < seen[1]["clock"]  # rank 1's clock runs twice as fast
 
 
 def test_single_process_collectives_are_the_values():
-    assert teachers.collective("mean", [1.5, 2.0], "x") == [1.5, 2.0]
-    assert teachers.rank0_decides(stop=True, minutes=False) == {"stop": True, "minutes": False}
+    cpu = runkit.torch.device("cpu")
+    assert runkit.mean([1.5, 2.0], cpu) == [1.5, 2.0]
+    assert runkit.decide(cpu, stop=True, minutes=False) == {"stop": True, "minutes": False}
 
 
 def test_boot_two_processes_minutes_budget(tmp_path):
@@ -75,7 +82,7 @@ def test_boot_two_processes_minutes_budget(tmp_path):
     p = torchrun(ROOT / "boot.py", "--teacher", "gmm", "--iters", "100000", "--batch", "8", "--preview", "2",
                  "--check", "4", "--minutes", "0.04", "--log-every", "5", "--out", run)
     assert p.returncode == 0, p.stderr[-3000:]
-    step = teachers.load_checkpoint(run / "checkpoints" / "latest.pt")["step"]
+    step = runkit.load_checkpoint(run / "checkpoints" / "latest.pt")["step"]
     assert 0 < step < 100000 and f"reached at step {step}" in p.stdout
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == step
     assert (run / "student" / "generator.json").is_file()
@@ -87,7 +94,7 @@ def test_dkdm_two_processes_minutes_budget(tmp_path):
     p = torchrun(ROOT / "dkdm.py", "--rho", "0.01", "--batch", "8", "--pool-init", "noise", "--iters", "100000",
                  "--minutes", "0.03", "--log-every", "5", "--ckpt-every", "1000", "--out", run)
     assert p.returncode == 0, p.stderr[-3000:]
-    step = teachers.load_checkpoint(run / "checkpoints" / "latest.pt")["step"]
+    step = runkit.load_checkpoint(run / "checkpoints" / "latest.pt")["step"]
     assert 0 < step < 100000 and f"{step} iterations" in p.stdout
     assert sorted(f.name for f in (run / "checkpoints").glob("stream-*")) == \
         [f"stream-rank0-step{step}.pt", f"stream-rank1-step{step}.pt"]

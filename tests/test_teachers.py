@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+import cli
 import teachers
 from conftest import ROOT
 from teachers import Schedule, UserError
@@ -193,12 +194,12 @@ def test_bad_inputs(tmp_path, tiny_sd_dir):
     with pytest.raises(UserError, match="cannot load hub id 'someone/not-cached'.*local directory"):
         teachers.load_teacher("someone/not-cached")
     with pytest.raises(UserError, match="prompts file .* does not exist"):
-        teachers.load_prompts(tmp_path / "missing.txt")
+        cli.load_prompts(tmp_path / "missing.txt")
     (tmp_path / "empty.txt").write_text("\n  \n")
     with pytest.raises(UserError, match="is empty"):
-        teachers.load_prompts(tmp_path / "empty.txt")
+        cli.load_prompts(tmp_path / "empty.txt")
     (tmp_path / "p.txt").write_text("a cat\n\na dog\n")
-    assert teachers.load_prompts(tmp_path / "p.txt") == ["a cat", "a dog"]
+    assert cli.load_prompts(tmp_path / "p.txt") == ["a cat", "a dog"]
     t = teachers.load_teacher(str(tiny_sd_dir))
     with pytest.raises(UserError, match="does not fit teacher"):
         teachers.check_shape(t, (3, 8, 8))

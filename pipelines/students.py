@@ -1,0 +1,322 @@
+"""Distilled students as diffusers pipelines: built at export, loaded back, sampled by `sample RUN`.
+
+The pipeline files beside this one (pipeline_boot.py, pipeline_ddim.py) are what every export
+carries and a plain diffusers user runs; this module is the repository's side of them, never copied
+into an export: `boot_pipeline` / `ddpm_pipeline` build an export from a trained network,
+`ExportedStudent` loads one back for evaluate.py and previews, and `sample_command` is
+`python boot.py sample RUN` / `python dkdm.py sample RUN`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+import cli
+import teachers
+from cli import OneLineParser, UserError
+from runkit import print0
+from teachers import ancestral, latent_scale, load_teacher, seeded_noise
+
+
+def ddim_scheduler(config: dict):
+    """diffusers' DDIMScheduler that tells the truth about `ddim` below: the same betas, trailing
+    spacing, last step to alpha_bar = 1, x0-hat clipped to [-1, 1] when `clip` (the pipelines
+    recompute eps from the clipped x0-hat, diffusers' use_clipped_model_output=True)."""
+    import inspect
+
+    from diffusers import DDIMScheduler
+
+    keys = set(inspect.signature(DDIMScheduler.__init__).parameters) - {"self"}
+    base = {k: v for k, v in config.items() if k in keys}
+    return DDIMScheduler.from_config(base, timestep_spacing="trailing", set_alpha_to_one=True, steps_offset=0,
+                                     thresholding=False)
+
+
+def digits_pipeline(model, scheduler):
+    """The embedded teacher as a diffusers pipeline (pipelines/pipeline_ddim.py): DDIM as `ddim` does it."""
+    from pipelines.pipeline_ddim import TrailingDDIMPipeline
+
+    return TrailingDDIMPipeline(unet=model, scheduler=ddim_scheduler(dict(scheduler.config)), num_classes=10,
+                                variance_type=scheduler.config.variance_type, default_guidance=1.0)
+
+
+PIPELINES = {"BootPipeline": "pipeline_boot", "TrailingDDIMPipeline": "pipeline_ddim"}
+
+
+def pipeline_snippet(directory, call: str, note: str = "") -> str:
+    """Three lines of plain diffusers that load an export and sample it (printed by boot.py / dkdm.py)."""
+    return ("from diffusers import DiffusionPipeline\n"
+            f"pipe = DiffusionPipeline.from_pretrained({json.dumps(str(directory))}, trust_remote_code=True)\n"
+            f"images = pipe({call}).images" + (f"  # {note}" if note else ""))
+
+
+def print_snippet(directory, info: dict, prompt=None):
+    """After training: the plain-diffusers lines that load and sample the export in `directory`."""
+    steps, K = ("" if info["method"] == "boot" else ", num_inference_steps=50"), info.get("num_classes")
+    call, note = ("batch_size=4" + steps), ""
+    if prompt is not None:
+        call = f"prompt={json.dumps(prompt)}"
+        if info.get("stage", 1) == 2:
+            call, note = call + ", image=low_res", "low_res: the stage-I student's images, output_type='latent'"
+    elif K:
+        call = f"batch_size={K}, class_labels=list(range({K}))" + steps
+    print0("load it with plain diffusers:\n" + pipeline_snippet(directory, call, note))
+
+
+def boot_pipeline(unet, info: dict, teacher, encoder=None):
+    """A BOOT student as a BootPipeline (pipelines/pipeline_boot.py) with what it needs to run alone:
+    the text encoder and tokenizer (`encoder`: the teacher that encodes the prompts), the latent
+    decoder, IF-II's noising scheduler."""
+    from pipelines.pipeline_boot import BootPipeline
+
+    facts = {k: info.get(k) for k in ("T", "t_max", "alpha_tmax", "sigma_tmax", "time_cond_dim", "time_input",
+                                      "native_time", "output", "guided", "default_w", "num_classes")}
+    parts = dict(sample_channels=teacher.sample_shape[0], sample_size=teacher.sample_shape[-1])
+    if encoder is not None:
+        parts.update(text_encoder=encoder.text_encoder, tokenizer=encoder.tokenizer, max_length=encoder.max_length,
+                     use_mask=encoder.use_mask)
+    if teacher.latent:
+        teacher.vae.register_to_config(scaling_factor=latent_scale(teacher.vae))  # written explicitly
+        parts["vae"] = teacher.vae
+    if info.get("stage", 1) == 2:
+        from diffusers import DDPMScheduler
+
+        parts.update(image_noising_scheduler=DDPMScheduler.from_config(teacher.noising_config),
+                     noise_level=info["noise_level"])
+    return BootPipeline(unet=unet, **facts, **parts)
+
+
+def ddpm_pipeline(unet, teacher, source):
+    """A diffusion student (DKDM) as a TrailingDDIMPipeline (pipelines/pipeline_ddim.py): the
+    teacher's scheduler (from `source`, its pipeline; else its alphas_cumprod) with the student's
+    variance type, eps prediction and clip, and the teacher's latent decoder when it has one."""
+    from diffusers import DDPMScheduler
+
+    from pipelines.pipeline_ddim import TrailingDDIMPipeline
+
+    over = dict(variance_type="learned_range" if teacher.learned_variance else teacher.variance_type,
+                prediction_type="epsilon", clip_sample=teacher.clip == "static", thresholding=False)
+    if source is not None:
+        conf = {k: v for k, v in teachers._scheduler_facts(source)[1].items() if not k.startswith("_")}
+        sched = DDPMScheduler.from_config(conf, **over)
+    else:
+        ab = teacher.schedule.alphas_cumprod
+        betas = 1 - ab / torch.cat([torch.ones(1, dtype=ab.dtype), ab[:-1]])
+        sched = DDPMScheduler(num_train_timesteps=len(ab), trained_betas=betas.tolist(), **over)
+    if teacher.latent:  # the factor the teacher's latents use, written explicitly into the export
+        teacher.vae.register_to_config(scaling_factor=latent_scale(teacher.vae))
+    return TrailingDDIMPipeline(unet=unet, scheduler=ddim_scheduler(dict(sched.config)),
+                                vae=teacher.vae if teacher.latent else None, num_classes=teacher.num_classes,
+                                variance_type=sched.config.variance_type, default_guidance=teacher.default_guidance)
+
+
+@torch.no_grad()
+def write_preview(teacher, student_dir, path, n=16, steps=50):
+    """preview.png: teacher (top row) and the exported student (bottom row), DDIM-50 from the same noise."""
+    from torchvision.utils import save_image
+
+    student = load_teacher(str(student_dir), device=teacher.device)
+    seeds = list(range(n))
+    noise = seeded_noise(seeds, teacher.sample_shape, teacher.device)
+    cond = teacher.label_cond(torch.tensor([s % teacher.num_classes for s in seeds])) if teacher.num_classes else None
+    rows = [teacher.decode(teachers.ddim(m, noise, steps, cond, teacher.default_guidance)) for m in (teacher, student)]
+    save_image(torch.cat(rows).float().cpu(), path, nrow=n)
+
+
+def pipeline_class(name: str):
+    """This repository's pipeline class for a model_index.json `_class_name` (a [file, class] pair)."""
+    import importlib
+
+    cls = name[1] if isinstance(name, (list, tuple)) else name
+    if cls not in PIPELINES:
+        return None
+    return getattr(importlib.import_module("pipelines." + PIPELINES[cls]), cls)
+
+
+def load_pipeline(path, device="cpu"):
+    """An export through this repository's copy of its pipeline class (the same code an outside
+    user gets with trust_remote_code=True)."""
+    index = json.loads((Path(path) / "model_index.json").read_text()) if (Path(path) / "model_index.json").is_file() else {}
+    cls = pipeline_class(index.get("_class_name", ""))
+    if cls is None:
+        raise UserError(f"'{path}' was exported by an older version of this repository; rerun its training "
+                        f"command (a finished run only re-exports) to write a diffusers pipeline")
+    import importlib
+
+    # diffusers' from_pretrained would import the folder's copy of the file as remote code; the
+    # repository runs its own: the components are loaded one by one, the scalars passed as they are
+    parts = {}
+    for name, value in index.items():
+        if name.startswith("_"):
+            continue
+        if isinstance(value, list) and len(value) == 2 and value[0] in (None, "diffusers", "transformers"):
+            lib = value[0] and importlib.import_module(value[0])
+            parts[name] = lib and getattr(lib, value[1]).from_pretrained(str(Path(path) / name))
+        else:
+            parts[name] = value
+    pipe = cls(**parts)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+class ExportedStudent:
+    """A distilled student loaded from `RUN/student`: generate(noise, cond, w) -> x0 in model space.
+
+    The student is a diffusers pipeline (pipelines/): a one-step BootPipeline or a
+    TrailingDDIMPipeline (DKDM). student/generator.json holds what only this repository needs
+    (which teacher, its hub id, the IF stage-1 run) for evaluation and previews.
+    """
+
+    def __init__(self, run_dir, device="cpu"):
+        d = Path(run_dir) / "student"
+        if not (d / "generator.json").is_file():
+            raise UserError(f"'{run_dir}' has no student/generator.json (not a finished run directory)")
+        self.info = cli.read_json(d / "generator.json", "student description")
+        self.teacher_name = self.info["teacher"]
+        self.sample_shape = tuple(self.info["sample_shape"])
+        self.num_classes = self.info.get("num_classes")
+        self.default_guidance = self.info.get("default_w")
+        self.latent = self.info.get("latent", False)
+        self.device = torch.device(device)
+        self.pipe = load_pipeline(d, device)
+        if self.info["method"] == "dkdm":
+            self.model = load_teacher(str(d), device=device)  # the teacher interface, for ancestral sampling
+            self.nfe = int(self.info.get("steps", 50))
+        else:
+            self.model = self.pipe.unet
+            self.nfe = 1
+
+    def label_cond(self, labels):
+        return {"class_labels": torch.as_tensor(labels, dtype=torch.long, device=self.device)}
+
+    def condition(self, label, prompt, seeds):
+        """The condition of `sample`: labels (--label, else 0..K-1 repeated), the prompt's embedding
+        by the exported pipeline's own text encoder, and for IF-II the stage-1 student's output."""
+        info, n = self.info, len(seeds)
+        if info.get("num_classes") and prompt is None:
+            labels = torch.arange(n) % info["num_classes"] if label is None else torch.full((n,), label)
+            if labels.min() < 0 or labels.max() >= info["num_classes"]:
+                raise UserError(f"--label must lie in 0..{info['num_classes'] - 1}")
+            return self.label_cond(labels)
+        if label is not None:
+            raise UserError("this student is not class-conditional: --label does not apply")
+        if prompt is None:
+            if info.get("text"):
+                raise UserError("this student is text-conditioned: pass --prompt TEXT")
+            return None
+        if getattr(self.pipe, "text_encoder", None) is None:
+            raise UserError("this student is not text-conditioned: --prompt does not apply")
+        cond = {"encoder_hidden_states": self.pipe.encode_prompt([prompt] * n).float()}
+        if info.get("stage", 1) == 2:
+            stage1 = load_student(info["stage1_run"], self.device)
+            x1 = stage1.generate(seeded_noise(seeds, stage1.sample_shape, self.device), cond, None).clamp(-1, 1)
+            low = self.pipe.lowres(x1, info["noise_level"], generator=torch.Generator().manual_seed(seeds[0]))
+            cond = {**cond, **teachers.float_cond(low, self.device)}
+        return cond
+
+    @torch.no_grad()
+    def generate(self, noise, cond=None, w=None, generator=None):
+        info = self.info
+        if info["method"] == "dkdm":
+            if info.get("sampler", "ddim") == "ancestral":
+                return ancestral(self.model, noise, self.nfe, cond, w, generator=generator)
+            labels = None if cond is None else cond.get("class_labels")
+            return self.pipe.denoise(noise, labels, w, self.nfe)
+        return self.pipe.denoise(noise, cond, w)
+
+    def decode(self, x):
+        """Images in [0, 1] as the pipeline makes them (its own latent decoder, when it has one)."""
+        from pipelines.pipeline_boot import to_images
+
+        return to_images(x, getattr(self.pipe, "vae", None), "pt")
+
+
+def sample_device(name):
+    """--device of the `sample` commands: the GPU when there is one, unless told otherwise."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"unknown --device '{name}' (cuda, cuda:K or cpu)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: no GPU is visible to torch here")
+    return device
+
+
+def load_student(run_dir, device="cpu") -> ExportedStudent:
+    return ExportedStudent(run_dir, device)
+
+
+def check_finished_run(run, what: str) -> dict:
+    """A finished run directory (student/generator.json parses, student/ is a whole export): its generator.json."""
+    if not (Path(run) / "student" / "generator.json").is_file():
+        raise UserError(f"'{run}' has no student/generator.json: it is not a finished {what} run")
+    info = cli.read_json(Path(run) / "student" / "generator.json", f"{what} student description")
+    cli.check_model_dir(Path(run) / "student", f"{what} student")
+    return info
+
+
+def sample_command(method: str, argv) -> None:
+    """`python boot.py sample RUN` / `python dkdm.py sample RUN`: samples of a finished run from its
+    exported pipeline alone. BOOT students take one step (--label / --prompt / --w); DKDM students
+    run IDDPM ancestral or DDIM sampling (--sampler / --steps, labels seed mod classes)."""
+    boot = method == "boot"
+    p = OneLineParser(prog=f"{method}.py sample", description=f"samples of a finished {method.upper()} run")
+    p.add_argument("run", help="run directory (with student/)")
+    p.add_argument("--n", type=int, default=16 if boot else 64, help="number of samples (seeds --seed .. --seed + n - 1)")
+    p.add_argument("--seed", type=int, default=0, help="first noise seed")
+    p.add_argument("--out", default=None, help="PNG path (default: RUN/samples.png; dkdm: RUN/samples-<sampler><steps>.png)")
+    p.add_argument("--device", default=None, help="cuda, cuda:K or cpu (default: cuda when there is a GPU)")
+    if boot:
+        p.add_argument("--label", type=int, default=None, help="class label (class-conditional teachers)")
+        p.add_argument("--prompt", default=None, help="text prompt (text-to-image teachers)")
+        p.add_argument("--w", type=float, default=None, help="guidance weight the student is conditioned on")
+    else:
+        p.add_argument("--sampler", choices=["ancestral", "ddim"], default="ancestral", help="IDDPM ancestral or DDIM")
+        p.add_argument("--steps", type=int, default=50, help="sampler steps")
+    a = p.parse_args(argv)
+    if a.n < 1 or not boot and a.steps < 1:
+        raise UserError("--n must be at least 1" if boot else "--steps and --n must be at least 1")
+    if boot and a.w is not None and not math.isfinite(a.w):
+        raise UserError(f"--w must be a finite number, got {a.w}")
+    device = sample_device(a.device)  # a flag error first, before anything is read
+    info = check_finished_run(a.run, method)
+    if info.get("method") != method:
+        raise UserError(f"'{a.run}' is not a {method} run (its student is a {info.get('method')} student)")
+    out = a.out or str(Path(a.run) / ("samples.png" if boot else f"samples-{a.sampler}{a.steps}.png"))
+    cli.check_output_file(out, "--out")
+    teachers.quiet_libraries()
+    gen, seeds = load_student(a.run, device), range(a.seed, a.seed + a.n)
+    noise = seeded_noise(seeds, gen.sample_shape, device)
+    if boot:
+        cond = gen.condition(a.label, a.prompt, seeds)
+        return write_samples(gen, lambda: gen.generate(noise, cond, a.w), out, "one-step samples")
+    teachers.trailing_steps(gen.model.schedule.T, a.steps)
+    cond = gen.label_cond([s % gen.num_classes for s in seeds]) if gen.num_classes else None
+    w, g = gen.default_guidance, torch.Generator().manual_seed(a.seed)
+    if a.sampler == "ancestral":
+        make = lambda: ancestral(gen.model, noise, a.steps, cond, w, generator=g)  # noqa: E731
+    else:  # the exported pipeline's DDIM, as a diffusers user runs it
+        make = lambda: gen.pipe.denoise(noise, cond and cond["class_labels"], w, a.steps)  # noqa: E731
+    write_samples(gen, make, out, f"{a.sampler}-{a.steps} samples")
+
+
+@torch.no_grad()
+def write_samples(gen, make, out, what: str):
+    """`sample`'s end: time `make()` (synchronised on a GPU), save the grid, say so."""
+    from torchvision.utils import save_image
+
+    t0 = time.perf_counter()
+    x = make()
+    if gen.device.type == "cuda":
+        torch.cuda.synchronize(gen.device)
+    dt = time.perf_counter() - t0
+    save_image(gen.decode(x).float().cpu(), out, nrow=int(math.sqrt(len(x))) or 1)
+    print(f"{len(x)} {what} in {dt:.2f} s on {gen.device} -> {out}")
+
+
