@@ -1,22 +1,50 @@
-"""README.md's measured tables are exactly what bench/run.py last wrote to bench/results.json."""
+"""README.md and docs/*.md: their measured tables are exactly what bench/run.py last wrote to
+bench/results.json, and every link in them (code lines, files, images, headings) resolves."""
 import json
+import re
 
 from bench import render
 from conftest import ROOT
 
 RESULTS = ROOT / "bench" / "results.json"
+MD_LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
 
 def _results():
     return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
 
 
-def test_readme_tables_match_bench_results():
-    text = (ROOT / "README.md").read_text()
-    for name in render.blocks({}):
-        assert f"<!-- bench:{name} -->" in text and f"<!-- /bench:{name} -->" in text, name
-    assert render.render(text, _results()) == text, "README tables differ from bench/results.json: " \
-        "run `python bench/run.py --render` (or the bench itself)"
+def slug(heading: str) -> str:
+    """GitHub's anchor of a markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(path):
+    return {slug(m.group(1)) for m in re.finditer(r"^#+ (.*)$", path.read_text(), re.M)}
+
+
+def test_tables_match_bench_results():
+    texts = {name: (ROOT / name).read_text() for name in render.FILES}
+    for block in render.blocks({}):
+        assert any(f"<!-- bench:{block} -->" in t and f"<!-- /bench:{block} -->" in t for t in texts.values()), block
+    for name, text in texts.items():
+        assert render.render(text, _results(), (ROOT / name).parent) == text, \
+            f"{name}: tables or code links differ from bench/results.json and the code: run `python bench/run.py --render`"
+
+
+def test_every_link_resolves():
+    for name in render.FILES:
+        path = ROOT / name
+        for target in MD_LINK.findall(path.read_text()):
+            if target.startswith(("http://", "https://")):
+                continue
+            file, _, anchor = target.partition("#")
+            dest = (path.parent / file).resolve() if file else path
+            assert dest.exists(), f"{name}: link to {target}: no such file"
+            if anchor and dest.suffix == ".md":
+                assert anchor in anchors(dest), f"{name}: link to {target}: no such heading"
+            elif anchor:
+                assert re.fullmatch(r"L\d+", anchor), f"{name}: link to {target}: not a line anchor"
 
 
 def test_a_hand_edited_number_is_caught():
