@@ -571,7 +571,7 @@ def load_inputs(cfg: BootConfig):
 def finish(cfg, raw, ema, facts, teacher, context, device):
     """student/ (the EMA student as a BootPipeline + generator.json), then preview.png and the distance check."""
     encoder = context.encoder if context.prompts is not None else None  # the exported pipeline encodes its prompts
-    d, student = runkit.export_ema(raw, ema, lambda m: students.boot_pipeline(m, facts, teacher, encoder), facts, cfg.out)
+    d, student = students.export_ema(raw, ema, lambda m: students.boot_pipeline(m, facts, teacher, encoder), facts, cfg.out)
     if cfg.preview or cfg.check:
         preview(cfg, student, facts, teacher, context, device)
     else:
@@ -620,12 +620,16 @@ def memory_report(cfg: BootConfig, world: int) -> dict:
     with init_empty_weights():  # parameters on the meta device, nothing else
         student, facts = make_student(teacher, cfg, default_weight(cfg, teacher))
     student.to_empty(device="cpu").train()  # uninitialised values: only the shapes matter here
-    eps, t = torch.zeros(1, *teacher.sample_shape), torch.full((1,), 0.5)
-    cond = {k: torch.zeros((1, *v.shape[1:]), dtype=v.dtype) for k, v in teacher.null.items()} or None
-    if cfg.stage == 2:
-        cond = {**cond, "lowres": torch.zeros(1, *teacher.sample_shape), "class_labels": torch.tensor([cfg.noise_level])}
-    cond, w = teachers.float_cond(cond, "cpu"), default_weight(cfg, teacher)
-    act = runkit.activation_bytes(student, lambda: y_theta(student, facts, eps, t, cond, w), cfg.precision)
+    w = default_weight(cfg, teacher)
+
+    def forward(n):
+        cond = {k: torch.zeros((n, *v.shape[1:]), dtype=v.dtype) for k, v in teacher.null.items()} or None
+        if cfg.stage == 2:
+            cond = {**cond, "lowres": torch.zeros(n, *teacher.sample_shape), "class_labels": torch.full((n,), cfg.noise_level)}
+        eps, t = torch.zeros(n, *teacher.sample_shape), torch.full((n,), 0.5)
+        return y_theta(student, facts, eps, t, teachers.float_cond(cond, "cpu"), w)
+
+    act, fixed = runkit.activation_bytes(student, forward, cfg.precision)
     cfg_pair = teacher.guided and (w is not None or cfg.w_max is not None) and w != 1.0
     k = cfg.boundary_every
     passes = {"teacher_forwards": (2 if cfg.solver == "heun" else 1) + (1 / k if k else 0),
@@ -633,7 +637,8 @@ def memory_report(cfg: BootConfig, world: int) -> dict:
               "student_forwards_no_grad": 1, "student_forward_backward": 1,
               "student_train_batch": f"2 b every {k} iterations (boundary), else b" if k else "b"}
     mods = [getattr(teacher, name, None) for name in ("unet", "text_encoder", "vae")]
-    return runkit.memory_estimate(mods, 2 if cfg.half else 4, student, (act, 2 if k else 1), cfg.batch // world, passes)
+    return runkit.memory_estimate(mods, 2 if cfg.half else 4, student, (act, fixed, 2 if k else 1), cfg.batch // world,
+                                  passes)
 
 
 # --- main

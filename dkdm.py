@@ -59,7 +59,7 @@ class DKDMConfig:
     pool_init: str = flag("auto", "auto: shuffle denoise (dynamic: the paper's; staggered on the embedded digits / gmm, "
                                   "for its CPU cost: README), shuffle (shuffled), noise (iterative)", choices=POOL_INITS)
     chains: int = flag(512, "staggered init: teacher chains M run in one batch (well above rho b)")
-    init_batch: int = flag(512, "shuffle-denoise init: samples per teacher pass")
+    init_batch: int | None = flag(None, "shuffle-denoise init: samples per teacher pass; default 512 on CPU, 1024 on a GPU")
     batch: int = flag(64, "global batch b (divided over torchrun processes)")
     iters: int | None = flag(None, "training iterations; default: the student's (STUDENT_DEFAULTS: 10,000 for both)")
     minutes: float | None = flag(None, "stop (checkpoint + export) after this many minutes of training in all reruns")
@@ -92,7 +92,8 @@ class DKDMConfig:
             self.clip_grad = 1.0 if self.teacher in EMBEDDED else 0.0
 
 
-RESUMABLE = ("iters", "minutes", "log_every", "ckpt_every", "precision", "grad_checkpointing", "keep", "export_every")
+RESUMABLE = ("iters", "minutes", "log_every", "ckpt_every", "precision", "grad_checkpointing", "keep", "export_every",
+             "init_batch")  # may change on a rerun
 # Measured on digits (README, "FD vs iterations"): the DiT diverged at lr 4e-3 and trails at 1e-3.
 STUDENT_DEFAULTS = {"cnn": dict(iters=10_000, lr=1e-3, ema=0.998), "vit": dict(iters=10_000, lr=3e-3, ema=0.9995)}
 
@@ -180,7 +181,7 @@ def teacher_step(teacher, x, i, labels, w, g):
     one network forward for both.
     """
     mean, logvar, eps = teacher.p_mean_logvar(x, i, as_cond(labels), w)
-    z = torch.randn(x.shape, generator=g, device=g.device).to(x)  # drawn where the pool lives: no copy
+    z = torch.randn(x.shape, generator=g, device=x.device)  # drawn where the pool lives (g too): no host copy
     return (mean, logvar, eps), mean + (0.5 * logvar).exp() * z
 
 
@@ -332,8 +333,13 @@ def init_cost(cfg, T, n):
         return cfg.chains * (T - 1), T - 1
     if how == "shuffle":
         evals = n * (T - 1) / 2  # shuffle denoise: i_end uniform on 0..T-1
-        return evals, max(T - 1, math.ceil(evals / cfg.init_batch))
+        return evals, max(T - 1, math.ceil(evals / init_batch(cfg)))
     return 0, 0
+
+
+def init_batch(cfg):
+    """Samples per shuffle-denoise pass: big on a GPU, where a pass of 128 leaves it mostly idle."""
+    return cfg.init_batch or (1024 if runkit.env()[2].type == "cuda" else 512)
 
 
 def make_pool(cfg, teacher, n, g, w):
@@ -341,7 +347,7 @@ def make_pool(cfg, teacher, n, g, w):
     if how == "staggered":
         return init_staggered(teacher, n, cfg.chains, g, w, cfg.p_uncond)
     if how == "shuffle":
-        return init_shuffle(teacher, n, g, w, cfg.p_uncond, cfg.init_batch)
+        return init_shuffle(teacher, n, g, w, cfg.p_uncond, init_batch(cfg))
     return init_noise(teacher, n, g, cfg.p_uncond)
 
 
@@ -646,7 +652,7 @@ def export_student(cfg, teacher, raw, ema, run_path):
             "latent": teacher.latent, "default_w": teacher.default_guidance, "class_name": type(raw).__name__,
             "training": cfg.method}
     source = teachers.teacher_source(cfg.teacher, cfg.model_id)  # the teacher's pipeline: its scheduler config
-    return runkit.export_ema(raw, ema, lambda model: students.ddpm_pipeline(model, teacher, source), info, run_path)[0]
+    return students.export_ema(raw, ema, lambda model: students.ddpm_pipeline(model, teacher, source), info, run_path)[0]
 
 
 # --- main: every check before anything is written
@@ -657,7 +663,7 @@ def load_inputs(cfg):
     runkit.teacher_dtype(cfg.half, runkit.env()[2])  # --half needs a GPU
     checks = [(cfg.rho > 0, "--rho must be positive"), (cfg.lam >= 0, "--lam must be non-negative"),
               (cfg.batch >= 1, "--batch must be at least 1"), (cfg.chains >= 1, "--chains must be at least 1"),
-              (cfg.init_batch >= 1, "--init-batch must be at least 1"), (cfg.warmup >= 0, "--warmup must be non-negative"),
+              (cfg.init_batch is None or cfg.init_batch >= 1, "--init-batch must be at least 1"), (cfg.warmup >= 0, "--warmup must be non-negative"),
               (cfg.clip_grad >= 0, "--clip-grad must be non-negative"),
               (0 <= cfg.p_uncond < 1, "--p-uncond must lie in [0, 1)"),
               (cfg.synth_steps is None or cfg.synth_steps >= 1, "--synth-steps must be at least 1"),
@@ -704,13 +710,16 @@ def student_memory(teacher, student, cfg, b: int, pool_bytes: float) -> dict:
     import copy
 
     model = copy.deepcopy(student).cpu().train()
-    x, i = torch.zeros(1, *teacher.sample_shape), torch.tensor([teacher.schedule.T / 2])
-    cond = {"class_labels": torch.zeros(1, dtype=torch.long)} if teacher.num_classes else None
-    act = runkit.activation_bytes(model, lambda: teachers.call_net(model, x, i, cond), cfg.precision)
+
+    def forward(n):
+        cond = {"class_labels": torch.zeros(n, dtype=torch.long)} if teacher.num_classes else None
+        return teachers.call_net(model, torch.zeros(n, *teacher.sample_shape), torch.full((n,), teacher.schedule.T / 2), cond)
+
+    act = runkit.activation_bytes(model, forward, cfg.precision)
     passes = {"teacher_forwards": int(pool_bytes > 0), "student_forward_backward": 1,
               "teacher_forward_batch": "2 b (CFG pair)" if teacher.guided and teacher.default_guidance not in (None, 1.0) else "b"}
     return runkit.memory_estimate([getattr(teacher, "unet", None), getattr(teacher, "vae", None)], 2 if cfg.half else 4,
-                                  model, (act, 1), b, passes, (pool_bytes, "pool"))
+                                  model, (*act, 1), b, passes, (pool_bytes, "pool"))
 
 
 def run_facts(cfg, teacher, student, run, world):

@@ -142,11 +142,12 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model):
-        for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].lerp_(v.detach(), 1 - self.decay)
-            else:
-                self.shadow[k].copy_(v)
+        """shadow <- shadow + (1 - decay) (weights - shadow): one multi-tensor kernel on a GPU."""
+        state = model.state_dict()
+        floats = [k for k, v in state.items() if v.dtype.is_floating_point]
+        torch._foreach_lerp_([self.shadow[k] for k in floats], [state[k] for k in floats], 1 - self.decay)
+        for k in state.keys() - set(floats):
+            self.shadow[k].copy_(state[k])
 
     def copy_to(self, model):
         model.load_state_dict(self.shadow)
@@ -161,12 +162,12 @@ class EMA:
 
 def optimisation(student, cfg, device):
     """(student on the device in train mode, its EMA, AdamW without weight decay), with
-    --grad-checkpointing and, on a GPU unless --precision fp32, TF32 matmuls."""
-    raw = student.to(device).train()
+    --grad-checkpointing; on a GPU, TF32 matmuls (unless --precision fp32) and the fused AdamW kernel."""
+    raw, gpu = student.to(device).train(), torch.device(device).type == "cuda"
     enable_checkpointing(raw, cfg.grad_checkpointing)
-    if torch.device(device).type == "cuda" and cfg.precision != "fp32":
+    if gpu and cfg.precision != "fp32":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    return raw, EMA(raw, cfg.ema), torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=0.0)
+    return raw, EMA(raw, cfg.ema), torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=0.0, fused=gpu or None)
 
 
 def ddp(raw, device, world: int):
@@ -253,13 +254,9 @@ def replace_dir(tmp, final):
     fsync_dir(final.parent)
 
 
-def nonfinite_tensors(state) -> int:
-    """How many floating tensors of a (nested) state dict hold a NaN or an infinity."""
-    if torch.is_tensor(state):
-        return int(state.is_floating_point() and not bool(torch.isfinite(state).all()))
-    if isinstance(state, dict):
-        state = list(state.values())
-    return sum(nonfinite_tensors(v) for v in state) if isinstance(state, (list, tuple)) else 0
+def nonfinite_tensors(states) -> int:
+    """How many floating tensors of these state dicts hold a NaN or an infinity."""
+    return sum(v.is_floating_point() and not bool(torch.isfinite(v).all()) for s in states for v in s.values())
 
 
 def state_of(obj):
@@ -283,20 +280,16 @@ class RunLock:
         self.path, self.fd = Path(run_dir) / "run.lock", None
 
     def _try(self):
-        """A locked descriptor of the run.lock that is there now, or None: another process holds it."""
+        """A locked descriptor of run.lock, or None when another process holds it."""
         import fcntl
 
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                return None
-            with suppress(FileNotFoundError):
-                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:  # not a file a leaving holder unlinked
-                    return fd
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
             os.close(fd)
+            return None
 
     def check(self):
         """One line and stop when another process holds the lock."""
@@ -321,8 +314,7 @@ class RunLock:
 
     def release(self):
         if self.fd is not None:
-            self.path.unlink(missing_ok=True)
-            os.close(self.fd)
+            os.close(self.fd)  # the file stays, unlocked: unlinking it would race with a waiting writer
             self.fd = None
 
 
@@ -409,9 +401,8 @@ class RunDir:
         return self.elapsed0 + time.time() - self.t_start
 
     def kept(self) -> str:
-        if not self.ckpt.is_file():
-            return "no checkpoint yet"
-        return f"last good checkpoint (step {load_checkpoint(self.ckpt, mmap=True)['step']}) kept at {self.ckpt}"
+        step = load_checkpoint(self.ckpt, mmap=True)["step"] if self.ckpt.is_file() else None
+        return "no checkpoint yet" if step is None else f"last good checkpoint (step {step}) kept at {self.ckpt}"
 
     def check_update(self, loss, parameters, step: int):
         """Before optimizer.step: stop when the loss or gradient norm of iteration `step` is not finite
@@ -456,7 +447,7 @@ class RunDir:
         checkpoint every ckpt_every and whenever the loop stops. Returns why it stops ('iters',
         'minutes') or None; after a signal it checkpoints the open window and exits 130 / 143."""
         c = self.config
-        flags = decide(self.device, halt=self.stop.requested,
+        flags = decide(self.device, halt=self.stop.signum is not None,
                        minutes=c.get("minutes") is not None and self.elapsed() > 60 * c["minutes"])
         why = "signal" if flags["halt"] else "iters" if step >= c["iters"] else "minutes" if flags["minutes"] else None
         self.bar.update(1)
@@ -487,10 +478,7 @@ class Interrupt:
         self.signum, self.deferred, self.old = None, False, {}
 
     def __enter__(self):
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def __exit__(self, *exc):
@@ -508,15 +496,11 @@ class Interrupt:
             return
         self.signum = signum
         if not self.deferred:
-            print0(f"{name} before training started: stopped, no checkpoint written; the same command "
+            print0(f"\n{name} before training started: stopped, no checkpoint written; the same command "
                    f"starts again", file=sys.stderr)
             raise SystemExit(128 + signum)
         print0(f"\n{name}: finishing this iteration, then writing a checkpoint (send it again to stop at once)",
                file=sys.stderr)
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
 
     def exit(self, step: int, ckpt) -> SystemExit:
         """The one line a user needs after the stop, and the exit to raise (128 + the signal)."""
@@ -573,7 +557,7 @@ class Meter:
         """One iteration's values (floats or 0-d tensors)."""
         self.n += 1
         for k, v in values.items():
-            self.sums[k] += float(v)
+            self.sums[k] += v.item() if torch.is_tensor(v) else float(v)
             self.counts[k] += 1
 
     def split(self, ms=None) -> dict:
@@ -602,59 +586,54 @@ class Meter:
         return {"sums": dict(self.sums), "counts": dict(self.counts), "n": self.n}
 
 
-def export_ema(raw, ema, pipeline_of, info: dict, run_path):
-    """run/student/: the EMA weights as the diffusers pipeline `pipeline_of(model)` (saved with its
-    own pipeline file) and generator.json, written aside and swapped in whole. -> (dir, EMA model)."""
-    import copy
-
-    model = copy.deepcopy(raw)
-    ema.copy_to(model)
-    model.eval().requires_grad_(False)
-    final, tmp = Path(run_path) / "student", Path(run_path) / f".student.tmp-{os.getpid()}"
-    pipeline_of(model).save_pretrained(tmp)
-    write_text_atomic(tmp / "generator.json", json.dumps(info, indent=2))
-    replace_dir(tmp, final)  # the old export stays until the new one is whole
-    return final, model
-
-
 # --- --dry-run: memory per GPU from parameter counts and activations measured on CPU -------------
 WORKSPACE = 1.15  # peak / saved tensors of a training pass: temporaries (1.14-1.26 measured on CPU, tiny UNets)
 
 
-def activation_bytes(model, forward, precision: str) -> int:
-    """Bytes of the tensors autograd keeps for backward during `forward()` (parameters excluded),
-    under the student precision a GPU run uses (auto: bf16 autocast): a training pass's activations."""
-    params, seen = {p.untyped_storage()._cdata for p in model.parameters()}, {}
+def activation_bytes(model, forward, precision: str) -> tuple:
+    """(bytes per sample, bytes per pass) of the tensors autograd keeps for backward while `forward(b)`
+    runs (parameters excluded), under the precision a GPU run uses (auto: bf16 autocast), from b = 1
+    and 2. Per pass: bf16 autocast keeps one bf16 copy of every weight it casts, whatever the batch."""
+    params = {p.untyped_storage()._cdata for p in model.parameters()}
 
-    def pack(t):
-        if t.untyped_storage()._cdata not in params:
-            seen[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
-        return t
+    def saved(b):
+        seen = {}
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        with student_autocast("bf16" if precision == "auto" else precision, "cpu"):
-            forward().float().mean()
-    return sum(seen.values())
+        def pack(t):
+            if t.untyped_storage()._cdata not in params:
+                seen[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with student_autocast("bf16" if precision == "auto" else precision, "cpu"):
+                forward(b).float().mean()
+        return sum(seen.values())
+
+    one, two = saved(1), saved(2)
+    return two - one, max(2 * one - two, 0)
 
 
 def memory_estimate(teacher_modules, teacher_bytes, student, activations, b, passes: dict, extra=(0, None)) -> dict:
     """Memory per GPU at local batch b: teacher weights (`teacher_bytes` a parameter), the student's
     weights + grads + AdamW + EMA (float32: 20 bytes a parameter), activations = (bytes per sample,
-    x factor when a pass trains on more than b samples), and `extra` = (bytes per sample, its name)
-    of what else grows with b. Batches fitting 40 / 80 GB keep 10% for the CUDA context and slack."""
-    (act, factor), (extra_per_sample, extra_what) = activations, extra
+    bytes per pass, x factor when a pass trains on more than b samples), `extra` = (bytes per sample,
+    its name) of what else grows with b. The teacher's no-grad passes run before the student's and
+    free their memory: not counted. Batches fitting 40 / 80 GB keep 10% for the CUDA context."""
+    (act, fixed, factor), (extra_per_sample, extra_what) = activations, extra
     count = lambda *ms: sum(p.numel() for m in ms if m is not None for p in m.parameters())  # noqa: E731
     n_t, n_s = count(*teacher_modules), count(student)
-    static, per = n_t * teacher_bytes + 20 * n_s, WORKSPACE * act * factor + extra_per_sample
+    static, per = n_t * teacher_bytes + 20 * n_s + fixed, WORKSPACE * act * factor + extra_per_sample
     out = {"teacher_params": n_t, "student_params": n_s, "teacher_weights_GiB": round(n_t * teacher_bytes / GiB, 3),
            "student_weights_grads_adamw_ema_GiB": round(20 * n_s / GiB, 3),
+           "autocast_weight_copies_MiB": round(fixed / 2**20, 3),
            "activations_per_sample_MiB": round(WORKSPACE * act / 2**20, 3), "activations_batch_factor": factor,
            "local_batch": b, "total_at_local_batch_GiB": round((static + b * per) / GiB, 3),
            "max_local_batch_fitting": {f"{cap}GB": max(0, int((0.9 * cap * 1e9 - static) // per)) if per else None
                                        for cap in (40, 80)},
            "network_passes_per_iteration": passes,
-           "note": f"estimate: activations = tensors autograd saves for one sample (measured on CPU) x {WORKSPACE} "
-                   "for temporaries; the teacher's no-grad forwards are not counted"}
+           "note": f"estimate: activations = tensors autograd saves per sample (measured on CPU at batch 1 and 2) "
+                   f"x {WORKSPACE} for temporaries; bf16 autocast's weight copies once per pass; the teacher's "
+                   "no-grad passes are freed before the student's and not counted"}
     if extra_per_sample:
         out[f"{extra_what}_GiB"] = round(b * extra_per_sample / GiB, 3)
     return out

@@ -225,7 +225,8 @@ class Teacher(nn.Module):
 
     def null_cond(self, cond: dict):
         b = next(iter(cond.values())).shape[0]
-        return {**cond, **{k: v.expand(b, *v.shape[1:]).to(cond[k].device) for k, v in self.null.items()}}
+        self.null = {k: v.to(cond[k].device) for k, v in self.null.items()}  # moved once, not copied per pass
+        return {**cond, **{k: v.expand(b, *v.shape[1:]) for k, v in self.null.items()}}
 
     def label_cond(self, labels):
         if not self.num_classes:
@@ -290,9 +291,10 @@ class Teacher(nn.Module):
         frac = (v + 1) / 2; log beta~ is clipped at t = 0 to beta~_1. Returns (mean, logvar, eps).
         `out` = (output, variance channels) from an earlier `model_output` call, to reuse it.
         """
-        sch = self.schedule
-        i = torch.as_tensor(i, device=x.device).long().expand(x.shape[0])
-        prev = i - 1 if prev is None else torch.as_tensor(prev, device=x.device).long().expand(x.shape[0])
+        sch, B = self.schedule, x.shape[0]
+        i, prev = (v if v is None else torch.full((B,), v, device=x.device) if isinstance(v, int)  # filled there,
+                   else torch.as_tensor(v, device=x.device).long().expand(B) for v in (i, prev))  # not copied
+        prev = i - 1 if prev is None else prev
         t = sch.t_of(i).to(x.device, x.dtype)
         out, var = self.model_output(x, t, cond, w) if out is None else out
         eps, x0 = self.split(out, x, t)
@@ -363,10 +365,10 @@ def ancestral(teacher: Teacher, noise, steps: int, cond=None, w=None, generator=
     x = noise
     for k, i in enumerate(grid):
         prev = grid[k + 1] if k + 1 < len(grid) else -1
-        mean, logvar, _ = teacher.p_mean_logvar(x, torch.tensor(i), cond, w, prev=torch.tensor(prev))
+        mean, logvar, _ = teacher.p_mean_logvar(x, i, cond, w, prev=prev)
         if prev < 0:
             return mean
-        z = torch.randn(x.shape, generator=generator, device=generator.device if generator else "cpu").to(x)
+        z = torch.randn(x.shape, generator=generator, device=x.device).to(x.dtype)  # a generator on x's device
         x = mean + (0.5 * logvar).exp() * z
     return x
 

@@ -176,6 +176,39 @@ def table_curves(results, names=("curve-cnn", "curve-vit")):
     return "\n".join(lines) + "\n\n" + "\n".join(cmds)
 
 
+def table_gpu(results):
+    """bench/gpu.py's last run (docs/gpu.md): on the device it found, with its date."""
+    r = results.get("gpu")
+    if not r:
+        return "(not measured yet: `python bench/run.py gpu`)"
+    from bench import gpu
+
+    note = ("" if r["device"] != "cpu" else "\n\nThis run found no GPU: the rows are CPU rates, one thread; on a machine "
+            "with a GPU, `python bench/run.py gpu` measures the real architectures there and replaces them.")
+    return gpu.table(r) + note + "\n\n`python bench/run.py gpu`"
+
+
+def table_memory(results):
+    """--dry-run's memory estimate for BOOT on SD 2.1-base (bench/memory.py), beside the H200 measurement."""
+    m = results.get("memory")
+    if not m:
+        return "(not measured yet: `python bench/run.py memory`)"
+    lines = ["| student precision | teacher (fp16) | student + grads + AdamW + EMA | autocast weight copies | "
+             "activations / sample | total at batch 8 | batch that fits 40 / 80 GB |", "|---|---|---|---|---|---|---|"]
+    for precision in ("auto", "fp32"):
+        e = m[f"sd21-base, 8 GPUs x batch 8, --half, --precision {precision}"]
+        fits = e["max_local_batch_fitting"]
+        lines.append(f"| {'bf16 autocast (auto)' if precision == 'auto' else 'float32'} | {e['teacher_weights_GiB']:.1f} GiB | "
+                     f"{e['student_weights_grads_adamw_ema_GiB']:.1f} GiB | {e['autocast_weight_copies_MiB'] / 1024:.1f} GiB | "
+                     f"{e['activations_per_sample_MiB'] / 1024:.2f} GiB × {e['activations_batch_factor']} | "
+                     f"**{e['total_at_local_batch_GiB']:.1f} GiB** | {fits['40GB']} / {fits['80GB']} |")
+    v = m["vs the H200 measurement (batch 8, --half, bf16; nvidia-smi, whole process)"]
+    return "\n".join(lines) + (f"\n\nMeasured on one H200 (2026-12-04, random-weight teachers of the same architecture, "
+                               f"batch 8, `--half`, bf16): {v['measured_GiB']:.1f} GiB for the whole process in nvidia-smi "
+                               f"(CUDA context and allocator cache included); the estimate is {v['estimated_GiB']:.1f} GiB, "
+                               f"{v['estimate_over_measured']:.2f}× that. `python bench/run.py memory` ({m['date']})")
+
+
 def blocks(results) -> dict[str, str]:
     return {
         "newcomer": table_newcomer(results),
@@ -191,6 +224,9 @@ def blocks(results) -> dict[str, str]:
                                            "dkdm-rho0.02-M512", "dkdm-rho0.02-M2", "dkdm-rho0.02-shuffle"]),
         "speed": table_speed(results),
         "paper": table_paper(results),
+        "headline": table_headline(results),
+        "gpu": table_gpu(results),
+        "memory": table_memory(results),
         "curves": table_curves(results),
     }
 
@@ -201,11 +237,11 @@ def _fd(results, name):
     return rec and rec["fid"]
 
 
-def _vs(results, ours, paper, label_ours, label_paper, iters="2,000"):
+def _vs(results, ours, paper, label_ours, label_paper, iters="2k"):
     a, b = _fd(results, ours), _fd(results, paper)
     if a is None or b is None:
-        return f"not measured yet (`python bench/run.py {ours} {paper}`)"
-    return f"FD {a:.2f} ({label_ours}) vs {b:.2f} ({label_paper}), {iters} iterations, `python bench/run.py {ours} {paper}`"
+        return f"not measured yet (`{ours}`, `{paper}`)"
+    return f"{a:.2f} ({label_ours}) vs {b:.2f} ({label_paper}) at {iters} it. (`{ours}`, `{paper}`)"
 
 
 def _noise(results):
@@ -214,8 +250,9 @@ def _noise(results):
     for iters, a, b in (("2,000", "dkdm-dynamic", "dkdm-dynamic-seed1"), ("4,000", "dkdm-dynamic-4k", "dkdm-dynamic-seed1-4k")):
         fa, fb = _fd(results, a), _fd(results, b)
         if fa is not None and fb is not None:
-            out.append(f"{fa:.2f} vs {fb:.2f} at {iters} (`{b}`)")
-    return "; seed 0 vs seed 1 of the clipped default: " + ", ".join(out) if out else ""
+            out.append(f"{fa:.2f} vs {fb:.2f} at {iters} iterations")
+    return ("Seed 0 vs seed 1 of the same DKDM command: " + ", ".join(out) + " — differences below these are noise."
+            if out else "")
 
 
 def _eval_sampler(results):
@@ -224,11 +261,10 @@ def _eval_sampler(results):
     rows = [(_pick(r.get("records", []), sampler="student").get("digits"),
              _pick(r.get("records", []), sampler=smp, nfe=50).get("digits")) for r, smp in ((ddim, "ddim"), (iddpm, "ancestral"))]
     if not all(s and t for s, t in rows):
-        return "not measured yet (`python bench/run.py dkdm-dynamic-seed1 dkdm-eval-iddpm`)"
+        return "not measured yet (`dkdm-dynamic-seed1`, `dkdm-eval-iddpm`)"
     (sd, td), (si, ti) = rows
-    return (f"one student (2,000 iterations, seed 1) / its teacher: DDIM-50 FD {sd['fid']:.2f} / {td['fid']:.2f} "
-            f"({sd['fid'] / td['fid']:.2f}×), IDDPM-50 {si['fid']:.2f} / {ti['fid']:.2f} ({si['fid'] / ti['fid']:.2f}×), "
-            "`python bench/run.py dkdm-dynamic-seed1 dkdm-eval-iddpm`")
+    return (f"student / teacher: DDIM-50 {sd['fid']:.2f} / {td['fid']:.2f} ({sd['fid'] / td['fid']:.2f}×), "
+            f"IDDPM-50 {si['fid']:.2f} / {ti['fid']:.2f} ({si['fid'] / ti['fid']:.2f}×) (`dkdm-eval-iddpm`)")
 
 
 def _boot_facts():
@@ -263,75 +299,94 @@ def table_paper(results):
     """Settings the papers fix against this repository's defaults, with the measured difference."""
     ratio, amp = _boot_facts()
     rows = [
-        ("DKDM gradient clipping", "none (paper; official trainer)",
-         "none for hub and local teachers; max norm 1.0 on the embedded digits / gmm (`--clip-grad`)",
-         _vs(results, "dkdm-dynamic", "dkdm-no-clip", "ours", "none") + _noise(results)),
-        ("DKDM pool initialisation", "shuffle denoise, ρ·T·b·T/2 sample evaluations",
-         "shuffle denoise for hub and local teachers; staggered, M = 512 chains, M·T evaluations, on the embedded "
-         "digits / gmm (`--pool-init`)",
-         _vs(results, "dkdm-dynamic", "dkdm-shuffle-init", "staggered", "shuffle") + " and "
-         + _vs(results, "dkdm-dynamic-4k", "dkdm-shuffle-init-4k", "staggered", "shuffle", "4,000") + " at the default "
-         "ρ = 0.4" + ("" if _fd(results, "dkdm-chains2560-4k") is None else f" (staggered with M = 2,560 chains: "
-                      f"{_fd(results, 'dkdm-chains2560-4k'):.2f} at 4,000, `dkdm-chains2560-4k`)") + "; "
-         + _vs(results, "dkdm-rho0.02-M512", "dkdm-rho0.02-shuffle", "staggered", "shuffle") + " at ρ = 0.02"
-         + _noise(results)),
+        ("DKDM pool initialisation", "shuffle denoise", "shuffle denoise; staggered (M = 512) on digits / gmm",
+         _vs(results, "dkdm-dynamic", "dkdm-shuffle-init", "staggered", "shuffle") + "; "
+         + _vs(results, "dkdm-dynamic-4k", "dkdm-shuffle-init-4k", "staggered", "shuffle", "4k")),
+        ("DKDM gradient clipping", "none", "none; max norm 1.0 on digits / gmm",
+         _vs(results, "dkdm-dynamic", "dkdm-no-clip", "1.0", "none")),
+        ("DKDM lr / warm-up / EMA / batch", "1e-4 / none / 0.9999 / 128 (official code)",
+         "the paper's in the GPU commands; on digits cnn 1e-3 / 200 / 0.998 / 64, vit 3e-3 / 200 / 0.9995 / 64",
+         _vs(results, "dkdm-dynamic", "dkdm-official-recipe", "cnn, ours", "official")),
         ("DiT student init", "adaLN-Zero (DiT paper)", "adaLN-Zero (`--vit-init diffusers`: diffusers' default)",
          _vs(results, "dkdm-vit", "dkdm-vit-diffusers-init", "adaLN-Zero", "diffusers")),
-        ("DKDM lr / warm-up / EMA / batch", "1e-4 / none / 0.9999 / 128 (official trainer)",
-         "cnn 1e-3 / 200 / 0.998 / 64, vit 3e-3 / 200 / 0.9995 / 64 on digits (10,000 CPU iterations each); the "
-         "paper's in the GPU commands", _vs(results, "dkdm-dynamic", "dkdm-official-recipe", "cnn, ours", "official")
-         + "; vit: `python dkdm.py --student vit --lr 4e-3` diverged between 8,000 and 8,500 "
-         "iterations (loss 0.01 to 0.7); the default's FD curve below"),
-        ("DKDM data-free baseline's synthetic set (Table 4)", "IDDPM-1000 (pixel), DDIM-100 (latent)",
-         "the paper's for hub teachers; ancestral-100 for digits (`--synth-steps 1000`)",
-         _vs(results, "dkdm-data-free", "dkdm-data-free-iddpm", "ancestral-100", "IDDPM-1000")),
-        ("DKDM student evaluation (Sec. 4.1)", "IDDPM-50 (pixel), DDIM-200 (latent), 50k samples",
-         "the paper's sampler for hub teachers; DDIM-50, n = 1,000 for digits (every table here; "
-         "`evaluate.py --dkdm-sampler ancestral`: IDDPM)", _eval_sampler(results)),
-        ("BOOT λ weighting (Alg. 1 line 10)", "1/(δλ')² with δλ' = 1 − α_tσ_s/(σ_tα_s)", "the same",
-         "the analytic dλ/dt instead would weigh t = 0.3 / 0.6 / 0.89 by " + " / ".join(f"{r:.2f}" for r in ratio)
-         + " × (cosine schedule, δ = 0.04); digits runs use the uniform weight"),
-        ("BOOT t_max", "not given", "0.9 digits, " + ", ".join(f"{v[0]:g} {k}" for k, v in amp.items()) + " (`--t-max`)",
-         "1/α_tmax, the factor an ε error is amplified by in the student's output: "
-         + ", ".join(f"{v[1]:.1f} {k}" for k, v in amp.items()) + "; at t_max = 0.9: "
-         + ", ".join(f"{v[2]:.1f} {k}" for k, v in amp.items()) + " (0.9 measured on digits, README above)"),
-        ("BOOT lr / EMA on digits", "Table 3: 1e-4 / 0.9999 (image teachers)", "3e-4 / 0.995 (3,000 CPU iterations); "
-         "Table 3's for the hub presets", _vs(results, "boot-default", "boot-table3-lr", "ours", "Table 3's", "3,000")),
+        ("DKDM synthetic set (Table 4)", "IDDPM-1000 (pixel), DDIM-100 (latent)", "the paper's; ancestral-100 on digits",
+         _vs(results, "dkdm-data-free", "dkdm-data-free-iddpm", "100 steps", "IDDPM-1000")),
+        ("DKDM evaluation (Sec. 4.1)", "IDDPM-50 (pixel), DDIM-200 (latent)", "the paper's; DDIM-50 on digits",
+         _eval_sampler(results)),
+        ("BOOT λ weighting (Alg. 1 line 10)", "1/(δλ')², δλ' = 1 − α_tσ_s/(σ_tα_s)", "the same",
+         "the analytic dλ/dt would weigh t = 0.3 / 0.6 / 0.89 by " + " / ".join(f"{r:.2f}" for r in ratio)
+         + " × (cosine, δ = 0.04)"),
+        ("BOOT t_max", "not given", "0.9 digits, " + ", ".join(f"{v[0]:g} {k}" for k, v in amp.items()),
+         "1/α_tmax, the amplification of an ε error: " + ", ".join(f"{v[1]:.1f} {k}" for k, v in amp.items())
+         + " (at 0.9: " + ", ".join(f"{v[2]:.1f} {k}" for k, v in amp.items()) + ")"),
+        ("BOOT lr / EMA", "1e-4 / 0.9999 (Table 3)", "Table 3's on hub teachers; 3e-4 / 0.995 on digits",
+         _vs(results, "boot-default", "boot-table3-lr", "ours", "Table 3's", "3k")),
     ]
-    lines = ["| setting | paper | ours (default) | measured on the embedded teacher |", "|---|---|---|---|"]
+    lines = ["| setting | paper | ours (default) | FD on the embedded teacher |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-    return "\n".join(lines)
+    return "\n".join(lines) + ("\n\n" + _noise(results) if _noise(results) else "")
+
+
+def table_headline(results):
+    """The README's results: the teacher's DDIM rows and the real-vs-real floor, and each method's default command."""
+    teacher = (results.get("teacher") or {}).get("records", [])
+    if not teacher:
+        return "(not measured yet: `python bench/run.py teacher`)"
+    lines = ["| | NFE | FD (digits features) | training |", "|---|---|---|---|"]
+    real = _pick(teacher, name="real").get("digits")
+    lines.append(f"| real digits, held out (the floor: real against real) | – | {_f(real and real['fid'])} | – |")
+    for nfe in (50, 10, 1):
+        rec = _pick(teacher, "ddim", nfe).get("digits")
+        lines.append(f"| teacher, DDIM-{nfe} | {nfe} | {_f(rec and rec['fid'])} | – |")
+    for name, label in (("boot-default", "BOOT student, `python boot.py`"),
+                        ("boot-long", "BOOT student, `python boot.py --iters 9000`"),
+                        ("dkdm-default", "DKDM cnn student, `python dkdm.py`"),
+                        ("curve-vit", "DKDM DiT student, `python dkdm.py --student vit`"),
+                        ("dkdm-data-10k", "baseline: the cnn trained on the real digits")):
+        res = results.get(name) or {}
+        if res.get("curve"):  # a curve's last point is its default run
+            res = {**res["curve"][-1], "first_metrics": None}
+        student = _pick(res.get("records", []), sampler="student").get("digits")
+        lines.append(f"| {label} | {student['nfe'] if student else '–'} | {_f(student and student['fid'])} | "
+                     f"{_training(res) if res else 'not measured yet'} |")
+    return "\n".join(lines) + (f"\n\nn = 1,000 samples per row against a fixed reference split of the real digits "
+                               f"(FD is biased by n: only rows with equal n compare); `{results['teacher']['eval']}` "
+                               "and the commands in [docs/results.md](docs/results.md).")
 
 
 ROOT = Path(__file__).resolve().parents[1]
-LINK = re.compile(r"\[`([A-Za-z_][\w.]*)`\]\(([\w/]+\.py)#L\d+\)")
+LINK = re.compile(r"\[`([A-Za-z_][\w.]*)`\]\(((?:\.\./)?[\w/]+\.py)#L\d+\)")
+FILES = ("README.md", "docs/runs.md", "docs/gpu.md", "docs/results.md", "docs/testing.md")  # rendered, link-checked
 
 
-def line_of(path: str, name: str) -> int:
+def line_of(path: Path, name: str) -> int:
     """1-based line of `def name` / `class name` (`Class.method`: the method inside the class)."""
-    lines = (ROOT / path).read_text().splitlines()
+    lines = path.read_text().splitlines()
     start = 0
     for part in name.split("."):
         pat = re.compile(rf"^\s*(def|class)\s+{re.escape(part)}\b")
         hit = next((k for k in range(start, len(lines)) if pat.match(lines[k])), None)
         if hit is None:
-            raise KeyError(f"README links to {path}:{name}, which does not exist")
+            raise KeyError(f"a link points at {path.relative_to(ROOT)}:{name}, which does not exist")
         start = hit
     return start + 1
 
 
-def fix_links(text: str) -> str:
+def fix_links(text: str, folder: Path = ROOT) -> str:
     """Point every [`name`](file.py#L..) link at the line where `name` is defined now."""
-    return LINK.sub(lambda m: f"[`{m.group(1)}`]({m.group(2)}#L{line_of(m.group(2), m.group(1))})", text)
+    return LINK.sub(lambda m: f"[`{m.group(1)}`]({m.group(2)}#L{line_of(folder / m.group(2), m.group(1))})", text)
 
 
-def render(text: str, results) -> str:
+def render(text: str, results, folder: Path = ROOT) -> str:
     """Replace each <!-- bench:NAME --> ... <!-- /bench:NAME --> block's body; refresh code links."""
     for name, body in blocks(results).items():
         pat = re.compile(rf"(<!-- bench:{re.escape(name)} -->\n).*?(<!-- /bench:{re.escape(name)} -->)", re.S)
         text = pat.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
-    return fix_links(text)
+    return fix_links(text, folder)
 
 
-def write_readme(results, readme: Path):
-    readme.write_text(render(readme.read_text(), results))
+def write_docs(results):
+    """Render README.md and docs/*.md in place."""
+    for name in FILES:
+        path = ROOT / name
+        path.write_text(render(path.read_text(), results, path.parent))

@@ -1,15 +1,15 @@
-"""Benchmarks behind every table of README.md: each row is a command run here, on this CPU.
+"""Benchmarks behind every table of README.md and docs/: each row is a command run here, on this CPU.
 
     python bench/run.py --list                 # experiments, their commands and groups
     python bench/run.py boot dkdm speed        # run groups or single experiments (finished ones
                                                #   are skipped; --force reruns), two at a time
-    python bench/run.py --render               # rewrite README.md's bench blocks from results
+    python bench/run.py --render               # rewrite the bench blocks of README.md and docs/
 
 Every experiment trains with boot.py / dkdm.py into runs/bench/<name> (a rerun resumes or, when
 finished, only re-evaluates) and scores with evaluate.py; the records land in
 bench/results.json together with the exact commands, the wall time and the thread count.
-`--render` turns results.json into the README's tables (between `<!-- bench:NAME -->` markers);
-tests/test_bench.py fails when README.md and results.json disagree, so every number in the README
+`--render` turns results.json into the tables of README.md and docs/*.md (between `<!-- bench:NAME -->`
+markers); tests/test_bench.py fails when they and results.json disagree, so every number in them
 is one that this script produced.
 """
 from __future__ import annotations
@@ -26,7 +26,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results.json"
-README = ROOT / "README.md"
 PY = sys.executable
 N_EVAL = 1000  # samples per FD (FD is biased by n: every row of a table uses the same n)
 
@@ -176,17 +175,17 @@ def run_one(exp: Exp, force: bool) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("targets", nargs="*", help="groups (boot, dkdm, speed) or experiment names")
+    p.add_argument("targets", nargs="*", help="groups (boot, dkdm, speed, gpu, ...) or experiment names")
     p.add_argument("--list", action="store_true")
     p.add_argument("--force", action="store_true", help="rerun finished experiments")
     p.add_argument("--jobs", type=int, default=2, help="experiments at once (1 thread each)")
-    p.add_argument("--render", action="store_true", help="rewrite README.md's bench blocks")
+    p.add_argument("--render", action="store_true", help="rewrite the bench blocks of README.md and docs/")
     args = p.parse_args(argv)
     if args.list:
         for e in EXPERIMENTS:
             print(f"{e.group:6s} {e.name:18s} {e.about}\n{'':25s} python {' '.join(e.train or ['evaluate.py', *e.eval])}")
         return 0
-    groups = {e.group for e in EXPERIMENTS} | {"speed"} | set(NEWCOMER)
+    groups = {e.group for e in EXPERIMENTS} | {"speed", "gpu", "memory"} | set(NEWCOMER)
     bad = [t for t in args.targets if t not in BY_NAME and t not in groups]
     if bad:
         print(f"error: unknown experiment or group {', '.join(bad)}; see --list", file=sys.stderr)
@@ -208,6 +207,18 @@ def main(argv=None):
         results = load_results()
         results["speed"] = speed.measure()
         RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
+    if "memory" in args.targets:  # --dry-run's memory estimate for SD 2.1-base: docs/gpu.md
+        from bench import memory
+
+        results = load_results()
+        results["memory"] = {**memory.main(), "date": time.strftime("%Y-%m-%d")}
+        RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
+    if "gpu" in args.targets:  # what a run costs on this machine's GPU (or CPU): docs/gpu.md
+        from bench import gpu
+
+        results = load_results()
+        results["gpu"] = gpu.measure(gpu.default_teachers())
+        RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
     for target, parts in NEWCOMER.items():
         if target in args.targets:
             from bench import newcomer
@@ -219,7 +230,7 @@ def main(argv=None):
     if args.render or args.targets:
         from bench import render
 
-        render.write_readme(load_results(), README)
+        render.write_docs(load_results())
     return 0
 
 

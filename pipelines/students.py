@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 import cli
 import teachers
 from cli import OneLineParser, UserError
+import runkit
 from runkit import print0
 from teachers import ancestral, latent_scale, load_teacher, seeded_noise
 
@@ -112,6 +114,21 @@ def ddpm_pipeline(unet, teacher, source):
     return TrailingDDIMPipeline(unet=unet, scheduler=ddim_scheduler(dict(sched.config)),
                                 vae=teacher.vae if teacher.latent else None, num_classes=teacher.num_classes,
                                 variance_type=sched.config.variance_type, default_guidance=teacher.default_guidance)
+
+
+def export_ema(raw, ema, pipeline_of, info: dict, run_path):
+    """run/student/: the EMA weights as the diffusers pipeline `pipeline_of(model)` (saved with its
+    own pipeline file) and generator.json, written aside and swapped in whole. -> (dir, EMA model)."""
+    import copy
+
+    model = copy.deepcopy(raw)
+    ema.copy_to(model)
+    model.eval().requires_grad_(False)
+    final, tmp = Path(run_path) / "student", Path(run_path) / f".student.tmp-{os.getpid()}"
+    pipeline_of(model).save_pretrained(tmp)
+    runkit.write_text_atomic(tmp / "generator.json", json.dumps(info, indent=2))
+    runkit.replace_dir(tmp, final)  # the old export stays until the new one is whole
+    return final, model
 
 
 @torch.no_grad()
@@ -298,7 +315,7 @@ def sample_command(method: str, argv) -> None:
         return write_samples(gen, lambda: gen.generate(noise, cond, a.w), out, "one-step samples")
     teachers.trailing_steps(gen.model.schedule.T, a.steps)
     cond = gen.label_cond([s % gen.num_classes for s in seeds]) if gen.num_classes else None
-    w, g = gen.default_guidance, torch.Generator().manual_seed(a.seed)
+    w, g = gen.default_guidance, torch.Generator(device).manual_seed(a.seed)
     if a.sampler == "ancestral":
         make = lambda: ancestral(gen.model, noise, a.steps, cond, w, generator=g)  # noqa: E731
     else:  # the exported pipeline's DDIM, as a diffusers user runs it

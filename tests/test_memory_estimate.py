@@ -1,12 +1,15 @@
-"""--dry-run's memory estimate: the student's activations per sample (measured from the tensors
-autograd saves, teacher and student built from configs only) against the peak memory a real
-training pass of that batch takes on this CPU (the peak of the process's resident anonymous memory,
-sampled while it runs; large buffers are mmapped so that freed memory leaves the count)."""
+"""--dry-run's memory estimate: the student's activations per sample and bf16 autocast's weight copies
+(measured from the tensors autograd saves at batch 1 and 2, teacher and student built from configs
+only) against the peak memory a real training pass of a large batch takes on this CPU, in float32
+and under bf16 autocast (the peak of the process's resident anonymous memory, sampled while it
+runs; large buffers are mmapped so that freed memory leaves the count)."""
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import boot
 
@@ -15,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PEAK = """
 import json, sys, threading, time, torch
 sys.path.insert(0, sys.argv[1])
-import boot, teachers
-cfg = boot.resolve(boot.BootConfig(teacher=sys.argv[2], precision="fp32"))
+import boot, runkit, teachers
+cfg = boot.resolve(boot.BootConfig(teacher=sys.argv[2], precision=sys.argv[4]))
 B = int(sys.argv[3])
 teacher = teachers.load_teacher(cfg.teacher)
 student, info = boot.make_student(teacher, cfg, boot.default_weight(cfg, teacher))
@@ -24,8 +27,9 @@ student.train()
 cond = {"encoder_hidden_states": teacher.encode_prompts(["a red cube"] * B)["encoder_hidden_states"]}
 eps, t = torch.randn(B, *teacher.sample_shape), torch.rand(B)
 def step(n):
-    y = boot.y_theta(student, info, eps[:n], t[:n], {k: v[:n] for k, v in cond.items()}, 7.5)
-    y.square().mean().backward()
+    with runkit.student_autocast(cfg.precision, "cpu"):
+        y = boot.y_theta(student, info, eps[:n], t[:n], {k: v[:n] for k, v in cond.items()}, 7.5)
+    y.float().square().mean().backward()
 def anon():  # resident anonymous memory (tensors), in bytes; other processes cannot move it
     line = next(ln for ln in open("/proc/self/status") if ln.startswith("RssAnon:"))
     return 1024 * int(line.split()[1])
@@ -41,17 +45,24 @@ print(json.dumps({"peak_bytes": peak[0] - base}))
 """
 
 
-def test_activation_estimate_matches_the_measured_cpu_peak(tiny_sd_dir, tmp_path):
-    cfg = boot.resolve(boot.BootConfig(teacher=str(tiny_sd_dir), precision="fp32"))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_activation_estimate_matches_the_measured_cpu_peak(tiny_sd_dir, tmp_path, precision):
+    cfg = boot.resolve(boot.BootConfig(teacher=str(tiny_sd_dir), precision=precision))
     est = boot.memory_report(cfg, 1)
     assert est["teacher_params"] > est["student_params"] > 0 and est["network_passes_per_iteration"]["teacher_forwards"] == 2.25
+    copies = est["autocast_weight_copies_MiB"] * 2**20
+    if precision == "bf16":  # one bf16 copy of (nearly) every student weight, 2 bytes each, once per pass
+        assert 0.5 < copies / (2 * est["student_params"]) < 1.2
+    else:
+        assert copies < 0.05 * 2 * est["student_params"]
     B = 256
     (tmp_path / "peak.py").write_text(PEAK)
-    p = subprocess.run([sys.executable, str(tmp_path / "peak.py"), str(ROOT), str(tiny_sd_dir), str(B)], capture_output=True,
-                       text=True, timeout=300,
+    p = subprocess.run([sys.executable, str(tmp_path / "peak.py"), str(ROOT), str(tiny_sd_dir), str(B), precision],
+                       capture_output=True, text=True, timeout=300,
                        env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"})  # big frees leave
     assert p.returncode == 0, p.stderr[-2000:]
     measured = json.loads(p.stdout.strip().splitlines()[-1])["peak_bytes"]
-    estimated = est["activations_per_sample_MiB"] * 2**20 * B
-    print(f"batch {B}: estimated activations {estimated / 2**20:.0f} MiB, measured peak growth {measured / 2**20:.0f} MiB")
+    estimated = est["activations_per_sample_MiB"] * 2**20 * B + copies
+    print(f"{precision}, batch {B}: estimated activations {estimated / 2**20:.0f} MiB, measured peak growth "
+          f"{measured / 2**20:.0f} MiB")
     assert 0.7 < estimated / measured < 1.3
