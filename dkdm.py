@@ -63,8 +63,10 @@ class DKDMConfig:
     batch: int = flag(64, "global batch b (divided over torchrun processes)")
     iters: int | None = flag(None, "training iterations; default: the student's (STUDENT_DEFAULTS: 10,000 for both)")
     minutes: float | None = flag(None, "stop (checkpoint + export) after this many minutes of training in all reruns")
-    lr: float | None = flag(None, "AdamW learning rate, constant after warm-up; default 1e-3 (cnn), 3e-3 (vit)")
+    lr: float | None = flag(None, "AdamW peak learning rate after warm-up; default 1e-3 (cnn), 3e-3 (vit)")
     warmup: int = flag(200, "linear lr warm-up iterations")
+    lr_decay: int | None = flag(None, "cosine decay of the lr to 10% of its peak over this many iterations (0: constant); "
+                                      "default 0 (cnn), 10,000 (vit)")
     ema: float | None = flag(None, "EMA decay of the exported student; default 0.998 (cnn), 0.9995 (vit)")
     clip_grad: float | None = flag(None, "clip the gradient norm at this value; 0: none. Default: none, as the paper "
                                          "and its code; 1.0 on the embedded teachers (digits, gmm; README)")
@@ -95,7 +97,8 @@ class DKDMConfig:
 RESUMABLE = ("iters", "minutes", "log_every", "ckpt_every", "precision", "grad_checkpointing", "keep", "export_every",
              "init_batch")  # may change on a rerun
 # Measured on digits (README, "FD vs iterations"): the DiT diverged at lr 4e-3 and trails at 1e-3.
-STUDENT_DEFAULTS = {"cnn": dict(iters=10_000, lr=1e-3, ema=0.998), "vit": dict(iters=10_000, lr=3e-3, ema=0.9995)}
+STUDENT_DEFAULTS = {"cnn": dict(iters=10_000, lr=1e-3, ema=0.998, lr_decay=0),
+                    "vit": dict(iters=10_000, lr=3e-3, ema=0.9995, lr_decay=10_000)}
 
 
 def parser():
@@ -596,8 +599,8 @@ def train(cfg, teacher, student, run):
         if step == 0:
             run.checkpoint(0, meter, saved)  # the initialised pool: a rerun never repeats its init
         while step < cfg.iters:  # lines 2-3, 9
-            for group in opt.param_groups:  # linear warm-up, then constant
-                group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(cfg, step)
             loss, mse, vb = student_step(cfg, teacher, model, stream, b, w, meter)  # lines 4-6, 8
             with meter.time("student"):  # line 7
                 opt.zero_grad(set_to_none=True)
@@ -620,6 +623,15 @@ def train(cfg, teacher, student, run):
             print0(f"{step} iterations; student -> {d}; preview -> {run.path / 'preview.png'}")
             students.print_snippet(d, {"method": "dkdm", "num_classes": teacher.num_classes})
     return step
+
+
+def learning_rate(cfg, step: int) -> float:
+    """Linear warm-up, then constant, or a cosine from the peak down to 10% of it at step lr_decay (a
+    horizon of its own: continuing a run with a larger --iters leaves the steps already taken alone)."""
+    lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+    if cfg.lr_decay:
+        lr *= 0.1 + 0.45 * (1 + math.cos(math.pi * min(step, cfg.lr_decay) / cfg.lr_decay))
+    return lr
 
 
 def make_stream(cfg, teacher, run, g, w, world):
@@ -664,6 +676,7 @@ def load_inputs(cfg):
     checks = [(cfg.rho > 0, "--rho must be positive"), (cfg.lam >= 0, "--lam must be non-negative"),
               (cfg.batch >= 1, "--batch must be at least 1"), (cfg.chains >= 1, "--chains must be at least 1"),
               (cfg.init_batch is None or cfg.init_batch >= 1, "--init-batch must be at least 1"), (cfg.warmup >= 0, "--warmup must be non-negative"),
+              (cfg.lr_decay >= 0, "--lr-decay must be non-negative"),
               (cfg.clip_grad >= 0, "--clip-grad must be non-negative"),
               (0 <= cfg.p_uncond < 1, "--p-uncond must lie in [0, 1)"),
               (cfg.synth_steps is None or cfg.synth_steps >= 1, "--synth-steps must be at least 1"),

@@ -339,7 +339,8 @@ class RunDir:
         check_output_dir(self.path, "--out")
         if (self.path / "config.json").exists():
             old = read_json(self.path / "config.json", "run config")
-            diff = sorted(k for k in {*old, *config} if k not in {*resumable, "out"} and not _same(old.get(k), config.get(k)))
+            diff = sorted(k for k in old.keys() & config.keys()  # an option added since the run began is no difference
+                          if k not in {*resumable, "out"} and not _same(old[k], config[k]))
             if diff:
                 raise UserError(f"run directory '{self.path}' holds a run with another config "
                                 f"(differs in {', '.join(diff)}); pass another --out or delete it")

@@ -39,6 +39,7 @@ class Exp:
     eval: list[str] | None  # argv after `python evaluate.py`
     run_dir: str | None = None
     curve: tuple = ()  # evaluate after each of these --iters: one run, resumed (bitwise a straight run)
+    threads: int | None = 1  # OMP_NUM_THREADS of the run; None: torch's default (one per core)
 
 
 def boot(name, about, *flags, iters=1000):
@@ -108,6 +109,11 @@ EXPERIMENTS = [
          ["--lr", "1e-4", "--warmup", "0", "--ema", "0.9999", "--batch", "128", "--iters", "2000"]),
     dkdm("dkdm-data-free-iddpm", "baseline: synthetic set by IDDPM-1000 (Table 4's sampler for pixel teachers)",
          ["--method", "data-free", "--synth-steps", "1000", "--iters", "2000"]),
+    # the DiT default three times: seed 0 with torch's default threads, seeds 1 and 2 with one thread (group `vit`)
+    *[Exp(f"vit-seed{s}", "vit", f"DKDM default, vit student, seed {s}" + (", torch's default threads" if s == 0 else ""),
+          ["dkdm.py", "--student", "vit", "--seed", str(s), "--out", f"runs/bench/vit-seed{s}"],
+          ["--run", f"runs/bench/vit-seed{s}", "--nfe", "50", "--n", str(N_EVAL)], f"runs/bench/vit-seed{s}",
+          threads=None if s == 0 else 1) for s in (0, 1, 2)],
     # FD vs iterations of both students' default commands (group `curves`): the last point of each is
     # the default run itself (a run resumed at each point equals the straight run bitwise)
     Exp("curve-cnn", "curves", "DKDM default, cnn student: FD vs iterations", ["dkdm.py", "--out", "runs/bench/curve-cnn"],
@@ -147,7 +153,9 @@ def run_curve(exp: Exp, env: dict, log) -> dict:
 
 
 def run_one(exp: Exp, force: bool) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(exp.threads), "PYTHONUNBUFFERED": "1"}
+    if exp.threads is None:
+        env.pop("OMP_NUM_THREADS")
     if exp.curve:
         log = ROOT / "runs" / "bench" / f"{exp.name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -170,7 +178,7 @@ def run_one(exp: Exp, force: bool) -> dict:
     return {"about": exp.about, "train": " ".join(["python", *exp.train]) if exp.train else None,
             "eval": " ".join(["python", "evaluate.py", *exp.eval]), "records": records,
             "first_metrics": metrics[0] if metrics else None, "last_metrics": metrics[-1] if metrics else None, "train_wall_s": round(train_s, 1),
-            "threads": 1, "date": time.strftime("%Y-%m-%d")}
+            "threads": exp.threads or "default", "date": time.strftime("%Y-%m-%d")}
 
 
 def main(argv=None):

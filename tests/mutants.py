@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BE, BD = "tests/test_boot_equations.py::", "tests/test_boot_derivations.py::"
 DE, DD = "tests/test_dkdm_equations.py::", "tests/test_dkdm_derivations.py::"
 TT = "tests/test_teachers.py::"
+EX, XP = "tests/test_checkpoints_exports.py::", "tests/test_exports.py::"
 
 
 def M(name, breaks, tests, *edits):
@@ -67,6 +68,16 @@ MUTANTS = [
       ("teachers.py", "return x0.clamp(-s, s) / s", "return x0.clamp(-s, s)")),
     M("gmm-posterior-alpha-sigma-swap", "analytic teacher", [TT + "test_gmm_denoiser_is_the_posterior_mean"],
       ("teachers.py", "var_t = a**2 * var0 + s**2", "var_t = s**2 * var0 + a**2")),
+    M("threshold-dynamic-no-lower-bound", "dynamic thresholding (s >= 1)", [TT + "test_thresholding_matches_diffusers"],
+      ("teachers.py", "s = bcast(s.clamp(1.0, max_value), x0)", "s = bcast(s.clamp(max=max_value), x0)")),
+    M("fixed-large-is-fixed-small", "fixed_large ancestral step", [TT + "test_ancestral_step_matches_ddpm_scheduler_fixed_large"],
+      ("teachers.py", "logvar = torch.where(bcast(prev, x) < 0, min_log, max_log).expand_as(x)", "logvar = min_log.expand_as(x)")),
+    M("v-prediction-alpha-sigma-swap", "v-prediction conversion", [TT + "test_v_prediction_matches_diffusers"],
+      ("teachers.py", "return a * out + s * x, a * x - s * out  # v-prediction", "return s * out + a * x, s * x - a * out")),
+    M("ema-weight-is-the-decay", "EMA of the exported student", [EX + "test_ema_is_the_closed_form_average_of_the_parameter_sequence"],
+      ("runkit.py", "[state[k] for k in floats], 1 - self.decay)", "[state[k] for k in floats], self.decay)")),
+    M("export-saved-without-its-pipeline-file", "exports survive save_pretrained", [XP + "test_every_export_loads_in_plain_diffusers_and_matches_the_repository"],
+      ("pipelines/pipeline_boot.py", 'index["_class_name"] = [source.stem, type(self).__name__]', 'index["_class_name"] = type(self).__name__')),
     # --- BOOT: Signal-ODE step (Eq. 4/7/15), loss and weights (Eq. 13/14), boundary (Eq. 8), Alg. 1
     M("boot-eq4-sign", "BOOT Eq. 4", [BE + "test_signal_step_equals_a_ddim_step_of_diffusers_mapped_to_signal_space"],
       ("boot.py", "return y_t + bcast(dl, y_t) * (f_t - y_t)", "return y_t + bcast(dl, y_t) * (y_t - f_t)")),

@@ -45,3 +45,26 @@ def test_dkdm_keeps_pools_of_kept_checkpoints_and_exports_mid_run(tmp_path, monk
     assert json.loads((run / "student" / "generator.json").read_text())["method"] == "dkdm"
     assert dkdm.main([*args, "--iters", "6", "--export-every", "0"]) == 0
     assert runkit.load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 6
+
+
+def test_ema_is_the_closed_form_average_of_the_parameter_sequence():
+    """Every export is the EMA: after updates with weights theta_1..theta_n from theta_0,
+    e_n = d^n theta_0 + (1 - d) sum_k d^(n - k) theta_k, for parameters and float buffers alike;
+    integer buffers are copied."""
+    d, n = 0.9, 7
+    model = torch.nn.BatchNorm1d(3)  # float weight / bias / running stats and an integer counter
+    thetas = [torch.randn(3, generator=torch.Generator().manual_seed(k)) for k in range(n + 1)]
+    with torch.no_grad():
+        model.weight.copy_(thetas[0])
+    ema = runkit.EMA(model, d)
+    for k in range(1, n + 1):
+        with torch.no_grad():
+            model.weight.copy_(thetas[k])
+            model.num_batches_tracked += 1
+        ema.update(model)
+    closed = d**n * thetas[0] + (1 - d) * sum(d ** (n - k) * thetas[k] for k in range(1, n + 1))
+    assert torch.allclose(ema.state_dict()["weight"], closed, atol=1e-6)
+    assert int(ema.state_dict()["num_batches_tracked"]) == n
+    copy = torch.nn.BatchNorm1d(3)
+    ema.copy_to(copy)
+    assert torch.equal(copy.weight, ema.state_dict()["weight"])

@@ -63,6 +63,14 @@ for name, case in cases.items():
     out = pipe(batch_size=case["n"], output_type="np", **kw)
     np.save(name + ".npy", out.images)
     print(name, type(pipe).__name__, out.images.shape)
+    if case.get("roundtrip"):  # saved again by plain diffusers (what push_to_hub uploads), loaded again
+        pipe.save_pretrained(name + "-saved")
+        saved = json.loads(open(name + "-saved/model_index.json").read())["_class_name"]
+        again = DiffusionPipeline.from_pretrained(name + "-saved", trust_remote_code=True)
+        again.set_progress_bar_config(disable=True)
+        kw["generator"] = seeded(case["n"])
+        np.save(name + "-saved.npy", again(batch_size=case["n"], output_type="np", **kw).images)
+        print("roundtrip", name, "/".join(saved))
     if "snippet" in case:  # the three lines boot.py / dkdm.py printed, run as they are
         scope = {}
         exec(case["snippet"], scope)
@@ -83,7 +91,8 @@ def outside(cases: dict, tmp):
     lines = [line.split() for line in p.stdout.splitlines()]
     classes = dict(w[:2] for w in lines if w[:1] and w[0] in cases)
     snippets = {w[1]: (int(w[2]), w[3]) for w in lines if w[:1] == ["snippet"]}
-    return {k: np.load(work / f"{k}.npy") for k in cases}, classes, snippets
+    saved = {w[1]: (w[2], np.load(work / f"{w[1]}-saved.npy")) for w in lines if w[:1] == ["roundtrip"]}
+    return {k: np.load(work / f"{k}.npy") for k in cases}, classes, snippets, saved
 
 
 def printed_snippet(main, args):
@@ -155,7 +164,7 @@ def exports(tmp_path_factory, tiny_sd_dir, tiny_if_dirs):
         snippet = printed_snippet(boot.main, [*args, *TRAIN, "--out", tmp / name])
         d = str(tmp / name / "student")
         text = "--prompts" in map(str, args)
-        cases[name] = {"path": d, "n": N, "kwargs": {"prompt": PROMPT} if text else {}}
+        cases[name] = {"path": d, "n": N, "kwargs": {"prompt": PROMPT} if text else {}, "roundtrip": name == "boot_copy"}
         if name in ("boot_copy", "boot_text_latent"):
             cases[name]["snippet"] = snippet
         ref[name] = boot_reference(tmp / name)[1]
@@ -174,7 +183,7 @@ def exports(tmp_path_factory, tiny_sd_dir, tiny_if_dirs):
         snippet = printed_snippet(dkdm.main, ["--student", student, "--method", "data", "--iters", "2", "--batch", "4",
                                               "--lr", "1e-2", "--ema", "0", "--out", tmp / name])
         cases[name] = {"path": str(tmp / name / "student"), "n": N, "kwargs": {"num_inference_steps": 50},
-                       "snippet": snippet}
+                       "snippet": snippet, "roundtrip": True}
         ref[name] = ddim_reference(tmp / name / "student", 50)
     from test_dkdm_cli import TINY as DKDM_TINY, tiny_latent_teacher  # a VQ latent teacher, T = 50
 
@@ -184,14 +193,15 @@ def exports(tmp_path_factory, tiny_sd_dir, tiny_if_dirs):
     ref["dkdm_cnn_latent"] = ddim_reference(tmp / "dkdm_latent" / "student", 50)
     for steps in (10, 50):
         name = f"teacher_ddim{steps}"
-        cases[name] = {"path": str(teachers.DIGITS_DIR), "n": N, "kwargs": {"num_inference_steps": steps}}
+        cases[name] = {"path": str(teachers.DIGITS_DIR), "n": N, "kwargs": {"num_inference_steps": steps},
+                       "roundtrip": steps == 10}
         ref[name] = ddim_reference(None, steps, name="digits")
     return cases, ref, tmp
 
 
 def test_every_export_loads_in_plain_diffusers_and_matches_the_repository(exports):
     cases, ref, tmp = exports
-    images, classes, snippets = outside(cases, tmp)
+    images, classes, snippets, saved = outside(cases, tmp)
     diffs = {k: float(np.abs(images[k] - ref[k]).max()) for k in cases}
     print({k: (classes.get(k), f"{v:.1e}") for k, v in diffs.items()})
     for k in cases:
@@ -203,6 +213,12 @@ def test_every_export_loads_in_plain_diffusers_and_matches_the_repository(export
     # the printed lines load what was written: 10 labelled digits, or one image for the prompt
     assert snippets == {"boot_copy": (10, "Image"), "boot_text_latent": (1, "Image"), "dkdm_cnn": (10, "Image"),
                         "dkdm_vit": (10, "Image")}
+    # every kind survives save_pretrained in plain diffusers: its own pipeline file and the list-form
+    # _class_name go with it, and the copy loads with trust_remote_code=True and makes the same images
+    assert sorted(saved) == ["boot_copy", "dkdm_cnn", "dkdm_vit", "teacher_ddim10"]
+    for k, (class_name, again) in saved.items():
+        assert class_name == ("pipeline_boot/BootPipeline" if k.startswith("boot") else "pipeline_ddim/TrailingDDIMPipeline")
+        assert np.array_equal(again, images[k]), k
 
 
 def test_shipped_teacher_config_states_the_projects_ddim():
@@ -266,3 +282,12 @@ def test_bad_calls_and_old_exports_are_one_clear_error(tmp_path):
     (old / "model_index.json").write_text(json.dumps({"_class_name": "DDPMPipeline"}))
     with pytest.raises(teachers.UserError, match="older version of this repository; rerun its training command"):
         students.load_student(tmp_path / "run")
+
+
+def test_the_one_step_pipeline_takes_num_inference_steps_1_only(exports):
+    """Code written for few-step pipelines passes num_inference_steps: 1 is the BOOT student's, more is an error."""
+    pipe = students.load_pipeline(exports[2] / "init")
+    one = pipe(batch_size=2, num_inference_steps=1, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert np.array_equal(one, pipe(batch_size=2, generator=torch.Generator().manual_seed(0), output_type="np").images)
+    with pytest.raises(ValueError, match="samples in one step: num_inference_steps must be 1, not 4"):
+        pipe(batch_size=2, num_inference_steps=4)

@@ -93,6 +93,43 @@ def test_ancestral_step_matches_ddpm_scheduler_learned_range(i, steps):
     assert torch.allclose(mean + (0.5 * logvar).exp() * z, ref, atol=1e-5)
 
 
+@pytest.mark.parametrize("i", [999, 500, 1])
+def test_ancestral_step_matches_ddpm_scheduler_fixed_large(i):
+    """The fixed-variance step google/ddpm-cifar10-32 would use with variance_type="fixed_large": the
+    step's variance is beta_t (not the posterior's beta~_t) for t > 0."""
+    from diffusers import DDPMScheduler
+
+    t = _tiny_eps_teacher("fixed_large", clip="static")
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    s = DDPMScheduler(beta_schedule="squaredcos_cap_v2", variance_type="fixed_large", clip_sample=True)
+    with torch.no_grad():
+        out = t.unet(x, i).sample
+        ref = s.step(out, i, x, generator=torch.Generator().manual_seed(3)).prev_sample
+        mean, logvar, _ = t.p_mean_logvar(x, i)
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(mean + (0.5 * logvar).exp() * z, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("i", [900, 400, 10])
+def test_v_prediction_matches_diffusers(i):
+    """A v-prediction teacher's x0-hat and eps against diffusers' conversion (DDIMScheduler.step's
+    pred_original_sample; eps recovered from the same step), at integer steps."""
+    from diffusers import DDIMScheduler
+
+    t = _tiny_eps_teacher()
+    t.prediction_type = "v_prediction"
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    s = DDIMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", clip_sample=False)
+    s.set_timesteps(10)
+    with torch.no_grad():
+        v = t.unet(x, i).sample
+        x0_ref = s.step(v, i, x).pred_original_sample
+        eps, x0 = t.split(v, x, t.schedule.t_of(i).float())
+    ab = s.alphas_cumprod[i]
+    assert torch.allclose(x0, x0_ref, atol=1e-5)
+    assert torch.allclose(eps, (x - ab.sqrt() * x0_ref) / (1 - ab).sqrt(), atol=1e-4)
+
+
 def test_ancestral_sampler_runs_and_is_seeded():
     t = _tiny_eps_teacher("learned_range", out_mult=2, clip="static")
     noise = teachers.seeded_noise([0, 1], (1, 8, 8))
@@ -155,6 +192,15 @@ def test_thresholding_matches_diffusers():
     x0 = 3 * torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     s = DDPMScheduler(thresholding=True, dynamic_thresholding_ratio=0.95, sample_max_value=1.5)
     assert torch.allclose(teachers.threshold(x0, "dynamic", 0.95, 1.5), s._threshold_sample(x0), atol=1e-6)
+    # Imagen (Saharia et al. 2022): s = max(1, percentile_p |x0|), capped at the max; x0 clamped to
+    # [-s, s] and divided by s. Rows whose percentile is below 1 (s = 1: the bound) and above it.
+    x0 = torch.stack([0.1 * x0[0], 0.9 * x0[1] / x0[1].abs().max(), x0[2], 10 * x0[3]])
+    p = torch.quantile(x0.flatten(1).abs(), 0.95, dim=1)
+    assert (p < 1).sum() == 2 and (p > 1).sum() == 2
+    s_ref = p.clamp(1.0, 1.5).view(-1, 1, 1, 1)
+    imagen = torch.maximum(torch.minimum(x0, s_ref), -s_ref) / s_ref
+    assert torch.allclose(teachers.threshold(x0, "dynamic", 0.95, 1.5), imagen, atol=1e-6)
+    assert torch.equal(teachers.threshold(x0[:2], "dynamic", 0.95, 1.5), x0[:2].clamp(-1, 1))  # s = 1: not scaled up
     assert teachers.threshold(x0, "static").abs().max() <= 1
     assert teachers.threshold(x0, None) is x0
 
