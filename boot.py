@@ -10,48 +10,32 @@ y_theta(eps, t) with the teacher (Euler = Eq. 4/7, Heun = Eq. 15) and regresses 
 that stop-gradient target; every k-th iteration adds the boundary loss (Eq. 8) at t_max. After
 training, y_theta(eps, 0, c, w) is a sample in one network evaluation.
 
-    python boot.py                         # CPU (time: README.md): distils the embedded digits teacher
-                                           #   -> runs/boot-digits/{config.json, metrics.jsonl,
-                                           #      checkpoints/, student/, preview.png}
-    python boot.py --teacher gmm           # CPU, analytic teacher: prints the distance
-                                           #   of the 1-step student to the teacher's ODE output
-    python boot.py --dry-run               # print the resolved config, write nothing
+    python boot.py                         # CPU: distils the embedded digits teacher -> runs/boot-digits/
+    python boot.py --teacher gmm           # CPU, the analytic teacher, in seconds
+    python boot.py --dry-run               # the resolved config and the memory per GPU, nothing written
     python boot.py sample runs/boot-digits --label 3 --n 16      # one-step samples -> PNG
-    python evaluate.py --run runs/boot-digits --json eval.json   # FID vs teacher DDIM-1/10/50
-
-    # 1 GPU, Stable Diffusion 2.1-base (latent; prompts: one per line), half-precision teacher
-    python boot.py --teacher sd21 --prompts prompts.txt --half
-    python boot.py sample runs/boot-sd21 --prompt "a raccoon astronaut, oil painting" --w 7.5
-    # 8 GPUs (global batch 64 = 8 x 8), same numbers as one process with the same --batch
+    python evaluate.py --run runs/boot-digits                    # FD / KID vs the teacher's DDIM-1/10/50
+    # Stable Diffusion 2.1-base on 8 GPUs (global batch 64 = 8 x 8; prompts: one per line), fp16 teacher
     torchrun --standalone --nproc_per_node=8 boot.py --teacher sd21 --prompts prompts.txt --half
-    # DeepFloyd IF: stage I, then stage II on the stage-I student's outputs (gated: accept licence)
+    # DeepFloyd IF: stage I, then stage II on the stage-I student's outputs (gated: accept the licence)
     torchrun --standalone --nproc_per_node=8 boot.py --teacher if --prompts prompts.txt --half
     torchrun --standalone --nproc_per_node=8 boot.py --teacher if --stage 2 \\
         --stage1-run runs/boot-if --prompts prompts.txt --half
 
-Rerunning a command resumes its run directory from checkpoints/latest.pt (--iters may grow: a
-finished run continues; --minutes counts every invocation). Ctrl-C or SIGTERM stops after the
-current iteration with a checkpoint (exit code 130 / 143). Bad input stops with one line on
-stderr (exit code 2) before anything is written. Times and FD of these commands: README.md,
-measured by bench/run.py.
+Rerunning a command resumes its run; Ctrl-C stops it with a checkpoint; bad input stops with one
+line (exit code 2) before anything is written (runkit.py, docs/runs.md).
 
-Conventions (the paper leaves them open; each is tested in tests/test_boot_equations.py):
-  * CFG is Eq. 9 on x0-hat, f_n + w (f_c - f_n); w = 1 is the plain conditional teacher.
-  * delta lambda' = 1 - alpha_t sigma_s / (sigma_t alpha_s) = 1 - e^(lambda_s - lambda_t) exactly,
-    so the Euler target is one DDIM step in signal space (Eq. 4 = Eq. 11).
-  * Heun (Eq. 15) averages the two denoised predictions, y_t + dl ((f_t + f_s) / 2 - y_t). Eq. 15
-    as printed uses (f_s - y~_s) as its second slope; with the exact dl that form is only first
-    order (its local error is dl^2 / 2 (f_t - y_t)); the averaged form is second order.
-  * Loss weights (Eq. 13/14): uniform = 1 / delta^2, lambda = 1 / (delta lambda')^2 with Alg. 1's
-    discrete delta lambda' above, not the analytic d lambda/dt (on the cosine schedule at delta 0.04
-    that weight would be 0.94x / 0.85x / 0.54x the discrete one at t = 0.3 / 0.6 / 0.89).
-  * The student's native timestep is t_max; the target time t and w enter through a zero-
-    initialised projection of their sinusoidal embeddings, and the student predicts eps at
-    t_max: y = (eps - sigma_tmax eps_hat) / alpha_tmax, so at init y_theta(eps, t) = f_phi(eps, t_max).
+Conventions the paper leaves open, each tested in tests/test_boot_*.py: CFG is Eq. 9 on x0-hat
+(w = 1: the plain conditional teacher); delta lambda' is exact (`delta_lambda`), so the Euler
+target is one DDIM step in signal space; Heun averages the two denoised signals (`bootstrap_target`);
+the loss weights use Alg. 1's discrete delta lambda' (`loss_weight`); the student keeps its native
+timestep at t_max and predicts eps there, so at init y_theta(eps, t) = f_phi(eps, t_max) for every
+t (`copy_student`, pipelines/pipeline_boot.py).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -88,6 +72,8 @@ class BootConfig:
     time_cond_dim: int = flag(128, "size of the sinusoidal embedding of (t, w) fed to the student")
     # the objective (Alg. 1)
     solver: str = flag("heun", "Signal-ODE step for the targets: euler (Eq. 7) or heun (Eq. 15)")
+    loss: str | None = flag(None, "distance of the bootstrapping term: l2 (Eq. 14), huber (pseudo-Huber), lpips (pixel "
+                                  "teachers; preset: lpips for ddpm-cifar10, as Sec. 4.1, else l2)")
     delta: float | None = flag(None, "bootstrapping step size delta (preset: 0.04; 0.01 for sd21)")
     weighting: str | None = flag(None, "loss weight: uniform (1/delta^2) or lambda (1/(delta lambda')^2)")
     boundary_every: int | None = flag(None, "boundary loss (Eq. 8) every k iterations; 0 = never")
@@ -106,6 +92,8 @@ class BootConfig:
     # output
     out: str | None = flag(None, "run directory (default runs/boot-<teacher>[-stage2])")
     log_every: int = flag(50, "iterations between metrics.jsonl records")
+    eval_every: int | None = flag(None, "a proxy FD and KID of the EMA student every K iterations, a multiple of "
+                                        "--log-every (metrics.jsonl; 0: never; default: 500, or the next multiple)")
     ckpt_every: int = flag(250, "iterations between checkpoints")
     keep: int = flag(1, "checkpoints kept: the last N (checkpoints/step-*.pt; latest.pt is the newest)")
     export_every: int = flag(0, "also export the EMA student + preview.png every K iterations while training (0: at the end)")
@@ -114,7 +102,8 @@ class BootConfig:
                           "of <= 1024 values without prompts; else the preview's)")
 
 
-BASE = dict(delta=0.04, weighting="uniform", boundary_every=4, iters=3000, batch=128, lr=3e-4, ema=0.995, t_max=0.9)
+BASE = dict(delta=0.04, weighting="uniform", boundary_every=4, iters=3000, batch=128, lr=3e-4, ema=0.995, t_max=0.9,
+            loss="l2")
 # t_max (the paper gives none): the student's output is (eps - sigma eps_hat) / alpha at t_max, so an error in
 # eps_hat is amplified 1/alpha_tmax times. 0.9 was measured on the digits teacher (cosine: 1/alpha = 6.4; 0.98,
 # 1/alpha = 32, trained noisily, README); the other presets take the t with the same 1/alpha_tmax on their own
@@ -122,14 +111,14 @@ BASE = dict(delta=0.04, weighting="uniform", boundary_every=4, iters=3000, batch
 PRESETS = {  # Table 3 where the paper gives a value; measured on this CPU for digits and gmm
     "digits": dict(),
     "gmm": dict(iters=300, batch=64, lr=1e-3, ema=0.98, boundary_every=1),
-    "ddpm-cifar10": dict(lr=1e-4, ema=0.9999, iters=500_000, t_max=0.6),
+    "ddpm-cifar10": dict(lr=1e-4, ema=0.9999, iters=500_000, t_max=0.6, loss="lpips"),  # Table 2's best row
     "sd21": dict(delta=0.01, weighting="lambda", lr=2e-5, batch=64, ema=0.9999, iters=500_000, t_max=0.85),
     "if": dict(weighting="lambda", lr=2e-5, batch=64, ema=0.9999, iters=500_000),
     "if-2": dict(weighting="lambda", lr=2e-5, batch=32, ema=0.9999, iters=100_000),
 }
 RESUMABLE = ("iters", "minutes", "log_every", "ckpt_every", "preview", "check", "precision", "grad_checkpointing",
-             "keep", "export_every")  # may change on a rerun
-CHOICES = dict(solver=("euler", "heun"), weighting=("uniform", "lambda"), student=("auto", "copy", "small"),
+             "keep", "export_every", "eval_every")  # may change on a rerun
+CHOICES = dict(solver=("euler", "heun"), loss=("l2", "huber", "lpips"), weighting=("uniform", "lambda"), student=("auto", "copy", "small"),
                time_sampling=("uniform", "progressive"), clip=("auto", "none", "static", "dynamic"),
                precision=cli.PRECISIONS)
 
@@ -141,7 +130,9 @@ def resolve(cfg: BootConfig) -> BootConfig:
     fills = {k: row.get(k, v) for k, v in BASE.items() if getattr(cfg, k) is None}
     out = cfg.out or f"runs/boot-{Path(cfg.teacher).name}" + ("-stage2" if cfg.stage == 2 else "")
     paths = {k: teachers.local_path(getattr(cfg, k)) for k in ("teacher", "model_id", "prompts", "stage1_run")}
-    return dataclasses.replace(cfg, **fills, **paths, out=out, preset=preset)
+    step = max(cfg.log_every, 1)  # --log-every 0 is refused by check_config
+    every = -(-500 // step) * step if cfg.eval_every is None else cfg.eval_every  # >= 500, a multiple
+    return dataclasses.replace(cfg, **fills, **paths, out=out, preset=preset, eval_every=every)
 
 
 def preset_for(cfg: BootConfig):
@@ -175,14 +166,15 @@ def validate(cfg: BootConfig, world: int):
               (cfg.w_max is None or (cfg.w is not None and cfg.w <= cfg.w_max),
                "--w-max needs --w with w <= w-max (w ~ U(w, w_max) per example)"),
               (cfg.stage in (1, 2), f"--stage must be 1 or 2, got {cfg.stage}"),
+              (0 <= cfg.noise_level < 1000, f"--noise-level must lie in 0..999, got {cfg.noise_level}"),
+              (cfg.eval_every >= 0, "--eval-every must be non-negative"),
+              (cfg.eval_every % cfg.log_every == 0, f"--eval-every {cfg.eval_every} is not a multiple of --log-every {cfg.log_every}"),
               (cfg.stage != 2 or cfg.stage1_run, "--stage 2 needs --stage1-run DIR, a finished stage-1 run of the same cascade")]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
     if cfg.stage == 2:
-        students.check_finished_run(cfg.stage1_run, "stage-1")
-    if not 0 <= cfg.noise_level < 1000:
-        raise UserError(f"--noise-level must lie in 0..999, got {cfg.noise_level}")
+        students.check_finished_run(cfg.stage1_run, "stage-1 ")
     if cfg.prompts is not None:
         cli.load_prompts(cfg.prompts)
     teachers.check_teacher_files(cfg.teacher, cfg.model_id, cfg.stage)
@@ -209,7 +201,7 @@ def configure(argv):
         if cfg.w is None:
             shown["w"] = REGISTRY_W.get(cfg.teacher + ("-2" if cfg.stage == 2 else ""), "the teacher's default")
         try:
-            shown["memory_estimate"] = memory_report(cfg, world)
+            shown["memory_estimate"] = costs.boot_memory(cfg, world)
         except UserError as e:  # e.g. a hub teacher whose configs are not on this machine
             shown["memory_estimate"] = f"unavailable: {e}"
         print(json.dumps(shown, indent=2))
@@ -222,7 +214,9 @@ if __name__ == "__main__" and sys.argv[1:2] != ["sample"] and cli.answers_alone(
     configure(sys.argv[1:])  # --help: printed before torch is imported
 
 import torch  # noqa: E402  (below the config: --help answers without it)
+import torch.nn.functional as F  # noqa: E402
 
+import costs  # noqa: E402
 import runkit  # noqa: E402
 import teachers  # noqa: E402
 from pipelines import students  # noqa: E402
@@ -281,15 +275,43 @@ def loss_weight(schedule, t, delta: float, weighting: str, s=None):
     return 1.0 / delta_lambda(schedule, t, s) ** 2
 
 
-def bootstrap_loss(y_s, target, weight):
-    """Eq. (14): E w~_t / delta^2 ||y_theta(eps, s) - SG(y^_theta(eps, s))||^2 (mean over dimensions)."""
-    per_example = (y_s - target).pow(2).flatten(1).mean(1)
+def bootstrap_loss(y_s, target, weight, loss: str = "l2"):
+    """Eq. (14): E w~_t / delta^2 d(y_theta(eps, s), SG(y^_theta(eps, s))), the weight per example.
+
+    d is the squared L2 distance, mean over dimensions (the paper's); the pseudo-Huber distance of
+    improved consistency training (Song & Dhariwal 2023), sqrt(||y - y^||^2 + c^2) - c with c =
+    0.00054 sqrt(dimensions); or LPIPS on the images (Sec. 4.1: BOOT's best CIFAR-10 row)."""
+    if loss == "lpips":  # grey repeated to RGB, below 224 x 224 upsampled to it (as consistency models do)
+        x = torch.cat([y_s, target]).float().expand(-1, 3, -1, -1)
+        x = F.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False) if x.shape[-1] < 224 else x
+        per_example = lpips_network(y_s.device)(*x.chunk(2)).flatten()
+    elif loss == "huber":
+        c = 0.00054 * math.sqrt(y_s[0].numel())
+        per_example = ((y_s - target).pow(2).flatten(1).sum(1) + c**2).sqrt() - c
+    else:
+        per_example = (y_s - target).pow(2).flatten(1).mean(1)
     return (weight.to(per_example) * per_example).mean()
+
+
+@functools.lru_cache(maxsize=2)
+def lpips_network(device):
+    """LPIPS (Zhang et al. 2018, the `lpips` package) with its AlexNet trunk, frozen; torchvision fetches
+    the trunk's ImageNet weights once (one line naming them when they cannot be had)."""
+    import lpips
+
+    try:
+        net = lpips.LPIPS(net="alex", verbose=False)
+    except Exception as e:  # noqa: BLE001 - URLError, HTTPError, OSError: no network, no cached weights
+        raise UserError(f"--loss lpips needs torchvision's AlexNet ImageNet weights (alexnet-owt-7be5be79.pth) in "
+                        f"{torch.hub.get_dir()}/checkpoints; download them once with network "
+                        f"({type(e).__name__}: {cli.first_line(e)})") from None
+    return net.to(device).eval().requires_grad_(False)
 
 
 # --- BOOT Eq. (8): boundary loss at t_max, where the teacher sees pure noise
 def boundary_loss(y_tmax, f_tmax):
-    """Eq. (8): E ||f_phi(eps, t_max) - y_theta(eps, t_max)||^2 (mean over dimensions)."""
+    """Eq. (8): E ||f_phi(eps, t_max) - y_theta(eps, t_max)||^2 (mean over dimensions): squared L2 whatever
+    --loss says, the paper's distance for this anchor."""
     return (f_tmax - y_tmax).pow(2).mean()
 
 
@@ -373,7 +395,7 @@ def make_student(teacher, cfg: BootConfig, default_w):
                 text=hasattr(teacher, "encode_prompts"), student=kind, seed=cfg.seed)
     if cfg.stage == 2:
         facts.update(stage1_run=str(Path(cfg.stage1_run).resolve()), noise_level=cfg.noise_level)
-    build = copy_student if kind == "copy" else small_student
+    build = copy_student if kind == "copy" else students.small_student
     model = build(teacher, cfg.time_cond_dim, facts)
     facts["class_name"] = type(model).__name__
     return model, facts
@@ -411,32 +433,6 @@ def copy_student(teacher, dim: int, facts: dict):
     return model.float()
 
 
-def small_student(teacher, dim: int, facts: dict):
-    """A fresh, smaller UNet2DConditionModel whose native timestep is the target time t."""
-    from diffusers import UNet2DConditionModel
-
-    C, H = teacher.sample_shape[0], teacher.sample_shape[-1]
-    if hasattr(teacher, "unet"):
-        base = dict(teacher.unet.config)
-        chans = [max(8, c // 2) for c in base["block_out_channels"]]
-        groups = math.gcd(*chans, base.get("norm_num_groups") or 32)
-        cfg = {**base, "block_out_channels": chans, "layers_per_block": 1, "norm_num_groups": groups}
-        if type(teacher.unet).__name__ != "UNet2DConditionModel":  # a UNet2DModel's config, no text
-            cfg = {k: v for k, v in cfg.items() if k in ("sample_size", "in_channels", "out_channels",
-                   "block_out_channels", "layers_per_block", "norm_num_groups", "down_block_types", "up_block_types")}
-            cfg["mid_block_type"] = "UNetMidBlock2D"
-    else:  # the analytic gmm: the embedded digits architecture, one output channel per input channel
-        cfg = teachers.digits_unet_config(num_classes=teacher.num_classes or 0, channels=(32, 64))
-        cfg.update(in_channels=C, out_channels=C, sample_size=H)
-        if not teacher.num_classes:
-            cfg.pop("num_class_embeds")
-    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    torch.manual_seed(facts["seed"])
-    model = UNet2DConditionModel.from_config({**cfg, "time_cond_proj_dim": dim})
-    facts.update(output="sample", native_time="target")
-    return model
-
-
 # --- Setup: teachers, prompts, stage-1 generator, run directory (all checks before anything is written)
 def load_teacher_and_context(cfg: BootConfig, device):
     """(teacher, Context): the teacher, and what a conditioned teacher needs besides labels (Alg. 1's
@@ -451,6 +447,10 @@ def load_teacher_and_context(cfg: BootConfig, device):
                         f"--stage 2 needs an IF stage-II teacher; '{cfg.teacher}' is not one")
     if cfg.w is not None and not teacher.guided:
         raise UserError(f"teacher '{cfg.teacher}' is unconditional: --w (CFG) does not apply")
+    if cfg.loss == "lpips" and teacher.latent:  # decoding y and its target every iteration: two VAE passes more
+        raise UserError(f"--loss lpips compares images; teacher '{cfg.teacher}' is latent: use --loss l2 or huber")
+    if cfg.loss == "lpips":
+        lpips_network(device)  # its trunk's weights, or one line saying which
     if (hasattr(teacher, "encode_prompts") or stage2) and cfg.prompts is None:
         raise UserError(f"text-to-image teacher '{cfg.teacher}' needs --prompts FILE (one prompt per line)")
     if not (hasattr(teacher, "encode_prompts") or stage2) and cfg.prompts is not None:
@@ -508,7 +508,7 @@ def boot_step(model, facts, teacher, batch, cfg: BootConfig, boundary: bool, met
         conds, ws = teachers.cat_cond(cond, cond), torch.cat([w, w]) if torch.is_tensor(w) else w
     with timed("student"), amp():
         y = y_theta(model, facts, noise, times.to(dev, torch.float32), conds, ws).float()
-    loss_bs = bootstrap_loss(y[: len(eps)], target, weight)  # line 10
+    loss_bs = bootstrap_loss(y[: len(eps)], target, weight, cfg.loss)  # line 10
     loss_bc = torch.zeros((), device=dev)
     if boundary:
         f_tmax = f(eps, torch.full_like(t, cfg.t_max))  # line 9: the teacher sees x = eps at t_max
@@ -528,6 +528,7 @@ def train(cfg: BootConfig):
         saved = {"model": raw, "ema": ema, "opt": opt, "gen": g}  # what a checkpoint holds
         step, why = run.resume(saved, f"boot {cfg.teacher}"), None
         model, meter = runkit.ddp(raw, device, world), runkit.Meter(device, LOGGED, ("loss", "bc"), run.window)
+        extra = proxy(cfg, teacher, context, ema, facts, meter)  # --eval-every (rank 0)
         B, b = cfg.batch, cfg.batch // world
         lo, hi = rank * b, (rank + 1) * b  # this process's slice of every global draw
         while step < cfg.iters:  # line 1
@@ -544,7 +545,7 @@ def train(cfg: BootConfig):
                 ema.update(raw)
             step += 1
             meter.add(loss=loss, bs=parts["bs"], **({"bc": parts["bc"]} if boundary else {}))
-            why = run.end_iteration(step, meter, saved)  # records, checkpoints; the budget or a signal, as rank 0 sees it
+            why = run.end_iteration(step, meter, saved, extra)  # records, checkpoints; the budget or a signal, as rank 0 sees it
             if why:
                 break
             if cfg.export_every and step % cfg.export_every == 0 and rank == 0:
@@ -571,12 +572,23 @@ def load_inputs(cfg: BootConfig):
 def finish(cfg, raw, ema, facts, teacher, context, device):
     """student/ (the EMA student as a BootPipeline + generator.json), then preview.png and the distance check."""
     encoder = context.encoder if context.prompts is not None else None  # the exported pipeline encodes its prompts
-    d, student = students.export_ema(raw, ema, lambda m: students.boot_pipeline(m, facts, teacher, encoder), facts, cfg.out)
+    d, student = students.export_ema(ema, lambda m: students.boot_pipeline(m, facts, teacher, encoder), facts, cfg.out)
     if cfg.preview or cfg.check:
         preview(cfg, student, facts, teacher, context, device)
     else:
         print0(f"wrote {d} (--preview 0 --check 0: no preview.png, no distance check)")
     return d
+
+
+def proxy(cfg, teacher, context, ema, facts, meter):
+    """metrics.jsonl's proxy at every --eval-every-th step (rank 0): FD and KID of the EMA student's one-step
+    samples against the teacher's own DDIM-50 (evaluate.Probe). None: no proxy."""
+    import evaluate
+
+    w = default_weight(cfg, teacher)
+    sample = lambda noise, cond: teacher.decode(y_theta(  # noqa: E731
+        ema.model(), facts, noise, torch.zeros(len(noise), device=noise.device), cond, w).to(teacher.dtype))
+    return evaluate.proxy(cfg.eval_every, teacher, context.fixed, w, meter, sample)
 
 
 @torch.no_grad()
@@ -606,39 +618,6 @@ def preview(cfg, student, facts, teacher, context, device):
     print0(f"wrote {Path(cfg.out) / 'student'}" + (f" and {Path(cfg.out) / 'preview.png'}" if k else ""))
     runkit.write_text_atomic(Path(cfg.out) / "distance.json", json.dumps({"n": n, **dist}, indent=2))
     return dist
-
-
-# --- --dry-run: memory per GPU and network passes of one iteration, from the teacher's configs only
-def memory_report(cfg: BootConfig, world: int) -> dict:
-    """The teacher and student built from configs (no weights read); the student's activations for
-    one sample measured on CPU under the precision a GPU run uses (auto = bf16 autocast)."""
-    from accelerate import init_empty_weights
-
-    teachers.quiet_libraries()
-    teacher = teachers.load_teacher(cfg.teacher, "meta", torch.float16 if cfg.half else torch.float32,
-                                    model_id=cfg.model_id, stage=cfg.stage, clip=cfg.clip, weights=False)
-    with init_empty_weights():  # parameters on the meta device, nothing else
-        student, facts = make_student(teacher, cfg, default_weight(cfg, teacher))
-    student.to_empty(device="cpu").train()  # uninitialised values: only the shapes matter here
-    w = default_weight(cfg, teacher)
-
-    def forward(n):
-        cond = {k: torch.zeros((n, *v.shape[1:]), dtype=v.dtype) for k, v in teacher.null.items()} or None
-        if cfg.stage == 2:
-            cond = {**cond, "lowres": torch.zeros(n, *teacher.sample_shape), "class_labels": torch.full((n,), cfg.noise_level)}
-        eps, t = torch.zeros(n, *teacher.sample_shape), torch.full((n,), 0.5)
-        return y_theta(student, facts, eps, t, teachers.float_cond(cond, "cpu"), w)
-
-    act, fixed = runkit.activation_bytes(student, forward, cfg.precision)
-    cfg_pair = teacher.guided and (w is not None or cfg.w_max is not None) and w != 1.0
-    k = cfg.boundary_every
-    passes = {"teacher_forwards": (2 if cfg.solver == "heun" else 1) + (1 / k if k else 0),
-              "teacher_forward_batch": "2 b (CFG pair)" if cfg_pair else "b",
-              "student_forwards_no_grad": 1, "student_forward_backward": 1,
-              "student_train_batch": f"2 b every {k} iterations (boundary), else b" if k else "b"}
-    mods = [getattr(teacher, name, None) for name in ("unet", "text_encoder", "vae")]
-    return runkit.memory_estimate(mods, 2 if cfg.half else 4, student, (act, fixed, 2 if k else 1), cfg.batch // world,
-                                  passes)
 
 
 # --- main

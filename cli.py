@@ -1,4 +1,4 @@
-"""Command-line plumbing shared by boot.py, dkdm.py, evaluate.py and teachers.py, without torch.
+"""Command-line plumbing shared by boot.py, dkdm.py and evaluate.py, without torch.
 
 Only the standard library is imported here, so that `--help` answers before torch, diffusers or
 transformers are loaded: each script defines its config dataclass, then asks `answers_alone(argv)`
@@ -29,17 +29,15 @@ def answers_alone(argv, flags=HELP_FLAGS) -> bool:
     return any(a in flags for a in argv)
 
 
-def flag(default, help_: str, choices=None):
-    """A config dataclass field that is a command-line flag: its default, its help, its choices."""
-    meta = {"help": help_} if choices is None else {"help": help_, "choices": list(choices)}
+def flag(default, help_: str, choices=None, nargs=None):
+    """A config dataclass field that is a command-line flag: its default, help, choices, nargs (of ints)."""
+    meta = {"help": help_, **({"choices": list(choices)} if choices else {}), **({"nargs": nargs, "elem": int} if nargs else {})}
     return dataclasses.field(default=default, metadata=meta)
 
 
 def main_of(command, argv) -> int:
     """A script's main: `command(argv)`'s exit code (None = 0), or 2 with one line `error: ...` on
     stderr for bad input (printed by rank 0 only under torchrun: every rank stops alike)."""
-    import os
-
     try:
         return command(argv) or 0
     except UserError as e:

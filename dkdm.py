@@ -1,10 +1,10 @@
 """DKDM: Data-Free Knowledge Distillation for Diffusion Models with Any Architecture.
 
-Xiang, Zhang, Shang, Wu, Yan, Nie (CVPR 2025), arXiv:2409.03550. A frozen teacher diffusion model
-is the only data source: a randomly initialised student of any diffusers architecture learns the
-teacher's every denoising step (Eq. 19-21), on noisy samples the teacher itself keeps producing
-(dynamic iterative distillation, Alg. 1). Top to bottom: config -> objective -> knowledge streams
-(pool init by shuffle denoise or staggered chains) -> students (cnn, vit) -> baselines -> Alg. 1.
+Xiang, Zhang, Shang, Wu, Yan, Nie (CVPR 2025), arXiv:2409.03550. A frozen teacher is the only data
+source: a randomly initialised student of any diffusers architecture learns the teacher's every
+denoising step (Eq. 19-21), on noisy samples the teacher itself keeps producing (dynamic iterative
+distillation, Alg. 1). Top to bottom: config -> objective -> knowledge streams (pool init by shuffle
+denoise or staggered chains) -> students (cnn, vit, any config) -> baselines -> Alg. 1.
 
     python dkdm.py                              # digits teacher, cnn student, dynamic distillation,
                                                 #   staggered pool init -> runs/dkdm-digits-cnn-dynamic/
@@ -16,15 +16,13 @@ teacher's every denoising step (Eq. 19-21), on noisy samples the teacher itself 
     torchrun --standalone --nproc_per_node=8 dkdm.py --teacher ddpm-cifar10 --batch 128 \\
         --lr 1e-4 --warmup 0 --ema 0.9999 --iters 200000   # the paper's settings
 
-Conventions (those of the official code, github.com/qianlong0502/DKDM): integer steps i = 0..T-1 as
-in diffusers, alpha_bar_{-1} = 1; the teacher's x0-hat is clipped per the teacher, the student's is
-not; the student's mean is detached inside the KL, so L*vlb trains only the variance head; loss =
-L*simple + lam L*vlb per timestep (see `dkdm_loss`). Fixed-variance teachers (latent LDMs,
-google/ddpm-*) give L*simple only. Deviations from the paper are flags (README, "Paper vs ours").
-A pool entry (x, i, label) is the noisy sample x_i waiting for the step i -> i-1; once its step
-i = 0 is taken it restarts from fresh noise at i = T-1 (the official code resets it when next
-drawn: the same stream). Under torchrun each process owns rho T b/world entries seeded by its rank.
-Run directories, resume, --minutes and exit codes work as in boot.py (runkit.py).
+Conventions (the official code's, github.com/qianlong0502/DKDM): integer steps i = 0..T-1 as in
+diffusers, alpha_bar_{-1} = 1; the teacher's x0-hat is clipped per the teacher, the student's is not;
+the student's mean is detached inside the KL, so L*vlb trains only the variance head (`dkdm_loss`);
+fixed-variance teachers give L*simple only. Deviations from the paper are flags (README, "Paper vs
+ours"). A pool entry (x, i, label) is the noisy sample x_i waiting for the step i -> i-1; after step
+i = 0 it restarts from fresh noise at i = T-1. Under torchrun each process owns rho T b/world entries
+seeded by its rank. Run directories, resume and exit codes work as in boot.py (runkit.py).
 """
 from __future__ import annotations
 
@@ -65,8 +63,8 @@ class DKDMConfig:
     minutes: float | None = flag(None, "stop (checkpoint + export) after this many minutes of training in all reruns")
     lr: float | None = flag(None, "AdamW peak learning rate after warm-up; default 1e-3 (cnn), 3e-3 (vit)")
     warmup: int = flag(200, "linear lr warm-up iterations")
-    lr_decay: int | None = flag(None, "cosine decay of the lr to 10% of its peak over this many iterations (0: constant); "
-                                      "default 0 (cnn), 10,000 (vit)")
+    lr_decay: tuple[int, ...] | None = flag(None, "START END: a cosine from the peak lr at iteration START to 10%% at END "
+                                                  "(0 0: constant); default constant (cnn), 7000 10000 (vit)", nargs=2)
     ema: float | None = flag(None, "EMA decay of the exported student; default 0.998 (cnn), 0.9995 (vit)")
     clip_grad: float | None = flag(None, "clip the gradient norm at this value; 0: none. Default: none, as the paper "
                                          "and its code; 1.0 on the embedded teachers (digits, gmm; README)")
@@ -83,6 +81,8 @@ class DKDMConfig:
     grad_checkpointing: bool = flag(False, "recompute the student's activations in backward (less memory, more time)")
     out: str | None = flag(None, "run dir; default runs/dkdm-<teacher>-<student>-<method>")
     log_every: int = flag(100, "metrics.jsonl / progress interval")
+    eval_every: int | None = flag(None, "a proxy FD and KID of the EMA student every K iterations, a multiple of "
+                                        "--log-every (metrics.jsonl; 0: never; default: 2000, or the next multiple)")
     ckpt_every: int = flag(1000, "checkpoint interval (a rerun resumes from the latest)")
     keep: int = flag(1, "checkpoints kept: the last N (checkpoints/step-*.pt; latest.pt is the newest)")
     export_every: int = flag(0, "also export the EMA student + preview.png every K iterations (0: at the end only)")
@@ -92,17 +92,19 @@ class DKDMConfig:
             setattr(self, k, v if getattr(self, k) is None else getattr(self, k))
         if self.clip_grad is None:  # the paper clips nothing; the CPU digits runs were all tuned with 1.0
             self.clip_grad = 1.0 if self.teacher in EMBEDDED else 0.0
+        if self.eval_every is None:  # 2,000 or the next multiple of --log-every: ~2.5% of a default run
+            self.eval_every = -(-2000 // max(self.log_every, 1)) * max(self.log_every, 1)  # 0 is refused later
 
 
 RESUMABLE = ("iters", "minutes", "log_every", "ckpt_every", "precision", "grad_checkpointing", "keep", "export_every",
-             "init_batch")  # may change on a rerun
+             "init_batch", "eval_every")  # may change on a rerun
 # Measured on digits (README, "FD vs iterations"): the DiT diverged at lr 4e-3 and trails at 1e-3.
-STUDENT_DEFAULTS = {"cnn": dict(iters=10_000, lr=1e-3, ema=0.998, lr_decay=0),
-                    "vit": dict(iters=10_000, lr=3e-3, ema=0.9995, lr_decay=10_000)}
+STUDENT_DEFAULTS = {"cnn": dict(iters=10_000, lr=1e-3, ema=0.998, lr_decay=(0, 0)),
+                    "vit": dict(iters=10_000, lr=3e-3, ema=0.9995, lr_decay=(7000, 10_000))}
 
 
 def parser():
-    """The command line: DKDMConfig's flags; `dkdm.py sample RUN ...` is `--sample RUN ...`."""
+    """The command line: DKDMConfig's flags, and `dkdm.py sample RUN ...`."""
     return cli.add_usage(cli.parser_from_dataclass(DKDMConfig, __doc__),
                          "dkdm.py sample RUN [--sampler ancestral|ddim] [--steps N] [--n N]")
 
@@ -111,7 +113,9 @@ if __name__ == "__main__" and cli.answers_alone(sys.argv[1:]):  # --help: before
     parser().parse_args(sys.argv[1:])
 
 import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
+import costs  # noqa: E402
 import runkit  # noqa: E402
 import teachers  # noqa: E402
 from pipelines import students  # noqa: E402
@@ -263,8 +267,6 @@ def init_shuffle(teacher, n, g, w=None, p_uncond=0.0, batch=512):
     i_end = torch.randint(0, T, (n,), generator=g, device=g.device).to(x.device)
     by_end = torch.argsort(i_end, stable=True)  # the entries still going at step s (i_end < s) are a prefix
     going = torch.bincount(i_end, minlength=T).cumsum(0).tolist()  # of going[s - 1]: one read, not one a step
-    from tqdm import tqdm
-
     for s in tqdm(range(T - 1, 0, -1), desc="shuffle denoise", disable=not runkit.is_rank0(), leave=False):
         if going[s - 1] == 0:
             break
@@ -281,6 +283,14 @@ def staggered_counts(n, T):
     return edges[1:] - edges[:-1]
 
 
+def check_chains(n, T, chains):
+    """staggered_counts(n, T), or one line when M = --chains is below the entries per step."""
+    counts = staggered_counts(n, T)
+    if int(counts.max()) > chains:
+        raise UserError(f"--chains {chains} is below the {int(counts.max())} pool entries per step (rho b); use well above")
+    return counts
+
+
 @torch.no_grad()
 def init_staggered(teacher, n, chains, g, w=None, p_uncond=0.0, return_chains=False):
     """M teacher chains run from T-1 to 0 in one batch; at every step i, about n/T of their
@@ -291,17 +301,13 @@ def init_staggered(teacher, n, chains, g, w=None, p_uncond=0.0, return_chains=Fa
     and the pool holds only rho b trajectories, which advance too slowly to ever refresh.
     """
     T = teacher.schedule.T
-    counts = staggered_counts(n, T)
-    if int(counts.max()) > chains:
-        raise UserError(f"--chains {chains} is below the {int(counts.max())} pool entries per step (rho b)")
+    counts = check_chains(n, T, chains)
     xc, lc = fresh_samples(teacher, chains, g, p_uncond)
     x = torch.empty((n, *teacher.sample_shape), device=xc.device)
     i = torch.empty(n, dtype=torch.long, device=xc.device)
     labels = None if lc is None else torch.empty(n, dtype=torch.long, device=xc.device)
     chain_of = torch.empty(n, dtype=torch.long, device=g.device)
     queue, slot = torch.empty(0, dtype=torch.long, device=g.device), 0
-    from tqdm import tqdm
-
     for s in tqdm(range(T - 1, -1, -1), desc="staggered init", disable=not runkit.is_rank0(), leave=False):
         k = int(counts[s])
         if len(queue) < k:  # refill: this cycle's leftovers first, then the other chains shuffled
@@ -355,58 +361,13 @@ def make_pool(cfg, teacher, n, g, w):
 
 
 # --- Students of any architecture (Sec. 4.2, Table 5): a smaller CNN, or a DiT-style transformer
-def out_channels(teacher):
-    """A denoiser standing in for `teacher` predicts eps (C channels), plus C variance channels (v of
-    DKDM Eq. 12) when the teacher learned them."""
-    C = teacher.sample_shape[0]
-    return 2 * C if teacher.learned_variance else C
-
-
-def label_slots(teacher):
-    """Label embeddings: the teacher's classes + its null label (absent when unconditional)."""
-    return teacher.num_classes + 1 if teacher.num_classes else None
-
-
-def cnn_config(teacher, width=None):
-    """A UNet2DModel smaller than the teacher: 2 levels at 8x8, 3 up to 32x32, 4 above."""
-    C, H, _ = teacher.sample_shape
-    w = width or (16 if H <= 8 else 64)
-    mult = (1, 2) if H <= 8 else (1, 2, 2) if H <= 32 else (1, 2, 2, 4)
-    attn_last = H > 8  # self-attention at the lowest resolution only, above 8x8
-    down = ["DownBlock2D"] * (len(mult) - 1) + ["AttnDownBlock2D" if attn_last else "DownBlock2D"]
-    up = ["AttnUpBlock2D" if attn_last else "UpBlock2D"] + ["UpBlock2D"] * (len(mult) - 1)
-    return dict(sample_size=H, in_channels=C, out_channels=out_channels(teacher),
-                block_out_channels=[w * m for m in mult], layers_per_block=1 if H <= 8 else 2,
-                down_block_types=down, up_block_types=up, norm_num_groups=8 if w <= 32 else 32,
-                attention_head_dim=8, num_class_embeds=label_slots(teacher))
-
-
-def vit_config(teacher, width=None):
-    """A DiTTransformer2DModel (adaLN-zero, patch 2): 4 layers of width 128 at 8x8, 12 of 384 above."""
-    C, H, _ = teacher.sample_shape
-    w = width or (128 if H <= 8 else 384)
-    return dict(sample_size=H, in_channels=C, out_channels=out_channels(teacher), patch_size=2,
-                num_layers=4 if H <= 8 else 12, num_attention_heads=4, attention_head_dim=w // 4,
-                num_embeds_ada_norm=label_slots(teacher) or 1)
-
-
-def adaln_zero_(model):
-    """DiT's adaLN-Zero initialisation (Peebles & Xie, arXiv:2212.09748, Sec. 3.2): every block's
-    modulation layer (its shift, scale and gate) and the final layer's modulation and projection
-    start at zero, so each block starts as the identity and the model's output at 0. diffusers'
-    DiTTransformer2DModel keeps PyTorch's default init there."""
-    for name, m in model.named_modules():
-        if name.endswith(".norm1.linear") or name in ("proj_out_1", "proj_out_2"):
-            torch.nn.init.zeros_(m.weight)
-            torch.nn.init.zeros_(m.bias)
-    return model
-
-
 def denoiser_from_config(directory):
     """A randomly initialised diffusers denoiser from `directory`/config.json (UNet2DModel,
     UNet2DConditionModel or DiTTransformer2DModel)."""
     import diffusers
 
+    if not (Path(directory) / "config.json").is_file():
+        raise UserError(f"unknown student '{directory}' (cnn, vit, or a directory with a diffusers config.json)")
     conf = cli.read_json(Path(directory) / "config.json", "student config")
     name = conf.get("_class_name", "")
     if name not in ("UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel"):
@@ -417,23 +378,19 @@ def denoiser_from_config(directory):
 
 def check_student_fits(model, teacher, what):
     """One-line errors when a diffusers denoiser (DKDM's student) cannot stand in for the teacher."""
-    c = model.config
-    C, H, _ = teacher.sample_shape
+    c, (C, H, _), name, need = model.config, teacher.sample_shape, teacher.name, students.out_channels(teacher)
     size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
-    if c.in_channels != C or size != H:
-        raise UserError(f"student '{what}' takes {c.in_channels}x{size}x{size} inputs; teacher "
-                        f"'{teacher.name}' makes {C}x{H}x{H}")
-    if c.out_channels != out_channels(teacher):
-        raise UserError(f"student '{what}' has {c.out_channels} output channels; teacher '{teacher.name}' needs "
-                        f"{out_channels(teacher)} ({'eps + variance' if teacher.learned_variance else 'eps'})")
-    if getattr(c, "patch_size", None) and H % c.patch_size:
-        raise UserError(f"student '{what}': patch size {c.patch_size} does not divide {H}")
-    slots = getattr(c, "num_class_embeds", None) or getattr(c, "num_embeds_ada_norm", None)
-    if teacher.num_classes and (slots or 0) < teacher.num_classes + 1:
-        raise UserError(f"student '{what}' embeds {slots or 0} labels; teacher '{teacher.name}' has "
-                        f"{teacher.num_classes} classes + a null label")
-    if not teacher.num_classes and getattr(c, "num_class_embeds", None):
-        raise UserError(f"student '{what}' is class-conditional; teacher '{teacher.name}' is not")
+    slots = getattr(c, "num_class_embeds", None) or getattr(c, "num_embeds_ada_norm", None) or 0
+    checks = [(c.in_channels == C and size == H, f"takes {c.in_channels}x{size}x{size} inputs; teacher '{name}' makes {C}x{H}x{H}"),
+              (c.out_channels == need, f"has {c.out_channels} output channels; teacher '{name}' needs {need} "
+                                       f"({'eps + variance' if teacher.learned_variance else 'eps'})"),
+              (not H % (getattr(c, "patch_size", None) or 1), f"has patch size {getattr(c, 'patch_size', None)}, which does not divide {H}"),
+              (not teacher.num_classes or slots >= teacher.num_classes + 1,
+               f"embeds {slots} labels; teacher '{name}' has {teacher.num_classes} classes + a null label"),
+              (teacher.num_classes or not getattr(c, "num_class_embeds", None), f"is class-conditional; teacher '{name}' is not")]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(f"student '{what}' {message}")
 
 
 def build_student(cfg, teacher):
@@ -441,11 +398,11 @@ def build_student(cfg, teacher):
     import diffusers
 
     if cfg.student == "cnn":
-        model = diffusers.UNet2DModel(**cnn_config(teacher, cfg.width))
+        model = diffusers.UNet2DModel(**students.cnn_config(teacher, cfg.width))
     elif cfg.student == "vit":
-        model = diffusers.DiTTransformer2DModel(**vit_config(teacher, cfg.width))
+        model = diffusers.DiTTransformer2DModel(**students.vit_config(teacher, cfg.width))
         if cfg.vit_init == "adaln-zero":
-            adaln_zero_(model)
+            students.adaln_zero_(model)
     else:  # any diffusers denoiser's config.json
         model = denoiser_from_config(cfg.student)
     check_student_fits(model, teacher, cfg.student)
@@ -504,8 +461,6 @@ class ImageSet:
 def sample_set(teacher, draw, n, steps, g, w=None, sampler="ancestral"):
     """n teacher samples (IDDPM ancestral or DDIM, `steps` steps, batches of 256) from `draw(m)`'s m
     noises and labels: a synthetic training set (DKDM's data-free baseline, Table 4)."""
-    from tqdm import tqdm
-
     xs, ls, batch = [], [], 256
     for k in tqdm(range(0, n, batch), desc="synthetic set", unit="batch", leave=False):
         noise, labels = draw(min(batch, n - k))
@@ -595,7 +550,9 @@ def train(cfg, teacher, student, run):
         saved = {"model": raw, "ema": ema, "opt": opt, "stream": stream}  # what a checkpoint holds
         step, why = run.resume(saved, f"dkdm {cfg.method}"), None
         model, meter = runkit.ddp(raw, device, world), runkit.Meter(device, LOGGED, window=run.window)
-        pool_stats = (lambda: stream.spread(teacher.schedule.T)) if isinstance(stream, Pool) else None
+        probe = proxy(cfg, teacher, ema, meter)  # --eval-every (rank 0)
+        extra = lambda step: {**(stream.spread(teacher.schedule.T) if isinstance(stream, Pool) else {}),  # noqa: E731
+                              **(probe(step) if probe else {})}
         if step == 0:
             run.checkpoint(0, meter, saved)  # the initialised pool: a rerun never repeats its init
         while step < cfg.iters:  # lines 2-3, 9
@@ -612,7 +569,7 @@ def train(cfg, teacher, student, run):
                 ema.update(raw)
             step += 1
             meter.add(loss=loss, mse=mse, vb=vb)
-            why = run.end_iteration(step, meter, saved, extra=pool_stats)
+            why = run.end_iteration(step, meter, saved, extra)
             if why:  # records and checkpoints written; the budget or a signal, as rank 0 sees it
                 break
             if cfg.export_every and step % cfg.export_every == 0 and rank == 0:
@@ -626,12 +583,24 @@ def train(cfg, teacher, student, run):
 
 
 def learning_rate(cfg, step: int) -> float:
-    """Linear warm-up, then constant, or a cosine from the peak down to 10% of it at step lr_decay (a
-    horizon of its own: continuing a run with a larger --iters leaves the steps already taken alone)."""
-    lr = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
-    if cfg.lr_decay:
-        lr *= 0.1 + 0.45 * (1 + math.cos(math.pi * min(step, cfg.lr_decay) / cfg.lr_decay))
+    """Linear warm-up, constant, then a cosine down to 10% of the peak between the iterations of
+    --lr-decay (a horizon of its own: continuing a run with a larger --iters leaves the steps taken alone)."""
+    lr, (start, end) = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup)), cfg.lr_decay
+    if end > start and step > start:
+        lr *= 0.1 + 0.45 * (1 + math.cos(math.pi * min(step - start, end - start) / (end - start)))
     return lr
+
+
+def proxy(cfg, teacher, ema, meter):
+    """metrics.jsonl's proxy at every --eval-every-th step (rank 0): FD and KID of the EMA student's
+    DDIM-50 samples (its export's sampler) against the teacher's own (evaluate.Probe). None: no proxy."""
+    import evaluate
+
+    w, source, K = teacher.default_guidance, teachers.teacher_source(cfg.teacher, cfg.model_id), teacher.num_classes
+    cond_of = lambda n: as_cond(torch.arange(n, device=teacher.device) % K) if K else None  # noqa: E731 - as the preview's
+    sample = lambda noise, cond: teacher.decode(students.ddpm_pipeline(ema.model(), teacher, source).denoise(  # noqa: E731
+        noise, cond and cond["class_labels"], w, 50).to(teacher.dtype))
+    return evaluate.proxy(cfg.eval_every, teacher, cond_of, w, meter, sample)
 
 
 def make_stream(cfg, teacher, run, g, w, world):
@@ -646,11 +615,10 @@ def make_stream(cfg, teacher, run, g, w, world):
     evals, passes = init_cost(cfg, teacher.schedule.T, n)
     print0(f"pool: {n} entries per process, init '{resolved_init(cfg)}': {evals:,.0f} teacher sample "
            f"evaluations in {passes:,} batched passes")
-    start = time.time()
-    pool = make_pool(cfg, teacher, n, g, w)
+    start, pool = time.time(), make_pool(cfg, teacher, n, g, w)
     print0(f"pool initialised in {time.time() - start:.1f} s")
-    run.log({"step": 0, "pool_init": resolved_init(cfg), "init_seconds": time.time() - start,
-             "init_evals": evals, "pool_size": n * world})
+    run.log({"step": 0, "pool_init": resolved_init(cfg), "init_seconds": time.time() - start, "init_evals": evals,
+             "pool_size": n * world})
     return pool
 
 
@@ -664,7 +632,7 @@ def export_student(cfg, teacher, raw, ema, run_path):
             "latent": teacher.latent, "default_w": teacher.default_guidance, "class_name": type(raw).__name__,
             "training": cfg.method}
     source = teachers.teacher_source(cfg.teacher, cfg.model_id)  # the teacher's pipeline: its scheduler config
-    return students.export_ema(raw, ema, lambda model: students.ddpm_pipeline(model, teacher, source), info, run_path)[0]
+    return students.export_ema(ema, lambda model: students.ddpm_pipeline(model, teacher, source), info, run_path)[0]
 
 
 # --- main: every check before anything is written
@@ -673,24 +641,19 @@ def load_inputs(cfg):
     group is made or anything is written."""
     cli.check_run_fields(cfg)
     runkit.teacher_dtype(cfg.half, runkit.env()[2])  # --half needs a GPU
-    checks = [(cfg.rho > 0, "--rho must be positive"), (cfg.lam >= 0, "--lam must be non-negative"),
-              (cfg.batch >= 1, "--batch must be at least 1"), (cfg.chains >= 1, "--chains must be at least 1"),
-              (cfg.init_batch is None or cfg.init_batch >= 1, "--init-batch must be at least 1"), (cfg.warmup >= 0, "--warmup must be non-negative"),
-              (cfg.lr_decay >= 0, "--lr-decay must be non-negative"),
-              (cfg.clip_grad >= 0, "--clip-grad must be non-negative"),
+    positive = {k: getattr(cfg, k) for k in ("batch", "chains", "init_batch", "synth_steps", "synth_n", "width")}
+    checks = [*((v is None or v >= 1, f"--{k.replace('_', '-')} must be at least 1") for k, v in positive.items()),
+              (cfg.rho > 0, "--rho must be positive"), (cfg.lam >= 0, "--lam must be non-negative"),
+              (cfg.warmup >= 0, "--warmup must be non-negative"), (cfg.clip_grad >= 0, "--clip-grad must be non-negative"),
+              (0 <= cfg.lr_decay[0] <= cfg.lr_decay[1], "--lr-decay START END needs 0 <= START <= END"),
+              (cfg.eval_every >= 0, "--eval-every must be non-negative"),
+              (cfg.eval_every % cfg.log_every == 0, f"--eval-every {cfg.eval_every} is not a multiple of --log-every {cfg.log_every}"),
               (0 <= cfg.p_uncond < 1, "--p-uncond must lie in [0, 1)"),
-              (cfg.synth_steps is None or cfg.synth_steps >= 1, "--synth-steps must be at least 1"),
-              (cfg.synth_n is None or cfg.synth_n >= 1, "--synth-n must be at least 1"),
-              (cfg.width is None or cfg.width >= 1, "--width must be at least 1"),
               (cfg.method != "iterative" or cfg.pool_init in ("auto", "noise"),
                "--method iterative starts every sample at T-1 (--pool-init auto or noise)")]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
-    if cfg.student not in ("cnn", "vit") and not (Path(cfg.student) / "config.json").is_file():
-        raise UserError(f"unknown student '{cfg.student}' (cnn, vit, or a directory with a diffusers config.json)")
-    if cfg.student not in ("cnn", "vit"):
-        cli.read_json(Path(cfg.student) / "config.json", "student config")
     teachers.check_teacher_files(cfg.teacher, cfg.model_id)
     out = cfg.out or f"runs/dkdm-{Path(cfg.teacher).name}-{Path(cfg.student).name}-{cfg.method}"
     cli.check_output_dir(out, "--out")
@@ -707,32 +670,12 @@ def load_inputs(cfg):
     torch.manual_seed(cfg.seed)  # the student's random init (the same on every process)
     student = build_student(cfg, teacher)
     if cfg.method in ("dynamic", "shuffled", "iterative") and resolved_init(cfg) == "staggered":
-        need = int(staggered_counts(pool_size(cfg, teacher.schedule.T, cfg.batch // world), teacher.schedule.T).max())
-        if cfg.chains < need:
-            raise UserError(f"--chains {cfg.chains} is below the {need} pool entries per step (rho b); use well above")
+        check_chains(pool_size(cfg, teacher.schedule.T, cfg.batch // world), teacher.schedule.T, cfg.chains)
     config = {**dataclasses.asdict(cfg), "out": out, "world_size": world,
               "pool_init": resolved_init(cfg) if cfg.method not in ("data", "data-free") else None}
     run = runkit.RunDir(config["out"], config, rank, resumable=RESUMABLE, keep=cfg.keep,
                           per_rank={"stream": "knowledge-stream checkpoint"})
     return teacher, student, run
-
-
-def student_memory(teacher, student, cfg, b: int, pool_bytes: float) -> dict:
-    """--dry-run's memory per GPU (runkit.memory_estimate): one training forward of the student at T/2,
-    the teacher in cfg.half's precision, one teacher forward per iteration, the pool's bytes per sample."""
-    import copy
-
-    model = copy.deepcopy(student).cpu().train()
-
-    def forward(n):
-        cond = {"class_labels": torch.zeros(n, dtype=torch.long)} if teacher.num_classes else None
-        return teachers.call_net(model, torch.zeros(n, *teacher.sample_shape), torch.full((n,), teacher.schedule.T / 2), cond)
-
-    act = runkit.activation_bytes(model, forward, cfg.precision)
-    passes = {"teacher_forwards": int(pool_bytes > 0), "student_forward_backward": 1,
-              "teacher_forward_batch": "2 b (CFG pair)" if teacher.guided and teacher.default_guidance not in (None, 1.0) else "b"}
-    return runkit.memory_estimate([getattr(teacher, "unet", None), getattr(teacher, "vae", None)], 2 if cfg.half else 4,
-                                  model, (*act, 1), b, passes, (pool_bytes, "pool"))
 
 
 def run_facts(cfg, teacher, student, run, world):
@@ -754,9 +697,6 @@ def run_facts(cfg, teacher, student, run, world):
 
 
 def command(argv):
-    if "--sample" in argv:  # the older spelling of `sample RUN`
-        k = argv.index("--sample")
-        argv = ["sample", *argv[k + 1:k + 2], *argv[:k], *argv[k + 2:]]
     if argv[:1] == ["sample"]:  # samples of a finished run (pipelines/students.py)
         return students.sample_command("dkdm", argv[1:])
     args = vars(parser().parse_args(argv))
@@ -764,12 +704,10 @@ def command(argv):
     cfg = DKDMConfig(**args)
     cfg = dataclasses.replace(cfg, **{k: teachers.local_path(getattr(cfg, k)) for k in ("teacher", "model_id")})
     teacher, student, run = load_inputs(cfg)
-    if dry_run:  # the config, what the run will do, and its memory per GPU with the pool (4 C H W + 16 bytes each)
-        world, (C, H, W) = run.config["world_size"], teacher.sample_shape
-        b = cfg.batch // world
-        pool = pool_size(cfg, teacher.schedule.T, b) if cfg.method in ("dynamic", "shuffled", "iterative") else 0
-        memory = student_memory(teacher, student, cfg, b, pool / b * (4 * C * H * W + 16))
-        return print0(json.dumps({**run_facts(cfg, teacher, student, run, world), "memory_estimate": memory}, indent=2))
+    if dry_run:  # the config, what the run will do, and its memory per GPU
+        memory = costs.dkdm_memory(teacher, student, cfg, run.config["world_size"])
+        return print0(json.dumps({**run_facts(cfg, teacher, student, run, run.config["world_size"]),
+                                  "memory_estimate": memory}, indent=2))
     train(cfg, teacher, student, run)
 
 

@@ -7,6 +7,8 @@ both papers report them, on samples with per-image seeds (sample i uses seed --s
 
     FD          Frechet distance between Gaussian fits of features (Heusel et al. 2017, via
                 clean-fid); "FID" when the features are Inception's
+    KID         kernel distance (Binkowski et al. 2018, clean-fid's): unbiased in n, with its spread
+                (std) over 100 subsets
     precision,  the k = 3 nearest-neighbour manifold estimate of Kynkaenniemi et al. 2019
     recall
     IS          Inception Score exp E KL(p(y|x) || p(y)) with the shipped digits classifier
@@ -32,18 +34,17 @@ rows share n and n_ref.
     python evaluate.py --teacher ddpm-cifar10 --ref DIR --n 10000 # Inception FID, 1 GPU, online
     python evaluate.py --teacher sd21 --prompts prompts.txt --n 1000 --nfe 50  # + CLIP score
     torchrun --standalone --nproc_per_node=8 evaluate.py --teacher digits --num-samples 1000  # same numbers
-    python assets/train.py classifier       # re-train the digits feature classifier (also: --train-classifier)
+    python assets/train.py classifier       # re-train the digits feature classifier
 
---json PATH writes the table as records {"name", "sampler", "nfe", "features", "fid",
-"precision", "recall", "images_per_s", "n", ...}; --grid PATH writes a PNG whose rows share the
-same initial noise (teacher at each NFE, largest first, then the student). Teacher samples are
-kept in --cache (RUN/teacher-samples with --run): a second evaluation samples only the student.
-Bad input stops with one line on stderr and exit code 2, before any work.
+--json writes the table's records; --grid a PNG whose rows share their initial noise (teacher at
+each NFE, largest first, then the student). Teacher samples are kept in --cache (RUN/teacher-samples
+with --run): a second evaluation samples only the student. Bad input: one line, exit code 2.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -64,9 +65,7 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 GRID_COLUMNS = 16
 
 
-# ---------------------------------------------------------------------------------------------
-# Config
-# ---------------------------------------------------------------------------------------------
+# --- Config ----------------------------------------------------------------------------------------
 @dataclass
 class EvalConfig:
     teacher: str | None = field(default=None, metadata={"help": "teacher to score: registry name, hub id or dir"})
@@ -89,7 +88,6 @@ class EvalConfig:
     clip_model: str = field(default="openai/clip-vit-base-patch32", metadata={"help": "CLIP for the CLIP score"})
     json: str | None = field(default=None, metadata={"help": "write the records to this JSON file"})
     grid: str | None = field(default=None, metadata={"help": "write a PNG grid (rows share the initial noise)"})
-    train_classifier: bool = field(default=False, metadata={"help": "train assets/digits-classifier and exit"})
     cache: str | None = field(default=None, metadata={"help": "folder of cached teacher samples, reused when teacher, "
                                                                "sampler, NFE, n, seed and w match; default RUN/"
                                                                "teacher-samples with --run, none with --teacher; off: never"})
@@ -116,9 +114,7 @@ from pipelines import students  # noqa: E402
 from runkit import print0  # noqa: E402
 
 
-# ---------------------------------------------------------------------------------------------
-# The shipped feature extractor: a small CNN trained on the embedded real digits
-# ---------------------------------------------------------------------------------------------
+# --- The shipped feature extractor: a small CNN trained on the embedded real digits ----------------
 class DigitsClassifier(nn.Module):
     """1x8x8 in [-1, 1] -> 10 logits; `features` is the penultimate layer (feature_dim)."""
 
@@ -131,22 +127,10 @@ class DigitsClassifier(nn.Module):
             nn.Conv2d(c2, c3, 3, stride=2, padding=1), nn.SiLU(),  # 2x2
             nn.Flatten(), nn.Linear(c3 * 4, feature_dim), nn.SiLU(),
         )
-        self.head = nn.Linear(feature_dim, num_classes)
-
-    def features(self, x):
-        return self.body(x)
+        self.head = nn.Linear(feature_dim, num_classes)  # features: the body's output
 
     def forward(self, x):
         return self.head(self.body(x))
-
-
-def _shift_and_jitter(x, generator):
-    """Augmentation: a random shift of up to one pixel (background fill) and small Gaussian noise,
-    so that features of continuous-valued samples are as stable as those of the 17-level data."""
-    pad = F.pad(x, (1, 1, 1, 1), value=-1.0)
-    dy, dx = torch.randint(0, 3, (2,), generator=generator).tolist()
-    x = pad[:, :, dy:dy + 8, dx:dx + 8]
-    return x + 0.05 * torch.randn(x.shape, generator=generator)
 
 
 @functools.lru_cache(maxsize=2)
@@ -163,9 +147,7 @@ def load_classifier(path=CLASSIFIER_DIR):
     return model.eval().requires_grad_(False), cfg
 
 
-# ---------------------------------------------------------------------------------------------
-# Feature spaces: images in [0, 1], N x C x H x W -> float64 features N x D
-# ---------------------------------------------------------------------------------------------
+# --- Feature spaces: images in [0, 1], N x C x H x W -> float64 features N x D ---------------------
 def check_space(space: str, image_shape):
     """One-line error when a feature space is unknown or does not fit the images."""
     if space not in FEATURE_SPACES:
@@ -211,7 +193,7 @@ def features(images, space: str, batch: int = 500, device="cpu") -> np.ndarray:
         f = (images * 2 - 1).flatten(1)
     elif space == "digits":
         model, _ = load_classifier()
-        f = torch.cat([model.features(chunk * 2 - 1) for chunk in images.split(batch)])
+        f = torch.cat([model.body(chunk * 2 - 1) for chunk in images.split(batch)])
     else:
         f = _inception_features(images, batch, device)
     return f.double().numpy()
@@ -225,9 +207,7 @@ def digits_probs(images, batch: int = 500) -> np.ndarray:
     return logits.softmax(1).double().numpy()
 
 
-# ---------------------------------------------------------------------------------------------
-# Metrics on features
-# ---------------------------------------------------------------------------------------------
+# --- Metrics on features ---------------------------------------------------------------------------
 def _check_pair(a, b, what):
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise UserError(f"{what}: feature sets must be N x D with equal D, got {a.shape} and {b.shape}")
@@ -250,6 +230,22 @@ def frechet_distance_features(feats_a, feats_b) -> float:
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", LinAlgWarning)
         return float(fid.frechet_distance(mu_a, s_a, mu_b, s_b))
+
+
+# --- Kernel Inception Distance (Binkowski et al. 2018): unbiased MMD^2, cubic polynomial kernel
+def kernel_distance(feats_a, feats_b, subsets: int = 100) -> tuple[float, float]:
+    """(mean, std) of clean-fid's kernel distance over `subsets` random subsets of min(n_a, n_b, 1000)
+    samples of each set (seeded). Unbiased in n, unlike FD; the std says how far one number holds."""
+    _check_pair(feats_a, feats_b, "kernel distance")
+    from cleanfid import fid
+
+    state = np.random.get_state()
+    np.random.seed(0)
+    try:
+        values = [fid.kernel_distance(feats_a, feats_b, num_subsets=1) for _ in range(subsets)]
+    finally:
+        np.random.set_state(state)
+    return float(np.mean(values)), float(np.std(values))
 
 
 # --- Improved precision and recall (Kynkaenniemi et al. 2019, Sec. 3): a set's manifold is the
@@ -286,53 +282,26 @@ def inception_score(probs) -> float:
 
 
 # --- CLIP score (Radford et al. 2021; BOOT Sec. 4.1 reports the mean cosine similarity)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def _clip_pixels(images, size):
-    """CLIP's preprocessing in torch: bicubic resize of the short side, centre crop, normalise."""
-    x = images.float().expand(-1, 3, -1, -1)
-    h, w = x.shape[-2:]
-    scale = size / min(h, w)
-    x = F.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))), mode="bicubic",
-                      align_corners=False, antialias=True).clamp(0, 1)
-    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
-    x = x[..., top:top + size, left:left + size]
-    return (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-
-
 @torch.no_grad()
 def clip_score(images, prompts, model_dir="openai/clip-vit-base-patch32", batch=64, device="cpu") -> float:
-    """Mean cosine similarity between CLIP embeddings of images in [0, 1] and their prompts."""
+    """Mean cosine similarity between CLIP's embeddings of images in [0, 1] and of their prompts
+    (CLIPProcessor's own resize, crop and normalisation)."""
     if len(images) != len(prompts):
         raise UserError(f"CLIP score: {len(images)} images but {len(prompts)} prompts")
-    from transformers import CLIPModel, CLIPTokenizer
+    from transformers import CLIPModel, CLIPProcessor
 
-    model = CLIPModel.from_pretrained(model_dir).to(device).eval()
-    tok = CLIPTokenizer.from_pretrained(model_dir)
-    size, max_len = model.config.vision_config.image_size, model.config.text_config.max_position_embeddings
-    from tqdm import tqdm
-
+    model, processor = CLIPModel.from_pretrained(model_dir).to(device).eval(), CLIPProcessor.from_pretrained(model_dir)
     scores = []
-    for i in tqdm(range(0, len(images), batch), desc="CLIP score", unit="batch", leave=False,
-                  disable=int(os.environ.get("RANK", 0)) != 0):
-        text = tok(list(prompts[i:i + batch]), padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-        img = model.get_image_features(pixel_values=_clip_pixels(images[i:i + batch].cpu(), size).to(device))
-        txt = model.get_text_features(**{k: v.to(device) for k, v in text.items()})
-        img, txt = _embedding(img), _embedding(txt)
-        scores.append(F.cosine_similarity(img, txt, dim=-1).cpu())
+    for i in range(0, len(images), batch):
+        rgb = images[i:i + batch].float().cpu().expand(-1, 3, -1, -1)
+        inputs = processor(text=list(prompts[i:i + batch]), images=list(rgb), do_rescale=False, padding=True,
+                           truncation=True, return_tensors="pt")
+        out = model(**{k: v.to(device) for k, v in inputs.items()})
+        scores.append((out.image_embeds * out.text_embeds).sum(-1).cpu())  # both normalised by CLIPModel
     return torch.cat(scores).mean().item()
 
 
-def _embedding(out):
-    """get_*_features returns a tensor, or (newer transformers) an output with pooler_output."""
-    return out if torch.is_tensor(out) else out.pooler_output
-
-
-# ---------------------------------------------------------------------------------------------
-# Generation with per-image seeds (identical on 1 or N processes), timed after a warm-up
-# ---------------------------------------------------------------------------------------------
+# --- Generation with per-image seeds (identical on 1 or N processes), timed after a warm-up --------
 def condition(teacher, seeds, prompts=None):
     """cond for these seeds: label seed mod num_classes, prompt seed mod len(prompts), or None."""
     if teacher.num_classes:
@@ -396,9 +365,7 @@ def generate(sample, seeds, batch, rank=0, world=1, warmup=1, desc=None):
     return images, len(seeds) / max(s for _, s in parts)
 
 
-# ---------------------------------------------------------------------------------------------
-# Records and the table
-# ---------------------------------------------------------------------------------------------
+# --- Records and the table -------------------------------------------------------------------------
 class TeacherCache:
     """Teacher samples kept between runs: `evaluate --run` scores a new student against the same
     teacher rows without sampling the teacher again. One safetensors file per (teacher, sampler,
@@ -413,8 +380,6 @@ class TeacherCache:
 
     def fingerprint(self):
         """A digest of the teacher's weights (shapes and sums): a retrained teacher misses the cache."""
-        import hashlib
-
         if self._fingerprint is None:
             parts = [(k, tuple(v.shape), float(v.double().sum())) for k, v in self.teacher.state_dict().items()]
             self._fingerprint = hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
@@ -429,8 +394,6 @@ class TeacherCache:
         return json.dumps(key, sort_keys=True)
 
     def file(self, sampler, nfe):
-        import hashlib
-
         digest = hashlib.sha256(self.key(sampler, nfe).encode()).hexdigest()[:12]
         name = Path(self.teacher.name).name
         return self.dir / f"{name}-{sampler}{nfe}-n{self.cfg.n}-seed{self.cfg.seed}-{digest}.safetensors"
@@ -480,15 +443,62 @@ def evaluate_samples(images, ref_feats: dict, row: dict, prompts=None, clip_mode
     records = []
     for space, ref in ref_feats.items():
         f = features(images, space, device=device)
-        precision, recall = precision_recall(ref, f)
+        (precision, recall), (kid, kid_std) = precision_recall(ref, f), kernel_distance(ref, f)
         records.append({
             "name": row["name"], "sampler": row.get("sampler"), "nfe": row.get("nfe"), "features": space,
-            "fid": frechet_distance_features(f, ref), "precision": precision, "recall": recall,
+            "fid": frechet_distance_features(f, ref), "kid": kid, "kid_std": kid_std, "precision": precision, "recall": recall,
             "images_per_s": row.get("images_per_s"), "n": len(images), "n_ref": len(ref),
             "inception_score": inception_score(digits_probs(images)) if space == "digits" else None,
             "clip_score": clip,
         })
     return records
+
+
+class Probe:
+    """--eval-every's proxy: FD and KID of n samples of a training student against n other samples of the
+    teacher's own DDIM-50 (the same conditions, other noise: paired samples would bias KID), in the digits
+    classifier's features (1x8x8) or in pixels at 16 x 16 at most. A proxy to pick a checkpoint by, not
+    the evaluation: small n, the teacher as the reference, its own score at this n (the floor) in the
+    label every record carries."""
+
+    def __init__(self, teacher, cond, n=256, w=None):
+        self.noise, self.cond = teachers.seeded_noise(range(n), teacher.sample_shape, teacher.device), cond
+        ddim50 = lambda noise, cond: teacher.decode(teachers.ddim(teacher, noise, 50, cond, w))  # noqa: E731
+        images = ddim50(teachers.seeded_noise(range(n, 2 * n), teacher.sample_shape, teacher.device), cond)
+        self.space = "digits" if tuple(images.shape[1:]) == DIGITS_SHAPE else "pixels"
+        self.ref, self.about = self.features(images), ""
+        floor = self(ddim50)
+        self.about = (f"proxy: n={n} against {n} other samples of the teacher's DDIM-50, {self.space} features "
+                      f"(the teacher's own DDIM-50: FD {floor['proxy_fd']:.3g}, KID {floor['proxy_kid']:.2g})")
+
+    def features(self, images):
+        if self.space == "pixels" and images.shape[-1] > 16:  # a covariance the size of the image is out of reach
+            images = F.adaptive_avg_pool2d(images.float(), 16)
+        return features(images.float().cpu(), self.space)
+
+    @torch.no_grad()
+    def __call__(self, sample) -> dict:
+        """sample(noise, cond) -> images in [0, 1]: {"proxy_fd", "proxy_kid", "proxy"} for metrics.jsonl."""
+        f = self.features(sample(self.noise, self.cond))
+        return {"proxy_fd": frechet_distance_features(f, self.ref), "proxy_kid": kernel_distance(f, self.ref, 1)[0],
+                "proxy": self.about}
+
+
+def proxy(every: int, teacher, cond_of, w, meter, sample, n=256):
+    """--eval-every of boot.py / dkdm.py: step -> the Probe's fields every `every`-th step, else {} (timed as
+    the meter's "eval"); None where there is no proxy (every = 0, or not rank 0). cond_of(n): the conditions.
+    The Probe (2n teacher samples) is built at the first step that needs it: a shorter run pays nothing."""
+    if not every or not runkit.is_rank0():
+        return None
+    probe = []
+
+    def fields(step):
+        if step % every:
+            return {}
+        with meter.time("eval"):
+            probe[:] = probe or [Probe(teacher, cond_of(n), n, w)]
+            return probe[0](sample)
+    return fields
 
 
 def add_speedups(records):
@@ -506,21 +516,26 @@ def _fmt(v, spec):
     return "–" if v is None else format(v, spec)
 
 
+def kid_cell(r) -> str:
+    """KID with its spread over subsets, '0.123 ± 0.45' (records from before KID: '–')."""
+    return "–" if r.get("kid") is None else f"{r['kid']:.3g} ± {r['kid_std']:.2g}"
+
+
 def format_table(records, baseline=None) -> str:
     """Markdown, one table per feature space; every header names the space of its numbers."""
     out = []
     for space in dict.fromkeys(r["features"] for r in records):
         rows = [r for r in records if r["features"] == space]
         has_is, has_clip = any(r["inception_score"] for r in rows), any(r["clip_score"] for r in rows)
-        head = ["name", "sampler", "NFE", "n vs n_ref", f"FD ({space})", f"precision ({space}, k=3)",
-                f"recall ({space}, k=3)"]
+        head = ["name", "sampler", "NFE", "n vs n_ref", f"FD ({space})", f"KID ({space})",
+                f"precision ({space}, k=3)", f"recall ({space}, k=3)"]
         head += ["IS (digits classifier)"] * has_is + ["CLIP score (CLIP cosine)"] * has_clip
         head += ["images/s", f"speed-up vs {baseline}" if baseline else "speed-up"]
         lines = [f"features: {SPACE_ABOUT[space]()}", "", "| " + " | ".join(head) + " |",
                  "|" + "---|" * len(head)]
         for r in rows:
             cells = [r["name"], r["sampler"] or "–", _fmt(r["nfe"], "d"), f"{r['n']} vs {r['n_ref']}",
-                     _fmt(r["fid"], ".3f"), _fmt(r["precision"], ".3f"), _fmt(r["recall"], ".3f")]
+                     _fmt(r["fid"], ".3f"), kid_cell(r), _fmt(r["precision"], ".3f"), _fmt(r["recall"], ".3f")]
             cells += [_fmt(r["inception_score"], ".2f")] * has_is + [_fmt(r["clip_score"], ".4f")] * has_clip
             speedup = r.get("speedup")
             cells += [sig3(r["images_per_s"]), "–" if speedup is None else f"{speedup:.1f}×"]
@@ -553,20 +568,23 @@ def save_grid(rows, path, upscale_to=32):
     save_image(x, path, nrow=cols, padding=2, pad_value=1.0)
 
 
-# ---------------------------------------------------------------------------------------------
-# Inputs: real images, students
-# ---------------------------------------------------------------------------------------------
-def load_image_folder(path) -> torch.Tensor:
-    """All images of a folder (sorted) as N x C x H x W in [0, 1]; one size, gray or RGB."""
-    from PIL import Image
-
+# --- Inputs: real images, students -----------------------------------------------------------------
+def image_files(path) -> list:
+    """The images of a folder, sorted; one line when there are none."""
     p = Path(path)
     if not p.is_dir():
         raise UserError(f"image folder '{path}' does not exist")
     files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
     if not files:
         raise UserError(f"image folder '{path}' is empty (no {'/'.join(IMAGE_EXTS)} files)")
-    arrays = []
+    return files
+
+
+def load_image_folder(path) -> torch.Tensor:
+    """All images of a folder (sorted) as N x C x H x W in [0, 1]; one size, gray or RGB."""
+    from PIL import Image
+
+    files, arrays = image_files(path), []
     for f in files:
         with Image.open(f) as im:
             if not arrays:
@@ -589,18 +607,6 @@ def real_images(teacher, ref=None):
     raise UserError(f"no real images for teacher '{teacher.name}': pass --ref DIR (a folder of real images)")
 
 
-def load_student(run_dir, device="cpu"):
-    """The distilled generator of a run directory (students.load_student reads its student/)."""
-    p = Path(run_dir)
-    if not p.is_dir():
-        raise UserError(f"run directory '{run_dir}' does not exist")
-    if not any(p.iterdir()):
-        raise UserError(f"run directory '{run_dir}' is empty")
-    if not (p / "student").is_dir():
-        raise UserError(f"run directory '{run_dir}' has no student/ (has training finished?)")
-    return students.load_student(p, device=device)
-
-
 def split_real(n_real, n_held, seed=0):
     """A fixed random split of n_real real images: n_held held out (the `real` row) and the rest,
     the reference every row is scored against. Holding out as many real images as each sampler
@@ -612,14 +618,12 @@ def split_real(n_real, n_held, seed=0):
     return perm[:n_held], perm[n_held:]
 
 
-# ---------------------------------------------------------------------------------------------
-# main
-# ---------------------------------------------------------------------------------------------
+# --- main ------------------------------------------------------------------------------------------
 def check_config(cfg: EvalConfig):
     """Argument errors that need no model: raised before any work."""
     cli.check_finite_fields(cfg)
-    if not cfg.train_classifier and (cfg.teacher is None) == (cfg.run is None):
-        raise UserError("give exactly one of --teacher NAME or --run DIR (or --train-classifier)")
+    if (cfg.teacher is None) == (cfg.run is None):
+        raise UserError("give exactly one of --teacher NAME or --run DIR")
     if cfg.n < 4:
         raise UserError("--n must be at least 4 (precision/recall uses k = 3 neighbours)")
     if cfg.batch < 1 or any(k < 1 for k in cfg.nfe):
@@ -630,9 +634,6 @@ def check_config(cfg: EvalConfig):
     for flag, out in (("--json", cfg.json), ("--grid", cfg.grid)):
         if out:
             cli.check_output_file(out, flag)
-    if cfg.train_classifier:
-        cli.check_output_dir(CLASSIFIER_DIR, "--train-classifier")
-        return
     if cfg.prompts:
         cli.load_prompts(cfg.prompts)
     if cfg.ref:
@@ -647,17 +648,10 @@ def check_config(cfg: EvalConfig):
 
 def check_run(run, dkdm_sampler="auto"):
     """A finished run directory: its student description parses, its weights and its teacher's are whole."""
-    p = Path(run)
-    if not p.is_dir():
-        raise UserError(f"run directory '{run}' does not exist")
-    if not any(p.iterdir()):
-        raise UserError(f"run directory '{run}' is empty")
-    if not (p / "student" / "generator.json").is_file():
-        raise UserError(f"run directory '{run}' has no student/generator.json (has training finished?)")
-    info = cli.read_json(p / "student" / "generator.json", "student description")
+    info = students.check_finished_run(run, check_files=False)
     if dkdm_sampler != "auto" and info.get("method") != "dkdm":
         raise UserError(f"--dkdm-sampler applies to a DKDM run; '{run}' holds a one-step BOOT student")
-    cli.check_model_dir(p / "student" if info.get("method") == "dkdm" else p / "student" / "unet", "student")
+    cli.check_model_dir(Path(run) / "student", "student")
     teachers.check_teacher_files(info.get("teacher", ""), info.get("model_id"), info.get("stage", 1))
 
 
@@ -665,10 +659,7 @@ def check_image_folder(path):
     """Every image of --ref opens and decodes (one line naming the first file that does not)."""
     from PIL import Image
 
-    p = Path(path)
-    if not p.is_dir():
-        raise UserError(f"image folder '{path}' does not exist")
-    for f in sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTS):
+    for f in image_files(path):
         try:
             with Image.open(f) as im:
                 im.verify()
@@ -680,13 +671,9 @@ def dry_run_view(cfg: EvalConfig) -> dict:
     """The config with the defaults that need no model filled in: feature spaces of the registry's
     teachers (or of a run's teacher) and the cache folder."""
     shown = dataclasses.asdict(cfg)
-    name = cfg.teacher
-    if cfg.run and (Path(cfg.run) / "student" / "generator.json").is_file():
-        name = json.loads((Path(cfg.run) / "student" / "generator.json").read_text()).get("teacher")
-    if cfg.features is None and name in ("digits", "gmm"):
-        shown["features"] = list(default_spaces(DIGITS_SHAPE))
-    elif cfg.features is None and name in teachers.REGISTRY:
-        shown["features"] = ["inception"]
+    name = students.check_finished_run(cfg.run)["teacher"] if cfg.run else cfg.teacher
+    if cfg.features is None and name in teachers.REGISTRY:
+        shown["features"] = list(default_spaces(DIGITS_SHAPE)) if name in ("digits", "gmm") else ["inception"]
     if cfg.cache is None:
         shown["cache"] = str(Path(cfg.run) / "teacher-samples") if cfg.run else "off"
     return shown
@@ -694,7 +681,7 @@ def dry_run_view(cfg: EvalConfig) -> dict:
 
 def run_evaluation(cfg: EvalConfig, rank=0, world=1, device="cpu"):
     """(records, grid rows, speed-up baseline) for a teacher or a run; records on rank 0 only."""
-    student = load_student(cfg.run, device) if cfg.run else None
+    student = students.load_student(cfg.run, device) if cfg.run else None
     if student and cfg.dkdm_sampler != "auto":
         student.info["sampler"] = cfg.dkdm_sampler  # ExportedStudent.generate reads it
     if student:
@@ -761,9 +748,6 @@ def main(argv=None):
         check_config(cfg)
         if dry_run:
             print(json.dumps(dry_run_view(cfg), indent=2))
-            return 0
-        if cfg.train_classifier:
-            teachers.assets_train().train_classifier()
             return 0
         if cfg.teacher:
             teachers.check_hub(cfg.teacher)  # before any process group or download

@@ -11,8 +11,7 @@ one process or N under torchrun, is here, written once for both methods:
     checkpoints      atomic fsynced writes, weights_only reads, only finite weights saved
     run directory    RunDir: one writer, config.json, resume, metrics.jsonl, budgets, checkpoints
     signals          Interrupt: Ctrl-C / SIGTERM end the iteration, checkpoint, exit 130 / 143
-    metrics          Meter: windowed losses and the teacher / student / other time split
-    memory           memory_estimate(): --dry-run's memory per GPU
+    metrics          Meter: windowed losses and the teacher / student / eval / other time split
 
 Guarantees: a crash or kill -9 never leaves half a file; rerunning a command resumes it with the
 weights and metrics.jsonl of a run never stopped; only finite weights are saved; a decision that
@@ -32,8 +31,6 @@ import torch
 import torch.distributed as dist
 
 from cli import UserError, check_output_dir, first_line, read_json
-
-GiB = 2**30
 
 
 # --- Process group: torchrun is detected from RANK; one process makes none ----------------------
@@ -125,19 +122,11 @@ def student_autocast(precision: str, device):
     return nullcontext()
 
 
-def enable_checkpointing(model, on: bool):
-    """--grad-checkpointing: recompute the student's activations in backward (diffusers models)."""
-    if on and not getattr(model, "_supports_gradient_checkpointing", False):
-        raise UserError(f"{type(model).__name__} does not support gradient checkpointing")
-    if on:
-        model.enable_gradient_checkpointing()
-
-
 class EMA:
     """Exponential moving average of a model's parameters and buffers (a detached copy)."""
 
     def __init__(self, model, decay: float):
-        self.decay = decay
+        self.decay, self.module, self.copy = decay, model, None
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     @torch.no_grad()
@@ -152,6 +141,16 @@ class EMA:
     def copy_to(self, model):
         model.load_state_dict(self.shadow)
 
+    def model(self):
+        """The averaged weights in a frozen copy of the model (made once, refreshed on every call)."""
+        if self.copy is None:
+            import copy
+
+            self.copy = copy.deepcopy(self.module).eval().requires_grad_(False)
+            self.copy.zero_grad(set_to_none=True)
+        self.copy_to(self.copy)
+        return self.copy
+
     def state_dict(self):
         return self.shadow
 
@@ -164,7 +163,10 @@ def optimisation(student, cfg, device):
     """(student on the device in train mode, its EMA, AdamW without weight decay), with
     --grad-checkpointing; on a GPU, TF32 matmuls (unless --precision fp32) and the fused AdamW kernel."""
     raw, gpu = student.to(device).train(), torch.device(device).type == "cuda"
-    enable_checkpointing(raw, cfg.grad_checkpointing)
+    if cfg.grad_checkpointing and not getattr(raw, "_supports_gradient_checkpointing", False):
+        raise UserError(f"{type(raw).__name__} does not support gradient checkpointing")
+    if cfg.grad_checkpointing:
+        raw.enable_gradient_checkpointing()
     if gpu and cfg.precision != "fp32":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return raw, EMA(raw, cfg.ema), torch.optim.AdamW(raw.parameters(), lr=cfg.lr, weight_decay=0.0, fused=gpu or None)
@@ -218,15 +220,11 @@ def write_text_atomic(path, text: str):
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def load_checkpoint(path, mmap=False):
-    """A checkpoint without unpickling code (weights_only=True); mmap: mapped, not read whole."""
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-
-
-def read_checkpoint(path, what="checkpoint", mmap=False):
-    """load_checkpoint with a one-line error for a truncated or corrupt file."""
+def load_checkpoint(path, mmap=False, what="checkpoint"):
+    """A checkpoint without unpickling code (weights_only=True); mmap: mapped, not read whole. One
+    line for a truncated or corrupt file."""
     try:
-        return load_checkpoint(path, mmap=mmap)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError / EOFError / pickle errors
         raise UserError(f"{what} '{path}' cannot be read ({type(e).__name__}: {first_line(e)}); "
                         f"it is truncated or corrupt: delete it to start over") from None
@@ -334,21 +332,21 @@ class RunDir:
     """
 
     def __init__(self, path, config: dict, rank=0, resumable=(), keep=1, per_rank=None):
-        self.path, self.config, self.rank, self.keep = Path(path), config, rank, keep
+        self.path, self.config, self.rank, self.keep = Path(path), json.loads(json.dumps(config)), rank, keep
         self.per_rank, self.ckpt, self.bar = per_rank or {}, Path(path) / "checkpoints" / "latest.pt", None
         check_output_dir(self.path, "--out")
         if (self.path / "config.json").exists():
             old = read_json(self.path / "config.json", "run config")
             diff = sorted(k for k in old.keys() & config.keys()  # an option added since the run began is no difference
-                          if k not in {*resumable, "out"} and not _same(old[k], config[k]))
+                          if k not in {*resumable, "out"} and not _same(old[k], self.config[k]))
             if diff:
                 raise UserError(f"run directory '{self.path}' holds a run with another config "
                                 f"(differs in {', '.join(diff)}); pass another --out or delete it")
         self.lock = RunLock(self.path)
         self.lock.check()
-        self._state = read_checkpoint(self.ckpt, mmap=True) if self.ckpt.is_file() else None
+        self._state = load_checkpoint(self.ckpt, mmap=True) if self.ckpt.is_file() else None
         self.resume_step = None if self._state is None else self._state["step"]  # None: a fresh run
-        self.rank_states = {name: read_checkpoint(self.rank_file(name, self.resume_step), what)
+        self.rank_states = {name: load_checkpoint(self.rank_file(name, self.resume_step), what=what)
                             for name, what in self.per_rank.items()} if self._state else {}
 
     def start(self, device):
@@ -453,8 +451,9 @@ class RunDir:
         why = "signal" if flags["halt"] else "iters" if step >= c["iters"] else "minutes" if flags["minutes"] else None
         self.bar.update(1)
         if step % c["log_every"] == 0 or why in ("iters", "minutes"):
+            fields = extra(step) if extra else {}  # before the record: the time it takes is in this window
             rec = meter.record(step, self.elapsed())
-            self.log({**rec, **(extra() if extra else {})})
+            self.log({**rec, **fields})
             self.bar.set_postfix(meter.postfix(rec))
         elif self.rank == 0:  # this process's open window (no collective)
             self.bar.set_postfix(meter.postfix(), refresh=False)
@@ -542,7 +541,7 @@ class Meter:
 
     def reset(self):
         self.sums, self.counts, self.n = dict.fromkeys(self.keys, 0.0), dict.fromkeys(self.keys, 0), 0
-        self.ms, self.t0 = {"teacher": 0.0, "student": 0.0}, time.perf_counter()
+        self.ms, self.t0 = {"teacher": 0.0, "student": 0.0, "eval": 0.0}, time.perf_counter()
 
     @contextmanager
     def time(self, part: str):
@@ -562,16 +561,17 @@ class Meter:
             self.counts[k] += 1
 
     def split(self, ms=None) -> dict:
-        """Milliseconds per iteration: total, teacher, student, other (this process's, or `ms`)."""
+        """Milliseconds per iteration: total, teacher, student, --eval-every's proxy, other (this
+        process's, or `ms`)."""
         n = max(self.n, 1)
-        t, s, total = ms or (self.ms["teacher"], self.ms["student"], 1000 * (time.perf_counter() - self.t0))
+        t, s, e, total = ms or (*self.ms.values(), 1000 * (time.perf_counter() - self.t0))
         return {"ms_iter": round(total / n, 1), "ms_teacher": round(t / n, 1), "ms_student": round(s / n, 1),
-                "ms_other": round(max(total - t - s, 0.0) / n, 1)}
+                **({"ms_eval": round(e / n, 1)} if e else {}), "ms_other": round(max(total - t - s - e, 0.0) / n, 1)}
 
     def record(self, step: int, elapsed_s: float) -> dict:
         """The window's means over the ranks (every rank calls it at the same step); resets it."""
         total = 1000 * (time.perf_counter() - self.t0)
-        vals = mean([self.sums[k] for k in self.keys] + [self.ms["teacher"], self.ms["student"], total], self.device)
+        vals = mean([self.sums[k] for k in self.keys] + [*self.ms.values(), total], self.device)
         rec = {"step": step, **{key: v / max(self.counts[key], 1) for key, v in zip(self.keys, vals)},
                **self.split(vals[len(self.keys):]), "elapsed_s": round(elapsed_s, 1)}
         self.reset()
@@ -585,56 +585,3 @@ class Meter:
 
     def window(self) -> dict:
         return {"sums": dict(self.sums), "counts": dict(self.counts), "n": self.n}
-
-
-# --- --dry-run: memory per GPU from parameter counts and activations measured on CPU -------------
-WORKSPACE = 1.15  # peak / saved tensors of a training pass: temporaries (1.14-1.26 measured on CPU, tiny UNets)
-
-
-def activation_bytes(model, forward, precision: str) -> tuple:
-    """(bytes per sample, bytes per pass) of the tensors autograd keeps for backward while `forward(b)`
-    runs (parameters excluded), under the precision a GPU run uses (auto: bf16 autocast), from b = 1
-    and 2. Per pass: bf16 autocast keeps one bf16 copy of every weight it casts, whatever the batch."""
-    params = {p.untyped_storage()._cdata for p in model.parameters()}
-
-    def saved(b):
-        seen = {}
-
-        def pack(t):
-            if t.untyped_storage()._cdata not in params:
-                seen[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            with student_autocast("bf16" if precision == "auto" else precision, "cpu"):
-                forward(b).float().mean()
-        return sum(seen.values())
-
-    one, two = saved(1), saved(2)
-    return two - one, max(2 * one - two, 0)
-
-
-def memory_estimate(teacher_modules, teacher_bytes, student, activations, b, passes: dict, extra=(0, None)) -> dict:
-    """Memory per GPU at local batch b: teacher weights (`teacher_bytes` a parameter), the student's
-    weights + grads + AdamW + EMA (float32: 20 bytes a parameter), activations = (bytes per sample,
-    bytes per pass, x factor when a pass trains on more than b samples), `extra` = (bytes per sample,
-    its name) of what else grows with b. The teacher's no-grad passes run before the student's and
-    free their memory: not counted. Batches fitting 40 / 80 GB keep 10% for the CUDA context."""
-    (act, fixed, factor), (extra_per_sample, extra_what) = activations, extra
-    count = lambda *ms: sum(p.numel() for m in ms if m is not None for p in m.parameters())  # noqa: E731
-    n_t, n_s = count(*teacher_modules), count(student)
-    static, per = n_t * teacher_bytes + 20 * n_s + fixed, WORKSPACE * act * factor + extra_per_sample
-    out = {"teacher_params": n_t, "student_params": n_s, "teacher_weights_GiB": round(n_t * teacher_bytes / GiB, 3),
-           "student_weights_grads_adamw_ema_GiB": round(20 * n_s / GiB, 3),
-           "autocast_weight_copies_MiB": round(fixed / 2**20, 3),
-           "activations_per_sample_MiB": round(WORKSPACE * act / 2**20, 3), "activations_batch_factor": factor,
-           "local_batch": b, "total_at_local_batch_GiB": round((static + b * per) / GiB, 3),
-           "max_local_batch_fitting": {f"{cap}GB": max(0, int((0.9 * cap * 1e9 - static) // per)) if per else None
-                                       for cap in (40, 80)},
-           "network_passes_per_iteration": passes,
-           "note": f"estimate: activations = tensors autograd saves per sample (measured on CPU at batch 1 and 2) "
-                   f"x {WORKSPACE} for temporaries; bf16 autocast's weight copies once per pass; the teacher's "
-                   "no-grad passes are freed before the student's and not counted"}
-    if extra_per_sample:
-        out[f"{extra_what}_GiB"] = round(b * extra_per_sample / GiB, 3)
-    return out

@@ -13,45 +13,23 @@ Read in this order: `Schedule` -> `Teacher` (CFG, thresholding, eps / x0 / v, `p
 `gaussian_step` -> the samplers `ddim`, `ancestral` -> the analytic `GaussianMixture` and the
 embedded digits teacher -> `REGISTRY` and `load_teacher` (hub id, local directory, what a teacher is).
 
-    python teachers.py --list                       # the registry (no download)
-    python teachers.py --sample digits --steps 50   # DDIM samples of the embedded teacher -> PNG
-    python assets/train.py digits                   # re-train the embedded teacher (also: --train-digits)
+    python teachers.py                              # the registry (no download)
+    python evaluate.py --teacher digits --nfe 50    # FD of the embedded teacher's DDIM-50 samples
+    python assets/train.py digits                   # re-train the embedded teacher
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
-import sys
-import time
 from pathlib import Path
 
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
 import cli
-from cli import OneLineParser, UserError
-
-
-def parser():
-    """`python teachers.py`'s command line (defined before torch is imported: --help answers at once)."""
-    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--list", action="store_true", help="print the registry")
-    p.add_argument("--sample", metavar="TEACHER", help="write a DDIM sample grid of a teacher")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps for --sample")
-    p.add_argument("--train-steps", type=int, default=2500, help="optimisation steps for --train-digits")
-    p.add_argument("--w", type=float, default=None, help="guidance weight (Eq. 9); default: the teacher's")
-    p.add_argument("--n", type=int, default=100, help="number of samples for --sample")
-    p.add_argument("--out", default="samples.png", help="output PNG for --sample")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-digits", action="store_true", help="train the embedded digits teacher")
-    return p
-
-
-if __name__ == "__main__" and cli.answers_alone(sys.argv[1:]):
-    parser().parse_args(sys.argv[1:])
-
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+from cli import UserError
 
 ROOT = Path(__file__).resolve().parent
 ASSETS = ROOT / "assets"
@@ -279,10 +257,6 @@ class Teacher(nn.Module):
         out, _ = self.model_output(x, t, cond, w)
         return threshold(self.split(out, x, t)[1], self.clip, self.dynamic_p, self.dynamic_max)
 
-    def eps(self, x, t, cond=None, w=None):
-        out, _ = self.model_output(x, t, cond, w)
-        return self.split(out, x, t)[0]
-
     # --- the discrete Gaussian step p(x_{t-1} | x_t) (IDDPM) -------------------------------
     def p_mean_logvar(self, x, i, cond=None, w=None, prev=None, out=None):
         """Mean and log-variance of p(x_prev | x_i) at integer steps i (tensor [B]).
@@ -455,13 +429,6 @@ class GaussianMixture(Teacher):
         a, s = bcast(self.schedule.alpha(t), x), bcast(self.schedule.sigma(t), x)
         return (x - a * x0) / s
 
-    def sample_data(self, n, generator=None, labels=None):
-        """Exact samples x0 from the mixture (or from the given components)."""
-        if labels is None:
-            labels = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
-        z = torch.randn((n, *self.sample_shape), generator=generator)
-        return self.means[labels] + bcast(self.stds[labels], z) * z, labels
-
 
 def load_digits_tensor():
     """scikit-learn's 1,797 real 8x8 digits as (x in [-1, 1], shape N x 1 x 8 x 8, labels)."""
@@ -486,17 +453,6 @@ def digits_unet_config(num_classes: int = 10, channels=(32, 64)):
                 block_out_channels=list(channels), down_block_types=["DownBlock2D"] * len(channels),
                 up_block_types=["UpBlock2D"] * len(channels), mid_block_type="UNetMidBlock2D",
                 num_class_embeds=num_classes + 1, norm_num_groups=16)
-
-
-def assets_train():
-    """assets/train.py, the script that trained the shipped assets (`python teachers.py --train-digits`
-    and `python evaluate.py --train-classifier` run it)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("assets_train", ASSETS / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # --- Hub / local loaders and the registry ----------------------------------------------------------
@@ -591,18 +547,11 @@ def teacher_source(name_or_path: str, model_id=None, stage: int = 1):
     return model_id or (IF_STAGE2_ID if (name_or_path == "if" and stage == 2) else REGISTRY[name_or_path].default_id)
 
 
-def hub_id(name_or_path: str, model_id=None, stage: int = 1):
-    """The hub id load_teacher would download from, or None (built-in teacher or a local path)."""
-    where = teacher_source(name_or_path, model_id, stage)
-    if where is None or Path(where).expanduser().exists() or where.startswith((".", "/", "~")) or where.count("/") != 1:
-        return None
-    return where
-
-
 def check_hub(name_or_path: str, model_id=None, stage: int = 1):
-    """Fail fast, before any process group or download, when a hub teacher cannot be had (cli.check_hub)."""
-    repo = hub_id(name_or_path, model_id, stage)
-    if repo is not None:
+    """Fail fast, before any process group or download, when a hub teacher cannot be had (cli.check_hub);
+    built-in teachers and local paths pass."""
+    repo = teacher_source(name_or_path, model_id, stage)
+    if repo and not Path(repo).expanduser().exists() and not repo.startswith((".", "/", "~")) and repo.count("/") == 1:
         cli.check_hub(repo, f"teacher '{name_or_path}' is hub id '{repo}'")
 
 
@@ -663,7 +612,7 @@ def load_teacher(name_or_path: str = "digits", device="cpu", dtype=torch.float32
     configs: networks on the meta device (what --dry-run's memory estimate needs; device='meta').
     """
     if name_or_path == "gmm":
-        return _freeze(gmm_digits().to(device))
+        return gmm_digits().to(device).eval().requires_grad_(False)
     if name_or_path in REGISTRY:
         where = teacher_source(name_or_path, model_id, stage)
     elif Path(name_or_path).expanduser().exists():
@@ -690,12 +639,7 @@ def load_teacher(name_or_path: str = "digits", device="cpu", dtype=torch.float32
     if clip != "auto":
         t.clip = None if clip in (None, "none") else clip
     t.name = name_or_path
-    return _freeze(t.to(device))
-
-
-def _freeze(t: Teacher) -> Teacher:
-    t.eval().requires_grad_(False)
-    return t
+    return t.to(device).eval().requires_grad_(False)
 
 
 def _load_plain(where, index, part):
@@ -829,13 +773,6 @@ def _load_if(where, index, part):
     return t
 
 
-def check_shape(teacher: Teacher, shape, what="input"):
-    """One-line error when an image/latent does not fit the teacher's resolution or channels."""
-    if tuple(shape) != teacher.sample_shape:
-        raise UserError(f"{what} of shape {tuple(shape)} does not fit teacher '{teacher.name}' "
-                        f"(channels x height x width {teacher.sample_shape})")
-
-
 def check_teacher_files(name_or_path, model_id=None, stage=1):
     """Preflight of a local teacher directory, no weights loaded (a built-in teacher or hub id: nothing)."""
     where = None if name_or_path == "gmm" else teacher_source(name_or_path, model_id, stage)
@@ -856,45 +793,6 @@ def quiet_libraries():
         lib.utils.logging.disable_progress_bar()
 
 
-# --- CLI: the registry, samples of a teacher, the embedded teacher's training -------------------
-def command(argv):
-    args = parser().parse_args(argv)
-    if args.w is not None and not math.isfinite(args.w):
-        raise UserError(f"--w must be a finite number, got {args.w}")
-    if args.sample and (args.n < 1 or args.steps < 1):
-        raise UserError("--n and --steps must be at least 1")
-    if args.sample:
-        check_teacher_files(args.sample)
-        cli.check_output_file(args.out, "--out")
-    if args.train_digits and args.train_steps < 1:
-        raise UserError("--train-steps must be at least 1")
-    if args.train_digits:
-        cli.check_output_dir(DIGITS_DIR, "--train-digits")
-    if args.list:
-        for name, e in REGISTRY.items():
-            print(f"{name:14s} {e.kind:9s} {e.default_id or '(built in)':42s} {e.about}")
-    elif args.train_digits:
-        assets_train().train_digits(steps=args.train_steps, seed=args.seed)
-    elif args.sample:
-        t = load_teacher(args.sample)
-        trailing_steps(t.schedule.T, args.steps)
-        seeds = range(args.seed, args.seed + args.n)
-        cond = t.label_cond(torch.tensor([s % t.num_classes for s in seeds])) if t.num_classes else None
-        start = time.time()
-        x = t.decode(ddim(t, seeded_noise(seeds, t.sample_shape, t.device), args.steps, cond,
-                          args.w if args.w is not None else t.default_guidance))
-        from torchvision.utils import save_image
-
-        k = max(1, 32 // x.shape[-1])  # tiny images (8x8 digits) upscaled, so that the grid is viewable
-        save_image(F.interpolate(x, scale_factor=k, mode="nearest"), args.out, nrow=int(math.sqrt(args.n)) or 1)
-        print(f"{args.n} DDIM-{args.steps} samples of '{args.sample}' in {time.time() - start:.1f} s -> {args.out}")
-    else:
-        parser().print_help()
-
-
-def main(argv=None):
-    return cli.main_of(command, sys.argv[1:] if argv is None else argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python teachers.py: the registry (nothing is downloaded)
+    for name, e in REGISTRY.items():
+        print(f"{name:14s} {e.kind:9s} {e.default_id or '(built in)':42s} {e.about}")

@@ -69,6 +69,15 @@ def train_digits(out_dir=teachers.DIGITS_DIR, steps=2500, batch=128, lr=1e-3, se
     return model
 
 
+def shift_and_jitter(x, generator):
+    """Augmentation: a random shift of up to one pixel (background fill) and small Gaussian noise,
+    so that features of continuous-valued samples are as stable as those of the 17-level data."""
+    pad = torch.nn.functional.pad(x, (1, 1, 1, 1), value=-1.0)
+    dy, dx = torch.randint(0, 3, (2,), generator=generator).tolist()
+    x = pad[:, :, dy:dy + 8, dx:dx + 8]
+    return x + 0.05 * torch.randn(x.shape, generator=generator)
+
+
 def train_classifier(out_dir=evaluate.CLASSIFIER_DIR, seed=0, held_out=360, epochs=60, batch=64, lr=2e-3):
     """Train the digits feature classifier on a seeded split; print and save held-out accuracy."""
     torch.manual_seed(seed)
@@ -87,7 +96,7 @@ def train_classifier(out_dir=evaluate.CLASSIFIER_DIR, seed=0, held_out=360, epoc
         order = train[torch.randperm(len(train), generator=g)]
         for i in range(0, len(order), batch):
             idx = order[i:i + batch]
-            loss = torch.nn.functional.cross_entropy(model(evaluate._shift_and_jitter(x[idx], g)), y[idx])
+            loss = torch.nn.functional.cross_entropy(model(shift_and_jitter(x[idx], g)), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

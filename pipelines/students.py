@@ -1,10 +1,11 @@
-"""Distilled students as diffusers pipelines: built at export, loaded back, sampled by `sample RUN`.
+"""Students outside their method's algorithm: fresh architectures, exports, loading, `sample RUN`.
 
-The pipeline files beside this one (pipeline_boot.py, pipeline_ddim.py) are what every export
-carries and a plain diffusers user runs; this module is the repository's side of them, never copied
-into an export: `boot_pipeline` / `ddpm_pipeline` build an export from a trained network,
-`ExportedStudent` loads one back for evaluate.py and previews, and `sample_command` is
-`python boot.py sample RUN` / `python dkdm.py sample RUN`.
+The architectures of fresh students come first (DKDM's `cnn_config` / `vit_config`, BOOT's
+`small_student`; BOOT's teacher copy is in boot.py). The pipeline files beside this one
+(pipeline_boot.py, pipeline_ddim.py) are what every export carries and a plain diffusers user runs;
+this module is the repository's side of them, never copied into an export: `boot_pipeline` /
+`ddpm_pipeline` build an export from a trained network, `ExportedStudent` loads one back for
+evaluate.py and previews, and `sample_command` is `python boot.py sample RUN` / `python dkdm.py sample RUN`.
 """
 from __future__ import annotations
 
@@ -22,6 +23,80 @@ from cli import OneLineParser, UserError
 import runkit
 from runkit import print0
 from teachers import ancestral, latent_scale, load_teacher, seeded_noise
+
+
+# --- Fresh students' architectures: DKDM's cnn and vit (Sec. 4.2, Table 5), BOOT's small UNet
+def out_channels(teacher):
+    """A denoiser standing in for `teacher` predicts eps (C channels), plus C variance channels (v of
+    DKDM Eq. 12) when the teacher learned them."""
+    C = teacher.sample_shape[0]
+    return 2 * C if teacher.learned_variance else C
+
+
+def label_slots(teacher):
+    """Label embeddings: the teacher's classes + its null label (absent when unconditional)."""
+    return teacher.num_classes + 1 if teacher.num_classes else None
+
+
+def cnn_config(teacher, width=None):
+    """A UNet2DModel smaller than the teacher: 2 levels at 8x8, 3 up to 32x32, 4 above."""
+    C, H, _ = teacher.sample_shape
+    w = width or (16 if H <= 8 else 64)
+    mult = (1, 2) if H <= 8 else (1, 2, 2) if H <= 32 else (1, 2, 2, 4)
+    attn_last = H > 8  # self-attention at the lowest resolution only, above 8x8
+    down = ["DownBlock2D"] * (len(mult) - 1) + ["AttnDownBlock2D" if attn_last else "DownBlock2D"]
+    up = ["AttnUpBlock2D" if attn_last else "UpBlock2D"] + ["UpBlock2D"] * (len(mult) - 1)
+    return dict(sample_size=H, in_channels=C, out_channels=out_channels(teacher),
+                block_out_channels=[w * m for m in mult], layers_per_block=1 if H <= 8 else 2,
+                down_block_types=down, up_block_types=up, norm_num_groups=8 if w <= 32 else 32,
+                attention_head_dim=8, num_class_embeds=label_slots(teacher))
+
+
+def vit_config(teacher, width=None):
+    """A DiTTransformer2DModel (adaLN-zero, patch 2): 4 layers of width 128 at 8x8, 12 of 384 above."""
+    C, H, _ = teacher.sample_shape
+    w = width or (128 if H <= 8 else 384)
+    return dict(sample_size=H, in_channels=C, out_channels=out_channels(teacher), patch_size=2,
+                num_layers=4 if H <= 8 else 12, num_attention_heads=4, attention_head_dim=w // 4,
+                num_embeds_ada_norm=label_slots(teacher) or 1)
+
+
+def adaln_zero_(model):
+    """DiT's adaLN-Zero initialisation (Peebles & Xie, arXiv:2212.09748, Sec. 3.2): every block's
+    modulation layer (its shift, scale and gate) and the final layer's modulation and projection
+    start at zero, so each block starts as the identity and the model's output at 0. diffusers'
+    DiTTransformer2DModel keeps PyTorch's default init there."""
+    for name, m in model.named_modules():
+        if name.endswith(".norm1.linear") or name in ("proj_out_1", "proj_out_2"):
+            torch.nn.init.zeros_(m.weight)
+            torch.nn.init.zeros_(m.bias)
+    return model
+
+
+def small_student(teacher, dim: int, facts: dict):
+    """A fresh, smaller UNet2DConditionModel whose native timestep is the target time t."""
+    from diffusers import UNet2DConditionModel
+
+    C, H = teacher.sample_shape[0], teacher.sample_shape[-1]
+    if hasattr(teacher, "unet"):
+        base = dict(teacher.unet.config)
+        chans = [max(8, c // 2) for c in base["block_out_channels"]]
+        groups = math.gcd(*chans, base.get("norm_num_groups") or 32)
+        cfg = {**base, "block_out_channels": chans, "layers_per_block": 1, "norm_num_groups": groups}
+        if type(teacher.unet).__name__ != "UNet2DConditionModel":  # a UNet2DModel's config, no text
+            cfg = {k: v for k, v in cfg.items() if k in ("sample_size", "in_channels", "out_channels",
+                   "block_out_channels", "layers_per_block", "norm_num_groups", "down_block_types", "up_block_types")}
+            cfg["mid_block_type"] = "UNetMidBlock2D"
+    else:  # the analytic gmm: the embedded digits architecture, one output channel per input channel
+        cfg = teachers.digits_unet_config(num_classes=teacher.num_classes or 0, channels=(32, 64))
+        cfg.update(in_channels=C, out_channels=C, sample_size=H)
+        if not teacher.num_classes:
+            cfg.pop("num_class_embeds")
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    torch.manual_seed(facts["seed"])
+    model = UNet2DConditionModel.from_config({**cfg, "time_cond_proj_dim": dim})
+    facts.update(output="sample", native_time="target")
+    return model
 
 
 def ddim_scheduler(config: dict):
@@ -116,14 +191,10 @@ def ddpm_pipeline(unet, teacher, source):
                                 variance_type=sched.config.variance_type, default_guidance=teacher.default_guidance)
 
 
-def export_ema(raw, ema, pipeline_of, info: dict, run_path):
-    """run/student/: the EMA weights as the diffusers pipeline `pipeline_of(model)` (saved with its
-    own pipeline file) and generator.json, written aside and swapped in whole. -> (dir, EMA model)."""
-    import copy
-
-    model = copy.deepcopy(raw)
-    ema.copy_to(model)
-    model.eval().requires_grad_(False)
+def export_ema(ema, pipeline_of, info: dict, run_path):
+    """run/student/: the EMA weights as the diffusers pipeline `pipeline_of(model)` (saved with its own
+    pipeline file) and generator.json, written aside and swapped in whole. -> (dir, EMA model)."""
+    model = ema.model()
     final, tmp = Path(run_path) / "student", Path(run_path) / f".student.tmp-{os.getpid()}"
     pipeline_of(model).save_pretrained(tmp)
     runkit.write_text_atomic(tmp / "generator.json", json.dumps(info, indent=2))
@@ -190,9 +261,7 @@ class ExportedStudent:
 
     def __init__(self, run_dir, device="cpu"):
         d = Path(run_dir) / "student"
-        if not (d / "generator.json").is_file():
-            raise UserError(f"'{run_dir}' has no student/generator.json (not a finished run directory)")
-        self.info = cli.read_json(d / "generator.json", "student description")
+        self.info = check_finished_run(run_dir, check_files=False)
         self.teacher_name = self.info["teacher"]
         self.sample_shape = tuple(self.info["sample_shape"])
         self.num_classes = self.info.get("num_classes")
@@ -269,12 +338,17 @@ def load_student(run_dir, device="cpu") -> ExportedStudent:
     return ExportedStudent(run_dir, device)
 
 
-def check_finished_run(run, what: str) -> dict:
-    """A finished run directory (student/generator.json parses, student/ is a whole export): its generator.json."""
-    if not (Path(run) / "student" / "generator.json").is_file():
-        raise UserError(f"'{run}' has no student/generator.json: it is not a finished {what} run")
-    info = cli.read_json(Path(run) / "student" / "generator.json", f"{what} student description")
-    cli.check_model_dir(Path(run) / "student", f"{what} student")
+def check_finished_run(run, what: str = "", check_files=True) -> dict:
+    """A finished run directory (student/generator.json parses; check_files: student/ is a whole export,
+    no weights read): its generator.json. `what` names the run the caller wants ("stage-1 ")."""
+    p = Path(run)
+    problem = ("does not exist" if not p.is_dir() else "is empty" if not any(p.iterdir()) else
+               "has no student/generator.json" if not (p / "student" / "generator.json").is_file() else None)
+    if problem:
+        raise UserError(f"run directory '{run}' {problem}: it is not a finished {what}run (has training finished?)")
+    info = cli.read_json(p / "student" / "generator.json", f"{what}student description")
+    if check_files:
+        cli.check_model_dir(p / "student", f"{what}student")
     return info
 
 
@@ -302,7 +376,7 @@ def sample_command(method: str, argv) -> None:
     if boot and a.w is not None and not math.isfinite(a.w):
         raise UserError(f"--w must be a finite number, got {a.w}")
     device = sample_device(a.device)  # a flag error first, before anything is read
-    info = check_finished_run(a.run, method)
+    info = check_finished_run(a.run, method + " ")
     if info.get("method") != method:
         raise UserError(f"'{a.run}' is not a {method} run (its student is a {info.get('method')} student)")
     out = a.out or str(Path(a.run) / ("samples.png" if boot else f"samples-{a.sampler}{a.steps}.png"))

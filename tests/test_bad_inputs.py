@@ -16,7 +16,7 @@ import evaluate
 import teachers
 
 ROOT = Path(__file__).resolve().parents[1]
-MAINS = {"boot": boot.main, "dkdm": dkdm.main, "evaluate": evaluate.main, "teachers": teachers.main}
+MAINS = {"boot": boot.main, "dkdm": dkdm.main, "evaluate": evaluate.main}
 GMM = "--teacher gmm"
 BT = "--teacher gmm --iters 2 --batch 4 --preview 0 --check 0"  # a boot command that would run in seconds
 DT = "--teacher gmm --method iterative --iters 2 --batch 4"  # the same for dkdm
@@ -99,7 +99,7 @@ CASES = [
     ("boot", "sample {boot_run} --n abc", "invalid int value: 'abc'"),
     ("boot", "sample {boot_run} --n 0", "--n must be at least 1"),
     ("boot", "sample {boot_run} --w nan", "--w must be a finite number"),
-    ("boot", "sample nope", "has no student/generator.json"),
+    ("boot", "sample nope", "run directory 'nope' does not exist: it is not a finished boot run"),
     ("boot", "sample {boot_badgen}", "is not valid JSON"),
     ("boot", "sample {boot_truncunet}", "is truncated or corrupt"),
     ("boot", "sample {boot_run} --out {adir}", "is a directory, not a file"),
@@ -153,14 +153,14 @@ CASES = [
     ("dkdm", f"{DT} --lr 5e-4 --out {{dkdm_run}}", "differs in lr"),
     ("dkdm", f"{DT} --out {{dkdm_truncpool}}", "knowledge-stream checkpoint"),
     ("dkdm", f"{DT} --out {{dkdm_nopool}}", "knowledge-stream checkpoint"),
-    # --- dkdm.py --sample
-    ("dkdm", "--sample nope", "has no student/generator.json"),
-    ("dkdm", "--sample {boot_run}", "is not a dkdm run"),
-    ("dkdm", "--sample {dkdm_run} --steps 0", "--steps and --n must be at least 1"),
-    ("dkdm", "--sample {dkdm_run} --n 0", "--steps and --n must be at least 1"),
-    ("dkdm", "--sample {dkdm_badgen}", "is not valid JSON"),
-    ("dkdm", "--sample {dkdm_truncunet}", "is truncated or corrupt"),
-    ("dkdm", "--sample {dkdm_run} --sampler foo", "invalid choice: 'foo'"),
+    # --- dkdm.py sample
+    ("dkdm", "sample nope", "run directory 'nope' does not exist: it is not a finished dkdm run"),
+    ("dkdm", "sample {boot_run}", "is not a dkdm run"),
+    ("dkdm", "sample {dkdm_run} --steps 0", "--steps and --n must be at least 1"),
+    ("dkdm", "sample {dkdm_run} --n 0", "--steps and --n must be at least 1"),
+    ("dkdm", "sample {dkdm_badgen}", "is not valid JSON"),
+    ("dkdm", "sample {dkdm_truncunet}", "is truncated or corrupt"),
+    ("dkdm", "sample {dkdm_run} --sampler foo", "invalid choice: 'foo'"),
     # --- evaluate.py
     ("evaluate", "--n 8", "give exactly one of --teacher NAME or --run DIR"),
     ("evaluate", f"{ET} --run {{boot_run}}", "give exactly one of --teacher NAME or --run DIR"),
@@ -196,19 +196,19 @@ CASES = [
     ("evaluate", f"{ET} --prompts missing.txt", "prompts file 'missing.txt' does not exist"),
     ("evaluate", f"{ET} --prompts {{prompts}}", "takes no prompts"),
     ("evaluate", f"{GMM} --n 1500 --nfe 1", "leaves too few"),
-    # --- teachers.py
-    ("teachers", "--sample no-such-teacher", "unknown teacher 'no-such-teacher'"),
-    ("teachers", "--sample gmm --n 0", "--n and --steps must be at least 1"),
-    ("teachers", "--sample gmm --steps 0", "--n and --steps must be at least 1"),
-    ("teachers", "--sample gmm --steps 5000", "steps must lie in 1..1000"),
-    ("teachers", "--sample gmm --w nan", "--w must be a finite number"),
-    ("teachers", "--sample gmm --out {adir}", "is a directory, not a file"),
-    ("teachers", "--sample gmm --out /proc/x.png", "is not writable"),
-    ("teachers", "--sample gmm --out missing/x.png", "does not exist"),
-    ("teachers", "--sample {t_trunc}", "is truncated or corrupt"),
-    ("teachers", "--sample {t_nounet}", "has no unet/ folder"),
-    ("teachers", "--sample gmm --n abc", "invalid int value: 'abc'"),
-    ("teachers", "--train-digits --train-steps 0", "--train-steps must be at least 1"),
+    # --- new flags, and rules without a case before
+    ("boot", f"{BT} --loss l3", "unknown loss 'l3'"),
+    ("boot", f"{BT} --eval-every -1", "--eval-every must be non-negative"),
+    ("boot", f"{BT} --eval-every 7", "--eval-every 7 is not a multiple of --log-every 50"),
+    ("boot", f"{BT} --keep 0", "--keep must be at least 1"),
+    ("boot", f"{BT} --export-every -1", "--export-every must be non-negative"),
+    ("dkdm", f"{DT} --lr-decay 5 2", "--lr-decay START END needs 0 <= START <= END"),
+    ("dkdm", f"{DT} --eval-every -1", "--eval-every must be non-negative"),
+    ("dkdm", f"{DT} --eval-every 150", "--eval-every 150 is not a multiple of --log-every 100"),
+    ("dkdm", f"{DT} --ckpt-every 0", "--ckpt-every must be at least 1"),
+    ("dkdm", f"{DT} --half", "--half needs a GPU"),
+    ("dkdm", f"{DT} --clip-grad -1", "--clip-grad must be non-negative"),
+    ("evaluate", f"{ET} --dkdm-sampler ddim", "--dkdm-sampler applies to the student of a DKDM run"),
 ]
 
 

@@ -54,3 +54,9 @@ def test_a_hand_edited_number_is_caught():
     text = render.render("<!-- bench:speed -->\n<!-- /bench:speed -->", results)
     assert "1.20×" in text and render.render(text, results) == text
     assert render.render(text.replace("1.20×", "1.05×"), results) != text.replace("1.20×", "1.05×")
+
+
+def test_readme_stays_a_tutorial_of_at_most_2500_words():
+    """Words outside code blocks (tables included); the rest lives in docs/."""
+    prose = re.sub(r"```.*?```", "", (ROOT / "README.md").read_text(), flags=re.S)
+    assert len(prose.split()) <= 2500

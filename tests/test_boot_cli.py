@@ -118,6 +118,17 @@ def test_gmm_smoke_and_one_step_sampling(tmp_path, capsys):
     assert rc == 2 and out.err.startswith("error: --label must lie in 0..9")
 
 
+def test_eval_every_logs_the_proxy_at_its_steps(tmp_path):
+    """--eval-every K: the proxy FD / KID of the EMA student in the records of steps K, 2K, ..., labelled,
+    its time in ms_eval; the other records carry none."""
+    run = tmp_path / "gmm"
+    assert boot_main("--teacher", "gmm", *TINY, "--iters", "4", "--eval-every", "2", "--out", run) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "proxy_fd" in r] == [2, 4]
+    for r in records[1::2]:
+        assert r["proxy_fd"] > 0 and r["ms_eval"] > 0 and r["proxy"].startswith("proxy: n=256 against 256 other samples")
+
+
 def test_digits_smoke_generator_loads(tmp_path):
     run = tmp_path / "digits"
     assert boot_main(*TINY, "--w", "2", "--w-max", "3", "--out", run) == 0
@@ -127,8 +138,20 @@ def test_digits_smoke_generator_loads(tmp_path):
     x = gen.generate(torch.randn(5, 1, 8, 8), gen.label_cond(torch.arange(5)), 2.5)
     assert x.shape == (5, 1, 8, 8) and torch.isfinite(x).all() and gen.nfe == 1
     assert boot_main(*TINY, "--student", "small", "--solver", "euler", "--weighting", "lambda",
-                     "--time-sampling", "progressive", "--out", tmp_path / "small") == 0
+                     "--time-sampling", "progressive", "--loss", "huber", "--out", tmp_path / "small") == 0
     assert assert_finished(tmp_path / "small", 3)["output"] == "sample"
+
+
+def test_lpips_loss_trains_offline(tmp_path, monkeypatch):
+    """--loss lpips end to end on a pixel teacher, with a random AlexNet trunk standing in for the
+    ImageNet weights (the lpips package ships its linear heads)."""
+    import lpips
+    net = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False).eval().requires_grad_(False)
+    monkeypatch.setattr(boot, "lpips_network", lambda device: net)
+    assert boot_main("--teacher", "gmm", *TINY, "--loss", "lpips", "--out", tmp_path / "run") == 0
+    assert assert_finished(tmp_path / "run", 3)["output"] == "sample"
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["loss"] > 0 for r in records)
 
 
 def test_tiny_sd_latent_smoke(tiny_sd_dir, tmp_path, capsys):
@@ -175,9 +198,9 @@ def test_unet2dmodel_teacher_copy(tmp_path):
     eps = torch.randn(3, 3, 8, 8)
     y = boot.y_theta(model, info, eps, torch.tensor([0.0, 0.4, 0.9]))
     assert torch.allclose(y, teacher.x0(eps, torch.full((3,), cfg.t_max)), atol=1e-5)
-    assert boot_main("--teacher", tmp_path / "ddpm", *TINY, "--out", tmp_path / "run") == 0
+    assert boot_main("--teacher", tmp_path / "ddpm", *TINY, "--loss", "l2", "--out", tmp_path / "run") == 0  # offline
     assert_finished(tmp_path / "run", 3)
-    assert boot_main("--teacher", tmp_path / "ddpm", *TINY, "--student", "small", "--out", tmp_path / "small") == 0
+    assert boot_main("--teacher", tmp_path / "ddpm", *TINY, "--loss", "l2", "--student", "small", "--out", tmp_path / "small") == 0
     assert assert_finished(tmp_path / "small", 3)["class_name"] == "UNet2DConditionModel"
 
 

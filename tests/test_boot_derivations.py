@@ -136,6 +136,60 @@ def test_boot_step_is_eq7_plus_eq8_with_a_stop_gradient_target(weighting, bounda
     assert diff < 1e-3 * norm, (diff / norm).item()
 
 
+def random_lpips():
+    """LPIPS with a random AlexNet trunk and the package's own linear layers: offline, as in the tests."""
+    import lpips
+
+    return lpips.LPIPS(net="alex", pnet_rand=True, verbose=False).eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize("loss", ["huber", "lpips"])
+@pytest.mark.parametrize("weighting", ["uniform", "lambda"])
+def test_each_distance_keeps_the_stop_gradient_and_the_weight_per_example(monkeypatch, loss, weighting):
+    """--loss huber / lpips: L_BS = mean_b w~_b / delta^2 d(y_theta(eps, s), SG[y^]) with d the
+    pseudo-Huber distance of improved consistency training, sqrt(|y - y^|^2 + c^2) - c with
+    c = 0.00054 sqrt(dims), or LPIPS on the images (grey repeated to RGB, upsampled to 224 x 224):
+    its value and its gradient, the target a constant."""
+    net = random_lpips()
+    monkeypatch.setattr(boot, "lpips_network", lambda device: net)
+    teacher = teachers.load_teacher("gmm")
+    cfg = boot.resolve(boot.BootConfig(teacher="gmm", weighting=weighting, loss=loss))
+    model, info = boot.make_student(teacher, cfg, default_w=None)
+    n = 5
+    eps, t = draw((n, 1, 8, 8), 12).float(), torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9], dtype=torch.float64)
+    cond = teacher.label_cond(torch.arange(n))
+    loss_value, parts = boot.boot_step(model, info, teacher, (eps, t, cond, None), cfg, False, None)
+    got = torch.autograd.grad(loss_value, list(model.parameters()))
+    y = lambda tt: boot.y_theta(model, info, eps, tt.float(), cond, None)  # noqa: E731
+    s = (t - cfg.delta).clamp(min=cfg.t_min)
+    with torch.no_grad():
+        target = boot.bootstrap_target(boot.guided_teacher(teacher, cond, None), teacher.schedule, y(t), eps, t, s)
+    if loss == "huber":
+        c = 0.00054 * 8.0  # sqrt(1 x 8 x 8)
+        d = ((y(s) - target).pow(2).sum(dim=(1, 2, 3)) + c * c).sqrt() - c
+    else:
+        up = lambda v: F.interpolate(v.repeat(1, 3, 1, 1), size=(224, 224), mode="bilinear", align_corners=False)  # noqa: E731
+        d = net(up(y(s)), up(target)).reshape(n)
+    ref = (boot.loss_weight(teacher.schedule, t, cfg.delta, weighting, s=s).float() * d).mean()
+    torch.testing.assert_close(parts["bs"], ref.detach(), rtol=1e-4, atol=1e-7)
+    want = torch.autograd.grad(ref, list(model.parameters()))
+    diff = sum((a - b).pow(2).sum() for a, b in zip(got, want)).sqrt()
+    assert diff < 1e-3 * sum(b.pow(2).sum() for b in want).sqrt()
+
+
+def test_lpips_needs_a_pixel_teacher_and_says_what_to_download(monkeypatch, tmp_path, capsys, tiny_sd_dir):
+    def offline(device):
+        raise boot.UserError("--loss lpips needs torchvision's AlexNet ImageNet weights (alexnet-owt-7be5be79.pth)")
+
+    monkeypatch.setattr(boot, "lpips_network", offline)
+    assert boot.main(["--teacher", "gmm", "--loss", "lpips", "--iters", "1", "--out", str(tmp_path / "a")]) == 2
+    assert "alexnet-owt-7be5be79.pth" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    (tmp_path / "p.txt").write_text("a cat\n")
+    assert boot.main(["--teacher", str(tiny_sd_dir), "--prompts", str(tmp_path / "p.txt"), "--loss", "lpips",
+                      "--out", str(tmp_path / "b")]) == 2
+    assert "is latent: use --loss l2 or huber" in capsys.readouterr().err
+
+
 def test_a_short_gmm_run_learns_the_teachers_ode_output(tmp_path, monkeypatch):
     """End to end (Alg. 1: Heun targets, boundary loss, AdamW, EMA) on the analytic teacher: 150
     iterations at batch 32 (~12 s of one core) take a fresh student from noise to under a quarter of

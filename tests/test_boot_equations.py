@@ -74,7 +74,7 @@ def test_signal_step_equals_a_ddim_step_of_diffusers_mapped_to_signal_space(gmm)
         t, s = sch.t_of(i), sch.t_of(i - 40)
         x_t = sch.alpha(t) * y_t + sch.sigma(t) * eps
         f_t = gmm.x0(x_t, t, cond).double()
-        eps_hat = gmm.eps(x_t, t, cond).double()
+        eps_hat = gmm.net(x_t, t.reshape(1).expand(8), cond).double()  # the exact eps (no CFG: w unset)
         x_s = ddim.step(eps_hat, i, x_t, eta=0.0).prev_sample
         y_ddim = (x_s - sch.sigma(s) * eps) / sch.alpha(s)
         y_boot = boot.signal_step(y_t, f_t, boot.delta_lambda(sch, t.reshape(1), s.reshape(1)))

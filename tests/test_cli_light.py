@@ -31,7 +31,7 @@ def probe(script, *args):
     return p.stdout, p.stderr.splitlines()[:-1], json.loads(p.stderr.splitlines()[-1])
 
 
-@pytest.mark.parametrize("script", ["boot.py", "dkdm.py", "evaluate.py", "teachers.py"])
+@pytest.mark.parametrize("script", ["boot.py", "dkdm.py", "evaluate.py"])
 def test_help_answers_without_torch(script):
     out, _, facts = probe(script, "--help")
     assert facts == {"code": 0, "torch": False, "diffusers": False}
@@ -70,9 +70,11 @@ def test_usage_lines_and_help_text():
     assert "--batch 128 \\\n        --lr 1e-4" in dkdm_help  # the torchrun example keeps its continuation
 
 
-def test_dkdm_sample_subcommand_is_the_sample_flag(tmp_path, capsys):
+def test_sample_subcommand_of_both_scripts(tmp_path, capsys):
+    import boot
     import dkdm
 
-    for argv in (["sample", str(tmp_path)], ["--sample", str(tmp_path)]):
-        assert dkdm.main(argv) == 2
+    (tmp_path / "config.json").write_text("{}")  # a run directory whose training never finished
+    for main in (boot.main, dkdm.main):
+        assert main(["sample", str(tmp_path)]) == 2
         assert "has no student/generator.json" in capsys.readouterr().err

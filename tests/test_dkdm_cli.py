@@ -73,13 +73,14 @@ def check_run(run, shape):
 
 def test_cnn_on_digits_dynamic_then_sample(tmp_path):
     run = tmp_path / "run"
-    r = ok(dkdm("--iters", 4, *TINY, "--out", run))
+    r = ok(dkdm("--iters", 4, *TINY, "--eval-every", 4, "--out", run))
     recs = check_run(run, (1, 8, 8))
     assert recs[0]["pool_init"] == "staggered" and recs[0]["pool_size"] == 80
+    assert [r["step"] for r in recs if "proxy_fd" in r] == [4] and recs[-1]["proxy_kid"] == recs[-1]["proxy_kid"]
     assert "ms_teacher" in recs[-1] and "student -> " in r.stdout
     info = json.loads((run / "student" / "generator.json").read_text())
     assert info["method"] == "dkdm" and info["num_classes"] == 10 and info["sample_shape"] == [1, 8, 8]
-    ok(dkdm("--sample", run, "--steps", 5, "--n", 4))
+    ok(dkdm("sample", run, "--steps", 5, "--n", 4))
     assert (run / "samples-ancestral5.png").is_file()
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from test_dkdm_equations import T, gmm_teacher, tiny_teacher
 
 import dkdm
+from pipelines import students
 
 N = torch.distributions.Normal
 
@@ -38,7 +39,7 @@ def test_fixed_variance_teacher_gives_l_simple_only():
     loss is Eq. (20), torch's per-example MSE. With both variances fixed, Eq. (21)'s KL would be
     the same eps error times a constant per step: L*vlb adds nothing."""
     teacher = tiny_teacher(learned=False, clip=None)
-    assert dkdm.out_channels(teacher) == 1
+    assert students.out_channels(teacher) == 1
     g = torch.Generator().manual_seed(5)
     x, i = torch.randn(3, 1, 8, 8, generator=g), torch.tensor([2, 7, 19])
     target = teacher.p_mean_logvar(x, i, teacher.label_cond(torch.tensor([0, 1, 2])))

@@ -8,6 +8,7 @@ import torch
 import dkdm
 import runkit
 import teachers
+from pipelines import students
 
 T = 20
 
@@ -19,7 +20,7 @@ def schedule(T=T):
 def gmm_teacher(T=T):
     x, y = teachers.load_digits_tensor()
     means = torch.stack([x[y == k].mean(0) for k in range(10)])
-    return teachers._freeze(teachers.GaussianMixture(means, torch.full((10,), 0.25), schedule=schedule(T)))
+    return teachers.GaussianMixture(means, torch.full((10,), 0.25), schedule=schedule(T)).eval().requires_grad_(False)
 
 
 def tiny_teacher(learned=True, clip="static", T=T, conditional=True):
@@ -34,7 +35,7 @@ def tiny_teacher(learned=True, clip="static", T=T, conditional=True):
                              clip=clip, num_classes=10 if conditional else None, name="tiny")
     if conditional:
         t.null = {"class_labels": torch.tensor([10])}
-    return teachers._freeze(t)
+    return t.eval().requires_grad_(False)
 
 
 def count_calls(teacher):
@@ -192,7 +193,7 @@ def test_student_that_does_not_fit_is_refused(tmp_path):
     teacher = tiny_teacher()
     for kw in ({"in_channels": 3, "out_channels": 2}, {"sample_size": 16}, {"out_channels": 1},
                {"num_class_embeds": None}):
-        conf = {**dkdm.cnn_config(teacher), **kw}
+        conf = {**students.cnn_config(teacher), **kw}
         with pytest.raises(teachers.UserError):
             dkdm.check_student_fits(UNet2DModel(**conf), teacher, "custom")
 

@@ -1,6 +1,7 @@
 """evaluate.py: metrics against closed forms and toy sets with known answers, the shipped
 classifier, CLIP score on a tiny random CLIP, bad input, and end-to-end runs (offline, CPU)."""
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -128,7 +129,7 @@ def test_real_split_far_closer_than_noise(real_digits, space):
 @pytest.fixture(scope="module")
 def tiny_clip_dir(tmp_path_factory):
     from conftest import byte_tokenizer
-    from transformers import CLIPConfig, CLIPModel
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("tiny-clip")
@@ -138,6 +139,7 @@ def tiny_clip_dir(tmp_path_factory):
                   num_hidden_layers=2)
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(d)
     byte_tokenizer(d).save_pretrained(d)
+    CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(d)
     return d
 
 
@@ -147,11 +149,18 @@ def test_clip_score_on_tiny_clip(tiny_clip_dir):
     images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     prompts = ["a red square", "a digit seven", "noise"]
     score = E.clip_score(images, prompts, str(tiny_clip_dir), batch=2)
-    # the same number from CLIPModel.forward's normalised embeddings
+    # by hand: CLIP's preprocessing (bicubic resize of the short side to 16, centre crop, CLIP's mean and
+    # std) and the cosine of the projected embeddings
     model, tok = CLIPModel.from_pretrained(tiny_clip_dir).eval(), CLIPTokenizer.from_pretrained(tiny_clip_dir)
+    x = torch.nn.functional.interpolate(images, size=(16, 16), mode="bicubic", align_corners=False, antialias=True)
+    mean, std = torch.tensor([0.48145466, 0.4578275, 0.40821073]), torch.tensor([0.26862954, 0.26130258, 0.27577711])
+    x = (x.clamp(0, 1) - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
     with torch.no_grad():
-        out = model(pixel_values=E._clip_pixels(images, 16), **tok(prompts, padding=True, return_tensors="pt"))
-    assert score == pytest.approx((out.image_embeds * out.text_embeds).sum(-1).mean().item(), abs=1e-5)
+        img = model.get_image_features(pixel_values=x)
+        txt = model.get_text_features(**tok(prompts, padding=True, return_tensors="pt"))
+    img, txt = (e if torch.is_tensor(e) else e.pooler_output for e in (img, txt))
+    cos = torch.nn.functional.cosine_similarity(img, txt, dim=-1).mean().item()
+    assert score == pytest.approx(cos, abs=2e-2)
     with pytest.raises(UserError, match="3 images but 2 prompts"):
         E.clip_score(images, prompts[:2], str(tiny_clip_dir))
 
@@ -313,6 +322,7 @@ def test_run_directory_with_a_student(tmp_path, monkeypatch, capsys):
     student = records[-1]
     assert student["sampler"] == "student" and student["nfe"] == 1 and student["speedup"] > 0
     assert Image.open(tmp_path / "g.png").size[1] == 2 + 3 * 34
+    monkeypatch.undo()  # the real checks: a directory without student/ is one line
     assert "has no student/" in _one_line_error(capsys, ["--run", str(tmp_path)])
 
 
@@ -354,3 +364,27 @@ def test_digits_teacher_table(tmp_path):
         real, d1, d50 = (records[k, n, space]["fid"] for k, n in (("real", None), ("digits", 1), ("digits", 50)))
         assert d1 > 10 * d50, (space, d1, d50)
         assert d50 < 2 * real, (space, d50, real)
+
+
+def test_kid_is_the_unbiased_polynomial_mmd_and_reports_its_spread():
+    """KID = the unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3 (Binkowski et al. 2018): on two sets of
+    equal size every subset is the whole set, so the mean is the full-set estimate and the spread 0."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(50, 8)), rng.normal(0.5, 1.0, size=(50, 8))
+    k = lambda x, y: (x @ y.T / 8 + 1) ** 3  # noqa: E731
+    off = lambda m: (m.sum() - np.trace(m)) / (50 * 49)  # noqa: E731 - the mean over i != j
+    mean, std = E.kernel_distance(a, b)
+    assert mean == pytest.approx(off(k(a, a)) + off(k(b, b)) - 2 * k(a, b).mean(), rel=1e-9) and std < 1e-12
+    mean, std = E.kernel_distance(a, np.concatenate([b, b]))  # subsets of 50 of 100: a spread
+    assert std > 0
+
+
+def test_probe_scores_the_teacher_at_its_floor_and_a_worse_sampler_above_it():
+    """--eval-every's proxy: the teacher's own DDIM-50 scores the floor its label states (n samples against
+    n others); its DDIM-1 is further off. (KID at n = 64 in digits features is mostly noise: finite only.)"""
+    t = teachers.load_teacher("gmm")
+    probe = E.Probe(t, t.label_cond(torch.arange(64) % 10), n=64)
+    same, worse = (probe(lambda noise, cond, k=k: t.decode(teachers.ddim(t, noise, k, cond))) for k in (50, 1))
+    assert f"FD {same['proxy_fd']:.3g}, KID {same['proxy_kid']:.2g})" in same["proxy"]
+    assert 0 < same["proxy_fd"] < worse["proxy_fd"] and math.isfinite(same["proxy_kid"] + worse["proxy_kid"])
+    assert same["proxy"].startswith("proxy: n=64 against 64 other samples of the teacher's DDIM-50, digits features")

@@ -30,7 +30,7 @@ def test_presets_follow_what_the_teacher_is(tiny_sd_dir, tiny_if_dirs, tmp_path,
                        down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2, norm_num_groups=8)
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
     px = resolved(teacher=str(tmp_path / "ddpm"))  # Table 3, images: lr 1e-4, EMA 0.9999
-    assert (px.preset, px.lr, px.ema, px.delta) == ("ddpm-cifar10", 1e-4, 0.9999, 0.04)
+    assert (px.preset, px.lr, px.ema, px.delta, px.loss) == ("ddpm-cifar10", 1e-4, 0.9999, 0.04, "lpips")  # Table 2's best
     assert resolved(teacher=str(tiny_sd_dir), preset="digits").delta == 0.04  # --preset wins
     assert resolved(teacher="nobody/unknown-model").preset == "base"  # offline, unreadable: the base row
     monkeypatch.chdir(tiny_sd_dir.parent)  # a relative path is stored absolute

@@ -80,8 +80,9 @@ def test_cached_local_and_builtin_teachers_pass(hub, monkeypatch, tmp_path):
 
     for name in ("digits", "gmm", str(tmp_path)):
         teachers.check_hub(name)  # no hub involved
-    assert teachers.hub_id("sd21", model_id=str(tmp_path)) is None  # a local copy replaces the hub id
-    assert teachers.hub_id("if", stage=2) == teachers.IF_STAGE2_ID
+    teachers.check_hub("sd21", model_id=str(tmp_path))  # a local copy replaces the hub id
+    with pytest.raises(teachers.UserError, match=f"hub id '{teachers.IF_STAGE2_ID}'"):
+        teachers.check_hub("if", stage=2)
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, f: "/cache/" + f)
     teachers.check_hub("sd21")  # cached: loads offline
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import boot
+import costs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +49,7 @@ print(json.dumps({"peak_bytes": peak[0] - base}))
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_activation_estimate_matches_the_measured_cpu_peak(tiny_sd_dir, tmp_path, precision):
     cfg = boot.resolve(boot.BootConfig(teacher=str(tiny_sd_dir), precision=precision))
-    est = boot.memory_report(cfg, 1)
+    est = costs.boot_memory(cfg, 1)
     assert est["teacher_params"] > est["student_params"] > 0 and est["network_passes_per_iteration"]["teacher_forwards"] == 2.25
     copies = est["autocast_weight_copies_MiB"] * 2**20
     if precision == "bf16":  # one bf16 copy of (nearly) every student weight, 2 bytes each, once per pass

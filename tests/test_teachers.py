@@ -145,12 +145,19 @@ def _toy2d():
     return teachers.GaussianMixture(means, torch.tensor([0.3, 0.5, 0.4]), weights=[0.5, 0.3, 0.2])
 
 
+def _mixture_samples(g, n, generator):
+    """Exact samples x0 of the mixture: a component k ~ pi, then mu_k + s_k z."""
+    k = torch.multinomial(g.log_weights.exp(), n, replacement=True, generator=generator)
+    z = torch.randn((n, *g.sample_shape), generator=generator)
+    return g.means[k] + g.stds[k, None] * z
+
+
 @pytest.mark.parametrize("tc", [0.3, 0.6, 0.9])
 def test_gmm_denoiser_is_the_posterior_mean(tc):
     """Self-normalised Monte Carlo: E[x0|x_t] = sum_j x0_j N(x_t; a x0_j, s^2) / sum_j N(...)."""
     g = _toy2d()
     gen = torch.Generator().manual_seed(0)
-    x0, _ = g.sample_data(400_000, gen)
+    x0 = _mixture_samples(g, 400_000, gen)
     x0 = x0.double()
     a, s = g.schedule.alpha(torch.tensor(tc)), g.schedule.sigma(torch.tensor(tc))
     xt = torch.tensor([[0.5, 0.2], [-1.5, 0.3], [0.1, -1.0]], dtype=torch.float64)
@@ -166,7 +173,7 @@ def test_gmm_many_step_ddim_lands_on_the_mixture():
     g = _toy2d()
     noise = torch.randn(4000, 2, generator=torch.Generator().manual_seed(0))
     x = teachers.ddim(g, noise, 200)
-    data, _ = g.sample_data(200_000, torch.Generator().manual_seed(1))
+    data = _mixture_samples(g, 200_000, torch.Generator().manual_seed(1))
     assert torch.allclose(x.mean(0), data.mean(0), atol=0.08)
     assert torch.allclose(torch.cov(x.T), torch.cov(data.T), atol=0.2)
 
@@ -232,7 +239,7 @@ def test_tiny_if_cascade(tiny_if_dirs):
 
 
 # --- bad input --------------------------------------------------------------------------------
-def test_bad_inputs(tmp_path, tiny_sd_dir):
+def test_bad_inputs(tmp_path):
     with pytest.raises(UserError, match="unknown teacher 'sdxl'.*digits"):
         teachers.load_teacher("sdxl")
     with pytest.raises(UserError, match="does not exist"):
@@ -246,20 +253,16 @@ def test_bad_inputs(tmp_path, tiny_sd_dir):
         cli.load_prompts(tmp_path / "empty.txt")
     (tmp_path / "p.txt").write_text("a cat\n\na dog\n")
     assert cli.load_prompts(tmp_path / "p.txt") == ["a cat", "a dog"]
-    t = teachers.load_teacher(str(tiny_sd_dir))
-    with pytest.raises(UserError, match="does not fit teacher"):
-        teachers.check_shape(t, (3, 8, 8))
     with pytest.raises(UserError, match="steps must lie"):
         teachers.trailing_steps(1000, 0)
 
 
-def test_cli_list_and_errors():
-    out = subprocess.run([sys.executable, "teachers.py", "--list"], cwd=ROOT, capture_output=True, text=True)
+def test_running_teachers_py_lists_the_registry_without_a_download():
+    out = subprocess.run([sys.executable, "teachers.py"], cwd=ROOT, capture_output=True, text=True,
+                         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0
     for name in ("sd21", "if", "ddpm-cifar10", "ldm-celebahq", "digits", "gmm"):
         assert name in out.stdout
-    bad = subprocess.run([sys.executable, "teachers.py", "--sample", "nope"], cwd=ROOT, capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "unknown teacher" in bad.stderr
 
 
 # --- the embedded teacher -------------------------------------------------------------------------
