@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import boot  # noqa: E402
+import costs  # noqa: E402
 import dkdm  # noqa: E402
 import runkit  # noqa: E402
 import teachers  # noqa: E402
@@ -188,7 +189,7 @@ def boot_iteration(teacher_dir, device, b, tiny, out: Path):
         iteration(k)
     split = meter.split()
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    estimate = boot.memory_report(cfg, 1)["total_at_local_batch_GiB"]
+    estimate = costs.boot_memory(cfg, 1)["total_at_local_batch_GiB"]
     start = time.perf_counter()
     runkit.save_checkpoint(out / "latest.pt", {"model": raw.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict()})
     return {**split, "samples_per_s": round(1000 * b / split["ms_iter"], 1), "max_memory_allocated_GiB": peak,

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ("boot.py", "dkdm.py", "evaluate.py", "teachers.py")
+SCRIPTS = ("boot.py", "dkdm.py", "evaluate.py")
 DEFAULT_ITERS = 3000  # boot.py's default --iters for the digits teacher
 
 

@@ -19,15 +19,21 @@ def _f(v, spec=".3f"):
     return "–" if v is None else format(v, spec)
 
 
+def _kid(rec):
+    """KID with its spread over 100 subsets, or '–' (a row scored before KID)."""
+    g = lambda v, k: f"{v:.{k}g}" if abs(v) < 10 else f"{v:.0f}"  # noqa: E731 - no exponents
+    return "–" if not rec or rec.get("kid") is None else f"{g(rec['kid'], 3)} ± {g(rec['kid_std'], 1)}"
+
+
 def _quality_row(label, nfe, rows, extra):
     d, p = rows.get("digits", {}), rows.get("pixels", {})
     n = d.get("n") or p.get("n")
     return (f"| {label} | {_f(nfe, 'd') if isinstance(nfe, int) else nfe} | {_f(d.get('fid'))} | {_f(p.get('fid'))} | "
-            f"{_f(d.get('precision'), '.2f')} | {_f(d.get('recall'), '.2f')} | {n} | {extra} |")
+            f"{_kid(p)} | {_f(d.get('precision'), '.2f')} | {_f(d.get('recall'), '.2f')} | {n} | {extra} |")
 
 
-HEAD = ("| | NFE | FD (digits features) | FD (pixels) | precision (digits, k=3) | recall (digits, k=3) | n | "
-        "training |\n|---|---|---|---|---|---|---|---|")
+HEAD = ("| | NFE | FD (digits features) | FD (pixels) | KID (pixels) | precision (digits, k=3) | recall (digits, k=3) | n | "
+        "training |\n|---|---|---|---|---|---|---|---|---|")
 
 
 def _training(res):
@@ -62,7 +68,7 @@ def table_group(results, group_rows):
     for name in group_rows:
         res = results.get(name)
         if not res:
-            lines.append(f"| {name} (not measured yet) | | | | | | | |")
+            lines.append(f"| {name} (not measured yet) | | | | | | | | |")
             continue
         student = _pick(res["records"], sampler="student")
         nfe = next(iter(student.values()))["nfe"] if student else None
@@ -136,7 +142,7 @@ def table_newcomer(results):
     if h:
         c = h["cpu_s"]
         lines.append(f"- `python boot.py --help`: **{c['boot.py']:.2f} s** of CPU (dkdm.py {c['dkdm.py']:.2f}, "
-                     f"evaluate.py {c['evaluate.py']:.2f}, teachers.py {c['teachers.py']:.2f}; `import torch` alone "
+                     f"evaluate.py {c['evaluate.py']:.2f}; `import torch` alone "
                      f"{c['import torch']:.2f} s: --help does not load it; `python bench/run.py newcomer`, {h['date']})")
     return "\n".join(lines) or "(not measured yet: `python bench/run.py newcomer`)"
 
@@ -168,7 +174,7 @@ def table_curves(results, names=("curve-cnn", "curve-vit")):
             teacher = teacher or (_pick(p["records"], "ddim", 50).get("digits", {}).get("fid") if p else None)
             cell = _f(fd)
             if p and k == dkdm.STUDENT_DEFAULTS[name.split("-")[1]]["iters"]:
-                cell = f"**{cell}** (default)"
+                cell = f"**{cell}**" + (" (default)" if "--lr-decay" not in results[name]["train"] else "")
             cells += [cell, _f((p or {}).get("last_metrics", {}).get("ms_iter"), ".0f")]
         lines.append(f"| {k:,} | " + " | ".join(cells) + f" | {_f(teacher)} |")
     cmds = [f"- {results[n]['about']}: `{results[n]['train']} --iters K` for K = "
@@ -214,7 +220,8 @@ def blocks(results) -> dict[str, str]:
         "newcomer": table_newcomer(results),
         "tests-time": table_tests_time(results),
         "teacher": table_teacher(results),
-        "boot": table_group(results, ["boot-default", "boot-long", "boot-heun", "boot-euler", "boot-no-boundary",
+        "boot": table_group(results, ["boot-default", "boot-seed1", "boot-huber", "boot-huber-seed1", "boot-small",
+                                      "boot-long", "boot-heun", "boot-euler", "boot-no-boundary",
                                       "boot-progressive"]),
         "dkdm-default": table_group(results, ["dkdm-default", "dkdm-data-10k"]),
         "dkdm": table_group(results, ["dkdm-dynamic", "dkdm-shuffled", "dkdm-iterative", "dkdm-data",
@@ -321,6 +328,15 @@ def table_paper(results):
          + " (at 0.9: " + ", ".join(f"{v[2]:.1f} {k}" for k, v in amp.items()) + ")"),
         ("BOOT lr / EMA", "1e-4 / 0.9999 (Table 3)", "Table 3's on hub teachers; 3e-4 / 0.995 on digits",
          _vs(results, "boot-default", "boot-table3-lr", "ours", "Table 3's", "3k")),
+        ("BOOT distance d (Eq. 14)", "L2; with LPIPS for CIFAR-10's best row (Sec. 4.1, Table 2: FID 4.38 vs 6.88)",
+         "LPIPS on ddpm-cifar10 (`--loss lpips`), L2 elsewhere; `--loss huber`: improved CT's pseudo-Huber",
+         _vs(results, "boot-default", "boot-huber", "L2", "pseudo-Huber", "3k") + "; seed 1: "
+         + _vs(results, "boot-seed1", "boot-huber-seed1", "L2", "pseudo-Huber", "3k")
+         + " (LPIPS needs AlexNet's ImageNet weights: not measured offline)"),
+        ("DiT student schedule", "not given (official trainer: constant 1e-4)",
+         "3e-3 after 200 warm-up, cosine to 10% over iterations 7,000-10,000 (`--lr-decay`), EMA 0.9995",
+         "the three runs of the default: " + " / ".join(_f(_fd(results, f"vit-seed{k}"), ".2f") for k in range(3))
+         + " (seed 0 with torch's threads, seeds 1, 2 with one; `vit-seed0..2`)"),
     ]
     lines = ["| setting | paper | ours (default) | FD on the embedded teacher |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
@@ -328,30 +344,38 @@ def table_paper(results):
 
 
 def table_headline(results):
-    """The README's results: the teacher's DDIM rows and the real-vs-real floor, and each method's default command."""
+    """The README's results: the real-vs-real floor, the teacher's DDIM rows and each method's default
+    command (the DiT's three runs), by FD and KID."""
     teacher = (results.get("teacher") or {}).get("records", [])
     if not teacher:
         return "(not measured yet: `python bench/run.py teacher`)"
-    lines = ["| | NFE | FD (digits features) | training |", "|---|---|---|---|"]
-    real = _pick(teacher, name="real").get("digits")
-    lines.append(f"| real digits, held out (the floor: real against real) | – | {_f(real and real['fid'])} | – |")
+    lines = ["| | NFE | FD (digits features) | KID (pixels) | KID (digits features) | training |", "|---|---|---|---|---|---|"]
+
+    def row(label, recs, nfe, training):
+        d, p = recs.get("digits"), recs.get("pixels")
+        lines.append(f"| {label} | {nfe} | {_f(d and d['fid'])} | {_kid(p)} | {_kid(d)} | {training} |")
+
+    row("real digits, held out (the floor: real against real)", _pick(teacher, name="real"), "–", "–")
     for nfe in (50, 10, 1):
-        rec = _pick(teacher, "ddim", nfe).get("digits")
-        lines.append(f"| teacher, DDIM-{nfe} | {nfe} | {_f(rec and rec['fid'])} | – |")
+        row(f"teacher, DDIM-{nfe}", _pick(teacher, "ddim", nfe), nfe, "–")
     for name, label in (("boot-default", "BOOT student, `python boot.py`"),
+                        ("boot-small", "BOOT, smaller fresh student, `python boot.py --student small`"),
                         ("boot-long", "BOOT student, `python boot.py --iters 9000`"),
                         ("dkdm-default", "DKDM cnn student, `python dkdm.py`"),
-                        ("curve-vit", "DKDM DiT student, `python dkdm.py --student vit`"),
+                        ("vit-seed0", "DKDM DiT student, `python dkdm.py --student vit` (seed 0, torch's threads)"),
+                        ("vit-seed1", "the same, `--seed 1` (one thread)"),
+                        ("vit-seed2", "the same, `--seed 2` (one thread)"),
                         ("dkdm-data-10k", "baseline: the cnn trained on the real digits")):
         res = results.get(name) or {}
         if res.get("curve"):  # a curve's last point is its default run
             res = {**res["curve"][-1], "first_metrics": None}
-        student = _pick(res.get("records", []), sampler="student").get("digits")
-        lines.append(f"| {label} | {student['nfe'] if student else '–'} | {_f(student and student['fid'])} | "
-                     f"{_training(res) if res else 'not measured yet'} |")
+        student = _pick(res.get("records", []), sampler="student")
+        nfe = next(iter(student.values()))["nfe"] if student else "–"
+        row(label, student, nfe, _training(res) if res else "not measured yet")
     return "\n".join(lines) + (f"\n\nn = 1,000 samples per row against a fixed reference split of the real digits "
-                               f"(FD is biased by n: only rows with equal n compare); `{results['teacher']['eval']}` "
-                               "and the commands in [docs/results.md](docs/results.md).")
+                               f"(FD is biased by n: only rows with equal n compare; KID is not, and its ± is the spread "
+                               f"over 100 subsets); `{results['teacher']['eval']}` and the commands in "
+                               "[docs/results.md](docs/results.md).")
 
 
 ROOT = Path(__file__).resolve().parents[1]
