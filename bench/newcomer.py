@@ -102,7 +102,8 @@ def fast_tests() -> dict:
     p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider"], cwd=ROOT,
                        env=_env(), capture_output=True, text=True)
     summary = (p.stdout.strip().splitlines() or [""])[-1]
-    return {"wall_s": round(time.time() - start, 1), "summary": summary, "returncode": p.returncode,
+    failed = [line for line in p.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+    return {"wall_s": round(time.time() - start, 1), "summary": summary, "returncode": p.returncode, "failed": failed,
             "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2), "cores": os.cpu_count()}
 
 

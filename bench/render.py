@@ -351,6 +351,8 @@ def table_headline(results):
         return "(not measured yet: `python bench/run.py teacher`)"
     lines = ["| | NFE | FD (digits features) | KID (pixels) | KID (digits features) | training |", "|---|---|---|---|---|---|"]
 
+    unscored = []
+
     def row(label, recs, nfe, training):
         d, p = recs.get("digits"), recs.get("pixels")
         lines.append(f"| {label} | {nfe} | {_f(d and d['fid'])} | {_kid(p)} | {_kid(d)} | {training} |")
@@ -372,10 +374,13 @@ def table_headline(results):
         student = _pick(res.get("records", []), sampler="student")
         nfe = next(iter(student.values()))["nfe"] if student else "–"
         row(label, student, nfe, _training(res) if res else "not measured yet")
+        unscored += [name] if res and not any(r.get("kid") is not None for r in student.values()) else []
+    rerun = (f" KID –: a row scored before KID was added (`python bench/run.py {' '.join(unscored)} --force` "
+             "retrains and rescores it)." if unscored else "")
     return "\n".join(lines) + (f"\n\nn = 1,000 samples per row against a fixed reference split of the real digits "
                                f"(FD is biased by n: only rows with equal n compare; KID is not, and its ± is the spread "
                                f"over 100 subsets); `{results['teacher']['eval']}` and the commands in "
-                               "[docs/results.md](docs/results.md).")
+                               f"[docs/results.md](docs/results.md).{rerun}")
 
 
 ROOT = Path(__file__).resolve().parents[1]
