@@ -174,7 +174,7 @@ def validate(cfg: BootConfig, world: int):
         if not ok:
             raise UserError(message)
     if cfg.stage == 2:
-        students.check_finished_run(cfg.stage1_run, "stage-1 ")
+        students.check_finished_run(cfg.stage1_run, "stage-1")
     if cfg.prompts is not None:
         cli.load_prompts(cfg.prompts)
     teachers.check_teacher_files(cfg.teacher, cfg.model_id, cfg.stage)

@@ -1,10 +1,11 @@
 """What a run will cost before it starts: --dry-run's memory per GPU, from the networks' configs.
 
-`boot_memory` and `dkdm_memory` say which forward the student trains with and how many network passes
-an iteration makes; `estimate` turns that into bytes. Parameters are counted (the teacher in its dtype; the student's float32 weights, gradients, AdamW
-moments and EMA at 20 bytes a parameter) and the student's activations are measured on CPU from the
-tensors autograd saves in a training forward at batch 1 and 2. bench/memory.py compares the estimate for SD 2.1
-with what a GPU measured; tests/test_memory_estimate.py with a measured CPU peak.
+`boot_memory` and `dkdm_memory` say which forward the student trains with and how many network
+passes an iteration makes; `estimate` turns that into bytes. Parameters are counted (the teacher in
+its dtype; the student's float32 weights, gradients, AdamW moments and EMA at 20 bytes a parameter)
+and the student's activations are measured on CPU from the tensors autograd saves in a training
+forward at batch 1 and 2. bench/memory.py compares the estimate for SD 2.1 with what a GPU
+measured; tests/test_memory_estimate.py with a measured CPU peak.
 """
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ def estimate(teacher, student, forward, precision: str, batch, passes: dict, ext
            "student_weights_grads_adamw_ema_GiB": round(20 * n_s / GiB, 3), "autocast_weight_copies_MiB": round(fixed / 2**20, 3),
            "activations_per_sample_MiB": round(WORKSPACE * act / 2**20, 3), "activations_batch_factor": factor,
            "local_batch": b, "total_at_local_batch_GiB": round((static + b * per) / GiB, 3),
-           "max_local_batch_fitting": {f"{cap}GB": max(0, int((0.9 * cap * 1e9 - static) // per)) for cap in (40, 80)},
+           "max_local_batch_fitting": {f"{cap}GB": max(0, int((0.9 * cap * 1e9 - static) // per)) if per else None
+                                       for cap in (40, 80)},
            "network_passes_per_iteration": passes,
            "note": f"estimate: activations = tensors autograd saves per sample (measured on CPU at batch 1 and 2) "
                    f"x {WORKSPACE} for temporaries; bf16 autocast's weight copies once per pass; the teacher's "

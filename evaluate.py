@@ -496,7 +496,8 @@ def proxy(every: int, teacher, cond_of, w, meter, sample, n=256):
         if step % every:
             return {}
         with meter.time("eval"):
-            probe[:] = probe or [Probe(teacher, cond_of(n), n, w)]
+            if not probe:
+                probe.append(Probe(teacher, cond_of(n), n, w))
             return probe[0](sample)
     return fields
 
@@ -651,7 +652,7 @@ def check_run(run, dkdm_sampler="auto"):
     info = students.check_finished_run(run, check_files=False)
     if dkdm_sampler != "auto" and info.get("method") != "dkdm":
         raise UserError(f"--dkdm-sampler applies to a DKDM run; '{run}' holds a one-step BOOT student")
-    cli.check_model_dir(Path(run) / "student", "student")
+    cli.check_model_dir(Path(run) / "student", "student")  # after: the sampler's misuse is named first
     teachers.check_teacher_files(info.get("teacher", ""), info.get("model_id"), info.get("stage", 1))
 
 

@@ -340,8 +340,8 @@ def load_student(run_dir, device="cpu") -> ExportedStudent:
 
 def check_finished_run(run, what: str = "", check_files=True) -> dict:
     """A finished run directory (student/generator.json parses; check_files: student/ is a whole export,
-    no weights read): its generator.json. `what` names the run the caller wants ("stage-1 ")."""
-    p = Path(run)
+    no weights read): its generator.json. `what` names the run the caller wants ("stage-1", "dkdm")."""
+    p, what = Path(run), f"{what} " if what else ""
     problem = ("does not exist" if not p.is_dir() else "is empty" if not any(p.iterdir()) else
                "has no student/generator.json" if not (p / "student" / "generator.json").is_file() else None)
     if problem:
@@ -376,7 +376,7 @@ def sample_command(method: str, argv) -> None:
     if boot and a.w is not None and not math.isfinite(a.w):
         raise UserError(f"--w must be a finite number, got {a.w}")
     device = sample_device(a.device)  # a flag error first, before anything is read
-    info = check_finished_run(a.run, method + " ")
+    info = check_finished_run(a.run, method)
     if info.get("method") != method:
         raise UserError(f"'{a.run}' is not a {method} run (its student is a {info.get('method')} student)")
     out = a.out or str(Path(a.run) / ("samples.png" if boot else f"samples-{a.sampler}{a.steps}.png"))
