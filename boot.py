@@ -167,8 +167,6 @@ def validate(cfg: BootConfig, world: int):
                "--w-max needs --w with w <= w-max (w ~ U(w, w_max) per example)"),
               (cfg.stage in (1, 2), f"--stage must be 1 or 2, got {cfg.stage}"),
               (0 <= cfg.noise_level < 1000, f"--noise-level must lie in 0..999, got {cfg.noise_level}"),
-              (cfg.eval_every >= 0, "--eval-every must be non-negative"),
-              (cfg.eval_every % cfg.log_every == 0, f"--eval-every {cfg.eval_every} is not a multiple of --log-every {cfg.log_every}"),
               (cfg.stage != 2 or cfg.stage1_run, "--stage 2 needs --stage1-run DIR, a finished stage-1 run of the same cascade")]
     for ok, message in checks:
         if not ok:
@@ -215,8 +213,11 @@ if __name__ == "__main__" and sys.argv[1:2] != ["sample"] and cli.answers_alone(
 
 import torch  # noqa: E402  (below the config: --help answers without it)
 import torch.nn.functional as F  # noqa: E402
+from diffusers import UNet2DConditionModel, UNet2DModel  # noqa: E402
+from torchvision.utils import save_image  # noqa: E402
 
 import costs  # noqa: E402
+import evaluate  # noqa: E402
 import runkit  # noqa: E402
 import teachers  # noqa: E402
 from pipelines import students  # noqa: E402
@@ -298,7 +299,6 @@ def lpips_network(device):
     """LPIPS (Zhang et al. 2018, the `lpips` package) with its AlexNet trunk, frozen; torchvision fetches
     the trunk's ImageNet weights once (one line naming them when they cannot be had)."""
     import lpips
-
     try:
         net = lpips.LPIPS(net="alex", verbose=False)
     except Exception as e:  # noqa: BLE001 - URLError, HTTPError, OSError: no network, no cached weights
@@ -318,15 +318,13 @@ def boundary_loss(y_tmax, f_tmax):
 # --- BOOT Sec. 3.3 / Eq. (9): the guided, thresholded teacher the targets are built from
 def guided_teacher(teacher, cond, w, meter=None):
     """f~(x, t) = f_n + w (f_c - f_n) (Eq. 9), clipped as the teacher's convention says, in float32."""
-    dtype = teacher.dtype
-    tcond = None if cond is None else {k: v.to(dtype) if v.is_floating_point() else v for k, v in cond.items()}
+    dtype, tcond = teacher.dtype, teachers.cond_to(cond, dtype=teacher.dtype)
 
     def f(x, t):
         with meter.time("teacher") if meter else nullcontext():
             return teacher.x0(x.to(dtype), t.to(x.device, torch.float32), tcond, w).float()
 
     return f
-
 
 
 # --- Conditions c ~ D (Alg. 1 line 3): labels, prompts, IF stage II's stage-1 inputs
@@ -353,7 +351,7 @@ class Context:
             w = (w_lo + (w_hi - w_lo) * torch.rand(B, generator=g, dtype=torch.float64))[lo:hi].to(self.device)
         if self.stage1 is not None:
             cond = {**cond, **self.lowres(g, B, lo, hi, cond)}
-        return teachers.float_cond(cond, self.device), w
+        return teachers.cond_to(cond, self.device), w
 
     def lowres(self, g, B, lo, hi, cond):
         """IF-II input: the stage-1 student's one-step output, upsampled and noised (Sec. 3.3, App. C.4)."""
@@ -374,7 +372,7 @@ class Context:
                 cond = {**cond, **self.lowres(torch.Generator().manual_seed(10_000), n, 0, n, cond)}
         elif self.teacher.num_classes:
             cond = self.teacher.label_cond(torch.arange(n) % self.teacher.num_classes)
-        return teachers.float_cond(cond, self.device)
+        return teachers.cond_to(cond, self.device)
 
 
 # --- Students: the teacher's network + zero-initialised (t, w) embedding, or a smaller fresh UNet
@@ -403,8 +401,6 @@ def make_student(teacher, cfg: BootConfig, default_w):
 
 def copy_student(teacher, dim: int, facts: dict):
     """from_config(teacher, time_cond_proj_dim=D): the teacher's weights, the new cond_proj zeroed (App. C.3)."""
-    from diffusers import UNet2DConditionModel
-
     if not hasattr(teacher, "unet"):
         raise UserError(f"teacher '{teacher.name}' has no network to copy; use --student small")
     if teacher.prediction_type != "epsilon":
@@ -419,8 +415,6 @@ def copy_student(teacher, dim: int, facts: dict):
     elif type(teacher.unet).__name__ == "UNet2DModel" and teacher.unet.config.class_embed_type is None \
             and not teacher.unet.config.num_class_embeds:
         # an unconditional UNet2DModel: t enters through a new, zeroed timestep-type class embedding
-        from diffusers import UNet2DModel
-
         model = UNet2DModel.from_config(teacher.unet.config, class_embed_type="timestep")
         model.load_state_dict(state, strict=False)
         torch.nn.init.zeros_(model.class_embedding.linear_2.weight)
@@ -441,7 +435,7 @@ def load_teacher_and_context(cfg: BootConfig, device):
     teachers.quiet_libraries()
     dtype = runkit.teacher_dtype(cfg.half, device)
     teacher = teachers.load_teacher(cfg.teacher, device, dtype, model_id=cfg.model_id, stage=cfg.stage, clip=cfg.clip)
-    stage2, prompts, encoder, stage1 = getattr(teacher, "stage", 1) == 2, None, None, None
+    stage2, encoder, stage1 = getattr(teacher, "stage", 1) == 2, None, None
     if stage2 != (cfg.stage == 2):
         raise UserError(f"'{cfg.teacher}' is an IF stage-II pipeline: pass --stage 2 --stage1-run DIR" if stage2 else
                         f"--stage 2 needs an IF stage-II teacher; '{cfg.teacher}' is not one")
@@ -451,14 +445,13 @@ def load_teacher_and_context(cfg: BootConfig, device):
         raise UserError(f"--loss lpips compares images; teacher '{cfg.teacher}' is latent: use --loss l2 or huber")
     if cfg.loss == "lpips":
         lpips_network(device)  # its trunk's weights, or one line saying which
-    if (hasattr(teacher, "encode_prompts") or stage2) and cfg.prompts is None:
-        raise UserError(f"text-to-image teacher '{cfg.teacher}' needs --prompts FILE (one prompt per line)")
-    if not (hasattr(teacher, "encode_prompts") or stage2) and cfg.prompts is not None:
-        raise UserError(f"teacher '{cfg.teacher}' is not text-conditioned: --prompts does not apply")
-    if cfg.prompts is not None:
-        prompts = cli.load_prompts(cfg.prompts)
+    text = hasattr(teacher, "encode_prompts") or stage2
+    if text != (cfg.prompts is not None):
+        raise UserError(f"text-to-image teacher '{cfg.teacher}' needs --prompts FILE (one prompt per line)" if text
+                        else f"teacher '{cfg.teacher}' is not text-conditioned: --prompts does not apply")
+    prompts = cli.load_prompts(cfg.prompts) if text else None
     if stage2:
-        stage1 = students.load_student(cfg.stage1_run, teacher.device)
+        stage1 = students.ExportedStudent(cfg.stage1_run, teacher.device)
         if stage1.info.get("stage", 1) != 1 or stage1.sample_shape[0] != teacher.sample_shape[0]:
             raise UserError(f"'{cfg.stage1_run}' is not a stage-1 run with {teacher.sample_shape[0]}-channel outputs")
         encoder, info = teacher, stage1.info
@@ -516,9 +509,6 @@ def boot_step(model, facts, teacher, batch, cfg: BootConfig, boundary: bool, met
     return loss_bs + cfg.beta * loss_bc, {"bs": loss_bs.detach(), "bc": loss_bc.detach()}
 
 
-LOGGED = ("loss", "bs", "bc")  # metrics.jsonl's losses; bc is the mean over the boundary iterations
-
-
 def train(cfg: BootConfig):
     """Algorithm 1 (paper, Appendix) as one loop; runkit.py resumes, logs and checkpoints."""
     teacher, context, student, facts, run = load_inputs(cfg)  # every input check on every process; nothing written
@@ -527,7 +517,8 @@ def train(cfg: BootConfig):
         g = torch.Generator().manual_seed(cfg.seed)  # the global noise / time / condition stream: same on every rank
         saved = {"model": raw, "ema": ema, "opt": opt, "gen": g}  # what a checkpoint holds
         step, why = run.resume(saved, f"boot {cfg.teacher}"), None
-        model, meter = runkit.ddp(raw, device, world), runkit.Meter(device, LOGGED, ("loss", "bc"), run.window)
+        model = runkit.ddp(raw, device, world)
+        meter = runkit.Meter(device, ("loss", "bs", "bc"), ("loss", "bc"), run.window)  # bc: mean over boundary iterations
         extra = proxy(cfg, teacher, context, ema, facts, meter)  # --eval-every (rank 0)
         B, b = cfg.batch, cfg.batch // world
         lo, hi = rank * b, (rank + 1) * b  # this process's slice of every global draw
@@ -583,8 +574,6 @@ def finish(cfg, raw, ema, facts, teacher, context, device):
 def proxy(cfg, teacher, context, ema, facts, meter):
     """metrics.jsonl's proxy at every --eval-every-th step (rank 0): FD and KID of the EMA student's one-step
     samples against the teacher's own DDIM-50 (evaluate.Probe). None: no proxy."""
-    import evaluate
-
     w = default_weight(cfg, teacher)
     sample = lambda noise, cond: teacher.decode(y_theta(  # noqa: E731
         ema.model(), facts, noise, torch.zeros(len(noise), device=noise.device), cond, w).to(teacher.dtype))
@@ -596,8 +585,6 @@ def preview(cfg, student, facts, teacher, context, device):
     """preview.png: teacher DDIM-50 (top) vs student one step (bottom) from the same noise. Prints
     the mean squared distance of the student to the teacher's DDIM-50 ODE solution beside the
     teacher's own DDIM-1 and DDIM-10 (on --check samples for small images, else on the preview's)."""
-    from torchvision.utils import save_image
-
     small = math.prod(teacher.sample_shape) <= 1024 and context.prompts is None
     n = max(cfg.preview, cfg.check) if small else cfg.preview
     noise = teachers.seeded_noise(range(n), teacher.sample_shape, device)

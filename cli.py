@@ -12,11 +12,13 @@ import dataclasses
 import json
 import math
 import os
+import socket
 import sys
+import tempfile
 import typing
 from pathlib import Path
+from urllib.parse import urlparse
 
-HELP_FLAGS = ("-h", "--help")
 PRECISIONS = ("auto", "bf16", "fp32")  # the student's: auto = bf16 autocast + TF32 on a GPU, float32 on CPU
 
 
@@ -24,25 +26,25 @@ class UserError(ValueError):
     """Bad input: printed as one line by every CLI of this repository, exit code 2."""
 
 
-def answers_alone(argv, flags=HELP_FLAGS) -> bool:
-    """Whether this command line is answered from the config alone (a flag of `flags` is given)."""
-    return any(a in flags for a in argv)
+def answers_alone(argv) -> bool:
+    """Whether this command line is answered from the config alone (-h / --help)."""
+    return any(a in ("-h", "--help") for a in argv)
 
 
-def flag(default, help_: str, choices=None, nargs=None):
-    """A config dataclass field that is a command-line flag: its default, help, choices, nargs (of ints)."""
-    meta = {"help": help_, **({"choices": list(choices)} if choices else {}), **({"nargs": nargs, "elem": int} if nargs else {})}
+def flag(default, help_: str, choices=None, nargs=None, elem=int):
+    """A config dataclass field that is a command-line flag: its default, help, choices, nargs (of `elem`)."""
+    meta = {"help": help_, **({"choices": list(choices)} if choices else {}), **({"nargs": nargs, "elem": elem} if nargs else {})}
     return dataclasses.field(default=default, metadata=meta)
 
 
-def main_of(command, argv) -> int:
-    """A script's main: `command(argv)`'s exit code (None = 0), or 2 with one line `error: ...` on
-    stderr for bad input (printed by rank 0 only under torchrun: every rank stops alike)."""
+def main_of(command, argv, prefix="") -> int:
+    """A script's main: `command(argv)`'s exit code (None = 0), or 2 with one line `{prefix}error: ...`
+    on stderr for bad input (printed by rank 0 only under torchrun: every rank stops alike)."""
     try:
         return command(argv) or 0
     except UserError as e:
         if int(os.environ.get("RANK", 0)) == 0:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"{prefix}error: {e}", file=sys.stderr)
         return 2
 
 
@@ -77,20 +79,15 @@ def parser_from_dataclass(cls, doc: str):
     p = OneLineParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     hints = typing.get_type_hints(cls)  # the annotations as types (they are strings under `from __future__`)
     for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default_factory() if f.default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING \
-            else f.default
-        help_ = (f.metadata.get("help", "") + f" (default: {default})").strip()
-        typ = hints[f.name]
+        meta, typ = f.metadata, hints[f.name]
+        kw = dict(default=f.default, help=f"{meta['help']} (default: {f.default})")
         if typ is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
-        elif f.metadata.get("choices"):
-            p.add_argument(flag, type=str, choices=f.metadata["choices"], default=default, help=help_)
-        elif f.metadata.get("nargs"):
-            p.add_argument(flag, type=f.metadata["elem"], nargs=f.metadata["nargs"], default=default, help=help_)
+            kw["action"] = argparse.BooleanOptionalAction
+        elif "nargs" in meta:
+            kw.update(type=meta["elem"], nargs=meta["nargs"])
         else:
-            conv = {int: int, float: float, str: str}.get(typ, _optional_conv(typ))
-            p.add_argument(flag, type=conv, default=default, help=help_)
+            kw.update(type={int: int, float: float, str: str}.get(typ) or _optional_conv(typ), choices=meta.get("choices"))
+        p.add_argument("--" + f.name.replace("_", "-"), **kw)
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     return p
 
@@ -129,7 +126,8 @@ def check_run_fields(cfg):
               (cfg.minutes is None or cfg.minutes > 0, "--minutes must be positive (or unset)"),
               (0 <= cfg.ema < 1, "--ema must lie in [0, 1)"), (cfg.log_every >= 1, "--log-every must be at least 1"),
               (cfg.ckpt_every >= 1, "--ckpt-every must be at least 1"), (cfg.keep >= 1, "--keep must be at least 1"),
-              (cfg.export_every >= 0, "--export-every must be non-negative")]
+              (cfg.export_every >= 0, "--export-every must be non-negative"), (cfg.eval_every >= 0, "--eval-every must be non-negative"),
+              (cfg.eval_every % max(cfg.log_every, 1) == 0, f"--eval-every {cfg.eval_every} is not a multiple of --log-every {cfg.log_every}")]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
@@ -137,8 +135,6 @@ def check_run_fields(cfg):
 
 def _writable(d: Path) -> bool:
     """Can files be created in directory d? (an unnamed temporary file: nothing appears)"""
-    import tempfile
-
     try:
         tempfile.TemporaryFile(dir=d).close()
         return True
@@ -188,7 +184,6 @@ def check_model_dir(path, what="model"):
     """A local diffusers directory, without loading it: model_index.json / config.json parse, every
     listed component has its folder, every config parses, every safetensors header is whole."""
     from safetensors import safe_open
-
     d = Path(path)
     if (d / "model_index.json").is_file():
         index = read_json(d / "model_index.json", f"{what} index")
@@ -218,7 +213,6 @@ def check_hub(repo: str, what: str):
     in the local Hugging Face cache and HF_HUB_OFFLINE set, or the hub unreachable. Only rank 0 probes
     the network (one connection, 5 s timeout); under torchrun its exit stops the other processes."""
     from huggingface_hub import constants, try_to_load_from_cache
-
     if any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("model_index.json", "config.json")):
         return  # cached: loads offline too
     fix = "download it once with network (hf download REPO), or pass a local directory instead"
@@ -229,9 +223,6 @@ def check_hub(repo: str, what: str):
         return
     if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
         return  # behind a proxy a direct connection says nothing: the download reports its own error
-    import socket
-    from urllib.parse import urlparse
-
     url = urlparse(constants.ENDPOINT)
     try:
         socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()

@@ -75,9 +75,7 @@ def boot_memory(cfg, world: int) -> dict:
     """boot.py --dry-run: the teacher and student built from configs (no weights read: accelerate's
     init_empty_weights), a training forward y_theta(eps, t) at t = 0.5, the passes of Alg. 1."""
     from accelerate import init_empty_weights
-
     import boot
-
     teachers.quiet_libraries()
     teacher = teachers.load_teacher(cfg.teacher, "meta", torch.float16 if cfg.half else torch.float32,
                                     model_id=cfg.model_id, stage=cfg.stage, clip=cfg.clip, weights=False)
@@ -91,7 +89,7 @@ def boot_memory(cfg, world: int) -> dict:
         if cfg.stage == 2:
             cond = {**cond, "lowres": torch.zeros(n, *teacher.sample_shape), "class_labels": torch.full((n,), cfg.noise_level)}
         eps, t = torch.zeros(n, *teacher.sample_shape), torch.full((n,), 0.5)
-        return boot.y_theta(student, facts, eps, t, teachers.float_cond(cond, "cpu"), w)
+        return boot.y_theta(student, facts, eps, t, teachers.cond_to(cond, "cpu"), w)
 
     cfg_pair, k = teacher.guided and (w is not None or cfg.w_max is not None) and w != 1.0, cfg.boundary_every
     passes = {"teacher_forwards": (2 if cfg.solver == "heun" else 1) + (1 / k if k else 0),
@@ -105,7 +103,6 @@ def dkdm_memory(teacher, student, cfg, world: int) -> dict:
     """dkdm.py --dry-run: a training forward of the student at T/2, one teacher forward per iteration,
     the knowledge pool's bytes per sample (4 C H W for x, 8 for i, 8 for the label)."""
     import dkdm
-
     (C, H, W), b = teacher.sample_shape, cfg.batch // world
     pool = dkdm.pool_size(cfg, teacher.schedule.T, b) if cfg.method in ("dynamic", "shuffled", "iterative") else 0
     pool_bytes = pool / b * (4 * C * H * W + 16)

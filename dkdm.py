@@ -112,10 +112,12 @@ def parser():
 if __name__ == "__main__" and cli.answers_alone(sys.argv[1:]):  # --help: before torch is imported
     parser().parse_args(sys.argv[1:])
 
+import diffusers  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import costs  # noqa: E402
+import evaluate  # noqa: E402
 import runkit  # noqa: E402
 import teachers  # noqa: E402
 from pipelines import students  # noqa: E402
@@ -351,21 +353,10 @@ def init_batch(cfg):
     return cfg.init_batch or (1024 if runkit.env()[2].type == "cuda" else 512)
 
 
-def make_pool(cfg, teacher, n, g, w):
-    how = resolved_init(cfg)
-    if how == "staggered":
-        return init_staggered(teacher, n, cfg.chains, g, w, cfg.p_uncond)
-    if how == "shuffle":
-        return init_shuffle(teacher, n, g, w, cfg.p_uncond, init_batch(cfg))
-    return init_noise(teacher, n, g, cfg.p_uncond)
-
-
 # --- Students of any architecture (Sec. 4.2, Table 5): a smaller CNN, or a DiT-style transformer
 def denoiser_from_config(directory):
     """A randomly initialised diffusers denoiser from `directory`/config.json (UNet2DModel,
     UNet2DConditionModel or DiTTransformer2DModel)."""
-    import diffusers
-
     if not (Path(directory) / "config.json").is_file():
         raise UserError(f"unknown student '{directory}' (cnn, vit, or a directory with a diffusers config.json)")
     conf = cli.read_json(Path(directory) / "config.json", "student config")
@@ -395,8 +386,6 @@ def check_student_fits(model, teacher, what):
 
 def build_student(cfg, teacher):
     """A randomly initialised student: cnn, vit, or any diffusers denoiser config in a directory."""
-    import diffusers
-
     if cfg.student == "cnn":
         model = diffusers.UNet2DModel(**students.cnn_config(teacher, cfg.width))
     elif cfg.student == "vit":
@@ -414,23 +403,16 @@ def build_student(cfg, teacher):
 
 # --- Baselines (Sec. 4.1): data-free (a synthetic set, Fig. 2b) and data-based (Fig. 2a)
 def iddpm_loss(model, x0, cond, sch, generator=None):
-    """IDDPM hybrid loss: L_simple + L_vlb (KL(q || p) in bits/dim, mean detached; t > 0)."""
-    B = x0.shape[0]
+    """IDDPM's hybrid loss on images x0: Eq. (19) with the true posterior q(x_{t-1} | x_t, x0) in the
+    teacher's place, L_simple + L_vlb (KL in bits/dim, the mean detached; t > 0)."""
     dev = generator.device if generator is not None else "cpu"  # draws where the generator lives
-    i = torch.randint(0, sch.T, (B,), generator=generator, device=dev).to(x0.device)
+    i = torch.randint(0, sch.T, (x0.shape[0],), generator=generator, device=dev).to(x0.device)
     eps = torch.randn(x0.shape, generator=generator, device=dev).to(x0)
     ab = teachers.bcast(sch.alpha_bar(i).float(), x0)
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
     out = teachers.call_net(model, x_t, i.float(), cond)
-    C = x0.shape[1]
-    eps_hat, v = out[:, :C], out[:, C:]
-    mse = ((eps - eps_hat) ** 2).mean(dim=(1, 2, 3))
-    if v.shape[1] == 0:  # a fixed-variance model: L_simple only
-        return mse.mean()
-    x0_hat = (x_t - (1 - ab).sqrt() * eps_hat.detach()) / ab.sqrt()
-    m_p, lv_p = teachers.gaussian_step(sch, x_t, x0_hat, i, i - 1, v, "learned_range")
-    m_q, lv_q = teachers.gaussian_step(sch, x_t, x0, i, i - 1, None, "fixed_small")
-    vb = normal_kl(m_q, lv_q, m_p, lv_p).mean(dim=(1, 2, 3)) / math.log(2.0)
+    q = (*teachers.gaussian_step(sch, x_t, x0, i, i - 1, None, "fixed_small"), eps)
+    _, mse, vb = dkdm_loss(sch, x_t, i, out, q, 1.0, out.shape[1] > x0.shape[1])  # fixed variance: vb = 0
     return (mse + torch.where(i > 0, vb, torch.zeros_like(vb))).mean()
 
 
@@ -535,9 +517,6 @@ def student_step(cfg, teacher, model, stream, b, w, meter=None):
     return loss.mean(), mse.mean().detach(), vb.mean().detach()  # lines 5-6: Eq. (20), (21)
 
 
-LOGGED = ("loss", "mse", "vb")  # metrics.jsonl's losses (Eq. 19, 20, 21)
-
-
 def train(cfg, teacher, student, run):
     """Algorithm 1 (dynamic iterative distillation; the ablations and baselines swap the stream) as
     one loop; runkit.py resumes, logs and checkpoints."""
@@ -549,7 +528,8 @@ def train(cfg, teacher, student, run):
         stream = make_stream(cfg, teacher, run, g, w, world)  # line 1: the pool B+_1 (or the baselines' set)
         saved = {"model": raw, "ema": ema, "opt": opt, "stream": stream}  # what a checkpoint holds
         step, why = run.resume(saved, f"dkdm {cfg.method}"), None
-        model, meter = runkit.ddp(raw, device, world), runkit.Meter(device, LOGGED, window=run.window)
+        model = runkit.ddp(raw, device, world)
+        meter = runkit.Meter(device, ("loss", "mse", "vb"), window=run.window)  # metrics.jsonl: Eq. 19, 20, 21
         probe = proxy(cfg, teacher, ema, meter)  # --eval-every (rank 0)
         extra = lambda step: {**(stream.spread(teacher.schedule.T) if isinstance(stream, Pool) else {}),  # noqa: E731
                               **(probe(step) if probe else {})}
@@ -594,13 +574,20 @@ def learning_rate(cfg, step: int) -> float:
 def proxy(cfg, teacher, ema, meter):
     """metrics.jsonl's proxy at every --eval-every-th step (rank 0): FD and KID of the EMA student's
     DDIM-50 samples (its export's sampler) against the teacher's own (evaluate.Probe). None: no proxy."""
-    import evaluate
-
     w, source, K = teacher.default_guidance, teachers.teacher_source(cfg.teacher, cfg.model_id), teacher.num_classes
     cond_of = lambda n: as_cond(torch.arange(n, device=teacher.device) % K) if K else None  # noqa: E731 - as the preview's
     sample = lambda noise, cond: teacher.decode(students.ddpm_pipeline(ema.model(), teacher, source).denoise(  # noqa: E731
         noise, cond and cond["class_labels"], w, 50).to(teacher.dtype))
     return evaluate.proxy(cfg.eval_every, teacher, cond_of, w, meter, sample)
+
+
+def make_pool(cfg, teacher, n, g, w):
+    how = resolved_init(cfg)
+    if how == "staggered":
+        return init_staggered(teacher, n, cfg.chains, g, w, cfg.p_uncond)
+    if how == "shuffle":
+        return init_shuffle(teacher, n, g, w, cfg.p_uncond, init_batch(cfg))
+    return init_noise(teacher, n, g, cfg.p_uncond)
 
 
 def make_stream(cfg, teacher, run, g, w, world):
@@ -611,14 +598,12 @@ def make_stream(cfg, teacher, run, g, w, world):
     if run.resume_step is not None:
         empty = torch.empty(0, device=teacher.device)
         return Pool(empty, empty.long(), None, g)
-    n = pool_size(cfg, teacher.schedule.T, cfg.batch // world)
+    n, how = pool_size(cfg, teacher.schedule.T, cfg.batch // world), resolved_init(cfg)
     evals, passes = init_cost(cfg, teacher.schedule.T, n)
-    print0(f"pool: {n} entries per process, init '{resolved_init(cfg)}': {evals:,.0f} teacher sample "
-           f"evaluations in {passes:,} batched passes")
+    print0(f"pool: {n} entries per process, init '{how}': {evals:,.0f} teacher sample evaluations in {passes:,} batched passes")
     start, pool = time.time(), make_pool(cfg, teacher, n, g, w)
     print0(f"pool initialised in {time.time() - start:.1f} s")
-    run.log({"step": 0, "pool_init": resolved_init(cfg), "init_seconds": time.time() - start, "init_evals": evals,
-             "pool_size": n * world})
+    run.log({"step": 0, "pool_init": how, "init_seconds": time.time() - start, "init_evals": evals, "pool_size": n * world})
     return pool
 
 
@@ -646,8 +631,6 @@ def load_inputs(cfg):
               (cfg.rho > 0, "--rho must be positive"), (cfg.lam >= 0, "--lam must be non-negative"),
               (cfg.warmup >= 0, "--warmup must be non-negative"), (cfg.clip_grad >= 0, "--clip-grad must be non-negative"),
               (0 <= cfg.lr_decay[0] <= cfg.lr_decay[1], "--lr-decay START END needs 0 <= START <= END"),
-              (cfg.eval_every >= 0, "--eval-every must be non-negative"),
-              (cfg.eval_every % cfg.log_every == 0, f"--eval-every {cfg.eval_every} is not a multiple of --log-every {cfg.log_every}"),
               (0 <= cfg.p_uncond < 1, "--p-uncond must lie in [0, 1)"),
               (cfg.method != "iterative" or cfg.pool_init in ("auto", "noise"),
                "--method iterative starts every sample at T-1 (--pool-init auto or noise)")]

@@ -51,46 +51,40 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cli
-from cli import UserError
+from cli import UserError, flag
 
-ROOT = Path(__file__).resolve().parent
-CLASSIFIER_DIR = ROOT / "assets" / "digits-classifier"
+CLASSIFIER_DIR = Path(__file__).resolve().parent / "assets" / "digits-classifier"
 FEATURE_SPACES = ("digits", "pixels", "inception")
 DIGITS_SHAPE = (1, 8, 8)
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-GRID_COLUMNS = 16
 
 
 # --- Config ----------------------------------------------------------------------------------------
 @dataclass
 class EvalConfig:
-    teacher: str | None = field(default=None, metadata={"help": "teacher to score: registry name, hub id or dir"})
-    run: str | None = field(default=None, metadata={"help": "run directory of a distilled student (has student/)"})
-    nfe: tuple[int, ...] = field(default=(1, 10, 50), metadata={"nargs": "+", "elem": int,
-                                                                "help": "teacher sampler steps to score"})
-    sampler: str = field(default="ddim", metadata={"choices": ["ddim", "ancestral"], "help": "teacher sampler"})
-    dkdm_sampler: str = field(default="auto", metadata={
-        "choices": ["auto", "ddim", "ancestral"], "help": "a DKDM run's student: sampler to score it with; auto: the "
-                                                          "one its run exported (IDDPM pixel, DDIM latent and digits)"})
-    n: int = field(default=1000, metadata={"help": "samples per sampler (seeds seed .. seed + n - 1)"})
-    seed: int = field(default=0, metadata={"help": "seed of the first sample"})
-    batch: int = field(default=128, metadata={"help": "generation batch per process (throughput is at this batch)"})
-    features: tuple[str, ...] | None = field(default=None, metadata={
-        "nargs": "+", "elem": str, "help": "feature spaces: digits pixels inception; default digits pixels "
-                                           "for 1x8x8 teachers, else inception"})
-    w: float | None = field(default=None, metadata={"help": "guidance weight (BOOT Eq. 9); default: the teacher's"})
-    ref: str | None = field(default=None, metadata={"help": "folder of real images (teachers without embedded data)"})
-    prompts: str | None = field(default=None, metadata={"help": "text teachers: prompt file; seed s gets line s mod L"})
-    clip_model: str = field(default="openai/clip-vit-base-patch32", metadata={"help": "CLIP for the CLIP score"})
-    json: str | None = field(default=None, metadata={"help": "write the records to this JSON file"})
-    grid: str | None = field(default=None, metadata={"help": "write a PNG grid (rows share the initial noise)"})
-    cache: str | None = field(default=None, metadata={"help": "folder of cached teacher samples, reused when teacher, "
-                                                               "sampler, NFE, n, seed and w match; default RUN/"
-                                                               "teacher-samples with --run, none with --teacher; off: never"})
+    teacher: str | None = flag(None, "teacher to score: registry name, hub id or dir")
+    run: str | None = flag(None, "run directory of a distilled student (has student/)")
+    nfe: tuple[int, ...] = flag((1, 10, 50), "teacher sampler steps to score", nargs="+")
+    sampler: str = flag("ddim", "teacher sampler", choices=["ddim", "ancestral"])
+    dkdm_sampler: str = flag("auto", "a DKDM run's student: sampler to score it with; auto: the one its run exported "
+                                     "(IDDPM pixel, DDIM latent and digits)", choices=["auto", "ddim", "ancestral"])
+    n: int = flag(1000, "samples per sampler (seeds seed .. seed + n - 1)")
+    seed: int = flag(0, "seed of the first sample")
+    batch: int = flag(128, "generation batch per process (throughput is at this batch)")
+    features: tuple[str, ...] | None = flag(None, "feature spaces: digits pixels inception; default digits pixels "
+                                                  "for 1x8x8 teachers, else inception", nargs="+", elem=str)
+    w: float | None = flag(None, "guidance weight (BOOT Eq. 9); default: the teacher's")
+    ref: str | None = flag(None, "folder of real images (teachers without embedded data)")
+    prompts: str | None = flag(None, "text teachers: prompt file; seed s gets line s mod L")
+    clip_model: str = flag("openai/clip-vit-base-patch32", "CLIP for the CLIP score")
+    json: str | None = flag(None, "write the records to this JSON file")
+    grid: str | None = flag(None, "write a PNG grid (rows share the initial noise)")
+    cache: str | None = flag(None, "folder of cached teacher samples, reused when teacher, sampler, NFE, n, seed and w "
+                                   "match; default RUN/teacher-samples with --run, none with --teacher; off: never")
 
 
 def parser():
@@ -107,6 +101,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+import safetensors.torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+from torchvision.utils import save_image  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 import runkit  # noqa: E402
 import teachers  # noqa: E402
@@ -139,11 +138,9 @@ def load_classifier(path=CLASSIFIER_DIR):
     path = Path(path)
     if not (path / "model.safetensors").is_file() or not (path / "config.json").is_file():
         raise UserError(f"digits classifier missing in '{path}': run python assets/train.py classifier")
-    from safetensors.torch import load_file
-
     cfg = json.loads((path / "config.json").read_text())
     model = DigitsClassifier(tuple(cfg["channels"]), cfg["feature_dim"], cfg["num_classes"])
-    model.load_state_dict(load_file(path / "model.safetensors"))
+    model.load_state_dict(safetensors.torch.load_file(path / "model.safetensors"))
     return model.eval().requires_grad_(False), cfg
 
 
@@ -166,11 +163,8 @@ def _inception_features(images, batch, device):
     """clean-fid's Inception-V3 features with its "clean" (PIL bicubic, float) resize to 299."""
     from cleanfid.features import build_feature_extractor
     from cleanfid.resize import build_resizer
-
     model = build_feature_extractor("clean", device=torch.device(device), use_dataparallel=False)
     resize = build_resizer("clean")
-    from tqdm import tqdm
-
     out = []
     for chunk in tqdm(images.split(batch), desc="inception features", unit="batch", leave=False,
                       disable=int(os.environ.get("RANK", 0)) != 0):
@@ -221,7 +215,6 @@ def frechet_distance_features(feats_a, feats_b) -> float:
         raise UserError("Frechet distance needs at least 2 samples per set and at least 2 feature dimensions")
     from cleanfid import fid
     from scipy.linalg import LinAlgWarning
-
     mu_a, mu_b = feats_a.mean(0), feats_b.mean(0)
     s_a, s_b = np.cov(feats_a, rowvar=False), np.cov(feats_b, rowvar=False)
     with warnings.catch_warnings():
@@ -238,7 +231,6 @@ def kernel_distance(feats_a, feats_b, subsets: int = 100) -> tuple[float, float]
     samples of each set (seeded). Unbiased in n, unlike FD; the std says how far one number holds."""
     _check_pair(feats_a, feats_b, "kernel distance")
     from cleanfid import fid
-
     state = np.random.get_state()
     np.random.seed(0)
     try:
@@ -289,7 +281,6 @@ def clip_score(images, prompts, model_dir="openai/clip-vit-base-patch32", batch=
     if len(images) != len(prompts):
         raise UserError(f"CLIP score: {len(images)} images but {len(prompts)} prompts")
     from transformers import CLIPModel, CLIPProcessor
-
     model, processor = CLIPModel.from_pretrained(model_dir).to(device).eval(), CLIPProcessor.from_pretrained(model_dir)
     scores = []
     for i in range(0, len(images), batch):
@@ -339,8 +330,6 @@ def student_sampler(student, teacher, w=None, prompts=None):
 def generate(sample, seeds, batch, rank=0, world=1, warmup=1, desc=None):
     """(images for all seeds in order, images/s). Rank r makes seeds[r::world]; results gathered.
     With `desc`, rank 0 shows a progress bar (images/s of this process)."""
-    from tqdm import tqdm
-
     seeds = list(seeds)
     mine = seeds[rank::world]
     for _ in range(warmup if mine else 0):
@@ -375,52 +364,35 @@ class TeacherCache:
     def __init__(self, cfg, teacher, w, prompts, world):
         where = cfg.cache if cfg.cache is not None else (str(Path(cfg.run) / "teacher-samples") if cfg.run else None)
         self.dir = None if where in (None, "off") else Path(where)
-        self.cfg, self.teacher, self.w, self.prompts, self.world = cfg, teacher, w, prompts, world
-        self._fingerprint = None
+        self.cfg, self.teacher, self.world, self.weights = cfg, teacher, world, None
+        self.base = {"teacher": teacher.name, "n": cfg.n, "seed": cfg.seed, "w": w, "prompts": prompts}
 
-    def fingerprint(self):
-        """A digest of the teacher's weights (shapes and sums): a retrained teacher misses the cache."""
-        if self._fingerprint is None:
+    def entry(self, sampler, nfe):
+        """(file, key) of these samples. The key holds a digest of the teacher's weights (shapes and sums):
+        a retrained teacher misses the cache."""
+        if self.weights is None:
             parts = [(k, tuple(v.shape), float(v.double().sum())) for k, v in self.teacher.state_dict().items()]
-            self._fingerprint = hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
-        return self._fingerprint
-
-    def key(self, sampler, nfe):
-        c = self.cfg
-        key = {"teacher": self.teacher.name, "sampler": sampler, "nfe": nfe, "n": c.n, "seed": c.seed, "w": self.w,
-               "prompts": self.prompts, "weights": self.fingerprint()}
-        if sampler == "ancestral":
-            key.update(batch=c.batch, world=self.world)
-        return json.dumps(key, sort_keys=True)
-
-    def file(self, sampler, nfe):
-        digest = hashlib.sha256(self.key(sampler, nfe).encode()).hexdigest()[:12]
-        name = Path(self.teacher.name).name
-        return self.dir / f"{name}-{sampler}{nfe}-n{self.cfg.n}-seed{self.cfg.seed}-{digest}.safetensors"
+            self.weights = hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+        c, extra = self.cfg, {"batch": self.cfg.batch, "world": self.world} if sampler == "ancestral" else {}
+        key = json.dumps({**self.base, "sampler": sampler, "nfe": nfe, "weights": self.weights, **extra}, sort_keys=True)
+        name = f"{Path(self.teacher.name).name}-{sampler}{nfe}-n{c.n}-seed{c.seed}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+        return self.dir / f"{name}.safetensors", key
 
     def load(self, sampler, nfe):
         """(images, images/s when they were made), or None (no cache, or no file for this key)."""
-        if self.dir is None or not self.file(sampler, nfe).is_file():
+        if self.dir is None or not self.entry(sampler, nfe)[0].is_file():
             return None
-        from safetensors import safe_open
-
-        with safe_open(str(self.file(sampler, nfe)), framework="pt") as f:
-            if f.metadata().get("key") != self.key(sampler, nfe):
+        path, key = self.entry(sampler, nfe)
+        with safe_open(str(path), framework="pt") as f:
+            if f.metadata().get("key") != key:
                 return None
             return f.get_tensor("images"), float(f.metadata()["images_per_s"])
 
     def save(self, sampler, nfe, images, ips):
-        """Atomic: a temp file beside it, then os.replace."""
-        if self.dir is None:
-            return
-        from safetensors.torch import save_file
-
-        path = self.file(sampler, nfe)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"images": images.contiguous()}, str(tmp),
-                  metadata={"key": self.key(sampler, nfe), "images_per_s": repr(float(ips))})
-        os.replace(tmp, path)
+        if self.dir is not None:
+            path, key = self.entry(sampler, nfe)
+            meta = {"key": key, "images_per_s": repr(float(ips))}
+            runkit.atomic_write(path, lambda f: f.write(safetensors.torch.save({"images": images.contiguous()}, meta)))
 
 
 def sig3(x) -> str:
@@ -490,15 +462,13 @@ def proxy(every: int, teacher, cond_of, w, meter, sample, n=256):
     The Probe (2n teacher samples) is built at the first step that needs it: a shorter run pays nothing."""
     if not every or not runkit.is_rank0():
         return None
-    probe = []
+    probe = functools.cache(lambda: Probe(teacher, cond_of(n), n, w))
 
     def fields(step):
         if step % every:
             return {}
         with meter.time("eval"):
-            if not probe:
-                probe.append(Probe(teacher, cond_of(n), n, w))
-            return probe[0](sample)
+            return probe()(sample)
     return fields
 
 
@@ -517,11 +487,6 @@ def _fmt(v, spec):
     return "–" if v is None else format(v, spec)
 
 
-def kid_cell(r) -> str:
-    """KID with its spread over subsets, '0.123 ± 0.45' (records from before KID: '–')."""
-    return "–" if r.get("kid") is None else f"{r['kid']:.3g} ± {r['kid_std']:.2g}"
-
-
 def format_table(records, baseline=None) -> str:
     """Markdown, one table per feature space; every header names the space of its numbers."""
     out = []
@@ -532,11 +497,12 @@ def format_table(records, baseline=None) -> str:
                 f"precision ({space}, k=3)", f"recall ({space}, k=3)"]
         head += ["IS (digits classifier)"] * has_is + ["CLIP score (CLIP cosine)"] * has_clip
         head += ["images/s", f"speed-up vs {baseline}" if baseline else "speed-up"]
-        lines = [f"features: {SPACE_ABOUT[space]()}", "", "| " + " | ".join(head) + " |",
+        lines = [f"features: {space_about(space)}", "", "| " + " | ".join(head) + " |",
                  "|" + "---|" * len(head)]
         for r in rows:
             cells = [r["name"], r["sampler"] or "–", _fmt(r["nfe"], "d"), f"{r['n']} vs {r['n_ref']}",
-                     _fmt(r["fid"], ".3f"), kid_cell(r), _fmt(r["precision"], ".3f"), _fmt(r["recall"], ".3f")]
+                     _fmt(r["fid"], ".3f"),
+                     "–" if r.get("kid") is None else f"{r['kid']:.3g} ± {r['kid_std']:.2g}", _fmt(r["precision"], ".3f"), _fmt(r["recall"], ".3f")]
             cells += [_fmt(r["inception_score"], ".2f")] * has_is + [_fmt(r["clip_score"], ".4f")] * has_clip
             speedup = r.get("speedup")
             cells += [sig3(r["images_per_s"]), "–" if speedup is None else f"{speedup:.1f}×"]
@@ -545,24 +511,18 @@ def format_table(records, baseline=None) -> str:
     return "\n\n".join(out)
 
 
-def _about_digits():
-    _, cfg = load_classifier()
-    return (f"digits = {cfg['feature_dim']}-d penultimate layer of assets/digits-classifier "
-            f"(held-out accuracy {100 * cfg['held_out_accuracy']:.1f} %)")
+def space_about(space: str) -> str:
+    if space == "digits":
+        cfg = load_classifier()[1]
+        return (f"digits = {cfg['feature_dim']}-d penultimate layer of assets/digits-classifier "
+                f"(held-out accuracy {100 * cfg['held_out_accuracy']:.1f} %)")
+    return {"pixels": "pixels = flattened images in [-1, 1]",
+            "inception": "inception = clean-fid Inception-V3 pool features (FID), clean resize to 299"}[space]
 
 
-SPACE_ABOUT = {
-    "digits": _about_digits,
-    "pixels": lambda: "pixels = flattened images in [-1, 1]",
-    "inception": lambda: "inception = clean-fid Inception-V3 pool features (FID), clean resize to 299",
-}
-
-
-def save_grid(rows, path, upscale_to=32):
+def save_grid(rows, path, upscale_to=32, columns=16):
     """PNG grid from [(label, images)], one row per sampler; columns share their initial noise."""
-    from torchvision.utils import save_image
-
-    cols = min(GRID_COLUMNS, min(len(images) for _, images in rows))
+    cols = min(columns, min(len(images) for _, images in rows))
     x = torch.cat([images[:cols] for _, images in rows])
     if x.shape[-1] < upscale_to:
         x = F.interpolate(x, scale_factor=upscale_to // x.shape[-1], mode="nearest")
@@ -583,8 +543,6 @@ def image_files(path) -> list:
 
 def load_image_folder(path) -> torch.Tensor:
     """All images of a folder (sorted) as N x C x H x W in [0, 1]; one size, gray or RGB."""
-    from PIL import Image
-
     files, arrays = image_files(path), []
     for f in files:
         with Image.open(f) as im:
@@ -632,9 +590,9 @@ def check_config(cfg: EvalConfig):
     for space in cfg.features or ():
         if space not in FEATURE_SPACES:
             raise UserError(f"unknown feature space '{space}' (known: {', '.join(FEATURE_SPACES)})")
-    for flag, out in (("--json", cfg.json), ("--grid", cfg.grid)):
+    for name, out in (("--json", cfg.json), ("--grid", cfg.grid)):
         if out:
-            cli.check_output_file(out, flag)
+            cli.check_output_file(out, name)
     if cfg.prompts:
         cli.load_prompts(cfg.prompts)
     if cfg.ref:
@@ -658,8 +616,6 @@ def check_run(run, dkdm_sampler="auto"):
 
 def check_image_folder(path):
     """Every image of --ref opens and decodes (one line naming the first file that does not)."""
-    from PIL import Image
-
     for f in image_files(path):
         try:
             with Image.open(f) as im:
@@ -682,7 +638,7 @@ def dry_run_view(cfg: EvalConfig) -> dict:
 
 def run_evaluation(cfg: EvalConfig, rank=0, world=1, device="cpu"):
     """(records, grid rows, speed-up baseline) for a teacher or a run; records on rank 0 only."""
-    student = students.load_student(cfg.run, device) if cfg.run else None
+    student = students.ExportedStudent(cfg.run, device) if cfg.run else None
     if student and cfg.dkdm_sampler != "auto":
         student.info["sampler"] = cfg.dkdm_sampler  # ExportedStudent.generate reads it
     if student:
@@ -725,7 +681,7 @@ def run_evaluation(cfg: EvalConfig, rank=0, world=1, device="cpu"):
         hit = cache.load(sampler, nfe) if sampler != "student" else None
         if hit is not None:
             images, ips = hit
-            print0(f"{name} {sampler}-{nfe}: {cfg.n} samples from {cache.file(sampler, nfe)} "
+            print0(f"{name} {sampler}-{nfe}: {cfg.n} samples from {cache.entry(sampler, nfe)[0]} "
                    f"({sig3(ips)} images/s when they were made)")
         else:
             images, ips = generate(sample, seeds, cfg.batch, rank, world, desc=f"{name} {sampler}-{nfe}")
@@ -742,25 +698,23 @@ def run_evaluation(cfg: EvalConfig, rank=0, world=1, device="cpu"):
 
 
 def main(argv=None):
+    return cli.main_of(command, argv, prefix="evaluate.py: ")
+
+
+def command(argv):
     args = vars(parser().parse_args(argv))
     dry_run = args.pop("dry_run")
     cfg = EvalConfig(**args)
+    check_config(cfg)
+    if dry_run:
+        return print(json.dumps(dry_run_view(cfg), indent=2))
+    if cfg.teacher:
+        teachers.check_hub(cfg.teacher)  # before any process group or download
+    rank, world, device = runkit.env()
     try:
-        check_config(cfg)
-        if dry_run:
-            print(json.dumps(dry_run_view(cfg), indent=2))
-            return 0
-        if cfg.teacher:
-            teachers.check_hub(cfg.teacher)  # before any process group or download
-        rank, world, device = runkit.env()
-        try:
-            records, rows, baseline = run_evaluation(cfg, rank, world, device)
-        finally:
-            runkit.teardown()
-    except UserError as e:
-        if int(os.environ.get("RANK", 0)) == 0:
-            print(f"evaluate.py: error: {e}", file=sys.stderr)
-        return 2
+        records, rows, baseline = run_evaluation(cfg, rank, world, device)
+    finally:
+        runkit.teardown()
     if rank == 0:
         n_real = records[0]["n"] + records[0]["n_ref"]
         print(f"\n{cfg.n} samples per sampler (seeds {cfg.seed}..{cfg.seed + cfg.n - 1}) against a fixed reference "
@@ -773,7 +727,6 @@ def main(argv=None):
         if cfg.grid:
             save_grid(rows, cfg.grid)
             print(f"grid (rows, top to bottom: {', '.join(label for label, _ in rows)}) -> {cfg.grid}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -19,16 +19,25 @@ changes which collectives run (stop, budget, a non-finite update) is the same on
 """
 from __future__ import annotations
 
+import copy
+import ctypes
+import fcntl
 import json
 import os
+import shlex
+import shutil
 import signal
+import socket
 import sys
+import tempfile
 import time
 from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 from cli import UserError, check_output_dir, first_line, read_json
 
@@ -144,8 +153,6 @@ class EMA:
     def model(self):
         """The averaged weights in a frozen copy of the model (made once, refreshed on every call)."""
         if self.copy is None:
-            import copy
-
             self.copy = copy.deepcopy(self.module).eval().requires_grad_(False)
             self.copy.zero_grad(set_to_none=True)
         self.copy_to(self.copy)
@@ -176,8 +183,6 @@ def ddp(raw, device, world: int):
     """DDP under torchrun (gradients averaged over ranks: the global-batch mean); else the model."""
     if world == 1:
         return raw
-    from torch.nn.parallel import DistributedDataParallel
-
     return DistributedDataParallel(raw, device_ids=[device.index] if device.type == "cuda" else None)
 
 
@@ -195,8 +200,6 @@ def fsync_dir(path):
 def atomic_write(path, write):
     """write(file) into a unique temp file beside `path`, fsync, os.replace, fsync the directory: a
     crash never leaves half a file, two writers never share a temp name."""
-    import tempfile
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -233,9 +236,6 @@ def load_checkpoint(path, mmap=False, what="checkpoint"):
 def replace_dir(tmp, final):
     """Move the fully written directory `tmp` to `final`: an atomic exchange where Linux offers it
     (renameat2), else rename-aside; `final` never holds a half-written export."""
-    import ctypes
-    import shutil
-
     tmp, final, swapped = Path(tmp), Path(final), False
     fsync_dir(tmp)
     with suppress(OSError, AttributeError):  # no renameat2 (another OS, an old libc): rename aside below
@@ -252,21 +252,9 @@ def replace_dir(tmp, final):
     fsync_dir(final.parent)
 
 
-def nonfinite_tensors(states) -> int:
-    """How many floating tensors of these state dicts hold a NaN or an infinity."""
-    return sum(v.is_floating_point() and not bool(torch.isfinite(v).all()) for s in states for v in s.values())
-
-
 def state_of(obj):
     """What a checkpoint keeps of obj: a torch.Generator's state, or its state_dict()."""
     return obj.get_state() if isinstance(obj, torch.Generator) else obj.state_dict()
-
-
-def load_into(obj, state):
-    if isinstance(obj, torch.Generator):
-        obj.set_state(state.cpu())  # a CPU generator's state, whatever the map_location
-    else:
-        obj.load_state_dict(state)
 
 
 # --- Run directory: one writer, resume, metrics, budgets, checkpoints ----------------------------
@@ -277,38 +265,26 @@ class RunLock:
     def __init__(self, run_dir):
         self.path, self.fd = Path(run_dir) / "run.lock", None
 
-    def _try(self):
-        """A locked descriptor of run.lock, or None when another process holds it."""
-        import fcntl
-
+    def check(self, hold=False):
+        """One line and stop when another process holds the lock. hold: take it, naming this process
+        in the file (the writer's `start`); else nothing is written."""
+        if not (hold or self.path.exists()):
+            return
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
         except BlockingIOError:
             os.close(fd)
-            return None
-
-    def check(self):
-        """One line and stop when another process holds the lock."""
-        fd = self._try() if self.path.exists() else -1
-        if fd is None:
             who = {}
             with suppress(OSError, ValueError):
                 who = json.loads(self.path.read_text())
             raise UserError(f"run directory '{self.path.parent}' is in use by process {who.get('pid', '?')} on "
-                            f"{who.get('host', '?')} ({self.path}); wait for it to finish or pass another --out")
-        if fd >= 0:
-            os.close(fd)
-
-    def acquire(self):
-        import socket
-
-        self.fd = self._try()
-        if self.fd is None:
-            self.check()
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+                            f"{who.get('host', '?')} ({self.path}); wait for it to finish or pass another --out") from None
+        if not hold:
+            return os.close(fd)
+        self.fd = fd
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
 
     def release(self):
         if self.fd is not None:
@@ -355,7 +331,7 @@ class RunDir:
         self.device, metrics = device, self.path / "metrics.jsonl"
         self.path.mkdir(parents=True, exist_ok=True)
         if self.rank == 0:
-            self.lock.acquire()
+            self.lock.check(hold=True)
             (self.path / "checkpoints").mkdir(exist_ok=True)
             for tmp in (self.path / "checkpoints").glob(".*.tmp"):  # left by a writer killed mid-save
                 tmp.unlink(missing_ok=True)
@@ -381,18 +357,20 @@ class RunDir:
     def resume(self, objs: dict, desc: str) -> int:
         """Load the latest checkpoint into `objs` (name -> model, EMA, optimizer, generator, per-rank
         state) and open the progress bar; from here a signal ends the iteration. Returns the step."""
-        from tqdm import tqdm
-
         state, step, self._state = self._state, 0, None
         self.window, self.elapsed0, self.t_start = None, 0.0, time.time()
         if state is not None:
             step = state["step"]
             for name, obj in objs.items():
-                load_into(obj, self.rank_states[name] if name in self.per_rank else state[name])
+                s = self.rank_states[name] if name in self.per_rank else state[name]
+                if isinstance(obj, torch.Generator):
+                    obj.set_state(s.cpu())  # a CPU generator's state, whatever the map_location
+                else:
+                    obj.load_state_dict(s)
             self.window, self.elapsed0 = state.get("window"), state.get("elapsed", 0.0)
             print0(f"resuming {self.path} at step {step} from {self.ckpt}")
         self.bar = tqdm(total=self.config["iters"], initial=step, disable=self.rank != 0, desc=desc, dynamic_ncols=True)
-        self.stop.defer()
+        self.stop.deferred = True  # from here a signal ends the iteration
         return step
 
     def elapsed(self) -> float:
@@ -420,7 +398,8 @@ class RunDir:
         barrier(self.device)
         state = {**{k: state_of(v) for k, v in objs.items() if k not in self.per_rank}, "step": step,
                  "elapsed": self.elapsed(), "window": meter.window()}
-        bad = nonfinite_tensors([state[k] for k in ("model", "ema") if k in state])  # the same on every rank
+        bad = sum(v.is_floating_point() and not bool(torch.isfinite(v).all())  # NaN / inf: the same on every rank
+                  for k in ("model", "ema") if k in state for v in state[k].values())
         if bad:
             raise SystemExit(f"error: {bad} non-finite tensors in the weights at step {step}; not checkpointed, "
                              f"{self.kept()}")
@@ -471,8 +450,8 @@ class RunDir:
 class Interrupt:
     """SIGINT / SIGTERM. Before the loop (loading, the pool initialisation, a synthetic set) the run
     stops at once: one line, exit 130 / 143, nothing written that a rerun would not redo. In the loop
-    (after `defer()`) the iteration ends, a checkpoint is written, then the same exit. A second signal
-    stops at once."""
+    (`deferred`, set by RunDir.resume) the iteration ends, a checkpoint is written, then the same exit.
+    A second signal stops at once."""
 
     def __init__(self):
         self.signum, self.deferred, self.old = None, False, {}
@@ -484,9 +463,6 @@ class Interrupt:
     def __exit__(self, *exc):
         for s, old in self.old.items():
             signal.signal(s, old)
-
-    def defer(self):
-        self.deferred = True
 
     def _handle(self, signum, frame):
         name = signal.Signals(signum).name
@@ -504,8 +480,6 @@ class Interrupt:
 
     def exit(self, step: int, ckpt) -> SystemExit:
         """The one line a user needs after the stop, and the exit to raise (128 + the signal)."""
-        import shlex
-
         cmd = shlex.join(["python", *sys.argv]) if "RANK" not in os.environ else "the same torchrun command"
         print0(f"stopped at step {step}: checkpoint {ckpt}; resume with: {cmd}", file=sys.stderr)
         return SystemExit(128 + self.signum)

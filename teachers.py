@@ -21,15 +21,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 
+import diffusers
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from huggingface_hub import hf_hub_download
 
 import cli
 from cli import UserError
+from pipelines.pipeline_boot import call_net  # every network call, teachers' and students'
 
 ROOT = Path(__file__).resolve().parent
 ASSETS = ROOT / "assets"
@@ -38,22 +41,10 @@ DIGITS_DIR = ASSETS / "digits-teacher"
 
 # --- Continuous-time VP schedule: alpha(t)^2 + sigma(t)^2 = 1, lambda(t) = -log(alpha/sigma) (BOOT) ---
 class Schedule:
-    """VP schedule on t in [0, 1] from a discrete `alphas_cumprod` (T entries) or a closed form.
+    """VP schedule on t in [0, 1] from a teacher's discrete `alphas_cumprod` (T entries): exact at
+    t = i / (T - 1); between grid points the log-SNR log(alpha^2 / sigma^2) is interpolated linearly."""
 
-    The discrete table is exact at t = i / (T - 1); between grid points the log-SNR
-    log(alpha^2 / sigma^2) is interpolated linearly. `closed_form="cosine"` replaces the table by
-    alpha_bar(t) = cos^2((t + s) / (1 + s) * pi / 2) / cos^2(s / (1 + s) * pi / 2) (Nichol &
-    Dhariwal 2021), with the table sampled from it on the same grid.
-    """
-
-    def __init__(self, alphas_cumprod=None, closed_form: str | None = None, T: int = 1000):
-        if closed_form not in (None, "cosine"):
-            raise UserError(f"unknown closed-form schedule '{closed_form}' (known: cosine)")
-        self.closed_form = closed_form
-        if alphas_cumprod is None:
-            if closed_form is None:
-                raise UserError("a Schedule needs alphas_cumprod or closed_form")
-            alphas_cumprod = self._cosine_alpha_bar(torch.linspace(0, 1, T, dtype=torch.float64))
+    def __init__(self, alphas_cumprod):
         ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64).clamp(1e-12, 1.0 - 1e-12)
         self.alphas_cumprod, self.T, self.log_snr_table = ac, len(ac), torch.log(ac) - torch.log1p(-ac)
         self._copies = {}
@@ -65,17 +56,9 @@ class Schedule:
             self._copies[key] = getattr(self, name).to(device)
         return self._copies[key]
 
-    @staticmethod
-    def _cosine_alpha_bar(t, s: float = 0.008):
-        f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
-        return f / math.cos(s / (1 + s) * math.pi / 2) ** 2
-
     def log_snr(self, t):
         """log(alpha_t^2 / sigma_t^2) at continuous t in [0, 1] (any shape, float64 inside)."""
         t = torch.as_tensor(t, dtype=torch.float64)
-        if self.closed_form == "cosine":
-            ab = self._cosine_alpha_bar(t).clamp(1e-12, 1.0 - 1e-12)
-            return torch.log(ab) - torch.log1p(-ab)
         u = t.clamp(0, 1) * (self.T - 1)
         lo = u.floor().long().clamp(max=self.T - 2)
         frac = u - lo
@@ -115,8 +98,6 @@ class Schedule:
 
 def beta_table(kind: str, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
     """alphas_cumprod of a diffusers beta schedule ('linear', 'scaled_linear', 'squaredcos_cap_v2')."""
-    from diffusers import DDPMScheduler
-
     sched = DDPMScheduler(num_train_timesteps=T, beta_schedule=kind, beta_start=beta_start, beta_end=beta_end)
     return sched.alphas_cumprod.double()
 
@@ -148,11 +129,11 @@ def cat_cond(a: dict | None, b: dict | None):
     return {k: torch.cat([a[k], b[k]]) for k in a}
 
 
-def float_cond(cond, device):
-    """A condition dict in float32 on `device` (a student's: the teacher may run in float16)."""
+def cond_to(cond, device=None, dtype=torch.float32):
+    """A condition dict with its floating tensors in `dtype` (a student's float32, a half teacher's float16)."""
     if cond is None:
         return None
-    return {k: (v.float() if v.is_floating_point() else v).to(device) for k, v in cond.items()}
+    return {k: v.to(device=device, dtype=dtype if v.is_floating_point() else None) for k, v in cond.items()}
 
 
 class Teacher(nn.Module):
@@ -169,18 +150,13 @@ class Teacher(nn.Module):
     def __init__(self, schedule: Schedule, sample_shape, prediction_type="epsilon", variance_type="fixed_small",
                  **facts):
         super().__init__()
-        unknown = set(facts) - set(self.FACTS)
-        if unknown:
-            raise TypeError(f"unknown teacher facts: {', '.join(sorted(unknown))}")
-        facts = {**self.FACTS, **facts}
+        if set(facts) - set(self.FACTS):
+            raise TypeError(f"unknown teacher facts: {', '.join(sorted(set(facts) - set(self.FACTS)))}")
         if prediction_type not in ("epsilon", "sample", "v_prediction"):
             raise UserError(f"unsupported prediction type '{prediction_type}'")
-        self.schedule = schedule
-        self.sample_shape = tuple(sample_shape)
-        self.prediction_type = prediction_type
-        self.variance_type = variance_type
-        self.learned_variance = variance_type in ("learned", "learned_range")
-        for k, v in facts.items():  # clip (thresholding), dynamic_p / dynamic_max, default_guidance (w),
+        self.schedule, self.sample_shape, self.prediction_type = schedule, tuple(sample_shape), prediction_type
+        self.variance_type, self.learned_variance = variance_type, variance_type in ("learned", "learned_range")
+        for k, v in {**self.FACTS, **facts}.items():  # clip (thresholding), dynamic_p / dynamic_max, default_guidance (w),
             setattr(self, k, v)  # num_classes, latent, name
         self.null: dict = {}  # key -> the negative condition for one example
         self.nfe = 0  # network forwards, counted per call (a CFG pair counts once)
@@ -193,7 +169,7 @@ class Teacher(nn.Module):
     def decode(self, x):
         """Model space -> images in [0, 1]: pixel teachers live in [-1, 1]; latents go through the VAE."""
         if self.latent:
-            return _decode_latent(self, x)
+            x = self.vae.decode(x / latent_scale(self.vae)).sample.float()
         return ((x + 1) / 2).clamp(0, 1)
 
     # --- conditions ------------------------------------------------------------------------
@@ -353,24 +329,6 @@ def seeded_noise(seeds, shape, device="cpu", dtype=torch.float32):
     return torch.stack(rows).to(device, dtype)
 
 
-# --- Network call shared by teachers and students (any diffusers denoiser) -------------------------
-def call_net(model, x, timestep, cond: dict | None, **extra):
-    """Forward a diffusers UNet2DModel / UNet2DConditionModel / DiT with a condition dict."""
-    cond = cond or {}
-    if "lowres" in cond:  # IF-II: the noised upscaled stage-I image is concatenated to x_t
-        x = torch.cat([x, cond["lowres"].to(x.dtype)], dim=1)
-    kwargs = {k: v for k, v in cond.items() if k in ("class_labels", "encoder_hidden_states")}
-    name = type(getattr(model, "module", model)).__name__  # a DDP-wrapped student too
-    if name == "UNet2DConditionModel":
-        kwargs.setdefault("encoder_hidden_states", None)
-        return model(x, timestep, **kwargs, **extra, return_dict=False)[0]
-    if name == "DiTTransformer2DModel":
-        if "class_labels" not in kwargs:  # DiT always embeds a label; unconditional = label 0
-            kwargs["class_labels"] = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        return model(x, timestep, **kwargs, return_dict=False)[0]
-    return model(x, timestep, **kwargs, **extra, return_dict=False)[0]
-
-
 class UNetTeacher(Teacher):
     """Any diffusers denoiser trained on the integer grid; continuous t enters as t (T - 1)."""
 
@@ -381,9 +339,7 @@ class UNetTeacher(Teacher):
     def net(self, x, t, cond):
         """The network in its own dtype (float16 with --half); the output in the caller's dtype."""
         dt = self.unet.dtype
-        if cond is not None and dt != x.dtype:
-            cond = {k: v.to(dt) if v.is_floating_point() else v for k, v in cond.items()}
-        return call_net(self.unet, x.to(dt), t * (self.schedule.T - 1), cond).to(x.dtype)
+        return call_net(self.unet, x.to(dt), t * (self.schedule.T - 1), cond_to(cond, dtype=dt)).to(x.dtype)
 
 
 # --- The analytic teacher: a Gaussian mixture with its exact posterior mean E[x0 | x_t] ------------
@@ -433,7 +389,6 @@ class GaussianMixture(Teacher):
 def load_digits_tensor():
     """scikit-learn's 1,797 real 8x8 digits as (x in [-1, 1], shape N x 1 x 8 x 8, labels)."""
     from sklearn.datasets import load_digits
-
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 8.0 - 1.0
     return x, torch.tensor(d.target, dtype=torch.long)
@@ -482,8 +437,6 @@ def _read_index(path_or_id: str) -> dict:
             if (p / f).is_file():
                 return cli.read_json(p / f, "teacher index")
         raise UserError(f"'{path_or_id}' holds neither model_index.json nor config.json")
-    from huggingface_hub import hf_hub_download
-
     for f in ("model_index.json", "config.json"):
         try:
             return json.loads(Path(hf_hub_download(path_or_id, f)).read_text())
@@ -513,7 +466,7 @@ def local_path(path_or_id):
     return str(p.resolve()) if p.exists() else path_or_id
 
 
-def teacher_family(name_or_path: str, model_id=None):
+def teacher_family(name_or_path: str):
     """(registry name, reason): the entry a teacher belongs to, from what it is, not how it is spelt.
 
     A registry name is itself; the embedded digits directory is 'digits'; a hub id is matched against
@@ -589,15 +542,11 @@ def _load_component(cls, path_or_id, sub, dtype=None, weights=True):
 
 def _scheduler_facts(path_or_id, sub="scheduler"):
     """(Schedule, scheduler config) from a pipeline's scheduler."""
-    from diffusers import DDPMScheduler
-
     sched = _load_component(DDPMScheduler, path_or_id, sub)
     return Schedule(sched.alphas_cumprod), dict(sched.config)
 
 
 def _denoiser_class(name):
-    import diffusers
-
     if not hasattr(diffusers, name):
         raise UserError(f"unknown denoiser class '{name}' in the checkpoint")
     return getattr(diffusers, name)
@@ -684,12 +633,6 @@ def latent_scale(vae) -> float:
     return float(scale or 1.0)
 
 
-def _decode_latent(teacher, x):
-    vae = teacher.vae
-    img = vae.decode(x / latent_scale(vae)).sample
-    return ((img.float() + 1) / 2).clamp(0, 1)
-
-
 class TextTeacher(UNetTeacher):
     """A text-conditioned UNet (SD 2.1 latent, IF stage I/II pixel) with its tokenizer + encoder."""
 
@@ -705,9 +648,6 @@ class TextTeacher(UNetTeacher):
             emb = self.text_encoder(tok.input_ids.to(self.device), **kw)[0]
         return {"encoder_hidden_states": emb.to(self.unet.dtype)}
 
-    def set_negative(self, prompt: str = ""):
-        self.null = {"encoder_hidden_states": self.encode_prompts([prompt])["encoder_hidden_states"]}
-
     def lowres_cond(self, lowres, noise_level: int = 250, generator=None, noise=None):
         """IF-II: bilinear upscale of stage-I images, noised at `noise_level`, as the extra input.
 
@@ -721,22 +661,22 @@ class TextTeacher(UNetTeacher):
         return {"lowres": up.to(self.unet.dtype), "class_labels": level}
 
 
-def _load_text(where, part, encoder_cls):
-    from types import SimpleNamespace
-
+def _load_text(t, where, part, encoder_cls, max_length=None, use_mask=False):
+    """Teacher t's frozen text encoder and tokenizer (max_length: the tokenizer's, unless given), and the
+    empty prompt as its negative condition."""
     from transformers import AutoTokenizer
-
-    enc = part(encoder_cls, "text_encoder").eval().requires_grad_(False)
-    if enc.device.type == "meta":  # weights=False: prompts are never tokenized (77 tokens, as SD and IF use)
-        return SimpleNamespace(model_max_length=77), enc
-    tok_where, tok_sub = _sub(where, "tokenizer")
-    return AutoTokenizer.from_pretrained(tok_where, **({"subfolder": tok_sub} if tok_sub else {})), enc
+    t.text_encoder = part(encoder_cls, "text_encoder").eval().requires_grad_(False)
+    t.tokenizer, t.max_length, t.use_mask = None, 77, use_mask  # weights=False (meta): never tokenized
+    if t.text_encoder.device.type != "meta":
+        tok_where, tok_sub = _sub(where, "tokenizer")
+        t.tokenizer = AutoTokenizer.from_pretrained(tok_where, **({"subfolder": tok_sub} if tok_sub else {}))
+        n = t.tokenizer.model_max_length
+        t.max_length = max_length or (n if n < 10**6 else 77)
+    t.null = {"encoder_hidden_states": t.encode_prompts([""])["encoder_hidden_states"]}
 
 
 def _load_sd(where, index, part):
-    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
-
     unet = part(UNet2DConditionModel, "unet")
     sched, cfg = _scheduler_facts(where)
     vae = part(AutoencoderKL, "vae")
@@ -745,16 +685,12 @@ def _load_sd(where, index, part):
                     prediction_type=cfg.get("prediction_type", "epsilon"), variance_type="fixed_small",
                     clip=None, default_guidance=7.5, latent=True)
     t.vae = vae
-    t.tokenizer, t.text_encoder = _load_text(where, part, CLIPTextModel)
-    t.max_length, t.use_mask = t.tokenizer.model_max_length if t.tokenizer.model_max_length < 10**6 else 77, False
-    t.set_negative("")
+    _load_text(t, where, part, CLIPTextModel)
     return t
 
 
 def _load_if(where, index, part):
-    from diffusers import UNet2DConditionModel
     from transformers import T5EncoderModel
-
     unet = part(UNet2DConditionModel, "unet")
     sched, cfg = _scheduler_facts(where)
     stage2 = index["_class_name"] == "IFSuperResolutionPipeline"
@@ -767,9 +703,7 @@ def _load_if(where, index, part):
     if stage2:
         t.noising, t.noising_config = _scheduler_facts(where, "image_noising_scheduler")
     if index.get("text_encoder", [None])[0] is not None:  # IF-II may ship without: reuse stage I's
-        t.tokenizer, t.text_encoder = _load_text(where, part, T5EncoderModel)
-        t.max_length, t.use_mask = 77, True
-        t.set_negative("")
+        _load_text(t, where, part, T5EncoderModel, max_length=77, use_mask=True)
     return t
 
 
@@ -785,9 +719,7 @@ def check_teacher_files(name_or_path, model_id=None, stage=1):
 
 def quiet_libraries():
     """Keep stderr for our own one-line errors: no weight-loading bars or config notices."""
-    import diffusers
     import transformers
-
     for lib in (diffusers, transformers):
         lib.utils.logging.set_verbosity_error()
         lib.utils.logging.disable_progress_bar()

@@ -25,6 +25,7 @@ import evaluate  # noqa: E402
 import runkit  # noqa: E402
 import teachers  # noqa: E402
 from pipelines import students  # noqa: E402
+from pipelines.pipeline_ddim import TrailingDDIMPipeline  # noqa: E402 - DDIM as teachers.ddim does it
 
 
 def train_digits(out_dir=teachers.DIGITS_DIR, steps=2500, batch=128, lr=1e-3, seed=0, p_uncond=0.2):
@@ -59,7 +60,8 @@ def train_digits(out_dir=teachers.DIGITS_DIR, steps=2500, batch=128, lr=1e-3, se
             bar.set_postfix(loss=f"{loss.item():.4f}")
     ema.copy_to(model)
     out_dir = Path(out_dir)
-    students.digits_pipeline(model, scheduler).save_pretrained(out_dir)
+    TrailingDDIMPipeline(unet=model, scheduler=students.ddim_scheduler(dict(scheduler.config)), num_classes=10,
+                         variance_type=scheduler.config.variance_type, default_guidance=1.0).save_pretrained(out_dir)
     info = {"dataset": "sklearn.datasets.load_digits (1,797 8x8 digits, scaled to [-1, 1])",
             "steps": steps, "batch": batch, "lr": lr, "seed": seed, "p_uncond": p_uncond, "ema": 0.999,
             "loss": "IDDPM hybrid (L_simple + L_vlb, t > 0)", "seconds": round(time.time() - start, 1),

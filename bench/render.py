@@ -282,11 +282,12 @@ def _boot_facts():
     import torch
     from diffusers import DDPMScheduler
 
-    sys.path.insert(0, str(ROOT))
+    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
     import boot
     import teachers
+    from conftest import CosineSchedule
 
-    cos = teachers.Schedule(closed_form="cosine")
+    cos = CosineSchedule()
     t = torch.tensor([0.3, 0.6, 0.89], dtype=torch.float64, requires_grad=True)
     lam_prime = torch.autograd.grad(cos.lam(t).sum(), t)[0]
     t = t.detach()

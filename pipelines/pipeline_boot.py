@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.image_processor import VaeImageProcessor
 from diffusers.models.embeddings import get_timestep_embedding
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -47,15 +48,19 @@ def target_time_cond(t, w, dim: int):
     return torch.cat([e_t, e_w], dim=1)
 
 
-def call_student(model, x, timestep, cond: dict | None, **extra):
-    """Forward a UNet2DModel / UNet2DConditionModel student with a condition dict
-    (`class_labels`, `encoder_hidden_states`, IF-II's `lowres` concatenated to x)."""
+def call_net(model, x, timestep, cond: dict | None, **extra):
+    """Forward a diffusers UNet2DModel / UNet2DConditionModel / DiT (DDP-wrapped too) with a condition
+    dict: `class_labels`, `encoder_hidden_states`, IF-II's `lowres` concatenated to x. The repository
+    calls every network through here (teachers.call_net), teachers and students alike."""
     cond = cond or {}
-    if "lowres" in cond:
+    if "lowres" in cond:  # IF-II: the noised upscaled stage-I image is concatenated to x_t
         x = torch.cat([x, cond["lowres"].to(x.dtype)], dim=1)
     kwargs = {k: v for k, v in cond.items() if k in ("class_labels", "encoder_hidden_states")}
-    if type(getattr(model, "module", model)).__name__ == "UNet2DConditionModel":  # a DDP-wrapped one too
+    name = type(getattr(model, "module", model)).__name__
+    if name == "UNet2DConditionModel":
         kwargs.setdefault("encoder_hidden_states", None)
+    if name == "DiTTransformer2DModel" and "class_labels" not in kwargs:  # DiT always embeds a label: 0
+        kwargs["class_labels"] = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     return model(x, timestep, **kwargs, **extra, return_dict=False)[0]
 
 
@@ -72,25 +77,20 @@ def boot_generate(model, info, eps, t, cond=None, w=None):
         timestep = t * (T - 1)  # a fresh student of another architecture: the target time is its timestep
     else:
         timestep = torch.full_like(t, info["t_max"] * (T - 1))  # a teacher copy: fixed at t_max
-    out = call_student(model, eps, timestep, cond, **extra)[:, : eps.shape[1]]
+    out = call_net(model, eps, timestep, cond, **extra)[:, : eps.shape[1]]
     if info["output"] == "eps":  # y = (eps - sigma_tmax eps_hat) / alpha_tmax: the teacher's x0 at t_max
         return (eps - info["sigma_tmax"] * out) / info["alpha_tmax"]
     return out
 
 
-def to_images(x, vae=None, output_type="pil", pipe=None):
-    """Model space -> images: latents through the VAE / VQ decoder, pixels from [-1, 1] to [0, 1]."""
+def to_images(x, vae=None, output_type="pil"):
+    """Model space -> images: latents through the VAE / VQ decoder, then diffusers' postprocess (pixels
+    from [-1, 1] to [0, 1], as pt, np or pil)."""
     if output_type not in ("pil", "np", "pt", "latent"):
         raise ValueError(f"output_type must be pil, np, pt or latent, not {output_type!r}")
-    if output_type == "latent":
-        return x
-    if vae is not None:  # latents were multiplied by the config's scaling_factor (exports write it)
+    if vae is not None and output_type != "latent":  # latents were multiplied by the config's scaling_factor
         x = vae.decode(x / (getattr(vae.config, "scaling_factor", None) or 1.0)).sample
-    images = ((x.float() + 1) / 2).clamp(0, 1)
-    if output_type == "pt":
-        return images
-    images = images.cpu().permute(0, 2, 3, 1).numpy()
-    return images if output_type == "np" else pipe.numpy_to_pil(images)
+    return x if output_type == "latent" else VaeImageProcessor().postprocess(x.float(), output_type)
 
 
 class BootPipeline(DiffusionPipeline):
@@ -174,9 +174,7 @@ class BootPipeline(DiffusionPipeline):
             raise ValueError("a BOOT student learned guidance against the empty prompt: negative_prompt cannot change it")
         if isinstance(prompt, str):
             prompt = [prompt] * batch_size
-        if prompt is not None or prompt_embeds is not None:
-            if self.text_encoder is None and prompt_embeds is None:
-                raise ValueError("this student is not text-conditioned: pass no prompt")
+        if prompt is not None or prompt_embeds is not None:  # encode_prompt: an error without a text encoder
             cond["encoder_hidden_states"] = self.encode_prompt(prompt) if prompt_embeds is None else prompt_embeds
             batch_size = cond["encoder_hidden_states"].shape[0]
         elif self.text_encoder is not None:
@@ -201,5 +199,5 @@ class BootPipeline(DiffusionPipeline):
                 raise ValueError("an IF stage-II student needs image= (the stage-I output)")
             cond.update(self.lowres(image, cfg.noise_level if noise_level is None else noise_level, generator))
         x = self.denoise(latents, cond or None, guidance_scale)
-        images = to_images(x, self.vae, output_type, self)
+        images = to_images(x, self.vae, output_type)
         return ImagePipelineOutput(images=images) if return_dict else (images,)

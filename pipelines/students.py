@@ -9,6 +9,8 @@ evaluate.py and previews, and `sample_command` is `python boot.py sample RUN` / 
 """
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import math
 import os
@@ -16,11 +18,15 @@ import time
 from pathlib import Path
 
 import torch
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from torchvision.utils import save_image
 
 import cli
 import teachers
 from cli import OneLineParser, UserError
 import runkit
+from pipelines.pipeline_boot import BootPipeline, to_images
+from pipelines.pipeline_ddim import TrailingDDIMPipeline
 from runkit import print0
 from teachers import ancestral, latent_scale, load_teacher, seeded_noise
 
@@ -75,8 +81,6 @@ def adaln_zero_(model):
 
 def small_student(teacher, dim: int, facts: dict):
     """A fresh, smaller UNet2DConditionModel whose native timestep is the target time t."""
-    from diffusers import UNet2DConditionModel
-
     C, H = teacher.sample_shape[0], teacher.sample_shape[-1]
     if hasattr(teacher, "unet"):
         base = dict(teacher.unet.config)
@@ -103,32 +107,13 @@ def ddim_scheduler(config: dict):
     """diffusers' DDIMScheduler that tells the truth about `ddim` below: the same betas, trailing
     spacing, last step to alpha_bar = 1, x0-hat clipped to [-1, 1] when `clip` (the pipelines
     recompute eps from the clipped x0-hat, diffusers' use_clipped_model_output=True)."""
-    import inspect
-
-    from diffusers import DDIMScheduler
-
     keys = set(inspect.signature(DDIMScheduler.__init__).parameters) - {"self"}
     base = {k: v for k, v in config.items() if k in keys}
     return DDIMScheduler.from_config(base, timestep_spacing="trailing", set_alpha_to_one=True, steps_offset=0,
                                      thresholding=False)
 
 
-def digits_pipeline(model, scheduler):
-    """The embedded teacher as a diffusers pipeline (pipelines/pipeline_ddim.py): DDIM as `ddim` does it."""
-    from pipelines.pipeline_ddim import TrailingDDIMPipeline
-
-    return TrailingDDIMPipeline(unet=model, scheduler=ddim_scheduler(dict(scheduler.config)), num_classes=10,
-                                variance_type=scheduler.config.variance_type, default_guidance=1.0)
-
-
-PIPELINES = {"BootPipeline": "pipeline_boot", "TrailingDDIMPipeline": "pipeline_ddim"}
-
-
-def pipeline_snippet(directory, call: str, note: str = "") -> str:
-    """Three lines of plain diffusers that load an export and sample it (printed by boot.py / dkdm.py)."""
-    return ("from diffusers import DiffusionPipeline\n"
-            f"pipe = DiffusionPipeline.from_pretrained({json.dumps(str(directory))}, trust_remote_code=True)\n"
-            f"images = pipe({call}).images" + (f"  # {note}" if note else ""))
+PIPELINES = {"BootPipeline": BootPipeline, "TrailingDDIMPipeline": TrailingDDIMPipeline}  # exports' classes
 
 
 def print_snippet(directory, info: dict, prompt=None):
@@ -141,15 +126,15 @@ def print_snippet(directory, info: dict, prompt=None):
             call, note = call + ", image=low_res", "low_res: the stage-I student's images, output_type='latent'"
     elif K:
         call = f"batch_size={K}, class_labels=list(range({K}))" + steps
-    print0("load it with plain diffusers:\n" + pipeline_snippet(directory, call, note))
+    print0("load it with plain diffusers:\nfrom diffusers import DiffusionPipeline\n"
+           f"pipe = DiffusionPipeline.from_pretrained({json.dumps(str(directory))}, trust_remote_code=True)\n"
+           f"images = pipe({call}).images" + (f"  # {note}" if note else ""))
 
 
 def boot_pipeline(unet, info: dict, teacher, encoder=None):
     """A BOOT student as a BootPipeline (pipelines/pipeline_boot.py) with what it needs to run alone:
     the text encoder and tokenizer (`encoder`: the teacher that encodes the prompts), the latent
     decoder, IF-II's noising scheduler."""
-    from pipelines.pipeline_boot import BootPipeline
-
     facts = {k: info.get(k) for k in ("T", "t_max", "alpha_tmax", "sigma_tmax", "time_cond_dim", "time_input",
                                       "native_time", "output", "guided", "default_w", "num_classes")}
     parts = dict(sample_channels=teacher.sample_shape[0], sample_size=teacher.sample_shape[-1])
@@ -160,8 +145,6 @@ def boot_pipeline(unet, info: dict, teacher, encoder=None):
         teacher.vae.register_to_config(scaling_factor=latent_scale(teacher.vae))  # written explicitly
         parts["vae"] = teacher.vae
     if info.get("stage", 1) == 2:
-        from diffusers import DDPMScheduler
-
         parts.update(image_noising_scheduler=DDPMScheduler.from_config(teacher.noising_config),
                      noise_level=info["noise_level"])
     return BootPipeline(unet=unet, **facts, **parts)
@@ -171,10 +154,6 @@ def ddpm_pipeline(unet, teacher, source):
     """A diffusion student (DKDM) as a TrailingDDIMPipeline (pipelines/pipeline_ddim.py): the
     teacher's scheduler (from `source`, its pipeline; else its alphas_cumprod) with the student's
     variance type, eps prediction and clip, and the teacher's latent decoder when it has one."""
-    from diffusers import DDPMScheduler
-
-    from pipelines.pipeline_ddim import TrailingDDIMPipeline
-
     over = dict(variance_type="learned_range" if teacher.learned_variance else teacher.variance_type,
                 prediction_type="epsilon", clip_sample=teacher.clip == "static", thresholding=False)
     if source is not None:
@@ -205,8 +184,6 @@ def export_ema(ema, pipeline_of, info: dict, run_path):
 @torch.no_grad()
 def write_preview(teacher, student_dir, path, n=16, steps=50):
     """preview.png: teacher (top row) and the exported student (bottom row), DDIM-50 from the same noise."""
-    from torchvision.utils import save_image
-
     student = load_teacher(str(student_dir), device=teacher.device)
     seeds = list(range(n))
     noise = seeded_noise(seeds, teacher.sample_shape, teacher.device)
@@ -215,38 +192,27 @@ def write_preview(teacher, student_dir, path, n=16, steps=50):
     save_image(torch.cat(rows).float().cpu(), path, nrow=n)
 
 
-def pipeline_class(name: str):
-    """This repository's pipeline class for a model_index.json `_class_name` (a [file, class] pair)."""
-    import importlib
-
-    cls = name[1] if isinstance(name, (list, tuple)) else name
-    if cls not in PIPELINES:
-        return None
-    return getattr(importlib.import_module("pipelines." + PIPELINES[cls]), cls)
-
-
 def load_pipeline(path, device="cpu"):
     """An export through this repository's copy of its pipeline class (the same code an outside
     user gets with trust_remote_code=True)."""
     index = json.loads((Path(path) / "model_index.json").read_text()) if (Path(path) / "model_index.json").is_file() else {}
-    cls = pipeline_class(index.get("_class_name", ""))
-    if cls is None:
+    name = index.get("_class_name", "")
+    name = name[1] if isinstance(name, (list, tuple)) else name  # a [file, class] pair
+    if name not in PIPELINES:
         raise UserError(f"'{path}' was exported by an older version of this repository; rerun its training "
                         f"command (a finished run only re-exports) to write a diffusers pipeline")
-    import importlib
-
     # diffusers' from_pretrained would import the folder's copy of the file as remote code; the
     # repository runs its own: the components are loaded one by one, the scalars passed as they are
     parts = {}
-    for name, value in index.items():
-        if name.startswith("_"):
+    for key, value in index.items():
+        if key.startswith("_"):
             continue
         if isinstance(value, list) and len(value) == 2 and value[0] in (None, "diffusers", "transformers"):
             lib = value[0] and importlib.import_module(value[0])
-            parts[name] = lib and getattr(lib, value[1]).from_pretrained(str(Path(path) / name))
+            parts[key] = lib and getattr(lib, value[1]).from_pretrained(str(Path(path) / key))
         else:
-            parts[name] = value
-    pipe = cls(**parts)
+            parts[key] = value
+    pipe = PIPELINES[name](**parts)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -262,19 +228,12 @@ class ExportedStudent:
     def __init__(self, run_dir, device="cpu"):
         d = Path(run_dir) / "student"
         self.info = check_finished_run(run_dir, check_files=False)
-        self.teacher_name = self.info["teacher"]
-        self.sample_shape = tuple(self.info["sample_shape"])
-        self.num_classes = self.info.get("num_classes")
-        self.default_guidance = self.info.get("default_w")
-        self.latent = self.info.get("latent", False)
-        self.device = torch.device(device)
-        self.pipe = load_pipeline(d, device)
-        if self.info["method"] == "dkdm":
-            self.model = load_teacher(str(d), device=device)  # the teacher interface, for ancestral sampling
-            self.nfe = int(self.info.get("steps", 50))
-        else:
-            self.model = self.pipe.unet
-            self.nfe = 1
+        self.teacher_name, self.sample_shape = self.info["teacher"], tuple(self.info["sample_shape"])
+        self.num_classes, self.default_guidance = self.info.get("num_classes"), self.info.get("default_w")
+        self.device, self.pipe = torch.device(device), load_pipeline(d, device)
+        dkdm = self.info["method"] == "dkdm"  # a DKDM student is also read as a teacher, for ancestral sampling
+        self.model = load_teacher(str(d), device=device) if dkdm else self.pipe.unet
+        self.nfe = int(self.info.get("steps", 50)) if dkdm else 1
 
     def label_cond(self, labels):
         return {"class_labels": torch.as_tensor(labels, dtype=torch.long, device=self.device)}
@@ -298,10 +257,10 @@ class ExportedStudent:
             raise UserError("this student is not text-conditioned: --prompt does not apply")
         cond = {"encoder_hidden_states": self.pipe.encode_prompt([prompt] * n).float()}
         if info.get("stage", 1) == 2:
-            stage1 = load_student(info["stage1_run"], self.device)
+            stage1 = ExportedStudent(info["stage1_run"], self.device)
             x1 = stage1.generate(seeded_noise(seeds, stage1.sample_shape, self.device), cond, None).clamp(-1, 1)
             low = self.pipe.lowres(x1, info["noise_level"], generator=torch.Generator().manual_seed(seeds[0]))
-            cond = {**cond, **teachers.float_cond(low, self.device)}
+            cond = {**cond, **teachers.cond_to(low, self.device)}
         return cond
 
     @torch.no_grad()
@@ -316,26 +275,18 @@ class ExportedStudent:
 
     def decode(self, x):
         """Images in [0, 1] as the pipeline makes them (its own latent decoder, when it has one)."""
-        from pipelines.pipeline_boot import to_images
-
         return to_images(x, getattr(self.pipe, "vae", None), "pt")
 
 
 def sample_device(name):
     """--device of the `sample` commands: the GPU when there is one, unless told otherwise."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(name)
+        device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
     except (RuntimeError, ValueError):
         raise UserError(f"unknown --device '{name}' (cuda, cuda:K or cpu)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: no GPU is visible to torch here")
     return device
-
-
-def load_student(run_dir, device="cpu") -> ExportedStudent:
-    return ExportedStudent(run_dir, device)
 
 
 def check_finished_run(run, what: str = "", check_files=True) -> dict:
@@ -382,26 +333,21 @@ def sample_command(method: str, argv) -> None:
     out = a.out or str(Path(a.run) / ("samples.png" if boot else f"samples-{a.sampler}{a.steps}.png"))
     cli.check_output_file(out, "--out")
     teachers.quiet_libraries()
-    gen, seeds = load_student(a.run, device), range(a.seed, a.seed + a.n)
+    gen, seeds = ExportedStudent(a.run, device), range(a.seed, a.seed + a.n)
     noise = seeded_noise(seeds, gen.sample_shape, device)
     if boot:
         cond = gen.condition(a.label, a.prompt, seeds)
         return write_samples(gen, lambda: gen.generate(noise, cond, a.w), out, "one-step samples")
     teachers.trailing_steps(gen.model.schedule.T, a.steps)
     cond = gen.label_cond([s % gen.num_classes for s in seeds]) if gen.num_classes else None
-    w, g = gen.default_guidance, torch.Generator(device).manual_seed(a.seed)
-    if a.sampler == "ancestral":
-        make = lambda: ancestral(gen.model, noise, a.steps, cond, w, generator=g)  # noqa: E731
-    else:  # the exported pipeline's DDIM, as a diffusers user runs it
-        make = lambda: gen.pipe.denoise(noise, cond and cond["class_labels"], w, a.steps)  # noqa: E731
+    gen.info["sampler"], gen.nfe, g = a.sampler, a.steps, torch.Generator(device).manual_seed(a.seed)
+    make = lambda: gen.generate(noise, cond, gen.default_guidance, generator=g)  # noqa: E731 - ddim: the pipeline's
     write_samples(gen, make, out, f"{a.sampler}-{a.steps} samples")
 
 
 @torch.no_grad()
 def write_samples(gen, make, out, what: str):
     """`sample`'s end: time `make()` (synchronised on a GPU), save the grid, say so."""
-    from torchvision.utils import save_image
-
     t0 = time.perf_counter()
     x = make()
     if gen.device.type == "cuda":

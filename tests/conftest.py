@@ -1,5 +1,6 @@
 """Shared offline fixtures: tiny SD-like and IF-like pipelines built from configs, saved to disk,
 and loaded back through the same `load_teacher(path)` code path that a hub id takes."""
+import math
 import os
 import sys
 from pathlib import Path
@@ -12,6 +13,24 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may touch the network
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import teachers  # noqa: E402
+
+
+class CosineSchedule(teachers.Schedule):
+    """The cosine schedule (Nichol & Dhariwal 2021) in closed form at every t, not interpolated between
+    grid points: alpha_bar(t) = cos^2((t + s) / (1 + s) pi / 2) / cos^2(s / (1 + s) pi / 2). Exact
+    derivatives of lambda_t for the derivation tests; its table is sampled on the same grid."""
+
+    def __init__(self, T=1000, s=0.008):
+        self.s = s
+        super().__init__(self.alpha_bar_at(torch.linspace(0, 1, T, dtype=torch.float64)))
+
+    def alpha_bar_at(self, t):
+        return torch.cos((t + self.s) / (1 + self.s) * math.pi / 2) ** 2 / math.cos(self.s / (1 + self.s) * math.pi / 2) ** 2
+
+    def log_snr(self, t):
+        ab = self.alpha_bar_at(torch.as_tensor(t, dtype=torch.float64)).clamp(1e-12, 1.0 - 1e-12)
+        return torch.log(ab) - torch.log1p(-ab)
 
 
 def pytest_configure(config):

@@ -134,7 +134,7 @@ def test_digits_smoke_generator_loads(tmp_path):
     assert boot_main(*TINY, "--w", "2", "--w-max", "3", "--out", run) == 0
     info = assert_finished(run, 3)
     assert info["student"] == "copy" and info["guided"] and info["default_w"] == 2.0
-    gen = students.load_student(run)
+    gen = students.ExportedStudent(run)
     x = gen.generate(torch.randn(5, 1, 8, 8), gen.label_cond(torch.arange(5)), 2.5)
     assert x.shape == (5, 1, 8, 8) and torch.isfinite(x).all() and gen.nfe == 1
     assert boot_main(*TINY, "--student", "small", "--solver", "euler", "--weighting", "lambda",

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import boot
 import teachers
+from conftest import CosineSchedule
 from pipelines import students
 
 CPU = torch.device("cpu")
@@ -35,7 +36,7 @@ def test_weights_make_the_bootstrapping_loss_a_finite_limit_as_delta_shrinks(wei
     """Eq. (13)/(14): for a student constant in t and an Euler target, y_s - SG[y^_s] = -dl (f_t - y)
     with dl = 1 - e^(lambda_s - lambda_t) ~ delta lambda'_t. So w~_t / delta^2 with w~ = 1 (uniform)
     tends to mean_b lambda'_b^2 |f_b - y_b|^2 and w~ = 1 / lambda'^2 to mean_b |f_b - y_b|^2, per example."""
-    sch = teachers.Schedule(closed_form="cosine")
+    sch = CosineSchedule()
     t = torch.tensor([0.2, 0.35, 0.5, 0.6, 0.75, 0.85], dtype=torch.float64)
     y, eps = 0.5 * draw((6, 1, 4, 4), 1), draw((6, 1, 4, 4), 2)
     f = lambda x, t: torch.tanh(2 * x)  # noqa: E731 - any denoiser: the weights do not depend on it
@@ -206,7 +207,7 @@ def test_a_short_gmm_run_learns_the_teachers_ode_output(tmp_path, monkeypatch):
     d = json.loads((run / "distance.json").read_text())
     assert d["n"] == 128 and d["student"] < 0.25 * d["DDIM-1"], d
     # the exported one-step generator (what evaluate.py and `boot.py sample` load): y_theta(eps, t_min)
-    gen, teacher = students.load_student(run), teachers.load_teacher("gmm")
+    gen, teacher = students.ExportedStudent(run), teachers.load_teacher("gmm")
     noise, cond = teachers.seeded_noise(range(128), (1, 8, 8)), gen.label_cond(torch.arange(128) % 10)
     ode = teachers.ddim(teacher, noise, 50, cond)
     one_step = (gen.generate(noise, cond) - ode).pow(2).mean()

@@ -8,6 +8,7 @@ import torch
 
 import boot
 import teachers
+from conftest import CosineSchedule
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +169,7 @@ def test_guided_teacher_is_eq9(gmm):
 
 
 def test_loss_weights():
-    sch = teachers.Schedule(closed_form="cosine")
+    sch = CosineSchedule()
     t = torch.tensor([0.05, 0.3, 0.6, 0.9], dtype=torch.float64, requires_grad=True)
     lam_prime = torch.autograd.grad(sch.lam(t).sum(), t)[0]
     t = t.detach()

@@ -63,7 +63,7 @@ def check_run(run, shape):
     assert steps and all(torch.isfinite(torch.tensor(r["loss"])) for r in steps)
     from pipelines import students
 
-    gen = students.load_student(run)
+    gen = students.ExportedStudent(run)
     noise = torch.randn(2, *shape)
     cond = gen.label_cond([1, 2]) if gen.num_classes else None
     gen.nfe = 3

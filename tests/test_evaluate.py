@@ -299,7 +299,7 @@ def test_text_teacher_with_clip_score(tiny_sd_dir, tiny_clip_dir, tmp_path, caps
 
 
 class FakeStudent:
-    """The contract of students.load_student: .generate(noise, cond, w) -> x0, .nfe, .teacher_name, .info."""
+    """The contract of students.ExportedStudent: .generate(noise, cond, w) -> x0, .nfe, .teacher_name, .info."""
     nfe, teacher_name, info = 1, "gmm", {"method": "boot"}
 
     def __init__(self):
@@ -312,7 +312,7 @@ class FakeStudent:
 def test_run_directory_with_a_student(tmp_path, monkeypatch, capsys):
     run = tmp_path / "boot-gmm"
     (run / "student").mkdir(parents=True)
-    monkeypatch.setattr(students, "load_student", lambda d, device="cpu": FakeStudent())
+    monkeypatch.setattr(students, "ExportedStudent", lambda d, device="cpu": FakeStudent())
     monkeypatch.setattr(E, "check_run", lambda d, *a: None)  # the fake run has no files to check
     assert E.main(["--run", str(run), "--nfe", "1", "2", "--n", "50", "--features", "pixels",
                    "--json", str(tmp_path / "r.json"), "--grid", str(tmp_path / "g.png")]) == 0

@@ -3,7 +3,7 @@ this repository, it makes the same images as the repository's own samplers (max 
 
 Tiny runs of every export kind (BOOT: teacher copy, UNet2DModel copy, small student, text-to-image,
 IF stage I and II; DKDM: cnn and vit students, a cnn on a latent teacher) and the shipped digits teacher are sampled twice:
-here, by `students.load_student(run).generate` with `ExportedStudent.condition` (what `boot.py sample`
+here, by `students.ExportedStudent(run).generate` with `ExportedStudent.condition` (what `boot.py sample`
 and evaluate.py run) or by `teachers.ddim` (DKDM students, the teacher), and in a `python -I`
 subprocess started in an empty directory with `DiffusionPipeline.from_pretrained(dir,
 trust_remote_code=True)` and the diffusers call conventions (per-image seeded generators).
@@ -286,7 +286,7 @@ def test_bad_calls_and_old_exports_are_one_clear_error(tmp_path):
     (old / "generator.json").write_text(json.dumps({"method": "boot", "teacher": "digits", "sample_shape": [1, 8, 8]}))
     (old / "model_index.json").write_text(json.dumps({"_class_name": "DDPMPipeline"}))
     with pytest.raises(teachers.UserError, match="older version of this repository; rerun its training command"):
-        students.load_student(tmp_path / "run")
+        students.ExportedStudent(tmp_path / "run")
 
 
 def test_the_one_step_pipeline_takes_num_inference_steps_1_only(exports):

@@ -4,6 +4,7 @@ import tqdm as tqdm_module
 
 import boot
 import dkdm
+import runkit
 from test_dkdm_cli import tiny_latent_teacher
 
 
@@ -21,7 +22,7 @@ class Recorder(tqdm_module.tqdm):
 
 
 def test_boot_bar_shows_losses_and_times_from_iteration_one(tmp_path, monkeypatch):
-    monkeypatch.setattr(tqdm_module, "tqdm", Recorder)
+    monkeypatch.setattr(runkit, "tqdm", Recorder)  # the run's bar
     Recorder.seen = []
     assert boot.main(["--teacher", "gmm", "--iters", "3", "--batch", "4", "--log-every", "50", "--preview", "0",
                       "--check", "0", "--out", str(tmp_path / "b")]) == 0
@@ -32,7 +33,7 @@ def test_boot_bar_shows_losses_and_times_from_iteration_one(tmp_path, monkeypatc
 
 def test_dkdm_bar_shows_losses_and_times_from_iteration_one(tmp_path, monkeypatch):
     ldm = tiny_latent_teacher(tmp_path / "ldm")
-    monkeypatch.setattr(tqdm_module, "tqdm", Recorder)
+    monkeypatch.setattr(runkit, "tqdm", Recorder)  # the run's bar
     Recorder.seen = []
     assert dkdm.main(["--teacher", str(ldm), "--rho", "0.01", "--batch", "8", "--chains", "16", "--iters", "3",
                       "--log-every", "50", "--out", str(tmp_path / "d")]) == 0

@@ -26,22 +26,18 @@ from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 
-def to_images(x, vae=None, output_type="pil", pipe=None):
-    """Model space -> images: latents through the VAE / VQ decoder, pixels from [-1, 1] to [0, 1]."""
+def to_images(x, vae=None, output_type="pil"):
+    """Model space -> images: latents through the VAE / VQ decoder, then diffusers' postprocess (pixels
+    from [-1, 1] to [0, 1], as pt, np or pil)."""
     if output_type not in ("pil", "np", "pt", "latent"):
         raise ValueError(f"output_type must be pil, np, pt or latent, not {output_type!r}")
-    if output_type == "latent":
-        return x
-    if vae is not None:  # latents were multiplied by the config's scaling_factor (exports write it)
+    if vae is not None and output_type != "latent":  # latents were multiplied by the config's scaling_factor
         x = vae.decode(x / (getattr(vae.config, "scaling_factor", None) or 1.0)).sample
-    images = ((x.float() + 1) / 2).clamp(0, 1)
-    if output_type == "pt":
-        return images
-    images = images.cpu().permute(0, 2, 3, 1).numpy()
-    return images if output_type == "np" else pipe.numpy_to_pil(images)
+    return x if output_type == "latent" else VaeImageProcessor().postprocess(x.float(), output_type)
 
 
 class TrailingDDIMPipeline(DiffusionPipeline):
@@ -133,5 +129,5 @@ class TrailingDDIMPipeline(DiffusionPipeline):
         latents = latents.to(self.device, self.unet.dtype)
         w = self.config.default_guidance if guidance_scale is None else guidance_scale
         x = self.denoise(latents, labels, w, num_inference_steps)
-        images = to_images(x, self.vae, output_type, self)
+        images = to_images(x, self.vae, output_type)
         return ImagePipelineOutput(images=images) if return_dict else (images,)
