@@ -98,10 +98,10 @@ if __name__ == "__main__" and cli.answers_alone(sys.argv[1:]):  # --help: before
     parser().parse_args(sys.argv[1:])
 
 import numpy as np  # noqa: E402
+import safetensors.torch  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-import safetensors.torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from torchvision.utils import save_image  # noqa: E402
