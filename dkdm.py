@@ -27,6 +27,7 @@ seeded by its rank. Run directories, resume and exit codes work as in boot.py (r
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -576,8 +577,11 @@ def proxy(cfg, teacher, ema, meter):
     DDIM-50 samples (its export's sampler) against the teacher's own (evaluate.Probe). None: no proxy."""
     w, source, K = teacher.default_guidance, teachers.teacher_source(cfg.teacher, cfg.model_id), teacher.num_classes
     cond_of = lambda n: as_cond(torch.arange(n, device=teacher.device) % K) if K else None  # noqa: E731 - as the preview's
-    sample = lambda noise, cond: teacher.decode(students.ddpm_pipeline(ema.model(), teacher, source).denoise(  # noqa: E731
-        noise, cond and cond["class_labels"], w, 50).to(teacher.dtype))
+    pipe = functools.cache(lambda: students.ddpm_pipeline(ema.model(), teacher, source))  # once: unet = the EMA copy
+
+    def sample(noise, cond):
+        ema.model()  # the averaged weights, refreshed into that copy
+        return teacher.decode(pipe().denoise(noise, cond and cond["class_labels"], w, 50).to(teacher.dtype))
     return evaluate.proxy(cfg.eval_every, teacher, cond_of, w, meter, sample)
 
 

@@ -145,10 +145,12 @@ def load_classifier(path=CLASSIFIER_DIR):
 
 
 # --- Feature spaces: images in [0, 1], N x C x H x W -> float64 features N x D ---------------------
-def check_space(space: str, image_shape):
-    """One-line error when a feature space is unknown or does not fit the images."""
+def check_space(space: str, image_shape=None):
+    """One-line error when a feature space is unknown or (given their shape) does not fit the images."""
     if space not in FEATURE_SPACES:
         raise UserError(f"unknown feature space '{space}' (known: {', '.join(FEATURE_SPACES)})")
+    if image_shape is None:
+        return
     if space == "digits" and tuple(image_shape) != DIGITS_SHAPE:
         raise UserError(f"feature space 'digits' needs 1x8x8 images, got {'x'.join(map(str, image_shape))}")
     if space == "inception" and image_shape[0] not in (1, 3):
@@ -588,8 +590,7 @@ def check_config(cfg: EvalConfig):
     if cfg.batch < 1 or any(k < 1 for k in cfg.nfe):
         raise UserError("--batch and every --nfe must be at least 1")
     for space in cfg.features or ():
-        if space not in FEATURE_SPACES:
-            raise UserError(f"unknown feature space '{space}' (known: {', '.join(FEATURE_SPACES)})")
+        check_space(space)
     for name, out in (("--json", cfg.json), ("--grid", cfg.grid)):
         if out:
             cli.check_output_file(out, name)
