@@ -32,6 +32,7 @@ the loss weights use Alg. 1's discrete delta lambda' (`loss_weight`); the studen
 timestep at t_max and predicts eps there, so at init y_theta(eps, t) = f_phi(eps, t_max) for every
 t (`copy_student`, pipelines/pipeline_boot.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,8 +55,11 @@ class BootConfig:
     # the teacher f_phi
     teacher: str = flag("digits", "registry name (digits, gmm, ddpm-cifar10, sd21, if), hub id or local diffusers dir")
     model_id: str | None = flag(None, "hub id or local copy replacing the registry's default for --teacher")
-    preset: str | None = flag(None, "row of PRESETS (Table 3) to fill the preset fields from; default: the "
-                                   "teacher's registry entry, found from what the teacher is (a local copy too)")
+    preset: str | None = flag(
+        None,
+        "row of PRESETS (Table 3) to fill the preset fields from; default: the "
+        "teacher's registry entry, found from what the teacher is (a local copy too)",
+    )
     stage: int = flag(1, "IF cascade stage; 2 distils IF-II on the outputs of a stage-1 student")
     stage1_run: str | None = flag(None, "finished stage-1 run directory (with --stage 2)")
     prompts: str | None = flag(None, "text file with one prompt per line (text-to-image teachers)")
@@ -64,16 +68,25 @@ class BootConfig:
     grad_checkpointing: bool = flag(False, "recompute the student's activations in backward (less memory, more time)")
     clip: str = flag("auto", "targets' thresholding: auto (the teacher's own), none, static, dynamic")
     # the student y_theta(eps, t, c, w)
-    student: str = flag("auto", "copy (teacher copy + zero-init t/w embedding), small (a smaller random "
-                               "UNet), auto (copy where the teacher has a network)")
-    t_max: float | None = flag(None, "upper end of the trained time range; the copy student's fixed native "
-                                    "timestep (preset: where 1/alpha_t = 6.4, the error amplification 0.9 has on digits)")
+    student: str = flag(
+        "auto",
+        "copy (teacher copy + zero-init t/w embedding), small (a smaller random "
+        "UNet), auto (copy where the teacher has a network)",
+    )
+    t_max: float | None = flag(
+        None,
+        "upper end of the trained time range; the copy student's fixed native "
+        "timestep (preset: where 1/alpha_t = 6.4, the error amplification 0.9 has on digits)",
+    )
     t_min: float = flag(0.0, "lower end of the trained time range (the sample is y_theta(eps, t_min))")
     time_cond_dim: int = flag(128, "size of the sinusoidal embedding of (t, w) fed to the student")
     # the objective (Alg. 1)
     solver: str = flag("heun", "Signal-ODE step for the targets: euler (Eq. 7) or heun (Eq. 15)")
-    loss: str | None = flag(None, "distance of the bootstrapping term: l2 (Eq. 14), huber (pseudo-Huber), lpips (pixel "
-                                  "teachers; preset: lpips for ddpm-cifar10, as Sec. 4.1, else l2)")
+    loss: str | None = flag(
+        None,
+        "distance of the bootstrapping term: l2 (Eq. 14), huber (pseudo-Huber), lpips (pixel "
+        "teachers; preset: lpips for ddpm-cifar10, as Sec. 4.1, else l2)",
+    )
     delta: float | None = flag(None, "bootstrapping step size delta (preset: 0.04; 0.01 for sd21)")
     weighting: str | None = flag(None, "loss weight: uniform (1/delta^2) or lambda (1/(delta lambda')^2)")
     boundary_every: int | None = flag(None, "boundary loss (Eq. 8) every k iterations; 0 = never")
@@ -92,22 +105,32 @@ class BootConfig:
     # output
     out: str | None = flag(None, "run directory (default runs/boot-<teacher>[-stage2])")
     log_every: int = flag(50, "iterations between metrics.jsonl records")
-    eval_every: int | None = flag(None, "a proxy FD and KID of the EMA student every K iterations, a multiple of "
-                                        "--log-every (metrics.jsonl; 0: never; default: 500, or the next multiple)")
+    eval_every: int | None = flag(
+        None,
+        "a proxy FD and KID of the EMA student every K iterations, a multiple of "
+        "--log-every (metrics.jsonl; 0: never; default: 500, or the next multiple)",
+    )
     ckpt_every: int = flag(250, "iterations between checkpoints")
     keep: int = flag(1, "checkpoints kept: the last N (checkpoints/step-*.pt; latest.pt is the newest)")
-    export_every: int = flag(0, "also export the EMA student + preview.png every K iterations while training (0: at the end)")
+    export_every: int = flag(
+        0, "also export the EMA student + preview.png every K iterations while training (0: at the end)"
+    )
     preview: int = flag(10, "columns of preview.png: teacher DDIM-50 row vs student 1-step row")
-    check: int = flag(256, "samples of the final distance check against the teacher's DDIM-50 (images "
-                          "of <= 1024 values without prompts; else the preview's)")
+    check: int = flag(
+        256,
+        "samples of the final distance check against the teacher's DDIM-50 (images "
+        "of <= 1024 values without prompts; else the preview's)",
+    )
 
 
-BASE = dict(delta=0.04, weighting="uniform", boundary_every=4, iters=3000, batch=128, lr=3e-4, ema=0.995, t_max=0.9,
-            loss="l2")
+BASE = dict(
+    delta=0.04, weighting="uniform", boundary_every=4, iters=3000, batch=128, lr=3e-4, ema=0.995, t_max=0.9, loss="l2"
+)
 # t_max (the paper gives none): the student's output is (eps - sigma eps_hat) / alpha at t_max, so an error in
 # eps_hat is amplified 1/alpha_tmax times. 0.9 was measured on the digits teacher (cosine: 1/alpha = 6.4; 0.98,
 # 1/alpha = 32, trained noisily, README); the other presets take the t with the same 1/alpha_tmax on their own
-# schedule: 0.9 on IF's cosine, 0.85 on SD's scaled-linear (6.5; 8.4 at 0.9), 0.6 on CIFAR-10's linear (6.3; 60 at 0.9).
+# schedule: 0.9 on IF's cosine, 0.85 on SD's scaled-linear (6.5; 8.4 at 0.9), 0.6 on CIFAR-10's linear (6.3; 60
+# at 0.9).
 PRESETS = {  # Table 3 where the paper gives a value; measured on this CPU for digits and gmm
     "digits": dict(),
     "gmm": dict(iters=300, batch=64, lr=1e-3, ema=0.98, boundary_every=1),
@@ -116,11 +139,28 @@ PRESETS = {  # Table 3 where the paper gives a value; measured on this CPU for d
     "if": dict(weighting="lambda", lr=2e-5, batch=64, ema=0.9999, iters=500_000),
     "if-2": dict(weighting="lambda", lr=2e-5, batch=32, ema=0.9999, iters=100_000),
 }
-RESUMABLE = ("iters", "minutes", "log_every", "ckpt_every", "preview", "check", "precision", "grad_checkpointing",
-             "keep", "export_every", "eval_every")  # may change on a rerun
-CHOICES = dict(solver=("euler", "heun"), loss=("l2", "huber", "lpips"), weighting=("uniform", "lambda"), student=("auto", "copy", "small"),
-               time_sampling=("uniform", "progressive"), clip=("auto", "none", "static", "dynamic"),
-               precision=cli.PRECISIONS)
+RESUMABLE = (
+    "iters",
+    "minutes",
+    "log_every",
+    "ckpt_every",
+    "preview",
+    "check",
+    "precision",
+    "grad_checkpointing",
+    "keep",
+    "export_every",
+    "eval_every",
+)  # may change on a rerun
+CHOICES = dict(
+    solver=("euler", "heun"),
+    loss=("l2", "huber", "lpips"),
+    weighting=("uniform", "lambda"),
+    student=("auto", "copy", "small"),
+    time_sampling=("uniform", "progressive"),
+    clip=("auto", "none", "static", "dynamic"),
+    precision=cli.PRECISIONS,
+)
 
 
 def resolve(cfg: BootConfig) -> BootConfig:
@@ -153,21 +193,34 @@ def validate(cfg: BootConfig, world: int):
     """All checks that need no teacher: one-line UserErrors before anything is loaded or written."""
     cli.check_run_fields(cfg)
     runkit.teacher_dtype(cfg.half, runkit.env()[2])  # --half needs a GPU
-    checks = [(cfg.preset in (*PRESETS, "base"), f"unknown preset '{cfg.preset}' (known: {', '.join(PRESETS)}, base)"),
-              *((getattr(cfg, k) in v, f"unknown {k.replace('_', '-')} '{getattr(cfg, k)}' (known: {', '.join(v)})")
-                for k, v in CHOICES.items()),
-              (0.0 <= cfg.t_min < cfg.t_max < 1.0, f"need 0 <= t_min < t_max < 1, got t_min={cfg.t_min}, t_max={cfg.t_max}"),
-              (0.0 < cfg.delta <= cfg.t_max - cfg.t_min, f"need 0 < delta <= t_max - t_min, got delta={cfg.delta}"),
-              (cfg.batch >= 1 and cfg.batch % world == 0,
-               f"global batch {cfg.batch} is not a positive multiple of the {world} processes"),
-              (cfg.boundary_every >= 0 and cfg.beta >= 0, "need boundary-every >= 0 and beta >= 0"),
-              (cfg.preview >= 0 and cfg.check >= 0 and cfg.time_cond_dim >= 2,
-               "need preview >= 0, check >= 0, time-cond-dim >= 2"),
-              (cfg.w_max is None or (cfg.w is not None and cfg.w <= cfg.w_max),
-               "--w-max needs --w with w <= w-max (w ~ U(w, w_max) per example)"),
-              (cfg.stage in (1, 2), f"--stage must be 1 or 2, got {cfg.stage}"),
-              (0 <= cfg.noise_level < 1000, f"--noise-level must lie in 0..999, got {cfg.noise_level}"),
-              (cfg.stage != 2 or cfg.stage1_run, "--stage 2 needs --stage1-run DIR, a finished stage-1 run of the same cascade")]
+    checks = [
+        (cfg.preset in (*PRESETS, "base"), f"unknown preset '{cfg.preset}' (known: {', '.join(PRESETS)}, base)"),
+        *(
+            (getattr(cfg, k) in v, f"unknown {k.replace('_', '-')} '{getattr(cfg, k)}' (known: {', '.join(v)})")
+            for k, v in CHOICES.items()
+        ),
+        (0.0 <= cfg.t_min < cfg.t_max < 1.0, f"need 0 <= t_min < t_max < 1, got t_min={cfg.t_min}, t_max={cfg.t_max}"),
+        (0.0 < cfg.delta <= cfg.t_max - cfg.t_min, f"need 0 < delta <= t_max - t_min, got delta={cfg.delta}"),
+        (
+            cfg.batch >= 1 and cfg.batch % world == 0,
+            f"global batch {cfg.batch} is not a positive multiple of the {world} processes",
+        ),
+        (cfg.boundary_every >= 0 and cfg.beta >= 0, "need boundary-every >= 0 and beta >= 0"),
+        (
+            cfg.preview >= 0 and cfg.check >= 0 and cfg.time_cond_dim >= 2,
+            "need preview >= 0, check >= 0, time-cond-dim >= 2",
+        ),
+        (
+            cfg.w_max is None or (cfg.w is not None and cfg.w <= cfg.w_max),
+            "--w-max needs --w with w <= w-max (w ~ U(w, w_max) per example)",
+        ),
+        (cfg.stage in (1, 2), f"--stage must be 1 or 2, got {cfg.stage}"),
+        (0 <= cfg.noise_level < 1000, f"--noise-level must lie in 0..999, got {cfg.noise_level}"),
+        (
+            cfg.stage != 2 or cfg.stage1_run,
+            "--stage 2 needs --stage1-run DIR, a finished stage-1 run of the same cascade",
+        ),
+    ]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
@@ -187,8 +240,10 @@ REGISTRY_W = {"digits": 1.0, "gmm": 1.0, "sd21": 7.5, "if": 7.0, "if-2": 4.0}
 def configure(argv):
     """(config, dry_run) from the command line, resolved and checked; --dry-run prints the config
     with every default filled in. `--help` is answered here before torch is imported."""
-    p = cli.add_usage(cli.parser_from_dataclass(BootConfig, __doc__),
-                      "boot.py sample RUN [--label K | --prompt TEXT] [--w W] [--n N] [--seed S] [--out PNG]")
+    p = cli.add_usage(
+        cli.parser_from_dataclass(BootConfig, __doc__),
+        "boot.py sample RUN [--label K | --prompt TEXT] [--w W] [--n N] [--seed S] [--out PNG]",
+    )
     args = vars(p.parse_args(argv))
     dry_run = args.pop("dry_run")
     cfg = resolve(BootConfig(**args))
@@ -299,12 +354,15 @@ def lpips_network(device):
     """LPIPS (Zhang et al. 2018, the `lpips` package) with its AlexNet trunk, frozen; torchvision fetches
     the trunk's ImageNet weights once (one line naming them when they cannot be had)."""
     import lpips
+
     try:
         net = lpips.LPIPS(net="alex", verbose=False)
     except Exception as e:  # noqa: BLE001 - URLError, HTTPError, OSError: no network, no cached weights
-        raise UserError(f"--loss lpips needs torchvision's AlexNet ImageNet weights (alexnet-owt-7be5be79.pth) in "
-                        f"{torch.hub.get_dir()}/checkpoints; download them once with network "
-                        f"({type(e).__name__}: {cli.first_line(e)})") from None
+        raise UserError(
+            f"--loss lpips needs torchvision's AlexNet ImageNet weights (alexnet-owt-7be5be79.pth) in "
+            f"{torch.hub.get_dir()}/checkpoints; download them once with network "
+            f"({type(e).__name__}: {cli.first_line(e)})"
+        ) from None
     return net.to(device).eval().requires_grad_(False)
 
 
@@ -386,11 +444,25 @@ def make_student(teacher, cfg: BootConfig, default_w):
     kind = cfg.student if cfg.student != "auto" else ("copy" if hasattr(teacher, "unet") else "small")
     sch = teacher.schedule
     t_max = torch.tensor(cfg.t_max, dtype=torch.float64)
-    facts = dict(method="boot", teacher=cfg.teacher, model_id=cfg.model_id, stage=cfg.stage, T=sch.T,
-                t_max=cfg.t_max, alpha_tmax=float(sch.alpha(t_max)), sigma_tmax=float(sch.sigma(t_max)),
-                time_cond_dim=cfg.time_cond_dim, guided=teacher.guided, default_w=default_w,
-                num_classes=teacher.num_classes, sample_shape=list(teacher.sample_shape), latent=teacher.latent,
-                text=hasattr(teacher, "encode_prompts"), student=kind, seed=cfg.seed)
+    facts = dict(
+        method="boot",
+        teacher=cfg.teacher,
+        model_id=cfg.model_id,
+        stage=cfg.stage,
+        T=sch.T,
+        t_max=cfg.t_max,
+        alpha_tmax=float(sch.alpha(t_max)),
+        sigma_tmax=float(sch.sigma(t_max)),
+        time_cond_dim=cfg.time_cond_dim,
+        guided=teacher.guided,
+        default_w=default_w,
+        num_classes=teacher.num_classes,
+        sample_shape=list(teacher.sample_shape),
+        latent=teacher.latent,
+        text=hasattr(teacher, "encode_prompts"),
+        student=kind,
+        seed=cfg.seed,
+    )
     if cfg.stage == 2:
         facts.update(stage1_run=str(Path(cfg.stage1_run).resolve()), noise_level=cfg.noise_level)
     build = copy_student if kind == "copy" else students.small_student
@@ -404,16 +476,21 @@ def copy_student(teacher, dim: int, facts: dict):
     if not hasattr(teacher, "unet"):
         raise UserError(f"teacher '{teacher.name}' has no network to copy; use --student small")
     if teacher.prediction_type != "epsilon":
-        raise UserError(f"--student copy needs an eps-prediction teacher ('{teacher.name}' predicts "
-                        f"{teacher.prediction_type}); use --student small")
+        raise UserError(
+            f"--student copy needs an eps-prediction teacher ('{teacher.name}' predicts "
+            f"{teacher.prediction_type}); use --student small"
+        )
     state = {k: v.float() for k, v in teacher.unet.state_dict().items()}
     if type(teacher.unet).__name__ == "UNet2DConditionModel":
         model = UNet2DConditionModel.from_config(teacher.unet.config, time_cond_proj_dim=dim)
         missing, unexpected = model.load_state_dict(state, strict=False)
         assert set(missing) == {"time_embedding.cond_proj.weight"} and not unexpected, (missing, unexpected)
         torch.nn.init.zeros_(model.time_embedding.cond_proj.weight)
-    elif type(teacher.unet).__name__ == "UNet2DModel" and teacher.unet.config.class_embed_type is None \
-            and not teacher.unet.config.num_class_embeds:
+    elif (
+        type(teacher.unet).__name__ == "UNet2DModel"
+        and teacher.unet.config.class_embed_type is None
+        and not teacher.unet.config.num_class_embeds
+    ):
         # an unconditional UNet2DModel: t enters through a new, zeroed timestep-type class embedding
         model = UNet2DModel.from_config(teacher.unet.config, class_embed_type="timestep")
         model.load_state_dict(state, strict=False)
@@ -421,8 +498,10 @@ def copy_student(teacher, dim: int, facts: dict):
         torch.nn.init.zeros_(model.class_embedding.linear_2.bias)
         facts.update(time_cond_dim=None, time_input="class_labels")
     else:
-        raise UserError(f"cannot add a target-time input to a {type(teacher.unet).__name__} with a class "
-                        f"embedding; use --student small")
+        raise UserError(
+            f"cannot add a target-time input to a {type(teacher.unet).__name__} with a class "
+            f"embedding; use --student small"
+        )
     facts["output"] = "eps"
     return model.float()
 
@@ -437,8 +516,11 @@ def load_teacher_and_context(cfg: BootConfig, device):
     teacher = teachers.load_teacher(cfg.teacher, device, dtype, model_id=cfg.model_id, stage=cfg.stage, clip=cfg.clip)
     stage2, encoder, stage1 = getattr(teacher, "stage", 1) == 2, None, None
     if stage2 != (cfg.stage == 2):
-        raise UserError(f"'{cfg.teacher}' is an IF stage-II pipeline: pass --stage 2 --stage1-run DIR" if stage2 else
-                        f"--stage 2 needs an IF stage-II teacher; '{cfg.teacher}' is not one")
+        raise UserError(
+            f"'{cfg.teacher}' is an IF stage-II pipeline: pass --stage 2 --stage1-run DIR"
+            if stage2
+            else f"--stage 2 needs an IF stage-II teacher; '{cfg.teacher}' is not one"
+        )
     if cfg.w is not None and not teacher.guided:
         raise UserError(f"teacher '{cfg.teacher}' is unconditional: --w (CFG) does not apply")
     if cfg.loss == "lpips" and teacher.latent:  # decoding y and its target every iteration: two VAE passes more
@@ -447,8 +529,11 @@ def load_teacher_and_context(cfg: BootConfig, device):
         lpips_network(device)  # its trunk's weights, or one line saying which
     text = hasattr(teacher, "encode_prompts") or stage2
     if text != (cfg.prompts is not None):
-        raise UserError(f"text-to-image teacher '{cfg.teacher}' needs --prompts FILE (one prompt per line)" if text
-                        else f"teacher '{cfg.teacher}' is not text-conditioned: --prompts does not apply")
+        raise UserError(
+            f"text-to-image teacher '{cfg.teacher}' needs --prompts FILE (one prompt per line)"
+            if text
+            else f"teacher '{cfg.teacher}' is not text-conditioned: --prompts does not apply"
+        )
     prompts = cli.load_prompts(cfg.prompts) if text else None
     if stage2:
         stage1 = students.ExportedStudent(cfg.stage1_run, teacher.device)
@@ -456,7 +541,9 @@ def load_teacher_and_context(cfg: BootConfig, device):
             raise UserError(f"'{cfg.stage1_run}' is not a stage-1 run with {teacher.sample_shape[0]}-channel outputs")
         encoder, info = teacher, stage1.info
         if not hasattr(teacher, "tokenizer"):  # IF-II may ship without T5: stage I's encodes the prompts
-            encoder = teachers.load_teacher(info["teacher"], teacher.device, teacher.dtype, model_id=info.get("model_id"))
+            encoder = teachers.load_teacher(
+                info["teacher"], teacher.device, teacher.dtype, model_id=info.get("model_id")
+            )
     return teacher, Context(teacher, prompts, encoder, stage1, (cfg.w, cfg.w_max), cfg.noise_level)
 
 
@@ -505,7 +592,7 @@ def boot_step(model, facts, teacher, batch, cfg: BootConfig, boundary: bool, met
     loss_bc = torch.zeros((), device=dev)
     if boundary:
         f_tmax = f(eps, torch.full_like(t, cfg.t_max))  # line 9: the teacher sees x = eps at t_max
-        loss_bc = boundary_loss(y[len(eps):], f_tmax)  # line 11 (Eq. 8)
+        loss_bc = boundary_loss(y[len(eps) :], f_tmax)  # line 11 (Eq. 8)
     return loss_bs + cfg.beta * loss_bc, {"bs": loss_bs.detach(), "bc": loss_bc.detach()}
 
 
@@ -518,7 +605,9 @@ def train(cfg: BootConfig):
         saved = {"model": raw, "ema": ema, "opt": opt, "gen": g}  # what a checkpoint holds
         step, why = run.resume(saved, f"boot {cfg.teacher}"), None
         model = runkit.ddp(raw, device, world)
-        meter = runkit.Meter(device, ("loss", "bs", "bc"), ("loss", "bc"), run.window)  # bc: mean over boundary iterations
+        meter = runkit.Meter(
+            device, ("loss", "bs", "bc"), ("loss", "bc"), run.window
+        )  # bc: mean over boundary iterations
         extra = proxy(cfg, teacher, context, ema, facts, meter)  # --eval-every (rank 0)
         B, b = cfg.batch, cfg.batch // world
         lo, hi = rank * b, (rank + 1) * b  # this process's slice of every global draw
@@ -536,7 +625,9 @@ def train(cfg: BootConfig):
                 ema.update(raw)
             step += 1
             meter.add(loss=loss, bs=parts["bs"], **({"bc": parts["bc"]} if boundary else {}))
-            why = run.end_iteration(step, meter, saved, extra)  # records, checkpoints; the budget or a signal, as rank 0 sees it
+            why = run.end_iteration(
+                step, meter, saved, extra
+            )  # records, checkpoints; the budget or a signal, as rank 0 sees it
             if why:
                 break
             if cfg.export_every and step % cfg.export_every == 0 and rank == 0:
@@ -575,8 +666,11 @@ def proxy(cfg, teacher, context, ema, facts, meter):
     """metrics.jsonl's proxy at every --eval-every-th step (rank 0): FD and KID of the EMA student's one-step
     samples against the teacher's own DDIM-50 (evaluate.Probe). None: no proxy."""
     w = default_weight(cfg, teacher)
-    sample = lambda noise, cond: teacher.decode(y_theta(  # noqa: E731
-        ema.model(), facts, noise, torch.zeros(len(noise), device=noise.device), cond, w).to(teacher.dtype))
+
+    def sample(noise, cond):
+        t = torch.zeros(len(noise), device=noise.device)
+        return teacher.decode(y_theta(ema.model(), facts, noise, t, cond, w).to(teacher.dtype))
+
     return evaluate.proxy(cfg.eval_every, teacher, context.fixed, w, meter, sample)
 
 
@@ -600,8 +694,10 @@ def preview(cfg, student, facts, teacher, context, device):
         rows = torch.cat([teacher.decode(x[key][:k].to(teacher.dtype)) for key in ("DDIM-50", "student")])
         save_image(rows.float(), Path(cfg.out) / "preview.png", nrow=k)
     dist = {key: (x[key] - x["DDIM-50"]).pow(2).mean().item() for key in ("student", "DDIM-1", "DDIM-10")}
-    print0(f"mean sq. distance to the teacher's DDIM-50 from the same noise (n={n}): student 1-step "
-           f"{dist['student']:.4f} | teacher DDIM-1 {dist['DDIM-1']:.4f}, DDIM-10 {dist['DDIM-10']:.4f}")
+    print0(
+        f"mean sq. distance to the teacher's DDIM-50 from the same noise (n={n}): student 1-step "
+        f"{dist['student']:.4f} | teacher DDIM-1 {dist['DDIM-1']:.4f}, DDIM-10 {dist['DDIM-10']:.4f}"
+    )
     print0(f"wrote {Path(cfg.out) / 'student'}" + (f" and {Path(cfg.out) / 'preview.png'}" if k else ""))
     runkit.write_text_atomic(Path(cfg.out) / "distance.json", json.dumps({"n": n, **dist}, indent=2))
     return dist

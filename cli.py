@@ -5,6 +5,7 @@ transformers are loaded: each script defines its config dataclass, then asks `an
 and, if so, answers from the config alone. The input checks below need no torch either: each
 raises a one-line UserError and writes nothing, so they all run before any work.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,6 +19,7 @@ import tempfile
 import typing
 from pathlib import Path
 from urllib.parse import urlparse
+
 
 PRECISIONS = ("auto", "bf16", "fp32")  # the student's: auto = bf16 autocast + TF32 on a GPU, float32 on CPU
 
@@ -33,7 +35,11 @@ def answers_alone(argv) -> bool:
 
 def flag(default, help_: str, choices=None, nargs=None, elem=int):
     """A config dataclass field that is a command-line flag: its default, help, choices, nargs (of `elem`)."""
-    meta = {"help": help_, **({"choices": list(choices)} if choices else {}), **({"nargs": nargs, "elem": elem} if nargs else {})}
+    meta = {
+        "help": help_,
+        **({"choices": list(choices)} if choices else {}),
+        **({"nargs": nargs, "elem": elem} if nargs else {}),
+    }
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -86,7 +92,9 @@ def parser_from_dataclass(cls, doc: str):
         elif "nargs" in meta:
             kw.update(type=meta["elem"], nargs=meta["nargs"])
         else:
-            kw.update(type={int: int, float: float, str: str}.get(typ) or _optional_conv(typ), choices=meta.get("choices"))
+            kw.update(
+                type={int: int, float: float, str: str}.get(typ) or _optional_conv(typ), choices=meta.get("choices")
+            )
         p.add_argument("--" + f.name.replace("_", "-"), **kw)
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     return p
@@ -114,7 +122,7 @@ def check_finite_fields(cfg):
     """Every float (or tuple of floats) field of a config dataclass is a finite number."""
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
-        for x in (v if isinstance(v, (tuple, list)) else (v,)):
+        for x in v if isinstance(v, (tuple, list)) else (v,):
             if isinstance(x, float) and not math.isfinite(x):
                 raise UserError(f"--{f.name.replace('_', '-')} must be a finite number, got {x}")
 
@@ -122,12 +130,21 @@ def check_finite_fields(cfg):
 def check_run_fields(cfg):
     """The fields both training configs share: one rule and one message each."""
     check_finite_fields(cfg)
-    checks = [(cfg.iters >= 1, "--iters must be at least 1"), (cfg.lr > 0, "--lr must be positive"),
-              (cfg.minutes is None or cfg.minutes > 0, "--minutes must be positive (or unset)"),
-              (0 <= cfg.ema < 1, "--ema must lie in [0, 1)"), (cfg.log_every >= 1, "--log-every must be at least 1"),
-              (cfg.ckpt_every >= 1, "--ckpt-every must be at least 1"), (cfg.keep >= 1, "--keep must be at least 1"),
-              (cfg.export_every >= 0, "--export-every must be non-negative"), (cfg.eval_every >= 0, "--eval-every must be non-negative"),
-              (cfg.eval_every % max(cfg.log_every, 1) == 0, f"--eval-every {cfg.eval_every} is not a multiple of --log-every {cfg.log_every}")]
+    checks = [
+        (cfg.iters >= 1, "--iters must be at least 1"),
+        (cfg.lr > 0, "--lr must be positive"),
+        (cfg.minutes is None or cfg.minutes > 0, "--minutes must be positive (or unset)"),
+        (0 <= cfg.ema < 1, "--ema must lie in [0, 1)"),
+        (cfg.log_every >= 1, "--log-every must be at least 1"),
+        (cfg.ckpt_every >= 1, "--ckpt-every must be at least 1"),
+        (cfg.keep >= 1, "--keep must be at least 1"),
+        (cfg.export_every >= 0, "--export-every must be non-negative"),
+        (cfg.eval_every >= 0, "--eval-every must be non-negative"),
+        (
+            cfg.eval_every % max(cfg.log_every, 1) == 0,
+            f"--eval-every {cfg.eval_every} is not a multiple of --log-every {cfg.log_every}",
+        ),
+    ]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
@@ -184,6 +201,7 @@ def check_model_dir(path, what="model"):
     """A local diffusers directory, without loading it: model_index.json / config.json parse, every
     listed component has its folder, every config parses, every safetensors header is whole."""
     from safetensors import safe_open
+
     d = Path(path)
     if (d / "model_index.json").is_file():
         index = read_json(d / "model_index.json", f"{what} index")
@@ -213,19 +231,25 @@ def check_hub(repo: str, what: str):
     in the local Hugging Face cache and HF_HUB_OFFLINE set, or the hub unreachable. Only rank 0 probes
     the network (one connection, 5 s timeout); under torchrun its exit stops the other processes."""
     from huggingface_hub import constants, try_to_load_from_cache
+
     if any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("model_index.json", "config.json")):
         return  # cached: loads offline too
     fix = "download it once with network (hf download REPO), or pass a local directory instead"
     if constants.HF_HUB_OFFLINE:
-        raise UserError(f"{what}, not in the local Hugging Face cache, and "
-                        f"HF_HUB_OFFLINE is set: {fix.replace('REPO', repo)}")
+        raise UserError(
+            f"{what}, not in the local Hugging Face cache, and HF_HUB_OFFLINE is set: {fix.replace('REPO', repo)}"
+        )
     if int(os.environ.get("RANK", 0)) != 0:
         return
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
+    if any(
+        os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+    ):
         return  # behind a proxy a direct connection says nothing: the download reports its own error
     url = urlparse(constants.ENDPOINT)
     try:
         socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
     except OSError as e:
-        raise UserError(f"{what} and the hub ({url.hostname}) cannot be reached "
-                        f"({type(e).__name__}: {e}): {fix.replace('REPO', repo)}") from None
+        raise UserError(
+            f"{what} and the hub ({url.hostname}) cannot be reached "
+            f"({type(e).__name__}: {e}): {fix.replace('REPO', repo)}"
+        ) from None

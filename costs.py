@@ -7,6 +7,7 @@ and the student's activations are measured on CPU from the tensors autograd save
 forward at batch 1 and 2. bench/memory.py compares the estimate for SD 2.1 with what a GPU
 measured; tests/test_memory_estimate.py with a measured CPU peak.
 """
+
 from __future__ import annotations
 
 import copy
@@ -15,6 +16,7 @@ import torch
 
 import teachers
 from runkit import student_autocast
+
 
 GiB = 2**30
 WORKSPACE = 1.15  # peak / saved tensors of a training pass: temporaries (1.14-1.26 measured on CPU, tiny UNets)
@@ -50,22 +52,35 @@ def estimate(teacher, student, forward, precision: str, batch, passes: dict, ext
     else grows with b (`extra` = (bytes per sample, name)). The teacher's no-grad passes run before the
     student's and free their memory: not counted. Batches fitting 40 / 80 GB keep 10% for the CUDA context."""
     (b, factor), (extra_per_sample, extra_what) = batch, extra
-    (act, fixed), modules = activation_bytes(student, forward, precision), [getattr(teacher, n, None) for n in
-                                                                            ("unet", "text_encoder", "vae")]
+    (act, fixed), modules = (
+        activation_bytes(student, forward, precision),
+        [getattr(teacher, n, None) for n in ("unet", "text_encoder", "vae")],
+    )
     params = [p for m in modules if m is not None for p in m.parameters()]
-    n_t, n_s, t_bytes = sum(p.numel() for p in params), sum(p.numel() for p in student.parameters()), \
-        sum(p.numel() * p.element_size() for p in params)
+    n_t, n_s, t_bytes = (
+        sum(p.numel() for p in params),
+        sum(p.numel() for p in student.parameters()),
+        sum(p.numel() * p.element_size() for p in params),
+    )
     static, per = t_bytes + 20 * n_s + fixed, WORKSPACE * act * factor + extra_per_sample
-    out = {"teacher_params": n_t, "student_params": n_s, "teacher_weights_GiB": round(t_bytes / GiB, 3),
-           "student_weights_grads_adamw_ema_GiB": round(20 * n_s / GiB, 3), "autocast_weight_copies_MiB": round(fixed / 2**20, 3),
-           "activations_per_sample_MiB": round(WORKSPACE * act / 2**20, 3), "activations_batch_factor": factor,
-           "local_batch": b, "total_at_local_batch_GiB": round((static + b * per) / GiB, 3),
-           "max_local_batch_fitting": {f"{cap}GB": max(0, int((0.9 * cap * 1e9 - static) // per)) if per else None
-                                       for cap in (40, 80)},
-           "network_passes_per_iteration": passes,
-           "note": f"estimate: activations = tensors autograd saves per sample (measured on CPU at batch 1 and 2) "
-                   f"x {WORKSPACE} for temporaries; bf16 autocast's weight copies once per pass; the teacher's "
-                   "no-grad passes are freed before the student's and not counted"}
+    out = {
+        "teacher_params": n_t,
+        "student_params": n_s,
+        "teacher_weights_GiB": round(t_bytes / GiB, 3),
+        "student_weights_grads_adamw_ema_GiB": round(20 * n_s / GiB, 3),
+        "autocast_weight_copies_MiB": round(fixed / 2**20, 3),
+        "activations_per_sample_MiB": round(WORKSPACE * act / 2**20, 3),
+        "activations_batch_factor": factor,
+        "local_batch": b,
+        "total_at_local_batch_GiB": round((static + b * per) / GiB, 3),
+        "max_local_batch_fitting": {
+            f"{cap}GB": max(0, int((0.9 * cap * 1e9 - static) // per)) if per else None for cap in (40, 80)
+        },
+        "network_passes_per_iteration": passes,
+        "note": f"estimate: activations = tensors autograd saves per sample (measured on CPU at batch 1 and 2) "
+        f"x {WORKSPACE} for temporaries; bf16 autocast's weight copies once per pass; the teacher's "
+        "no-grad passes are freed before the student's and not counted",
+    }
     if extra_per_sample:
         out[f"{extra_what}_GiB"] = round(b * extra_per_sample / GiB, 3)
     return out
@@ -75,10 +90,19 @@ def boot_memory(cfg, world: int) -> dict:
     """boot.py --dry-run: the teacher and student built from configs (no weights read: accelerate's
     init_empty_weights), a training forward y_theta(eps, t) at t = 0.5, the passes of Alg. 1."""
     from accelerate import init_empty_weights
+
     import boot
+
     teachers.quiet_libraries()
-    teacher = teachers.load_teacher(cfg.teacher, "meta", torch.float16 if cfg.half else torch.float32,
-                                    model_id=cfg.model_id, stage=cfg.stage, clip=cfg.clip, weights=False)
+    teacher = teachers.load_teacher(
+        cfg.teacher,
+        "meta",
+        torch.float16 if cfg.half else torch.float32,
+        model_id=cfg.model_id,
+        stage=cfg.stage,
+        clip=cfg.clip,
+        weights=False,
+    )
     w = boot.default_weight(cfg, teacher)
     with init_empty_weights():  # parameters on the meta device, nothing else
         student, facts = boot.make_student(teacher, cfg, w)
@@ -87,15 +111,22 @@ def boot_memory(cfg, world: int) -> dict:
     def forward(n):
         cond = {k: torch.zeros((n, *v.shape[1:]), dtype=v.dtype) for k, v in teacher.null.items()} or None
         if cfg.stage == 2:
-            cond = {**cond, "lowres": torch.zeros(n, *teacher.sample_shape), "class_labels": torch.full((n,), cfg.noise_level)}
+            cond = {
+                **cond,
+                "lowres": torch.zeros(n, *teacher.sample_shape),
+                "class_labels": torch.full((n,), cfg.noise_level),
+            }
         eps, t = torch.zeros(n, *teacher.sample_shape), torch.full((n,), 0.5)
         return boot.y_theta(student, facts, eps, t, teachers.cond_to(cond, "cpu"), w)
 
     cfg_pair, k = teacher.guided and (w is not None or cfg.w_max is not None) and w != 1.0, cfg.boundary_every
-    passes = {"teacher_forwards": (2 if cfg.solver == "heun" else 1) + (1 / k if k else 0),
-              "teacher_forward_batch": "2 b (CFG pair)" if cfg_pair else "b",
-              "student_forwards_no_grad": 1, "student_forward_backward": 1,
-              "student_train_batch": f"2 b every {k} iterations (boundary), else b" if k else "b"}
+    passes = {
+        "teacher_forwards": (2 if cfg.solver == "heun" else 1) + (1 / k if k else 0),
+        "teacher_forward_batch": "2 b (CFG pair)" if cfg_pair else "b",
+        "student_forwards_no_grad": 1,
+        "student_forward_backward": 1,
+        "student_train_batch": f"2 b every {k} iterations (boundary), else b" if k else "b",
+    }
     return estimate(teacher, student, forward, cfg.precision, (cfg.batch // world, 2 if k else 1), passes)
 
 
@@ -103,13 +134,22 @@ def dkdm_memory(teacher, student, cfg, world: int) -> dict:
     """dkdm.py --dry-run: a training forward of the student at T/2, one teacher forward per iteration,
     the knowledge pool's bytes per sample (4 C H W for x, 8 for i, 8 for the label)."""
     import dkdm
+
     (C, H, W), b = teacher.sample_shape, cfg.batch // world
     pool = dkdm.pool_size(cfg, teacher.schedule.T, b) if cfg.method in ("dynamic", "shuffled", "iterative") else 0
     pool_bytes = pool / b * (4 * C * H * W + 16)
     model = copy.deepcopy(student).cpu().train()
     cond = lambda n: {"class_labels": torch.zeros(n, dtype=torch.long)} if teacher.num_classes else None  # noqa: E731
     T = teacher.schedule.T
-    forward = lambda n: teachers.call_net(model, torch.zeros(n, *teacher.sample_shape), torch.full((n,), T / 2), cond(n))  # noqa: E731
-    passes = {"teacher_forwards": int(pool_bytes > 0), "student_forward_backward": 1,
-              "teacher_forward_batch": "2 b (CFG pair)" if teacher.guided and teacher.default_guidance not in (None, 1.0) else "b"}
+
+    def forward(n):
+        return teachers.call_net(model, torch.zeros(n, *teacher.sample_shape), torch.full((n,), T / 2), cond(n))
+
+    passes = {
+        "teacher_forwards": int(pool_bytes > 0),
+        "student_forward_backward": 1,
+        "teacher_forward_batch": "2 b (CFG pair)"
+        if teacher.guided and teacher.default_guidance not in (None, 1.0)
+        else "b",
+    }
     return estimate(teacher, model, forward, cfg.precision, (b, 1), passes, (pool_bytes, "pool"))

@@ -24,6 +24,7 @@ ours"). A pool entry (x, i, label) is the noisy sample x_i waiting for the step 
 i = 0 it restarts from fresh noise at i = T-1. Under torchrun each process owns rho T b/world entries
 seeded by its rank. Run directories, resume and exit codes work as in boot.py (runkit.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,6 +40,7 @@ from pathlib import Path
 import cli
 from cli import UserError, flag
 
+
 METHODS = ("dynamic", "shuffled", "iterative", "data-free", "data")
 POOL_INITS = ("auto", "staggered", "shuffle", "noise")
 TRAIN_SET_SIZE = {"digits": 1797, "gmm": 1797, "ddpm-cifar10": 50000, "ldm-celebahq": 25000}  # synthetic set (Table 4)
@@ -52,38 +54,64 @@ class DKDMConfig:
     model_id: str | None = flag(None, "override the registry entry's hub id (a mirror or a local copy)")
     student: str = flag("cnn", "cnn (UNet2DModel), vit (DiTTransformer2DModel) or a dir with a diffusers config.json")
     width: int | None = flag(None, "student base width; default 16 (cnn) / 128 (vit) at 8x8, 64 / 384 above")
-    vit_init: str = flag("adaln-zero", "vit: DiT's adaLN-Zero init, or diffusers' default", choices=["adaln-zero", "diffusers"])
+    vit_init: str = flag(
+        "adaln-zero", "vit: DiT's adaLN-Zero init, or diffusers' default", choices=["adaln-zero", "diffusers"]
+    )
     method: str = flag("dynamic", "knowledge stream, or a baseline", choices=METHODS)
     rho: float = flag(0.4, "dynamic pool size rho T b (Alg. 1); 0.4 pixel, 4 latent in the paper")
-    pool_init: str = flag("auto", "auto: shuffle denoise (dynamic: the paper's; staggered on the embedded digits / gmm, "
-                                  "for its CPU cost: README), shuffle (shuffled), noise (iterative)", choices=POOL_INITS)
+    pool_init: str = flag(
+        "auto",
+        "auto: shuffle denoise (dynamic: the paper's; staggered on the embedded digits / gmm, "
+        "for its CPU cost: README), shuffle (shuffled), noise (iterative)",
+        choices=POOL_INITS,
+    )
     chains: int = flag(512, "staggered init: teacher chains M run in one batch (well above rho b)")
-    init_batch: int | None = flag(None, "shuffle-denoise init: samples per teacher pass; default 512 on CPU, 1024 on a GPU")
+    init_batch: int | None = flag(
+        None, "shuffle-denoise init: samples per teacher pass; default 512 on CPU, 1024 on a GPU"
+    )
     batch: int = flag(64, "global batch b (divided over torchrun processes)")
     iters: int | None = flag(None, "training iterations; default: the student's (STUDENT_DEFAULTS: 10,000 for both)")
     minutes: float | None = flag(None, "stop (checkpoint + export) after this many minutes of training in all reruns")
     lr: float | None = flag(None, "AdamW peak learning rate after warm-up; default 1e-3 (cnn), 3e-3 (vit)")
     warmup: int = flag(200, "linear lr warm-up iterations")
-    lr_decay: tuple[int, ...] | None = flag(None, "START END: a cosine from the peak lr at iteration START to 10%% at END "
-                                                  "(0 0: constant); default constant (cnn), 7000 10000 (vit)", nargs=2)
+    lr_decay: tuple[int, ...] | None = flag(
+        None,
+        "START END: a cosine from the peak lr at iteration START to 10%% at END "
+        "(0 0: constant); default constant (cnn), 7000 10000 (vit)",
+        nargs=2,
+    )
     ema: float | None = flag(None, "EMA decay of the exported student; default 0.998 (cnn), 0.9995 (vit)")
-    clip_grad: float | None = flag(None, "clip the gradient norm at this value; 0: none. Default: none, as the paper "
-                                         "and its code; 1.0 on the embedded teachers (digits, gmm; README)")
+    clip_grad: float | None = flag(
+        None,
+        "clip the gradient norm at this value; 0: none. Default: none, as the paper "
+        "and its code; 1.0 on the embedded teachers (digits, gmm; README)",
+    )
     lam: float = flag(1.0, "weight lambda of L*vlb (Eq. 19), per timestep")
     p_uncond: float = flag(0.0, "fraction of samples with the null label (student learns CFG's unconditional model)")
-    synth_sampler: str = flag("auto", "data-free baseline's sampler; auto: Table 4's (IDDPM pixel, DDIM latent)",
-                              choices=["auto", "ancestral", "ddim"])
-    synth_steps: int | None = flag(None, "data-free baseline: steps per synthetic sample; default Table 4's T = 1000 "
-                                         "(pixel) / 100 (latent); 100 for digits, gmm")
+    synth_sampler: str = flag(
+        "auto",
+        "data-free baseline's sampler; auto: Table 4's (IDDPM pixel, DDIM latent)",
+        choices=["auto", "ancestral", "ddim"],
+    )
+    synth_steps: int | None = flag(
+        None,
+        "data-free baseline: steps per synthetic sample; default Table 4's T = 1000 "
+        "(pixel) / 100 (latent); 100 for digits, gmm",
+    )
     synth_n: int | None = flag(None, "data-free baseline: synthetic set size; default the training-set size")
     seed: int = flag(0, "seed of every random draw (process r uses seed + 1000003 r)")
     half: bool = flag(False, "run the frozen teacher in float16 (GPU only; the same in boot.py)")
-    precision: str = flag("auto", "student: auto (bf16 autocast + TF32 on a GPU, float32 on CPU)", choices=cli.PRECISIONS)
+    precision: str = flag(
+        "auto", "student: auto (bf16 autocast + TF32 on a GPU, float32 on CPU)", choices=cli.PRECISIONS
+    )
     grad_checkpointing: bool = flag(False, "recompute the student's activations in backward (less memory, more time)")
     out: str | None = flag(None, "run dir; default runs/dkdm-<teacher>-<student>-<method>")
     log_every: int = flag(100, "metrics.jsonl / progress interval")
-    eval_every: int | None = flag(None, "a proxy FD and KID of the EMA student every K iterations, a multiple of "
-                                        "--log-every (metrics.jsonl; 0: never; default: 2000, or the next multiple)")
+    eval_every: int | None = flag(
+        None,
+        "a proxy FD and KID of the EMA student every K iterations, a multiple of "
+        "--log-every (metrics.jsonl; 0: never; default: 2000, or the next multiple)",
+    )
     ckpt_every: int = flag(1000, "checkpoint interval (a rerun resumes from the latest)")
     keep: int = flag(1, "checkpoints kept: the last N (checkpoints/step-*.pt; latest.pt is the newest)")
     export_every: int = flag(0, "also export the EMA student + preview.png every K iterations (0: at the end only)")
@@ -97,17 +125,31 @@ class DKDMConfig:
             self.eval_every = -(-2000 // max(self.log_every, 1)) * max(self.log_every, 1)  # 0 is refused later
 
 
-RESUMABLE = ("iters", "minutes", "log_every", "ckpt_every", "precision", "grad_checkpointing", "keep", "export_every",
-             "init_batch", "eval_every")  # may change on a rerun
+RESUMABLE = (
+    "iters",
+    "minutes",
+    "log_every",
+    "ckpt_every",
+    "precision",
+    "grad_checkpointing",
+    "keep",
+    "export_every",
+    "init_batch",
+    "eval_every",
+)  # may change on a rerun
 # Measured on digits (README, "FD vs iterations"): the DiT diverged at lr 4e-3 and trails at 1e-3.
-STUDENT_DEFAULTS = {"cnn": dict(iters=10_000, lr=1e-3, ema=0.998, lr_decay=(0, 0)),
-                    "vit": dict(iters=10_000, lr=3e-3, ema=0.9995, lr_decay=(7000, 10_000))}
+STUDENT_DEFAULTS = {
+    "cnn": dict(iters=10_000, lr=1e-3, ema=0.998, lr_decay=(0, 0)),
+    "vit": dict(iters=10_000, lr=3e-3, ema=0.9995, lr_decay=(7000, 10_000)),
+}
 
 
 def parser():
     """The command line: DKDMConfig's flags, and `dkdm.py sample RUN ...`."""
-    return cli.add_usage(cli.parser_from_dataclass(DKDMConfig, __doc__),
-                         "dkdm.py sample RUN [--sampler ancestral|ddim] [--steps N] [--n N]")
+    return cli.add_usage(
+        cli.parser_from_dataclass(DKDMConfig, __doc__),
+        "dkdm.py sample RUN [--sampler ancestral|ddim] [--steps N] [--n N]",
+    )
 
 
 if __name__ == "__main__" and cli.answers_alone(sys.argv[1:]):  # --help: before torch is imported
@@ -273,7 +315,7 @@ def init_shuffle(teacher, n, g, w=None, p_uncond=0.0, batch=512):
     for s in tqdm(range(T - 1, 0, -1), desc="shuffle denoise", disable=not runkit.is_rank0(), leave=False):
         if going[s - 1] == 0:
             break
-        active = by_end[:going[s - 1]].sort().values  # entries at step s that go on to s - 1, in index order
+        active = by_end[: going[s - 1]].sort().values  # entries at step s that go on to s - 1, in index order
         for chunk in active.split(batch):
             lab = None if labels is None else labels[chunk]
             _, x[chunk] = teacher_step(teacher, x[chunk], torch.full_like(chunk, s), lab, w, g)
@@ -290,7 +332,9 @@ def check_chains(n, T, chains):
     """staggered_counts(n, T), or one line when M = --chains is below the entries per step."""
     counts = staggered_counts(n, T)
     if int(counts.max()) > chains:
-        raise UserError(f"--chains {chains} is below the {int(counts.max())} pool entries per step (rho b); use well above")
+        raise UserError(
+            f"--chains {chains} is below the {int(counts.max())} pool entries per step (rho b); use well above"
+        )
     return counts
 
 
@@ -317,9 +361,9 @@ def init_staggered(teacher, n, chains, g, w=None, p_uncond=0.0, return_chains=Fa
             perm = torch.randperm(chains, generator=g, device=g.device)
             queue = torch.cat([queue, perm[~torch.isin(perm, queue)]])
         take, queue = queue[:k], queue[k:]
-        x[slot:slot + k], i[slot:slot + k], chain_of[slot:slot + k] = xc[take.to(xc.device)], s, take
+        x[slot : slot + k], i[slot : slot + k], chain_of[slot : slot + k] = xc[take.to(xc.device)], s, take
         if labels is not None:
-            labels[slot:slot + k] = lc[take.to(xc.device)]
+            labels[slot : slot + k] = lc[take.to(xc.device)]
         slot += k
         if s > 0:
             _, xc = teacher_step(teacher, xc, torch.full((chains,), s, device=xc.device), lc, w, g)
@@ -363,8 +407,10 @@ def denoiser_from_config(directory):
     conf = cli.read_json(Path(directory) / "config.json", "student config")
     name = conf.get("_class_name", "")
     if name not in ("UNet2DModel", "UNet2DConditionModel", "DiTTransformer2DModel"):
-        raise UserError(f"student '{directory}' is a {name or 'config without _class_name'}; "
-                        f"supported: UNet2DModel, UNet2DConditionModel, DiTTransformer2DModel")
+        raise UserError(
+            f"student '{directory}' is a {name or 'config without _class_name'}; "
+            f"supported: UNet2DModel, UNet2DConditionModel, DiTTransformer2DModel"
+        )
     return getattr(diffusers, name).from_config(conf)
 
 
@@ -373,13 +419,29 @@ def check_student_fits(model, teacher, what):
     c, (C, H, _), name, need = model.config, teacher.sample_shape, teacher.name, students.out_channels(teacher)
     size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
     slots = getattr(c, "num_class_embeds", None) or getattr(c, "num_embeds_ada_norm", None) or 0
-    checks = [(c.in_channels == C and size == H, f"takes {c.in_channels}x{size}x{size} inputs; teacher '{name}' makes {C}x{H}x{H}"),
-              (c.out_channels == need, f"has {c.out_channels} output channels; teacher '{name}' needs {need} "
-                                       f"({'eps + variance' if teacher.learned_variance else 'eps'})"),
-              (not H % (getattr(c, "patch_size", None) or 1), f"has patch size {getattr(c, 'patch_size', None)}, which does not divide {H}"),
-              (not teacher.num_classes or slots >= teacher.num_classes + 1,
-               f"embeds {slots} labels; teacher '{name}' has {teacher.num_classes} classes + a null label"),
-              (teacher.num_classes or not getattr(c, "num_class_embeds", None), f"is class-conditional; teacher '{name}' is not")]
+    checks = [
+        (
+            c.in_channels == C and size == H,
+            f"takes {c.in_channels}x{size}x{size} inputs; teacher '{name}' makes {C}x{H}x{H}",
+        ),
+        (
+            c.out_channels == need,
+            f"has {c.out_channels} output channels; teacher '{name}' needs {need} "
+            f"({'eps + variance' if teacher.learned_variance else 'eps'})",
+        ),
+        (
+            not H % (getattr(c, "patch_size", None) or 1),
+            f"has patch size {getattr(c, 'patch_size', None)}, which does not divide {H}",
+        ),
+        (
+            not teacher.num_classes or slots >= teacher.num_classes + 1,
+            f"embeds {slots} labels; teacher '{name}' has {teacher.num_classes} classes + a null label",
+        ),
+        (
+            teacher.num_classes or not getattr(c, "num_class_embeds", None),
+            f"is class-conditional; teacher '{name}' is not",
+        ),
+    ]
     for ok, message in checks:
         if not ok:
             raise UserError(f"student '{what}' {message}")
@@ -532,8 +594,11 @@ def train(cfg, teacher, student, run):
         model = runkit.ddp(raw, device, world)
         meter = runkit.Meter(device, ("loss", "mse", "vb"), window=run.window)  # metrics.jsonl: Eq. 19, 20, 21
         probe = proxy(cfg, teacher, ema, meter)  # --eval-every (rank 0)
-        extra = lambda step: {**(stream.spread(teacher.schedule.T) if isinstance(stream, Pool) else {}),  # noqa: E731
-                              **(probe(step) if probe else {})}
+
+        def extra(step):  # metrics.jsonl's fields beside the losses
+            spread = stream.spread(teacher.schedule.T) if isinstance(stream, Pool) else {}
+            return {**spread, **(probe(step) if probe else {})}
+
         if step == 0:
             run.checkpoint(0, meter, saved)  # the initialised pool: a rerun never repeats its init
         while step < cfg.iters:  # lines 2-3, 9
@@ -554,7 +619,9 @@ def train(cfg, teacher, student, run):
             if why:  # records and checkpoints written; the budget or a signal, as rank 0 sees it
                 break
             if cfg.export_every and step % cfg.export_every == 0 and rank == 0:
-                students.write_preview(teacher, export_student(cfg, teacher, raw, ema, run.path), run.path / "preview.png")
+                students.write_preview(
+                    teacher, export_student(cfg, teacher, raw, ema, run.path), run.path / "preview.png"
+                )
         if rank == 0:
             d = export_student(cfg, teacher, raw, ema, run.path)
             students.write_preview(teacher, d, run.path / "preview.png")
@@ -576,12 +643,16 @@ def proxy(cfg, teacher, ema, meter):
     """metrics.jsonl's proxy at every --eval-every-th step (rank 0): FD and KID of the EMA student's
     DDIM-50 samples (its export's sampler) against the teacher's own (evaluate.Probe). None: no proxy."""
     w, source, K = teacher.default_guidance, teachers.teacher_source(cfg.teacher, cfg.model_id), teacher.num_classes
-    cond_of = lambda n: as_cond(torch.arange(n, device=teacher.device) % K) if K else None  # noqa: E731 - as the preview's
+
+    def cond_of(n):  # the preview's labels
+        return as_cond(torch.arange(n, device=teacher.device) % K) if K else None
+
     pipe = functools.cache(lambda: students.ddpm_pipeline(ema.model(), teacher, source))  # once: unet = the EMA copy
 
     def sample(noise, cond):
         ema.model()  # the averaged weights, refreshed into that copy
         return teacher.decode(pipe().denoise(noise, cond and cond["class_labels"], w, 50).to(teacher.dtype))
+
     return evaluate.proxy(cfg.eval_every, teacher, cond_of, w, meter, sample)
 
 
@@ -604,10 +675,15 @@ def make_stream(cfg, teacher, run, g, w, world):
         return Pool(empty, empty.long(), None, g)
     n, how = pool_size(cfg, teacher.schedule.T, cfg.batch // world), resolved_init(cfg)
     evals, passes = init_cost(cfg, teacher.schedule.T, n)
-    print0(f"pool: {n} entries per process, init '{how}': {evals:,.0f} teacher sample evaluations in {passes:,} batched passes")
+    print0(
+        f"pool: {n} entries per process, init '{how}': {evals:,.0f} teacher sample evaluations "
+        f"in {passes:,} batched passes"
+    )
     start, pool = time.time(), make_pool(cfg, teacher, n, g, w)
     print0(f"pool initialised in {time.time() - start:.1f} s")
-    run.log({"step": 0, "pool_init": how, "init_seconds": time.time() - start, "init_evals": evals, "pool_size": n * world})
+    run.log(
+        {"step": 0, "pool_init": how, "init_seconds": time.time() - start, "init_evals": evals, "pool_size": n * world}
+    )
     return pool
 
 
@@ -616,10 +692,19 @@ def export_student(cfg, teacher, raw, ema, run_path):
     """run/student/: model_index.json, unet/ (EMA weights), scheduler/, [vae/], generator.json."""
     name = cfg.teacher if cfg.teacher in teachers.REGISTRY else str(Path(cfg.teacher).resolve())
     sampler, steps = eval_plan(cfg, teacher)
-    info = {"method": "dkdm", "teacher": name, "model_id": teachers.local_path(cfg.model_id), "steps": steps,
-            "sampler": sampler, "sample_shape": list(teacher.sample_shape), "num_classes": teacher.num_classes,
-            "latent": teacher.latent, "default_w": teacher.default_guidance, "class_name": type(raw).__name__,
-            "training": cfg.method}
+    info = {
+        "method": "dkdm",
+        "teacher": name,
+        "model_id": teachers.local_path(cfg.model_id),
+        "steps": steps,
+        "sampler": sampler,
+        "sample_shape": list(teacher.sample_shape),
+        "num_classes": teacher.num_classes,
+        "latent": teacher.latent,
+        "default_w": teacher.default_guidance,
+        "class_name": type(raw).__name__,
+        "training": cfg.method,
+    }
     source = teachers.teacher_source(cfg.teacher, cfg.model_id)  # the teacher's pipeline: its scheduler config
     return students.export_ema(ema, lambda model: students.ddpm_pipeline(model, teacher, source), info, run_path)[0]
 
@@ -631,13 +716,19 @@ def load_inputs(cfg):
     cli.check_run_fields(cfg)
     runkit.teacher_dtype(cfg.half, runkit.env()[2])  # --half needs a GPU
     positive = {k: getattr(cfg, k) for k in ("batch", "chains", "init_batch", "synth_steps", "synth_n", "width")}
-    checks = [*((v is None or v >= 1, f"--{k.replace('_', '-')} must be at least 1") for k, v in positive.items()),
-              (cfg.rho > 0, "--rho must be positive"), (cfg.lam >= 0, "--lam must be non-negative"),
-              (cfg.warmup >= 0, "--warmup must be non-negative"), (cfg.clip_grad >= 0, "--clip-grad must be non-negative"),
-              (0 <= cfg.lr_decay[0] <= cfg.lr_decay[1], "--lr-decay START END needs 0 <= START <= END"),
-              (0 <= cfg.p_uncond < 1, "--p-uncond must lie in [0, 1)"),
-              (cfg.method != "iterative" or cfg.pool_init in ("auto", "noise"),
-               "--method iterative starts every sample at T-1 (--pool-init auto or noise)")]
+    checks = [
+        *((v is None or v >= 1, f"--{k.replace('_', '-')} must be at least 1") for k, v in positive.items()),
+        (cfg.rho > 0, "--rho must be positive"),
+        (cfg.lam >= 0, "--lam must be non-negative"),
+        (cfg.warmup >= 0, "--warmup must be non-negative"),
+        (cfg.clip_grad >= 0, "--clip-grad must be non-negative"),
+        (0 <= cfg.lr_decay[0] <= cfg.lr_decay[1], "--lr-decay START END needs 0 <= START <= END"),
+        (0 <= cfg.p_uncond < 1, "--p-uncond must lie in [0, 1)"),
+        (
+            cfg.method != "iterative" or cfg.pool_init in ("auto", "noise"),
+            "--method iterative starts every sample at T-1 (--pool-init auto or noise)",
+        ),
+    ]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
@@ -648,8 +739,9 @@ def load_inputs(cfg):
     rank, world, device = runkit.env()
     if cfg.batch % world:
         raise UserError(f"--batch {cfg.batch} is not divisible by the {world} processes")
-    teacher = teachers.load_teacher(cfg.teacher, device=device, model_id=cfg.model_id,
-                                    dtype=runkit.teacher_dtype(cfg.half, device))
+    teacher = teachers.load_teacher(
+        cfg.teacher, device=device, model_id=cfg.model_id, dtype=runkit.teacher_dtype(cfg.half, device)
+    )
     if cfg.method == "data" and teacher.name != "digits":
         raise UserError("--method data needs the embedded digits teacher (its real data ships with scikit-learn)")
     if cfg.p_uncond > 0 and not teacher.num_classes:
@@ -658,28 +750,44 @@ def load_inputs(cfg):
     student = build_student(cfg, teacher)
     if cfg.method in ("dynamic", "shuffled", "iterative") and resolved_init(cfg) == "staggered":
         check_chains(pool_size(cfg, teacher.schedule.T, cfg.batch // world), teacher.schedule.T, cfg.chains)
-    config = {**dataclasses.asdict(cfg), "out": out, "world_size": world,
-              "pool_init": resolved_init(cfg) if cfg.method not in ("data", "data-free") else None}
-    run = runkit.RunDir(config["out"], config, rank, resumable=RESUMABLE, keep=cfg.keep,
-                          per_rank={"stream": "knowledge-stream checkpoint"})
+    config = {
+        **dataclasses.asdict(cfg),
+        "out": out,
+        "world_size": world,
+        "pool_init": resolved_init(cfg) if cfg.method not in ("data", "data-free") else None,
+    }
+    run = runkit.RunDir(
+        config["out"],
+        config,
+        rank,
+        resumable=RESUMABLE,
+        keep=cfg.keep,
+        per_rank={"stream": "knowledge-stream checkpoint"},
+    )
     return teacher, student, run
 
 
 def run_facts(cfg, teacher, student, run, world):
     """The config with its defaults filled in, and what the run will do (--dry-run, start of a run)."""
     T, b = teacher.schedule.T, cfg.batch // world
-    facts = {"teacher": f"{teacher.name} {teacher.sample_shape} T={T} variance={teacher.variance_type}",
-             "student": f"{type(student).__name__} {sum(p.numel() for p in student.parameters()):,} params",
-             "objective": "L*simple + lam L*vlb" if teacher.learned_variance else "L*simple (fixed-variance teacher)"}
+    facts = {
+        "teacher": f"{teacher.name} {teacher.sample_shape} T={T} variance={teacher.variance_type}",
+        "student": f"{type(student).__name__} {sum(p.numel() for p in student.parameters()):,} params",
+        "objective": "L*simple + lam L*vlb" if teacher.learned_variance else "L*simple (fixed-variance teacher)",
+    }
     if cfg.width is None and cfg.student in ("cnn", "vit"):
         c = student.config
-        facts["width"] = c.block_out_channels[0] if cfg.student == "cnn" else c.num_attention_heads * c.attention_head_dim
+        facts["width"] = (
+            c.block_out_channels[0] if cfg.student == "cnn" else c.num_attention_heads * c.attention_head_dim
+        )
     if cfg.synth_n is None and cfg.method == "data-free":
         facts["synth_n"] = synth_n(cfg)
     if cfg.method in ("dynamic", "shuffled", "iterative"):
         n = pool_size(cfg, T, b)
         evals, passes = init_cost(cfg, T, n)
-        facts["pool"] = f"{n} x {world} entries, init {resolved_init(cfg)}: {evals:,.0f} sample evaluations, {passes:,} passes"
+        facts["pool"] = (
+            f"{n} x {world} entries, init {resolved_init(cfg)}: {evals:,.0f} sample evaluations, {passes:,} passes"
+        )
     return {**run.config, **facts}
 
 
@@ -693,8 +801,12 @@ def command(argv):
     teacher, student, run = load_inputs(cfg)
     if dry_run:  # the config, what the run will do, and its memory per GPU
         memory = costs.dkdm_memory(teacher, student, cfg, run.config["world_size"])
-        return print0(json.dumps({**run_facts(cfg, teacher, student, run, run.config["world_size"]),
-                                  "memory_estimate": memory}, indent=2))
+        return print0(
+            json.dumps(
+                {**run_facts(cfg, teacher, student, run, run.config["world_size"]), "memory_estimate": memory},
+                indent=2,
+            )
+        )
     train(cfg, teacher, student, run)
 
 

@@ -40,6 +40,7 @@ rows share n and n_ref.
 each NFE, largest first, then the student). Teacher samples are kept in --cache (RUN/teacher-samples
 with --run): a second evaluation samples only the student. Bad input: one line, exit code 2.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,6 +58,7 @@ from pathlib import Path
 import cli
 from cli import UserError, flag
 
+
 CLASSIFIER_DIR = Path(__file__).resolve().parent / "assets" / "digits-classifier"
 FEATURE_SPACES = ("digits", "pixels", "inception")
 DIGITS_SHAPE = (1, 8, 8)
@@ -70,21 +72,32 @@ class EvalConfig:
     run: str | None = flag(None, "run directory of a distilled student (has student/)")
     nfe: tuple[int, ...] = flag((1, 10, 50), "teacher sampler steps to score", nargs="+")
     sampler: str = flag("ddim", "teacher sampler", choices=["ddim", "ancestral"])
-    dkdm_sampler: str = flag("auto", "a DKDM run's student: sampler to score it with; auto: the one its run exported "
-                                     "(IDDPM pixel, DDIM latent and digits)", choices=["auto", "ddim", "ancestral"])
+    dkdm_sampler: str = flag(
+        "auto",
+        "a DKDM run's student: sampler to score it with; auto: the one its run exported "
+        "(IDDPM pixel, DDIM latent and digits)",
+        choices=["auto", "ddim", "ancestral"],
+    )
     n: int = flag(1000, "samples per sampler (seeds seed .. seed + n - 1)")
     seed: int = flag(0, "seed of the first sample")
     batch: int = flag(128, "generation batch per process (throughput is at this batch)")
-    features: tuple[str, ...] | None = flag(None, "feature spaces: digits pixels inception; default digits pixels "
-                                                  "for 1x8x8 teachers, else inception", nargs="+", elem=str)
+    features: tuple[str, ...] | None = flag(
+        None,
+        "feature spaces: digits pixels inception; default digits pixels for 1x8x8 teachers, else inception",
+        nargs="+",
+        elem=str,
+    )
     w: float | None = flag(None, "guidance weight (BOOT Eq. 9); default: the teacher's")
     ref: str | None = flag(None, "folder of real images (teachers without embedded data)")
     prompts: str | None = flag(None, "text teachers: prompt file; seed s gets line s mod L")
     clip_model: str = flag("openai/clip-vit-base-patch32", "CLIP for the CLIP score")
     json: str | None = flag(None, "write the records to this JSON file")
     grid: str | None = flag(None, "write a PNG grid (rows share the initial noise)")
-    cache: str | None = flag(None, "folder of cached teacher samples, reused when teacher, sampler, NFE, n, seed and w "
-                                   "match; default RUN/teacher-samples with --run, none with --teacher; off: never")
+    cache: str | None = flag(
+        None,
+        "folder of cached teacher samples, reused when teacher, sampler, NFE, n, seed and w "
+        "match; default RUN/teacher-samples with --run, none with --teacher; off: never",
+    )
 
 
 def parser():
@@ -121,10 +134,15 @@ class DigitsClassifier(nn.Module):
         super().__init__()
         c1, c2, c3 = channels
         self.body = nn.Sequential(
-            nn.Conv2d(1, c1, 3, padding=1), nn.SiLU(),  # 8x8
-            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.SiLU(),  # 4x4
-            nn.Conv2d(c2, c3, 3, stride=2, padding=1), nn.SiLU(),  # 2x2
-            nn.Flatten(), nn.Linear(c3 * 4, feature_dim), nn.SiLU(),
+            nn.Conv2d(1, c1, 3, padding=1),
+            nn.SiLU(),  # 8x8
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1),
+            nn.SiLU(),  # 4x4
+            nn.Conv2d(c2, c3, 3, stride=2, padding=1),
+            nn.SiLU(),  # 2x2
+            nn.Flatten(),
+            nn.Linear(c3 * 4, feature_dim),
+            nn.SiLU(),
         )
         self.head = nn.Linear(feature_dim, num_classes)  # features: the body's output
 
@@ -165,11 +183,17 @@ def _inception_features(images, batch, device):
     """clean-fid's Inception-V3 features with its "clean" (PIL bicubic, float) resize to 299."""
     from cleanfid.features import build_feature_extractor
     from cleanfid.resize import build_resizer
+
     model = build_feature_extractor("clean", device=torch.device(device), use_dataparallel=False)
     resize = build_resizer("clean")
     out = []
-    for chunk in tqdm(images.split(batch), desc="inception features", unit="batch", leave=False,
-                      disable=int(os.environ.get("RANK", 0)) != 0):
+    for chunk in tqdm(
+        images.split(batch),
+        desc="inception features",
+        unit="batch",
+        leave=False,
+        disable=int(os.environ.get("RANK", 0)) != 0,
+    ):
         u8 = (chunk * 255).round().clamp(0, 255).expand(-1, 3, -1, -1)  # as if saved to PNG
         hwc = u8.permute(0, 2, 3, 1).numpy()
         big = torch.stack([torch.from_numpy(resize(im)).permute(2, 0, 1) for im in hwc])
@@ -217,6 +241,7 @@ def frechet_distance_features(feats_a, feats_b) -> float:
         raise UserError("Frechet distance needs at least 2 samples per set and at least 2 feature dimensions")
     from cleanfid import fid
     from scipy.linalg import LinAlgWarning
+
     mu_a, mu_b = feats_a.mean(0), feats_b.mean(0)
     s_a, s_b = np.cov(feats_a, rowvar=False), np.cov(feats_b, rowvar=False)
     with warnings.catch_warnings():
@@ -233,6 +258,7 @@ def kernel_distance(feats_a, feats_b, subsets: int = 100) -> tuple[float, float]
     samples of each set (seeded). Unbiased in n, unlike FD; the std says how far one number holds."""
     _check_pair(feats_a, feats_b, "kernel distance")
     from cleanfid import fid
+
     state = np.random.get_state()
     np.random.seed(0)
     try:
@@ -251,8 +277,10 @@ def _knn_radii(x, k):
 
 def _in_manifold(points, radii, queries, chunk=1024):
     """For each query: does it lie in some ball (point, radius) of the manifold?"""
-    hits = [(torch.cdist(q, points, compute_mode="donot_use_mm_for_euclid_dist") <= radii).any(1)
-            for q in queries.split(chunk)]
+    hits = [
+        (torch.cdist(q, points, compute_mode="donot_use_mm_for_euclid_dist") <= radii).any(1)
+        for q in queries.split(chunk)
+    ]
     return torch.cat(hits)
 
 
@@ -283,12 +311,19 @@ def clip_score(images, prompts, model_dir="openai/clip-vit-base-patch32", batch=
     if len(images) != len(prompts):
         raise UserError(f"CLIP score: {len(images)} images but {len(prompts)} prompts")
     from transformers import CLIPModel, CLIPProcessor
+
     model, processor = CLIPModel.from_pretrained(model_dir).to(device).eval(), CLIPProcessor.from_pretrained(model_dir)
     scores = []
     for i in range(0, len(images), batch):
-        rgb = images[i:i + batch].float().cpu().expand(-1, 3, -1, -1)
-        inputs = processor(text=list(prompts[i:i + batch]), images=list(rgb), do_rescale=False, padding=True,
-                           truncation=True, return_tensors="pt")
+        rgb = images[i : i + batch].float().cpu().expand(-1, 3, -1, -1)
+        inputs = processor(
+            text=list(prompts[i : i + batch]),
+            images=list(rgb),
+            do_rescale=False,
+            padding=True,
+            truncation=True,
+            return_tensors="pt",
+        )
         out = model(**{k: v.to(device) for k, v in inputs.items()})
         scores.append((out.image_embeds * out.text_embeds).sum(-1).cpu())  # both normalised by CLIPModel
     return torch.cat(scores).mean().item()
@@ -306,19 +341,24 @@ def condition(teacher, seeds, prompts=None):
 
 def teacher_sampler(teacher, sampler="ddim", nfe=50, w=None, prompts=None):
     """seeds -> images in [0, 1] (CPU) from the teacher's DDIM or ancestral sampler at `nfe` steps."""
+
     def sample(seeds):
         noise = teachers.seeded_noise(seeds, teacher.sample_shape, teacher.device)
         cond = condition(teacher, seeds, prompts)
         if sampler == "ddim":
             x0 = teachers.ddim(teacher, noise, nfe, cond, w)
         else:  # the step noise of one batch comes from its first seed: reproducible at equal --batch
-            x0 = teachers.ancestral(teacher, noise, nfe, cond, w, generator=torch.Generator(teacher.device).manual_seed(seeds[0]))
+            x0 = teachers.ancestral(
+                teacher, noise, nfe, cond, w, generator=torch.Generator(teacher.device).manual_seed(seeds[0])
+            )
         return teacher.decode(x0).float().cpu()
+
     return sample
 
 
 def student_sampler(student, teacher, w=None, prompts=None):
     """seeds -> images in [0, 1] (CPU) from a distilled generator, from the same noise and cond."""
+
     @torch.no_grad()
     def sample(seeds):
         noise = teachers.seeded_noise(seeds, teacher.sample_shape, teacher.device)
@@ -326,6 +366,7 @@ def student_sampler(student, teacher, w=None, prompts=None):
         if getattr(student, "info", {}).get("sampler") == "ancestral":  # its step noise, as teacher_sampler's
             extra["generator"] = torch.Generator(teacher.device).manual_seed(seeds[0])
         return teacher.decode(student.generate(noise, condition(teacher, seeds, prompts), w=w, **extra)).float().cpu()
+
     return sample
 
 
@@ -340,7 +381,7 @@ def generate(sample, seeds, batch, rank=0, world=1, warmup=1, desc=None):
     start = time.perf_counter()
     chunks = []
     for i in range(0, len(mine), batch):
-        chunks.append(sample(mine[i:i + batch]))
+        chunks.append(sample(mine[i : i + batch]))
         bar.update(len(chunks[-1]))
     seconds = time.perf_counter() - start
     bar.close()
@@ -376,8 +417,11 @@ class TeacherCache:
             parts = [(k, tuple(v.shape), float(v.double().sum())) for k, v in self.teacher.state_dict().items()]
             self.weights = hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
         c, extra = self.cfg, {"batch": self.cfg.batch, "world": self.world} if sampler == "ancestral" else {}
-        key = json.dumps({**self.base, "sampler": sampler, "nfe": nfe, "weights": self.weights, **extra}, sort_keys=True)
-        name = f"{Path(self.teacher.name).name}-{sampler}{nfe}-n{c.n}-seed{c.seed}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+        key = json.dumps(
+            {**self.base, "sampler": sampler, "nfe": nfe, "weights": self.weights, **extra}, sort_keys=True
+        )
+        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+        name = f"{Path(self.teacher.name).name}-{sampler}{nfe}-n{c.n}-seed{c.seed}-{digest}"
         return self.dir / f"{name}.safetensors", key
 
     def load(self, sampler, nfe):
@@ -418,13 +462,24 @@ def evaluate_samples(images, ref_feats: dict, row: dict, prompts=None, clip_mode
     for space, ref in ref_feats.items():
         f = features(images, space, device=device)
         (precision, recall), (kid, kid_std) = precision_recall(ref, f), kernel_distance(ref, f)
-        records.append({
-            "name": row["name"], "sampler": row.get("sampler"), "nfe": row.get("nfe"), "features": space,
-            "fid": frechet_distance_features(f, ref), "kid": kid, "kid_std": kid_std, "precision": precision, "recall": recall,
-            "images_per_s": row.get("images_per_s"), "n": len(images), "n_ref": len(ref),
-            "inception_score": inception_score(digits_probs(images)) if space == "digits" else None,
-            "clip_score": clip,
-        })
+        records.append(
+            {
+                "name": row["name"],
+                "sampler": row.get("sampler"),
+                "nfe": row.get("nfe"),
+                "features": space,
+                "fid": frechet_distance_features(f, ref),
+                "kid": kid,
+                "kid_std": kid_std,
+                "precision": precision,
+                "recall": recall,
+                "images_per_s": row.get("images_per_s"),
+                "n": len(images),
+                "n_ref": len(ref),
+                "inception_score": inception_score(digits_probs(images)) if space == "digits" else None,
+                "clip_score": clip,
+            }
+        )
     return records
 
 
@@ -442,8 +497,10 @@ class Probe:
         self.space = "digits" if tuple(images.shape[1:]) == DIGITS_SHAPE else "pixels"
         self.ref, self.about = self.features(images), ""
         floor = self(ddim50)
-        self.about = (f"proxy: n={n} against {n} other samples of the teacher's DDIM-50, {self.space} features "
-                      f"(the teacher's own DDIM-50: FD {floor['proxy_fd']:.3g}, KID {floor['proxy_kid']:.2g})")
+        self.about = (
+            f"proxy: n={n} against {n} other samples of the teacher's DDIM-50, {self.space} features "
+            f"(the teacher's own DDIM-50: FD {floor['proxy_fd']:.3g}, KID {floor['proxy_kid']:.2g})"
+        )
 
     def features(self, images):
         if self.space == "pixels" and images.shape[-1] > 16:  # a covariance the size of the image is out of reach
@@ -454,8 +511,11 @@ class Probe:
     def __call__(self, sample) -> dict:
         """sample(noise, cond) -> images in [0, 1]: {"proxy_fd", "proxy_kid", "proxy"} for metrics.jsonl."""
         f = self.features(sample(self.noise, self.cond))
-        return {"proxy_fd": frechet_distance_features(f, self.ref), "proxy_kid": kernel_distance(f, self.ref, 1)[0],
-                "proxy": self.about}
+        return {
+            "proxy_fd": frechet_distance_features(f, self.ref),
+            "proxy_kid": kernel_distance(f, self.ref, 1)[0],
+            "proxy": self.about,
+        }
 
 
 def proxy(every: int, teacher, cond_of, w, meter, sample, n=256):
@@ -471,6 +531,7 @@ def proxy(every: int, teacher, cond_of, w, meter, sample, n=256):
             return {}
         with meter.time("eval"):
             return probe()(sample)
+
     return fields
 
 
@@ -495,16 +556,30 @@ def format_table(records, baseline=None) -> str:
     for space in dict.fromkeys(r["features"] for r in records):
         rows = [r for r in records if r["features"] == space]
         has_is, has_clip = any(r["inception_score"] for r in rows), any(r["clip_score"] for r in rows)
-        head = ["name", "sampler", "NFE", "n vs n_ref", f"FD ({space})", f"KID ({space})",
-                f"precision ({space}, k=3)", f"recall ({space}, k=3)"]
+        head = [
+            "name",
+            "sampler",
+            "NFE",
+            "n vs n_ref",
+            f"FD ({space})",
+            f"KID ({space})",
+            f"precision ({space}, k=3)",
+            f"recall ({space}, k=3)",
+        ]
         head += ["IS (digits classifier)"] * has_is + ["CLIP score (CLIP cosine)"] * has_clip
         head += ["images/s", f"speed-up vs {baseline}" if baseline else "speed-up"]
-        lines = [f"features: {space_about(space)}", "", "| " + " | ".join(head) + " |",
-                 "|" + "---|" * len(head)]
+        lines = [f"features: {space_about(space)}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in rows:
-            cells = [r["name"], r["sampler"] or "–", _fmt(r["nfe"], "d"), f"{r['n']} vs {r['n_ref']}",
-                     _fmt(r["fid"], ".3f"),
-                     "–" if r.get("kid") is None else f"{r['kid']:.3g} ± {r['kid_std']:.2g}", _fmt(r["precision"], ".3f"), _fmt(r["recall"], ".3f")]
+            cells = [
+                r["name"],
+                r["sampler"] or "–",
+                _fmt(r["nfe"], "d"),
+                f"{r['n']} vs {r['n_ref']}",
+                _fmt(r["fid"], ".3f"),
+                "–" if r.get("kid") is None else f"{r['kid']:.3g} ± {r['kid_std']:.2g}",
+                _fmt(r["precision"], ".3f"),
+                _fmt(r["recall"], ".3f"),
+            ]
             cells += [_fmt(r["inception_score"], ".2f")] * has_is + [_fmt(r["clip_score"], ".4f")] * has_clip
             speedup = r.get("speedup")
             cells += [sig3(r["images_per_s"]), "–" if speedup is None else f"{speedup:.1f}×"]
@@ -516,10 +591,14 @@ def format_table(records, baseline=None) -> str:
 def space_about(space: str) -> str:
     if space == "digits":
         cfg = load_classifier()[1]
-        return (f"digits = {cfg['feature_dim']}-d penultimate layer of assets/digits-classifier "
-                f"(held-out accuracy {100 * cfg['held_out_accuracy']:.1f} %)")
-    return {"pixels": "pixels = flattened images in [-1, 1]",
-            "inception": "inception = clean-fid Inception-V3 pool features (FID), clean resize to 299"}[space]
+        return (
+            f"digits = {cfg['feature_dim']}-d penultimate layer of assets/digits-classifier "
+            f"(held-out accuracy {100 * cfg['held_out_accuracy']:.1f} %)"
+        )
+    return {
+        "pixels": "pixels = flattened images in [-1, 1]",
+        "inception": "inception = clean-fid Inception-V3 pool features (FID), clean resize to 299",
+    }[space]
 
 
 def save_grid(rows, path, upscale_to=32, columns=16):
@@ -551,8 +630,10 @@ def load_image_folder(path) -> torch.Tensor:
             if not arrays:
                 mode, size = ("L" if im.mode in ("1", "L", "I;16") else "RGB"), im.size  # as the first image
             if im.size != size:
-                raise UserError(f"images in '{path}' differ in size: {files[0].name} is {size[0]}x{size[1]}, "
-                                f"{f.name} is {im.size[0]}x{im.size[1]}")
+                raise UserError(
+                    f"images in '{path}' differ in size: {files[0].name} is {size[0]}x{size[1]}, "
+                    f"{f.name} is {im.size[0]}x{im.size[1]}"
+                )
             arrays.append(np.asarray(im.convert(mode), dtype=np.float32) / 255.0)
     x = torch.from_numpy(np.stack(arrays))
     return x[:, None] if mode == "L" else x.permute(0, 3, 1, 2)
@@ -573,8 +654,10 @@ def split_real(n_real, n_held, seed=0):
     the reference every row is scored against. Holding out as many real images as each sampler
     draws samples gives every row the same n and n_ref, so FD's sample-size bias cancels."""
     if n_real - n_held < max(n_held // 2, 4):
-        raise UserError(f"--n {n_held} leaves too few of the {n_real} real images for the reference split "
-                        f"(use --n {2 * n_real // 3} or less)")
+        raise UserError(
+            f"--n {n_held} leaves too few of the {n_real} real images for the reference split "
+            f"(use --n {2 * n_real // 3} or less)"
+        )
     perm = torch.randperm(n_real, generator=torch.Generator().manual_seed(seed))
     return perm[:n_held], perm[n_held:]
 
@@ -648,8 +731,11 @@ def run_evaluation(cfg: EvalConfig, rank=0, world=1, device="cpu"):
         teacher = teachers.load_teacher(cfg.teacher, device=device)
     prompts = cli.load_prompts(cfg.prompts) if cfg.prompts else None
     if hasattr(teacher, "encode_prompts") != bool(prompts):
-        raise UserError(f"teacher '{teacher.name}' is text-conditioned: pass --prompts FILE" if prompts is None
-                        else f"teacher '{teacher.name}' takes no prompts (drop --prompts)")
+        raise UserError(
+            f"teacher '{teacher.name}' is text-conditioned: pass --prompts FILE"
+            if prompts is None
+            else f"teacher '{teacher.name}' takes no prompts (drop --prompts)"
+        )
     for k in cfg.nfe:
         teachers.trailing_steps(teacher.schedule.T, k)
     with torch.no_grad():
@@ -659,8 +745,10 @@ def run_evaluation(cfg: EvalConfig, rank=0, world=1, device="cpu"):
         check_space(space, image_shape)
     real = real_images(teacher, cfg.ref)
     if real.shape[1:] != image_shape:
-        raise UserError(f"image sizes differ: samples are {'x'.join(map(str, image_shape))}, "
-                        f"real images {'x'.join(map(str, real.shape[1:]))}")
+        raise UserError(
+            f"image sizes differ: samples are {'x'.join(map(str, image_shape))}, "
+            f"real images {'x'.join(map(str, real.shape[1:]))}"
+        )
     if "digits" in spaces:
         load_classifier()
     w = cfg.w if cfg.w is not None else teacher.default_guidance
@@ -672,8 +760,10 @@ def run_evaluation(cfg: EvalConfig, rank=0, world=1, device="cpu"):
     if rank == 0:  # the `real` row: n held-out real images; every row is scored against the rest
         ref_feats = {s: features(real[refh], s, device=device) for s in spaces}
         records += evaluate_samples(real[held], ref_feats, {"name": "real"}, device=device)
-    runs = [(teacher.name, cfg.sampler, k, teacher_sampler(teacher, cfg.sampler, k, w, prompts))
-            for k in sorted(cfg.nfe, reverse=True)]
+    runs = [
+        (teacher.name, cfg.sampler, k, teacher_sampler(teacher, cfg.sampler, k, w, prompts))
+        for k in sorted(cfg.nfe, reverse=True)
+    ]
     if student:
         runs.append((Path(cfg.run).name, "student", student.nfe, student_sampler(student, teacher, w, prompts)))
     seeds = range(cfg.seed, cfg.seed + cfg.n)
@@ -682,12 +772,16 @@ def run_evaluation(cfg: EvalConfig, rank=0, world=1, device="cpu"):
         hit = cache.load(sampler, nfe) if sampler != "student" else None
         if hit is not None:
             images, ips = hit
-            print0(f"{name} {sampler}-{nfe}: {cfg.n} samples from {cache.entry(sampler, nfe)[0]} "
-                   f"({sig3(ips)} images/s when they were made)")
+            print0(
+                f"{name} {sampler}-{nfe}: {cfg.n} samples from {cache.entry(sampler, nfe)[0]} "
+                f"({sig3(ips)} images/s when they were made)"
+            )
         else:
             images, ips = generate(sample, seeds, cfg.batch, rank, world, desc=f"{name} {sampler}-{nfe}")
-            print0(f"{name} {sampler}-{nfe}: {cfg.n} samples, batch {cfg.batch} x {world} process(es), "
-                   f"{sig3(ips)} images/s")
+            print0(
+                f"{name} {sampler}-{nfe}: {cfg.n} samples, batch {cfg.batch} x {world} process(es), "
+                f"{sig3(ips)} images/s"
+            )
             if sampler != "student" and rank == 0:
                 cache.save(sampler, nfe, images, ips)
         if rank == 0:
@@ -718,9 +812,11 @@ def command(argv):
         runkit.teardown()
     if rank == 0:
         n_real = records[0]["n"] + records[0]["n_ref"]
-        print(f"\n{cfg.n} samples per sampler (seeds {cfg.seed}..{cfg.seed + cfg.n - 1}) against a fixed reference "
-              f"split of {records[0]['n_ref']} of the {n_real} real images; `real` = the other {cfg.n} real images "
-              f"(equal n in every row: FD is biased by n).\n")
+        print(
+            f"\n{cfg.n} samples per sampler (seeds {cfg.seed}..{cfg.seed + cfg.n - 1}) against a fixed reference "
+            f"split of {records[0]['n_ref']} of the {n_real} real images; `real` = the other {cfg.n} real images "
+            f"(equal n in every row: FD is biased by n).\n"
+        )
         print(format_table(records, baseline))
         if cfg.json:
             Path(cfg.json).write_text(json.dumps(records, indent=2) + "\n")

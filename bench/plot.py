@@ -1,16 +1,22 @@
 """Loss curves of the bench runs -> assets/figures/loss-curves.png (`python bench/plot.py`)."""
+
 import json
 import sys
 from pathlib import Path
+
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.run import BY_NAME  # noqa: E402
 
+
 PANELS = [
-    ("BOOT: bootstrapping loss (Eq. 14)", "bs",
-     ["boot-long", "boot-heun", "boot-euler", "boot-no-boundary", "boot-progressive"]),
+    (
+        "BOOT: bootstrapping loss (Eq. 14)",
+        "bs",
+        ["boot-long", "boot-heun", "boot-euler", "boot-no-boundary", "boot-progressive"],
+    ),
     ("DKDM: L*simple (Eq. 20)", "mse", ["dkdm-dynamic", "dkdm-shuffled", "dkdm-iterative", "dkdm-default"]),
 ]
 

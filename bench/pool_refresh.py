@@ -8,6 +8,7 @@ i = 0), so the replay needs no network: it places the staggered chains exactly a
 the entries that restarted from fresh noise and the distinct chains among the low-noise entries
 (t < 100), where shuffle denoise would hold as many independent trajectories as entries.
 """
+
 from __future__ import annotations
 
 import sys
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import torch
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import dkdm  # noqa: E402
+import dkdm
 
 
 def replay(rho, T=1000, b=64, chains=512, iters=10000, low=100, seed=0):
@@ -31,7 +33,7 @@ def replay(rho, T=1000, b=64, chains=512, iters=10000, low=100, seed=0):
             perm = torch.randperm(chains, generator=g)
             queue = torch.cat([queue, perm[~torch.isin(perm, queue)]])
         take, queue = queue[:k], queue[k:]
-        chain[slot:slot + k], i[slot:slot + k] = take, s
+        chain[slot : slot + k], i[slot : slot + k] = take, s
         slot += k
     fresh = torch.zeros(n, dtype=torch.bool)
     for _ in range(iters):  # dkdm.Pool.draw / advance, steps only
@@ -40,13 +42,20 @@ def replay(rho, T=1000, b=64, chains=512, iters=10000, low=100, seed=0):
         i[idx] -= 1
         i[idx[done]], fresh[idx[done]] = T - 1, True
     near = (i < low) & ~fresh
-    return {"rho": rho, "pool": n, "restarted": float(fresh.float().mean()), "low_t_entries": int(near.sum()),
-            "low_t_chains": len(chain[near].unique())}
+    return {
+        "rho": rho,
+        "pool": n,
+        "restarted": float(fresh.float().mean()),
+        "low_t_entries": int(near.sum()),
+        "low_t_chains": len(chain[near].unique()),
+    }
 
 
 if __name__ == "__main__":
     for rho in (0.4, 0.02):
         r = replay(rho)
-        print(f"rho {r['rho']}: pool {r['pool']:,}; after 10,000 iterations {r['restarted']:.1%} of the entries have "
-              f"restarted from fresh noise; the {r['low_t_entries']:,} initial entries at t < 100 come from "
-              f"{r['low_t_chains']} distinct chains (shuffle denoise: {r['low_t_entries']:,} independent ones)")
+        print(
+            f"rho {r['rho']}: pool {r['pool']:,}; after 10,000 iterations {r['restarted']:.1%} of the entries have "
+            f"restarted from fresh noise; the {r['low_t_entries']:,} initial entries at t < 100 come from "
+            f"{r['low_t_chains']} distinct chains (shuffle denoise: {r['low_t_entries']:,} independent ones)"
+        )

@@ -1,4 +1,5 @@
 """bench/results.json -> the tables in README.md (between <!-- bench:NAME --> markers)."""
+
 from __future__ import annotations
 
 import re
@@ -9,8 +10,11 @@ def _pick(records, sampler=None, nfe=None, name=None):
     """{feature space: record} of the rows that match."""
     out = {}
     for r in records:
-        if (name is None or r["name"] == name) and (sampler is None or r["sampler"] == sampler) \
-                and (nfe is None or r["nfe"] == nfe):
+        if (
+            (name is None or r["name"] == name)
+            and (sampler is None or r["sampler"] == sampler)
+            and (nfe is None or r["nfe"] == nfe)
+        ):
             out[r["features"]] = r
     return out
 
@@ -28,12 +32,16 @@ def _kid(rec):
 def _quality_row(label, nfe, rows, extra):
     d, p = rows.get("digits", {}), rows.get("pixels", {})
     n = d.get("n") or p.get("n")
-    return (f"| {label} | {_f(nfe, 'd') if isinstance(nfe, int) else nfe} | {_f(d.get('fid'))} | {_f(p.get('fid'))} | "
-            f"{_kid(p)} | {_f(d.get('precision'), '.2f')} | {_f(d.get('recall'), '.2f')} | {n} | {extra} |")
+    return (
+        f"| {label} | {_f(nfe, 'd') if isinstance(nfe, int) else nfe} | {_f(d.get('fid'))} | {_f(p.get('fid'))} | "
+        f"{_kid(p)} | {_f(d.get('precision'), '.2f')} | {_f(d.get('recall'), '.2f')} | {n} | {extra} |"
+    )
 
 
-HEAD = ("| | NFE | FD (digits features) | FD (pixels) | KID (pixels) | precision (digits, k=3) | recall (digits, k=3) | n | "
-        "training |\n|---|---|---|---|---|---|---|---|---|")
+HEAD = (
+    "| | NFE | FD (digits features) | FD (pixels) | KID (pixels) | precision (digits, k=3) | recall (digits, k=3) "
+    "| n | training |\n|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def _training(res):
@@ -45,8 +53,10 @@ def _training(res):
     text = f"{m['step']} it × {ms:.0f} ms"
     first = res.get("first_metrics") or {}
     if first.get("init_seconds") is not None:  # DKDM pool initialisation cost
-        text += (f"; pool of {first['pool_size']:,} by {first['pool_init']}: {first['init_evals']:,.0f} sample "
-                 f"evaluations, {first['init_seconds']:.0f} s")
+        text += (
+            f"; pool of {first['pool_size']:,} by {first['pool_init']}: {first['init_evals']:,.0f} sample "
+            f"evaluations, {first['init_seconds']:.0f} s"
+        )
     return text
 
 
@@ -85,28 +95,40 @@ def table_speed(results):
         stud = _pick(boot["records"], sampler="student").get("digits")
         ddim50 = _pick(boot["records"], "ddim", 50).get("digits")
         if stud and ddim50 and stud["images_per_s"] and ddim50["images_per_s"]:
-            lines.append(f"- one-step BOOT student: {stud['images_per_s']:.0f} images/s vs teacher DDIM-50 "
-                         f"{ddim50['images_per_s']:.0f} images/s: **{stud['images_per_s'] / ddim50['images_per_s']:.0f}×** "
-                         f"(same run, batch 128: `{boot['eval']}`)")
+            lines.append(
+                f"- one-step BOOT student: {stud['images_per_s']:.0f} images/s vs teacher DDIM-50 "
+                f"{ddim50['images_per_s']:.0f} images/s: **{stud['images_per_s'] / ddim50['images_per_s']:.0f}×** "
+                f"(same run, batch 128: `{boot['eval']}`)"
+            )
     if s:
-        lines.append(f"- BOOT iteration {s['boot_iter_ms']:.0f} ms vs the floor of its network passes "
-                     f"{s['boot_floor_ms']:.0f} ms (2 teacher + 1 student forward, 1 student forward+backward, "
-                     f"+1/4 boundary pass): **{s['boot_ratio']:.2f}×**")
-        lines.append(f"- DKDM iteration {s['dkdm_iter_ms']:.0f} ms vs the floor (1 teacher forward, 1 student "
-                     f"forward+backward) {s['dkdm_floor_ms']:.0f} ms: **{s['dkdm_ratio']:.2f}×**")
-        lines.append(f"- DKDM iteration with T = 1000 vs T = 100: {s['dkdm_iter_ms']:.0f} ms vs "
-                     f"{s['dkdm_T100_iter_ms']:.0f} ms (**{s['dkdm_T1000_over_T100']:.2f}×**: flat in T)")
-        lines.append(f"\nThe floor is the sum of the passes timed one by one in the same run; a ratio near 1 means the "
-                     f"training loop adds nothing measurable beyond its network passes. One thread each; "
-                     f"`python bench/run.py speed` ({s['date']}).")
+        lines.append(
+            f"- BOOT iteration {s['boot_iter_ms']:.0f} ms vs the floor of its network passes "
+            f"{s['boot_floor_ms']:.0f} ms (2 teacher + 1 student forward, 1 student forward+backward, "
+            f"+1/4 boundary pass): **{s['boot_ratio']:.2f}×**"
+        )
+        lines.append(
+            f"- DKDM iteration {s['dkdm_iter_ms']:.0f} ms vs the floor (1 teacher forward, 1 student "
+            f"forward+backward) {s['dkdm_floor_ms']:.0f} ms: **{s['dkdm_ratio']:.2f}×**"
+        )
+        lines.append(
+            f"- DKDM iteration with T = 1000 vs T = 100: {s['dkdm_iter_ms']:.0f} ms vs "
+            f"{s['dkdm_T100_iter_ms']:.0f} ms (**{s['dkdm_T1000_over_T100']:.2f}×**: flat in T)"
+        )
+        lines.append(
+            f"\nThe floor is the sum of the passes timed one by one in the same run; a ratio near 1 means the "
+            f"training loop adds nothing measurable beyond its network passes. One thread each; "
+            f"`python bench/run.py speed` ({s['date']})."
+        )
     return "\n".join(lines) or "(not measured yet: `python bench/run.py speed`)"
 
 
 def _load_note(rec):
     """Figures taken while other jobs shared the cores say so (load average above half the cores)."""
     if rec["load_before"] > 0.5 * rec["cores"]:
-        return (f"; measured while other jobs shared the {rec['cores']} cores (load average "
-                f"{rec['load_before']:.1f}): expect less on an idle machine")
+        return (
+            f"; measured while other jobs shared the {rec['cores']} cores (load average "
+            f"{rec['load_before']:.1f}): expect less on an idle machine"
+        )
     return ""
 
 
@@ -116,34 +138,44 @@ def table_newcomer(results):
     lines = []
     b = r.get("boot_default")
     if b and b["full"]:
-        lines.append(f"- `python boot.py`: **{b['wall_s'] / 60:.0f} min** on {b['cores']} CPU cores, torch's default "
-                     f"threads ({b['iters']:,} iterations, {b['ms_per_iter']:.0f} ms each{_load_note(b)}; "
-                     f"`python bench/run.py newcomer-boot-full`, {b['date']})")
+        lines.append(
+            f"- `python boot.py`: **{b['wall_s'] / 60:.0f} min** on {b['cores']} CPU cores, torch's default "
+            f"threads ({b['iters']:,} iterations, {b['ms_per_iter']:.0f} ms each{_load_note(b)}; "
+            f"`python bench/run.py newcomer-boot-full`, {b['date']})"
+        )
     elif b:
-        lines.append(f"- `python boot.py`: **about {b['estimate_min']:.0f} min** on {b['cores']} CPU cores, torch's "
-                     f"default threads (3,000 iterations × {b['ms_per_iter']:.0f} ms, timed over the first "
-                     f"{b['iters']}, plus start-up and the final check{_load_note(b)}; `python bench/run.py newcomer-boot`, "
-                     f"{b['date']})")
+        lines.append(
+            f"- `python boot.py`: **about {b['estimate_min']:.0f} min** on {b['cores']} CPU cores, torch's "
+            f"default threads (3,000 iterations × {b['ms_per_iter']:.0f} ms, timed over the first "
+            f"{b['iters']}, plus start-up and the final check{_load_note(b)}; `python bench/run.py newcomer-boot`, "
+            f"{b['date']})"
+        )
     elif results.get("boot-default", {}).get("last_metrics"):  # the bench's own full default run
         d = results["boot-default"]
         m = d["last_metrics"]
-        lines.append(f"- `python boot.py`: **{m['elapsed_s'] / 60:.0f} min** of training ({m['step']:,} iterations × "
-                     f"{m['ms_teacher'] + m['ms_student'] + m['ms_other']:.0f} ms) on 2 CPU cores with "
-                     f"OMP_NUM_THREADS=1, bench jobs running two at a time (`python bench/run.py "
-                     f"boot-default`, {d['date']}); the command above leaves torch its default of one thread per "
-                     f"core, which `python bench/run.py newcomer-boot` times")
+        lines.append(
+            f"- `python boot.py`: **{m['elapsed_s'] / 60:.0f} min** of training ({m['step']:,} iterations × "
+            f"{m['ms_teacher'] + m['ms_student'] + m['ms_other']:.0f} ms) on 2 CPU cores with "
+            f"OMP_NUM_THREADS=1, bench jobs running two at a time (`python bench/run.py "
+            f"boot-default`, {d['date']}); the command above leaves torch its default of one thread per "
+            f"core, which `python bench/run.py newcomer-boot` times"
+        )
     i = r.get("install")
     if i:
         kind = "a CUDA build, which also runs on CPU" if i["cuda_build"] else "a CPU build"
-        lines.append(f"- install: the virtual environment takes **{i['venv_gb']:.1f} GB**, {i['torch_and_cuda_gb']:.1f} GB "
-                     f"of it torch {i['torch']} ({kind}) with its CUDA libraries (`python bench/run.py newcomer`, "
-                     f"{i['date']})")
+        lines.append(
+            f"- install: the virtual environment takes **{i['venv_gb']:.1f} GB**, {i['torch_and_cuda_gb']:.1f} GB "
+            f"of it torch {i['torch']} ({kind}) with its CUDA libraries (`python bench/run.py newcomer`, "
+            f"{i['date']})"
+        )
     h = r.get("help")
     if h:
         c = h["cpu_s"]
-        lines.append(f"- `python boot.py --help`: **{c['boot.py']:.2f} s** of CPU (dkdm.py {c['dkdm.py']:.2f}, "
-                     f"evaluate.py {c['evaluate.py']:.2f}; `import torch` alone "
-                     f"{c['import torch']:.2f} s: --help does not load it; `python bench/run.py newcomer`, {h['date']})")
+        lines.append(
+            f"- `python boot.py --help`: **{c['boot.py']:.2f} s** of CPU (dkdm.py {c['dkdm.py']:.2f}, "
+            f"evaluate.py {c['evaluate.py']:.2f}; `import torch` alone "
+            f"{c['import torch']:.2f} s: --help does not load it; `python bench/run.py newcomer`, {h['date']})"
+        )
     return "\n".join(lines) or "(not measured yet: `python bench/run.py newcomer`)"
 
 
@@ -151,8 +183,10 @@ def table_tests_time(results):
     t = (results.get("newcomer") or {}).get("tests")
     if not t:
         return "(time not measured yet: `python bench/run.py newcomer-tests`)"
-    return (f"The tests took **{t['wall_s'] / 60:.0f} min** on {t['cores']} CPU cores after the install "
-            f"(`{t['summary']}`{_load_note(t)}; `python bench/run.py newcomer-tests`, {t['date']}).")
+    return (
+        f"The tests took **{t['wall_s'] / 60:.0f} min** on {t['cores']} CPU cores after the install "
+        f"(`{t['summary']}`{_load_note(t)}; `python bench/run.py newcomer-tests`, {t['date']})."
+    )
 
 
 def table_curves(results, names=("curve-cnn", "curve-vit")):
@@ -164,7 +198,11 @@ def table_curves(results, names=("curve-cnn", "curve-vit")):
     if not curves:
         return "(not measured yet: `python bench/run.py curves`)"
     iters = sorted({k for c in curves.values() for k in c})
-    head = "| iterations | " + " | ".join(f"{n.split('-')[1]} FD (digits) | ms / it" for n in curves) + " | teacher DDIM-50 FD |"
+    head = (
+        "| iterations | "
+        + " | ".join(f"{n.split('-')[1]} FD (digits) | ms / it" for n in curves)
+        + " | teacher DDIM-50 FD |"
+    )
     lines = [head, "|" + "---|" * (2 * len(curves) + 2)]
     for k in iters:
         cells, teacher = [], None
@@ -177,8 +215,11 @@ def table_curves(results, names=("curve-cnn", "curve-vit")):
                 cell = f"**{cell}**" + (" (default)" if "--lr-decay" not in results[name]["train"] else "")
             cells += [cell, _f((p or {}).get("last_metrics", {}).get("ms_iter"), ".0f")]
         lines.append(f"| {k:,} | " + " | ".join(cells) + f" | {_f(teacher)} |")
-    cmds = [f"- {results[n]['about']}: `{results[n]['train']} --iters K` for K = "
-            f"{', '.join(f'{k:,}' for k in curves[n])}, each resuming the last" for n in curves]
+    cmds = [
+        f"- {results[n]['about']}: `{results[n]['train']} --iters K` for K = "
+        f"{', '.join(f'{k:,}' for k in curves[n])}, each resuming the last"
+        for n in curves
+    ]
     return "\n".join(lines) + "\n\n" + "\n".join(cmds)
 
 
@@ -189,8 +230,12 @@ def table_gpu(results):
         return "(not measured yet: `python bench/run.py gpu`)"
     from bench import gpu
 
-    note = ("" if r["device"] != "cpu" else "\n\nThis run found no GPU: the rows are CPU rates, one thread; on a machine "
-            "with a GPU, `python bench/run.py gpu` measures the real architectures there and replaces them.")
+    note = (
+        ""
+        if r["device"] != "cpu"
+        else "\n\nThis run found no GPU: the rows are CPU rates, one thread; on a machine "
+        "with a GPU, `python bench/run.py gpu` measures the real architectures there and replaces them."
+    )
     return gpu.table(r) + note + "\n\n`python bench/run.py gpu`"
 
 
@@ -199,20 +244,27 @@ def table_memory(results):
     m = results.get("memory")
     if not m:
         return "(not measured yet: `python bench/run.py memory`)"
-    lines = ["| student precision | teacher (fp16) | student + grads + AdamW + EMA | autocast weight copies | "
-             "activations / sample | total at batch 8 | batch that fits 40 / 80 GB |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| student precision | teacher (fp16) | student + grads + AdamW + EMA | autocast weight copies | "
+        "activations / sample | total at batch 8 | batch that fits 40 / 80 GB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for precision in ("auto", "fp32"):
         e = m[f"sd21-base, 8 GPUs x batch 8, --half, --precision {precision}"]
         fits = e["max_local_batch_fitting"]
-        lines.append(f"| {'bf16 autocast (auto)' if precision == 'auto' else 'float32'} | {e['teacher_weights_GiB']:.1f} GiB | "
-                     f"{e['student_weights_grads_adamw_ema_GiB']:.1f} GiB | {e['autocast_weight_copies_MiB'] / 1024:.1f} GiB | "
-                     f"{e['activations_per_sample_MiB'] / 1024:.2f} GiB × {e['activations_batch_factor']} | "
-                     f"**{e['total_at_local_batch_GiB']:.1f} GiB** | {fits['40GB']} / {fits['80GB']} |")
+        lines.append(
+            f"| {'bf16 autocast (auto)' if precision == 'auto' else 'float32'} | {e['teacher_weights_GiB']:.1f} GiB | "
+            f"{e['student_weights_grads_adamw_ema_GiB']:.1f} GiB | {e['autocast_weight_copies_MiB'] / 1024:.1f} GiB | "
+            f"{e['activations_per_sample_MiB'] / 1024:.2f} GiB × {e['activations_batch_factor']} | "
+            f"**{e['total_at_local_batch_GiB']:.1f} GiB** | {fits['40GB']} / {fits['80GB']} |"
+        )
     v = m["vs the H200 measurement (batch 8, --half, bf16; nvidia-smi, whole process)"]
-    return "\n".join(lines) + (f"\n\nMeasured on one H200 (2026-12-04, random-weight teachers of the same architecture, "
-                               f"batch 8, `--half`, bf16): {v['measured_GiB']:.1f} GiB for the whole process in nvidia-smi "
-                               f"(CUDA context and allocator cache included); the estimate is {v['estimated_GiB']:.1f} GiB, "
-                               f"{v['estimate_over_measured']:.2f}× that. `python bench/run.py memory` ({m['date']})")
+    return "\n".join(lines) + (
+        f"\n\nMeasured on one H200 (2026-12-04, random-weight teachers of the same architecture, "
+        f"batch 8, `--half`, bf16): {v['measured_GiB']:.1f} GiB for the whole process in nvidia-smi "
+        f"(CUDA context and allocator cache included); the estimate is {v['estimated_GiB']:.1f} GiB, "
+        f"{v['estimate_over_measured']:.2f}× that. `python bench/run.py memory` ({m['date']})"
+    )
 
 
 def blocks(results) -> dict[str, str]:
@@ -220,15 +272,49 @@ def blocks(results) -> dict[str, str]:
         "newcomer": table_newcomer(results),
         "tests-time": table_tests_time(results),
         "teacher": table_teacher(results),
-        "boot": table_group(results, ["boot-default", "boot-seed1", "boot-huber", "boot-huber-seed1", "boot-small",
-                                      "boot-long", "boot-heun", "boot-euler", "boot-no-boundary",
-                                      "boot-progressive"]),
+        "boot": table_group(
+            results,
+            [
+                "boot-default",
+                "boot-seed1",
+                "boot-huber",
+                "boot-huber-seed1",
+                "boot-small",
+                "boot-long",
+                "boot-heun",
+                "boot-euler",
+                "boot-no-boundary",
+                "boot-progressive",
+            ],
+        ),
         "dkdm-default": table_group(results, ["dkdm-default", "dkdm-data-10k"]),
-        "dkdm": table_group(results, ["dkdm-dynamic", "dkdm-shuffled", "dkdm-iterative", "dkdm-data",
-                                      "dkdm-data-free", "dkdm-vit", "dkdm-vit-diffusers-init"]),
-        "dkdm-pool": table_group(results, ["dkdm-dynamic", "dkdm-dynamic-seed1", "dkdm-shuffle-init", "dkdm-dynamic-4k",
-                                           "dkdm-dynamic-seed1-4k", "dkdm-shuffle-init-4k", "dkdm-chains2560-4k",
-                                           "dkdm-rho0.02-M512", "dkdm-rho0.02-M2", "dkdm-rho0.02-shuffle"]),
+        "dkdm": table_group(
+            results,
+            [
+                "dkdm-dynamic",
+                "dkdm-shuffled",
+                "dkdm-iterative",
+                "dkdm-data",
+                "dkdm-data-free",
+                "dkdm-vit",
+                "dkdm-vit-diffusers-init",
+            ],
+        ),
+        "dkdm-pool": table_group(
+            results,
+            [
+                "dkdm-dynamic",
+                "dkdm-dynamic-seed1",
+                "dkdm-shuffle-init",
+                "dkdm-dynamic-4k",
+                "dkdm-dynamic-seed1-4k",
+                "dkdm-shuffle-init-4k",
+                "dkdm-chains2560-4k",
+                "dkdm-rho0.02-M512",
+                "dkdm-rho0.02-M2",
+                "dkdm-rho0.02-shuffle",
+            ],
+        ),
         "speed": table_speed(results),
         "paper": table_paper(results),
         "headline": table_headline(results),
@@ -254,24 +340,37 @@ def _vs(results, ours, paper, label_ours, label_paper, iters="2k"):
 def _noise(results):
     """FD of the default DKDM command at seeds 0 and 1 (2,000 and 4,000 iterations): run-to-run noise."""
     out = []
-    for iters, a, b in (("2,000", "dkdm-dynamic", "dkdm-dynamic-seed1"), ("4,000", "dkdm-dynamic-4k", "dkdm-dynamic-seed1-4k")):
+    for iters, a, b in (
+        ("2,000", "dkdm-dynamic", "dkdm-dynamic-seed1"),
+        ("4,000", "dkdm-dynamic-4k", "dkdm-dynamic-seed1-4k"),
+    ):
         fa, fb = _fd(results, a), _fd(results, b)
         if fa is not None and fb is not None:
             out.append(f"{fa:.2f} vs {fb:.2f} at {iters} iterations")
-    return ("Seed 0 vs seed 1 of the same DKDM command: " + ", ".join(out) + " — differences below these are noise."
-            if out else "")
+    return (
+        "Seed 0 vs seed 1 of the same DKDM command: " + ", ".join(out) + " — differences below these are noise."
+        if out
+        else ""
+    )
 
 
 def _eval_sampler(results):
     """Student and teacher FD under DDIM-50 (the digits protocol) and IDDPM-50 (the paper's), one run."""
     ddim, iddpm = (results.get(k) or {} for k in ("dkdm-dynamic-seed1", "dkdm-eval-iddpm"))
-    rows = [(_pick(r.get("records", []), sampler="student").get("digits"),
-             _pick(r.get("records", []), sampler=smp, nfe=50).get("digits")) for r, smp in ((ddim, "ddim"), (iddpm, "ancestral"))]
+    rows = [
+        (
+            _pick(r.get("records", []), sampler="student").get("digits"),
+            _pick(r.get("records", []), sampler=smp, nfe=50).get("digits"),
+        )
+        for r, smp in ((ddim, "ddim"), (iddpm, "ancestral"))
+    ]
     if not all(s and t for s, t in rows):
         return "not measured yet (`dkdm-dynamic-seed1`, `dkdm-eval-iddpm`)"
     (sd, td), (si, ti) = rows
-    return (f"student / teacher: DDIM-50 {sd['fid']:.2f} / {td['fid']:.2f} ({sd['fid'] / td['fid']:.2f}×), "
-            f"IDDPM-50 {si['fid']:.2f} / {ti['fid']:.2f} ({si['fid'] / ti['fid']:.2f}×) (`dkdm-eval-iddpm`)")
+    return (
+        f"student / teacher: DDIM-50 {sd['fid']:.2f} / {td['fid']:.2f} ({sd['fid'] / td['fid']:.2f}×), "
+        f"IDDPM-50 {si['fid']:.2f} / {ti['fid']:.2f} ({si['fid'] / ti['fid']:.2f}×) (`dkdm-eval-iddpm`)"
+    )
 
 
 def _boot_facts():
@@ -285,6 +384,7 @@ def _boot_facts():
     sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
     import boot
     import teachers
+
     from conftest import CosineSchedule
 
     cos = CosineSchedule()
@@ -292,9 +392,11 @@ def _boot_facts():
     lam_prime = torch.autograd.grad(cos.lam(t).sum(), t)[0]
     t = t.detach()
     ratio = (1 / (0.04 * lam_prime) ** 2) / boot.loss_weight(cos, t, 0.04, "lambda")
-    tables = {"if": dict(beta_schedule="squaredcos_cap_v2"),
-              "sd21": dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
-              "ddpm-cifar10": dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02)}
+    tables = {
+        "if": dict(beta_schedule="squaredcos_cap_v2"),
+        "sd21": dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+        "ddpm-cifar10": dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02),
+    }
     amp = {}
     for name, betas in tables.items():
         sch = teachers.Schedule(alphas_cumprod=DDPMScheduler(num_train_timesteps=1000, **betas).alphas_cumprod)
@@ -307,37 +409,85 @@ def table_paper(results):
     """Settings the papers fix against this repository's defaults, with the measured difference."""
     ratio, amp = _boot_facts()
     rows = [
-        ("DKDM pool initialisation", "shuffle denoise", "shuffle denoise; staggered (M = 512) on digits / gmm",
-         _vs(results, "dkdm-dynamic", "dkdm-shuffle-init", "staggered", "shuffle") + "; "
-         + _vs(results, "dkdm-dynamic-4k", "dkdm-shuffle-init-4k", "staggered", "shuffle", "4k")),
-        ("DKDM gradient clipping", "none", "none; max norm 1.0 on digits / gmm",
-         _vs(results, "dkdm-dynamic", "dkdm-no-clip", "1.0", "none")),
-        ("DKDM lr / warm-up / EMA / batch", "1e-4 / none / 0.9999 / 128 (official code)",
-         "the paper's in the GPU commands; on digits cnn 1e-3 / 200 / 0.998 / 64, vit 3e-3 / 200 / 0.9995 / 64",
-         _vs(results, "dkdm-dynamic", "dkdm-official-recipe", "cnn, ours", "official")),
-        ("DiT student init", "adaLN-Zero (DiT paper)", "adaLN-Zero (`--vit-init diffusers`: diffusers' default)",
-         _vs(results, "dkdm-vit", "dkdm-vit-diffusers-init", "adaLN-Zero", "diffusers")),
-        ("DKDM synthetic set (Table 4)", "IDDPM-1000 (pixel), DDIM-100 (latent)", "the paper's; ancestral-100 on digits",
-         _vs(results, "dkdm-data-free", "dkdm-data-free-iddpm", "100 steps", "IDDPM-1000")),
-        ("DKDM evaluation (Sec. 4.1)", "IDDPM-50 (pixel), DDIM-200 (latent)", "the paper's; DDIM-50 on digits",
-         _eval_sampler(results)),
-        ("BOOT λ weighting (Alg. 1 line 10)", "1/(δλ')², δλ' = 1 − α_tσ_s/(σ_tα_s)", "the same",
-         "the analytic dλ/dt would weigh t = 0.3 / 0.6 / 0.89 by " + " / ".join(f"{r:.2f}" for r in ratio)
-         + " × (cosine, δ = 0.04)"),
-        ("BOOT t_max", "not given", "0.9 digits, " + ", ".join(f"{v[0]:g} {k}" for k, v in amp.items()),
-         "1/α_tmax, the amplification of an ε error: " + ", ".join(f"{v[1]:.1f} {k}" for k, v in amp.items())
-         + " (at 0.9: " + ", ".join(f"{v[2]:.1f} {k}" for k, v in amp.items()) + ")"),
-        ("BOOT lr / EMA", "1e-4 / 0.9999 (Table 3)", "Table 3's on hub teachers; 3e-4 / 0.995 on digits",
-         _vs(results, "boot-default", "boot-table3-lr", "ours", "Table 3's", "3k")),
-        ("BOOT distance d (Eq. 14)", "L2; with LPIPS for CIFAR-10's best row (Sec. 4.1, Table 2: FID 4.38 vs 6.88)",
-         "LPIPS on ddpm-cifar10 (`--loss lpips`), L2 elsewhere; `--loss huber`: improved CT's pseudo-Huber",
-         _vs(results, "boot-default", "boot-huber", "L2", "pseudo-Huber", "3k") + "; seed 1: "
-         + _vs(results, "boot-seed1", "boot-huber-seed1", "L2", "pseudo-Huber", "3k")
-         + " (LPIPS needs AlexNet's ImageNet weights: not measured offline)"),
-        ("DiT student schedule", "not given (official trainer: constant 1e-4)",
-         "3e-3 after 200 warm-up, cosine to 10% over iterations 7,000-10,000 (`--lr-decay`), EMA 0.9995",
-         "the three runs of the default: " + " / ".join(_f(_fd(results, f"vit-seed{k}"), ".2f") for k in range(3))
-         + " (seed 0 with torch's threads, seeds 1, 2 with one; `vit-seed0..2`)"),
+        (
+            "DKDM pool initialisation",
+            "shuffle denoise",
+            "shuffle denoise; staggered (M = 512) on digits / gmm",
+            _vs(results, "dkdm-dynamic", "dkdm-shuffle-init", "staggered", "shuffle")
+            + "; "
+            + _vs(results, "dkdm-dynamic-4k", "dkdm-shuffle-init-4k", "staggered", "shuffle", "4k"),
+        ),
+        (
+            "DKDM gradient clipping",
+            "none",
+            "none; max norm 1.0 on digits / gmm",
+            _vs(results, "dkdm-dynamic", "dkdm-no-clip", "1.0", "none"),
+        ),
+        (
+            "DKDM lr / warm-up / EMA / batch",
+            "1e-4 / none / 0.9999 / 128 (official code)",
+            "the paper's in the GPU commands; on digits cnn 1e-3 / 200 / 0.998 / 64, vit 3e-3 / 200 / 0.9995 / 64",
+            _vs(results, "dkdm-dynamic", "dkdm-official-recipe", "cnn, ours", "official"),
+        ),
+        (
+            "DiT student init",
+            "adaLN-Zero (DiT paper)",
+            "adaLN-Zero (`--vit-init diffusers`: diffusers' default)",
+            _vs(results, "dkdm-vit", "dkdm-vit-diffusers-init", "adaLN-Zero", "diffusers"),
+        ),
+        (
+            "DKDM synthetic set (Table 4)",
+            "IDDPM-1000 (pixel), DDIM-100 (latent)",
+            "the paper's; ancestral-100 on digits",
+            _vs(results, "dkdm-data-free", "dkdm-data-free-iddpm", "100 steps", "IDDPM-1000"),
+        ),
+        (
+            "DKDM evaluation (Sec. 4.1)",
+            "IDDPM-50 (pixel), DDIM-200 (latent)",
+            "the paper's; DDIM-50 on digits",
+            _eval_sampler(results),
+        ),
+        (
+            "BOOT λ weighting (Alg. 1 line 10)",
+            "1/(δλ')², δλ' = 1 − α_tσ_s/(σ_tα_s)",
+            "the same",
+            "the analytic dλ/dt would weigh t = 0.3 / 0.6 / 0.89 by "
+            + " / ".join(f"{r:.2f}" for r in ratio)
+            + " × (cosine, δ = 0.04)",
+        ),
+        (
+            "BOOT t_max",
+            "not given",
+            "0.9 digits, " + ", ".join(f"{v[0]:g} {k}" for k, v in amp.items()),
+            "1/α_tmax, the amplification of an ε error: "
+            + ", ".join(f"{v[1]:.1f} {k}" for k, v in amp.items())
+            + " (at 0.9: "
+            + ", ".join(f"{v[2]:.1f} {k}" for k, v in amp.items())
+            + ")",
+        ),
+        (
+            "BOOT lr / EMA",
+            "1e-4 / 0.9999 (Table 3)",
+            "Table 3's on hub teachers; 3e-4 / 0.995 on digits",
+            _vs(results, "boot-default", "boot-table3-lr", "ours", "Table 3's", "3k"),
+        ),
+        (
+            "BOOT distance d (Eq. 14)",
+            "L2; with LPIPS for CIFAR-10's best row (Sec. 4.1, Table 2: FID 4.38 vs 6.88)",
+            "LPIPS on ddpm-cifar10 (`--loss lpips`), L2 elsewhere; `--loss huber`: improved CT's pseudo-Huber",
+            _vs(results, "boot-default", "boot-huber", "L2", "pseudo-Huber", "3k")
+            + "; seed 1: "
+            + _vs(results, "boot-seed1", "boot-huber-seed1", "L2", "pseudo-Huber", "3k")
+            + " (LPIPS needs AlexNet's ImageNet weights: not measured offline)",
+        ),
+        (
+            "DiT student schedule",
+            "not given (official trainer: constant 1e-4)",
+            "3e-3 after 200 warm-up, cosine to 10% over iterations 7,000-10,000 (`--lr-decay`), EMA 0.9995",
+            "the three runs of the default: "
+            + " / ".join(_f(_fd(results, f"vit-seed{k}"), ".2f") for k in range(3))
+            + " (seed 0 with torch's threads, seeds 1, 2 with one; `vit-seed0..2`)",
+        ),
     ]
     lines = ["| setting | paper | ours (default) | FD on the embedded teacher |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
@@ -350,7 +500,10 @@ def table_headline(results):
     teacher = (results.get("teacher") or {}).get("records", [])
     if not teacher:
         return "(not measured yet: `python bench/run.py teacher`)"
-    lines = ["| | NFE | FD (digits features) | KID (pixels) | KID (digits features) | training |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| | NFE | FD (digits features) | KID (pixels) | KID (digits features) | training |",
+        "|---|---|---|---|---|---|",
+    ]
 
     unscored = []
 
@@ -361,14 +514,16 @@ def table_headline(results):
     row("real digits, held out (the floor: real against real)", _pick(teacher, name="real"), "–", "–")
     for nfe in (50, 10, 1):
         row(f"teacher, DDIM-{nfe}", _pick(teacher, "ddim", nfe), nfe, "–")
-    for name, label in (("boot-default", "BOOT student, `python boot.py`"),
-                        ("boot-small", "BOOT, smaller fresh student, `python boot.py --student small`"),
-                        ("boot-long", "BOOT student, `python boot.py --iters 9000`"),
-                        ("dkdm-default", "DKDM cnn student, `python dkdm.py`"),
-                        ("vit-seed0", "DKDM DiT student, `python dkdm.py --student vit` (seed 0, torch's threads)"),
-                        ("vit-seed1", "the same, `--seed 1` (one thread)"),
-                        ("vit-seed2", "the same, `--seed 2` (one thread)"),
-                        ("dkdm-data-10k", "baseline: the cnn trained on the real digits")):
+    for name, label in (
+        ("boot-default", "BOOT student, `python boot.py`"),
+        ("boot-small", "BOOT, smaller fresh student, `python boot.py --student small`"),
+        ("boot-long", "BOOT student, `python boot.py --iters 9000`"),
+        ("dkdm-default", "DKDM cnn student, `python dkdm.py`"),
+        ("vit-seed0", "DKDM DiT student, `python dkdm.py --student vit` (seed 0, torch's threads)"),
+        ("vit-seed1", "the same, `--seed 1` (one thread)"),
+        ("vit-seed2", "the same, `--seed 2` (one thread)"),
+        ("dkdm-data-10k", "baseline: the cnn trained on the real digits"),
+    ):
         res = results.get(name) or {}
         if res.get("curve"):  # a curve's last point is its default run
             res = {**res["curve"][-1], "first_metrics": None}
@@ -376,12 +531,18 @@ def table_headline(results):
         nfe = next(iter(student.values()))["nfe"] if student else "–"
         row(label, student, nfe, _training(res) if res else "not measured yet")
         unscored += [name] if res and not any(r.get("kid") is not None for r in student.values()) else []
-    rerun = (f" KID –: a row scored before KID was added (`python bench/run.py {' '.join(unscored)} --force` "
-             "retrains and rescores it)." if unscored else "")
-    return "\n".join(lines) + (f"\n\nn = 1,000 samples per row against a fixed reference split of the real digits "
-                               f"(FD is biased by n: only rows with equal n compare; KID is not, and its ± is the spread "
-                               f"over 100 subsets); `{results['teacher']['eval']}` and the commands in "
-                               f"[docs/results.md](docs/results.md).{rerun}")
+    rerun = (
+        f" KID –: a row scored before KID was added (`python bench/run.py {' '.join(unscored)} --force` "
+        "retrains and rescores it)."
+        if unscored
+        else ""
+    )
+    return "\n".join(lines) + (
+        f"\n\nn = 1,000 samples per row against a fixed reference split of the real digits "
+        f"(FD is biased by n: only rows with equal n compare; KID is not, and its ± is the spread "
+        f"over 100 subsets); `{results['teacher']['eval']}` and the commands in "
+        f"[docs/results.md](docs/results.md).{rerun}"
+    )
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,6 +12,7 @@ bench/results.json together with the exact commands, the wall time and the threa
 markers); tests/test_bench.py fails when they and results.json disagree, so every number in them
 is one that this script produced.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,6 +24,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results.json"
@@ -44,8 +46,14 @@ class Exp:
 
 def boot(name, about, *flags, iters=1000):
     out = f"runs/bench/{name}"
-    return Exp(name, "boot", about, ["boot.py", "--iters", str(iters), "--out", out, *flags],
-               ["--run", out, "--nfe", "50", "--n", str(N_EVAL)], out)
+    return Exp(
+        name,
+        "boot",
+        about,
+        ["boot.py", "--iters", str(iters), "--out", out, *flags],
+        ["--run", out, "--nfe", "50", "--n", str(N_EVAL)],
+        out,
+    )
 
 
 def dkdm(name, about, flags, out=None):
@@ -56,12 +64,22 @@ def dkdm(name, about, flags, out=None):
 
 
 EXPERIMENTS = [
-    Exp("teacher", "boot", "teacher DDIM-1/2/5/10/50 and real-vs-real", None,
-        ["--teacher", "digits", "--nfe", "1", "2", "5", "10", "50", "--n", str(N_EVAL)]),
+    Exp(
+        "teacher",
+        "boot",
+        "teacher DDIM-1/2/5/10/50 and real-vs-real",
+        None,
+        ["--teacher", "digits", "--nfe", "1", "2", "5", "10", "50", "--n", str(N_EVAL)],
+    ),
     boot("boot-default", "BOOT, the default command (Heun, boundary every 4, uniform t)", iters=3000),
-    Exp("boot-long", "boot", "BOOT, the longer command (the default run continued to 9,000 iterations)",
-        ["boot.py", "--iters", "9000"], ["--run", "runs/boot-digits", "--nfe", "50", "--n", str(N_EVAL)],
-        "runs/boot-digits"),
+    Exp(
+        "boot-long",
+        "boot",
+        "BOOT, the longer command (the default run continued to 9,000 iterations)",
+        ["boot.py", "--iters", "9000"],
+        ["--run", "runs/boot-digits", "--nfe", "50", "--n", str(N_EVAL)],
+        "runs/boot-digits",
+    ),
     boot("boot-huber", "BOOT default with the pseudo-Huber distance (--loss huber)", "--loss", "huber", iters=3000),
     boot("boot-small", "BOOT default into a smaller fresh UNet (--student small)", "--student", "small", iters=3000),
     boot("boot-seed1", "BOOT default, seed 1", "--seed", "1", iters=3000),
@@ -70,69 +88,173 @@ EXPERIMENTS = [
     boot("boot-euler", "Euler targets (Eq. 7)", "--solver", "euler"),
     boot("boot-no-boundary", "no boundary loss (Eq. 8 off)", "--boundary-every", "0"),
     boot("boot-progressive", "progressive time schedule", "--time-sampling", "progressive"),
-    boot("boot-table3-lr", "Table 3's lr 1e-4 and EMA 0.9999 (3,000 iterations)", "--lr", "1e-4", "--ema", "0.9999",
-         iters=3000),
-    dkdm("dkdm-default", "DKDM, the default command (cnn student, dynamic, staggered init M = 512)", [],
-         out="runs/dkdm-digits-cnn-dynamic"),
-    dkdm("dkdm-data-10k", "baseline: real digits (data-based training)", ["--method", "data"],
-         out="runs/dkdm-digits-cnn-data"),
+    boot(
+        "boot-table3-lr",
+        "Table 3's lr 1e-4 and EMA 0.9999 (3,000 iterations)",
+        "--lr",
+        "1e-4",
+        "--ema",
+        "0.9999",
+        iters=3000,
+    ),
+    dkdm(
+        "dkdm-default",
+        "DKDM, the default command (cnn student, dynamic, staggered init M = 512)",
+        [],
+        out="runs/dkdm-digits-cnn-dynamic",
+    ),
+    dkdm(
+        "dkdm-data-10k",
+        "baseline: real digits (data-based training)",
+        ["--method", "data"],
+        out="runs/dkdm-digits-cnn-data",
+    ),
     dkdm("dkdm-dynamic", "dynamic iterative (staggered init, M = 512)", ["--iters", "2000"], out="runs/abl-dynamic"),
     dkdm("dkdm-shuffled", "shuffled iterative", ["--method", "shuffled", "--iters", "2000"], out="runs/abl-shuffled"),
     dkdm("dkdm-iterative", "iterative", ["--method", "iterative", "--iters", "2000"], out="runs/abl-iterative"),
     dkdm("dkdm-data", "baseline: real digits (data-based training)", ["--method", "data", "--iters", "2000"]),
-    dkdm("dkdm-data-free", "baseline: synthetic set sampled by the teacher (Table 2)",
-         ["--method", "data-free", "--iters", "2000"]),
-    dkdm("dkdm-vit", "dynamic, DiT student (adaLN-Zero init)",
-         ["--student", "vit", "--iters", "2000", "--lr", "1e-3", "--ema", "0.998"]),
-    dkdm("dkdm-vit-diffusers-init", "dynamic, DiT student, diffusers' default init",
-         ["--student", "vit", "--vit-init", "diffusers", "--iters", "2000", "--lr", "1e-3", "--ema", "0.998"]),
-    dkdm("dkdm-no-clip", "dynamic iterative, no gradient clipping (the paper's)", ["--clip-grad", "0", "--iters", "2000"]),
-    dkdm("dkdm-rho0.02-M512", "rho = 0.02 (pool 1,280), staggered init, M = 512",
-         ["--rho", "0.02", "--chains", "512", "--iters", "2000"], out="runs/init-staggered-M512"),
-    dkdm("dkdm-rho0.02-M2", "rho = 0.02, staggered init, M = 2 chains",
-         ["--rho", "0.02", "--chains", "2", "--iters", "2000"], out="runs/init-staggered-M2"),
-    dkdm("dkdm-rho0.02-shuffle", "rho = 0.02, shuffle-denoise init (the paper's)",
-         ["--rho", "0.02", "--pool-init", "shuffle", "--iters", "2000"], out="runs/init-shuffle"),
-    dkdm("dkdm-shuffle-init", "default rho = 0.4, shuffle-denoise init (the paper's)",
-         ["--pool-init", "shuffle", "--iters", "2000"]),
-    dkdm("dkdm-dynamic-seed1", "dynamic iterative (staggered init, M = 512), seed 1", ["--seed", "1", "--iters", "2000"]),
+    dkdm(
+        "dkdm-data-free",
+        "baseline: synthetic set sampled by the teacher (Table 2)",
+        ["--method", "data-free", "--iters", "2000"],
+    ),
+    dkdm(
+        "dkdm-vit",
+        "dynamic, DiT student (adaLN-Zero init)",
+        ["--student", "vit", "--iters", "2000", "--lr", "1e-3", "--ema", "0.998"],
+    ),
+    dkdm(
+        "dkdm-vit-diffusers-init",
+        "dynamic, DiT student, diffusers' default init",
+        ["--student", "vit", "--vit-init", "diffusers", "--iters", "2000", "--lr", "1e-3", "--ema", "0.998"],
+    ),
+    dkdm(
+        "dkdm-no-clip",
+        "dynamic iterative, no gradient clipping (the paper's)",
+        ["--clip-grad", "0", "--iters", "2000"],
+    ),
+    dkdm(
+        "dkdm-rho0.02-M512",
+        "rho = 0.02 (pool 1,280), staggered init, M = 512",
+        ["--rho", "0.02", "--chains", "512", "--iters", "2000"],
+        out="runs/init-staggered-M512",
+    ),
+    dkdm(
+        "dkdm-rho0.02-M2",
+        "rho = 0.02, staggered init, M = 2 chains",
+        ["--rho", "0.02", "--chains", "2", "--iters", "2000"],
+        out="runs/init-staggered-M2",
+    ),
+    dkdm(
+        "dkdm-rho0.02-shuffle",
+        "rho = 0.02, shuffle-denoise init (the paper's)",
+        ["--rho", "0.02", "--pool-init", "shuffle", "--iters", "2000"],
+        out="runs/init-shuffle",
+    ),
+    dkdm(
+        "dkdm-shuffle-init",
+        "default rho = 0.4, shuffle-denoise init (the paper's)",
+        ["--pool-init", "shuffle", "--iters", "2000"],
+    ),
+    dkdm(
+        "dkdm-dynamic-seed1", "dynamic iterative (staggered init, M = 512), seed 1", ["--seed", "1", "--iters", "2000"]
+    ),
     # the same three runs continued to 4,000 iterations (resumed: bitwise a straight 4,000-iteration run)
-    dkdm("dkdm-dynamic-4k", "dynamic iterative (staggered init, M = 512), 4,000 iterations", ["--iters", "4000"],
-         out="runs/abl-dynamic"),
-    dkdm("dkdm-dynamic-seed1-4k", "dynamic iterative (staggered init, M = 512), seed 1, 4,000 iterations",
-         ["--seed", "1", "--iters", "4000"], out="runs/bench/dkdm-dynamic-seed1"),
-    dkdm("dkdm-shuffle-init-4k", "default rho = 0.4, shuffle-denoise init (the paper's), 4,000 iterations",
-         ["--pool-init", "shuffle", "--iters", "4000"], out="runs/bench/dkdm-shuffle-init"),
-    dkdm("dkdm-chains2560-4k", "staggered init with M = 2,560 chains (every t < 100 entry its own chain), 4,000 iterations",
-         ["--chains", "2560", "--iters", "4000"]),
-    Exp("dkdm-eval-iddpm", "dkdm", "the seed-1 run and the teacher scored with IDDPM-50 (Sec. 4.1's sampler)",
+    dkdm(
+        "dkdm-dynamic-4k",
+        "dynamic iterative (staggered init, M = 512), 4,000 iterations",
+        ["--iters", "4000"],
+        out="runs/abl-dynamic",
+    ),
+    dkdm(
+        "dkdm-dynamic-seed1-4k",
+        "dynamic iterative (staggered init, M = 512), seed 1, 4,000 iterations",
+        ["--seed", "1", "--iters", "4000"],
+        out="runs/bench/dkdm-dynamic-seed1",
+    ),
+    dkdm(
+        "dkdm-shuffle-init-4k",
+        "default rho = 0.4, shuffle-denoise init (the paper's), 4,000 iterations",
+        ["--pool-init", "shuffle", "--iters", "4000"],
+        out="runs/bench/dkdm-shuffle-init",
+    ),
+    dkdm(
+        "dkdm-chains2560-4k",
+        "staggered init with M = 2,560 chains (every t < 100 entry its own chain), 4,000 iterations",
+        ["--chains", "2560", "--iters", "4000"],
+    ),
+    Exp(
+        "dkdm-eval-iddpm",
+        "dkdm",
+        "the seed-1 run and the teacher scored with IDDPM-50 (Sec. 4.1's sampler)",
         ["dkdm.py", "--seed", "1", "--iters", "2000", "--out", "runs/bench/dkdm-dynamic-seed1"],
-        ["--run", "runs/bench/dkdm-dynamic-seed1", "--sampler", "ancestral", "--nfe", "50", "--dkdm-sampler", "ancestral",
-         "--n", str(N_EVAL)], "runs/bench/dkdm-dynamic-seed1"),
-    dkdm("dkdm-official-recipe", "dynamic iterative, the official trainer's lr 1e-4, no warm-up, EMA 0.9999, batch 128",
-         ["--lr", "1e-4", "--warmup", "0", "--ema", "0.9999", "--batch", "128", "--iters", "2000"]),
-    dkdm("dkdm-data-free-iddpm", "baseline: synthetic set by IDDPM-1000 (Table 4's sampler for pixel teachers)",
-         ["--method", "data-free", "--synth-steps", "1000", "--iters", "2000"]),
+        [
+            "--run",
+            "runs/bench/dkdm-dynamic-seed1",
+            "--sampler",
+            "ancestral",
+            "--nfe",
+            "50",
+            "--dkdm-sampler",
+            "ancestral",
+            "--n",
+            str(N_EVAL),
+        ],
+        "runs/bench/dkdm-dynamic-seed1",
+    ),
+    dkdm(
+        "dkdm-official-recipe",
+        "dynamic iterative, the official trainer's lr 1e-4, no warm-up, EMA 0.9999, batch 128",
+        ["--lr", "1e-4", "--warmup", "0", "--ema", "0.9999", "--batch", "128", "--iters", "2000"],
+    ),
+    dkdm(
+        "dkdm-data-free-iddpm",
+        "baseline: synthetic set by IDDPM-1000 (Table 4's sampler for pixel teachers)",
+        ["--method", "data-free", "--synth-steps", "1000", "--iters", "2000"],
+    ),
     # the DiT default three times: seed 0 with torch's default threads, seeds 1 and 2 with one thread (group `vit`)
-    *[Exp(f"vit-seed{s}", "vit", f"DKDM default, vit student, seed {s}" + (", torch's default threads" if s == 0 else ""),
-          ["dkdm.py", "--student", "vit", "--seed", str(s), "--out", f"runs/bench/vit-seed{s}"],
-          ["--run", f"runs/bench/vit-seed{s}", "--nfe", "50", "--n", str(N_EVAL)], f"runs/bench/vit-seed{s}",
-          threads=None if s == 0 else 1) for s in (0, 1, 2)],
+    *[
+        Exp(
+            f"vit-seed{s}",
+            "vit",
+            f"DKDM default, vit student, seed {s}" + (", torch's default threads" if s == 0 else ""),
+            ["dkdm.py", "--student", "vit", "--seed", str(s), "--out", f"runs/bench/vit-seed{s}"],
+            ["--run", f"runs/bench/vit-seed{s}", "--nfe", "50", "--n", str(N_EVAL)],
+            f"runs/bench/vit-seed{s}",
+            threads=None if s == 0 else 1,
+        )
+        for s in (0, 1, 2)
+    ],
     # FD vs iterations of both students' default commands (group `curves`): the last point of each is
     # the default run itself (a run resumed at each point equals the straight run bitwise)
-    Exp("curve-cnn", "curves", "DKDM default, cnn student: FD vs iterations", ["dkdm.py", "--out", "runs/bench/curve-cnn"],
-        ["--run", "runs/bench/curve-cnn", "--nfe", "50", "--n", str(N_EVAL)], "runs/bench/curve-cnn",
-        curve=(1000, 2000, 4000, 6000, 8000, 10000)),
-    Exp("curve-vit", "curves", "DKDM vit student, constant lr (the default before --lr-decay): FD vs iterations",
+    Exp(
+        "curve-cnn",
+        "curves",
+        "DKDM default, cnn student: FD vs iterations",
+        ["dkdm.py", "--out", "runs/bench/curve-cnn"],
+        ["--run", "runs/bench/curve-cnn", "--nfe", "50", "--n", str(N_EVAL)],
+        "runs/bench/curve-cnn",
+        curve=(1000, 2000, 4000, 6000, 8000, 10000),
+    ),
+    Exp(
+        "curve-vit",
+        "curves",
+        "DKDM vit student, constant lr (the default before --lr-decay): FD vs iterations",
         ["dkdm.py", "--student", "vit", "--lr-decay", "0", "0", "--out", "runs/bench/curve-vit"],
-        ["--run", "runs/bench/curve-vit", "--nfe", "50", "--n", str(N_EVAL)], "runs/bench/curve-vit",
-        curve=(1000, 2000, 4000, 6000, 8000, 10000)),
+        ["--run", "runs/bench/curve-vit", "--nfe", "50", "--n", str(N_EVAL)],
+        "runs/bench/curve-vit",
+        curve=(1000, 2000, 4000, 6000, 8000, 10000),
+    ),
 ]
 BY_NAME = {e.name: e for e in EXPERIMENTS}
 # README's first screen (bench/newcomer.py): --help CPU time and install size; the default boot.py
 # run (newcomer-boot: a short window of iterations; newcomer-boot-full: the whole run); the tests
-NEWCOMER = {"newcomer": ("help", "install"), "newcomer-boot": ("boot",), "newcomer-boot-full": ("boot-full",),
-            "newcomer-tests": ("tests",)}
+NEWCOMER = {
+    "newcomer": ("help", "install"),
+    "newcomer-boot": ("boot",),
+    "newcomer-boot-full": ("boot-full",),
+    "newcomer-tests": ("tests",),
+}
 
 
 def load_results() -> dict:
@@ -143,17 +265,39 @@ def run_curve(exp: Exp, env: dict, log) -> dict:
     """The run trained to each point of exp.curve in turn (each command resumes the last) and scored there."""
     points, start = [], time.time()
     for k in exp.curve:
-        subprocess.run([PY, *exp.train, "--iters", str(k)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+        subprocess.run(
+            [PY, *exp.train, "--iters", str(k)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True
+        )
         train_s = time.time() - start
         out_json = ROOT / "runs" / "bench" / f"{exp.name}-{k}.json"
-        subprocess.run([PY, "evaluate.py", *exp.eval, "--json", str(out_json)], cwd=ROOT, env=env, stdout=log,
-                       stderr=subprocess.STDOUT, check=True)
-        metrics = [json.loads(line) for line in (ROOT / exp.run_dir / "metrics.jsonl").read_text().splitlines() if line]
-        points.append({"iters": k, "train_wall_s": round(train_s, 1), "records": json.loads(out_json.read_text()),
-                       "last_metrics": metrics[-1]})
+        subprocess.run(
+            [PY, "evaluate.py", *exp.eval, "--json", str(out_json)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=True,
+        )
+        metrics = [
+            json.loads(line) for line in (ROOT / exp.run_dir / "metrics.jsonl").read_text().splitlines() if line
+        ]
+        points.append(
+            {
+                "iters": k,
+                "train_wall_s": round(train_s, 1),
+                "records": json.loads(out_json.read_text()),
+                "last_metrics": metrics[-1],
+            }
+        )
         start = time.time()
-    return {"about": exp.about, "train": " ".join(["python", *exp.train]), "eval": " ".join(["python", "evaluate.py", *exp.eval]),
-            "curve": points, "threads": 1, "date": time.strftime("%Y-%m-%d")}
+    return {
+        "about": exp.about,
+        "train": " ".join(["python", *exp.train]),
+        "eval": " ".join(["python", "evaluate.py", *exp.eval]),
+        "curve": points,
+        "threads": 1,
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def run_one(exp: Exp, force: bool) -> dict:
@@ -173,16 +317,31 @@ def run_one(exp: Exp, force: bool) -> dict:
             subprocess.run([PY, *exp.train], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, check=True)
         train_s = time.time() - start
         out_json = log.with_suffix(".json")
-        subprocess.run([PY, "evaluate.py", *exp.eval, "--json", str(out_json)], cwd=ROOT, env=env, stdout=f,
-                       stderr=subprocess.STDOUT, check=True)
+        subprocess.run(
+            [PY, "evaluate.py", *exp.eval, "--json", str(out_json)],
+            cwd=ROOT,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            check=True,
+        )
     records = json.loads(out_json.read_text())
     metrics = []
     if exp.run_dir and (ROOT / exp.run_dir / "metrics.jsonl").is_file():
-        metrics = [json.loads(line) for line in (ROOT / exp.run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    return {"about": exp.about, "train": " ".join(["python", *exp.train]) if exp.train else None,
-            "eval": " ".join(["python", "evaluate.py", *exp.eval]), "records": records,
-            "first_metrics": metrics[0] if metrics else None, "last_metrics": metrics[-1] if metrics else None, "train_wall_s": round(train_s, 1),
-            "threads": exp.threads or "default", "date": time.strftime("%Y-%m-%d")}
+        metrics = [
+            json.loads(line) for line in (ROOT / exp.run_dir / "metrics.jsonl").read_text().splitlines() if line
+        ]
+    return {
+        "about": exp.about,
+        "train": " ".join(["python", *exp.train]) if exp.train else None,
+        "eval": " ".join(["python", "evaluate.py", *exp.eval]),
+        "records": records,
+        "first_metrics": metrics[0] if metrics else None,
+        "last_metrics": metrics[-1] if metrics else None,
+        "train_wall_s": round(train_s, 1),
+        "threads": exp.threads or "default",
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def main(argv=None):
@@ -195,7 +354,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.list:
         for e in EXPERIMENTS:
-            print(f"{e.group:6s} {e.name:18s} {e.about}\n{'':25s} python {' '.join(e.train or ['evaluate.py', *e.eval])}")
+            print(
+                f"{e.group:6s} {e.name:18s} {e.about}\n{'':25s} python {' '.join(e.train or ['evaluate.py', *e.eval])}"
+            )
         return 0
     groups = {e.group for e in EXPERIMENTS} | {"speed", "gpu", "memory"} | set(NEWCOMER)
     bad = [t for t in args.targets if t not in BY_NAME and t not in groups]

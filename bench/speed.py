@@ -6,6 +6,7 @@
 
 The one-step vs DDIM-50 throughput ratio comes from evaluate.py's images/s (same run, same batch).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,8 +40,14 @@ def _ms_per_iter(run_dir: Path, method: str):
 
 def _train(argv, out):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, *argv, "--out", str(out)], cwd=ROOT, env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, *argv, "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def floors(boot_run: Path, dkdm_student_dir: Path, boot_batch=128, dkdm_batch=64):
@@ -70,6 +78,7 @@ def floors(boot_run: Path, dkdm_student_dir: Path, boot_batch=128, dkdm_batch=64
                 y = boot_generate(s_boot, info, x, torch.rand(boot_batch), c)
                 if grad:
                     y.square().mean().backward()
+
         return f
 
     def dkdm_student():
@@ -77,15 +86,18 @@ def floors(boot_run: Path, dkdm_student_dir: Path, boot_batch=128, dkdm_batch=64
 
         def f():
             teachers.call_net(s_dkdm, x, torch.randint(0, 1000, (dkdm_batch,)), c).square().mean().backward()
+
         return f
 
     with torch.no_grad():
         tf_boot, tf_dkdm = _time(teacher_fwd(boot_batch)), _time(teacher_fwd(dkdm_batch))
     sb_fwd, sb_fb, sd_fb = _time(boot_student(False)), _time(boot_student(True)), _time(dkdm_student())
-    return {"boot_floor_ms": 2.25 * tf_boot + sb_fwd + 1.25 * sb_fb,  # Heun: 2 teacher passes, +1/4 boundary
-            "boot_parts_ms": {"teacher_fwd": tf_boot, "student_fwd": sb_fwd, "student_fwd_bwd": sb_fb},
-            "dkdm_floor_ms": tf_dkdm + sd_fb,
-            "dkdm_parts_ms": {"teacher_fwd": tf_dkdm, "student_fwd_bwd": sd_fb}}
+    return {
+        "boot_floor_ms": 2.25 * tf_boot + sb_fwd + 1.25 * sb_fb,  # Heun: 2 teacher passes, +1/4 boundary
+        "boot_parts_ms": {"teacher_fwd": tf_boot, "student_fwd": sb_fwd, "student_fwd_bwd": sb_fb},
+        "dkdm_floor_ms": tf_dkdm + sd_fb,
+        "dkdm_parts_ms": {"teacher_fwd": tf_dkdm, "student_fwd_bwd": sd_fb},
+    }
 
 
 def digits_T100(out: Path):
@@ -109,14 +121,26 @@ def measure():
     base.mkdir(parents=True, exist_ok=True)
     _train(["boot.py", "--iters", "150", "--log-every", "25"], base / "boot")
     _train(["dkdm.py", "--iters", "600", "--log-every", "100"], base / "dkdm-T1000")
-    _train(["dkdm.py", "--iters", "600", "--log-every", "100", "--teacher", str(digits_T100(base / "digits-T100"))],
-           base / "dkdm-T100")
+    _train(
+        ["dkdm.py", "--iters", "600", "--log-every", "100", "--teacher", str(digits_T100(base / "digits-T100"))],
+        base / "dkdm-T100",
+    )
     f = floors(base / "boot", base / "dkdm-T1000" / "student")
     boot_ms, dkdm_ms = _ms_per_iter(base / "boot", "boot"), _ms_per_iter(base / "dkdm-T1000", "dkdm")
     t100_ms = _ms_per_iter(base / "dkdm-T100", "dkdm")
-    return {**f, "boot_iter_ms": boot_ms, "dkdm_iter_ms": dkdm_ms, "dkdm_T100_iter_ms": t100_ms,
-            "boot_ratio": boot_ms / f["boot_floor_ms"], "dkdm_ratio": dkdm_ms / f["dkdm_floor_ms"],
-            "dkdm_T1000_over_T100": dkdm_ms / t100_ms,
-            "commands": ["python boot.py --iters 150", "python dkdm.py --iters 600",
-                         "python dkdm.py --iters 600 --teacher <digits network, T=100 schedule>"],
-            "threads": 1, "date": time.strftime("%Y-%m-%d")}
+    return {
+        **f,
+        "boot_iter_ms": boot_ms,
+        "dkdm_iter_ms": dkdm_ms,
+        "dkdm_T100_iter_ms": t100_ms,
+        "boot_ratio": boot_ms / f["boot_floor_ms"],
+        "dkdm_ratio": dkdm_ms / f["dkdm_floor_ms"],
+        "dkdm_T1000_over_T100": dkdm_ms / t100_ms,
+        "commands": [
+            "python boot.py --iters 150",
+            "python dkdm.py --iters 600",
+            "python dkdm.py --iters 600 --teacher <digits network, T=100 schedule>",
+        ],
+        "threads": 1,
+        "date": time.strftime("%Y-%m-%d"),
+    }

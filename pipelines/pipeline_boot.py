@@ -18,6 +18,7 @@ needs nothing of the repository. How the network is called (all stored in model_
   * a smaller fresh student (native_time = "target") takes t (T - 1) as its timestep and
     outputs the sample directly.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -41,7 +42,11 @@ def target_time_cond(t, w, dim: int):
     the student ignores it and equals the teacher at its fixed native timestep t_max.
     """
     t = torch.as_tensor(t, dtype=torch.float32).reshape(-1)
-    w = torch.zeros_like(t) if w is None else torch.as_tensor(w, dtype=torch.float32, device=t.device).reshape(-1).expand_as(t)
+    w = (
+        torch.zeros_like(t)
+        if w is None
+        else torch.as_tensor(w, dtype=torch.float32, device=t.device).reshape(-1).expand_as(t)
+    )
     half = dim // 2
     e_t = get_timestep_embedding(t * 1000, half, flip_sin_to_cos=True, downscale_freq_shift=0)
     e_w = get_timestep_embedding(w * 100, dim - half, flip_sin_to_cos=True, downscale_freq_shift=0)
@@ -107,20 +112,56 @@ class BootPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->unet->vae"
     _optional_components = ["text_encoder", "tokenizer", "vae", "image_noising_scheduler"]
 
-    def __init__(self, unet, text_encoder=None, tokenizer=None, vae=None, image_noising_scheduler=None,
-                 T: int = 1000, t_max: float = 0.9, alpha_tmax: float = 1.0, sigma_tmax: float = 0.0,
-                 time_cond_dim: int | None = None, time_input: str | None = None, native_time: str | None = None,
-                 output: str = "eps", guided: bool = False, default_w: float | None = None,
-                 num_classes: int | None = None, sample_channels: int = 3, sample_size: int = 64,
-                 max_length: int = 77, use_mask: bool = False, noise_level: int = 250):
+    def __init__(
+        self,
+        unet,
+        text_encoder=None,
+        tokenizer=None,
+        vae=None,
+        image_noising_scheduler=None,
+        T: int = 1000,
+        t_max: float = 0.9,
+        alpha_tmax: float = 1.0,
+        sigma_tmax: float = 0.0,
+        time_cond_dim: int | None = None,
+        time_input: str | None = None,
+        native_time: str | None = None,
+        output: str = "eps",
+        guided: bool = False,
+        default_w: float | None = None,
+        num_classes: int | None = None,
+        sample_channels: int = 3,
+        sample_size: int = 64,
+        max_length: int = 77,
+        use_mask: bool = False,
+        noise_level: int = 250,
+    ):
         super().__init__()
-        self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, vae=vae,
-                              image_noising_scheduler=image_noising_scheduler)
-        self.register_to_config(T=T, t_max=t_max, alpha_tmax=alpha_tmax, sigma_tmax=sigma_tmax,
-                                time_cond_dim=time_cond_dim, time_input=time_input, native_time=native_time,
-                                output=output, guided=guided, default_w=default_w, num_classes=num_classes,
-                                sample_channels=sample_channels, sample_size=sample_size,
-                                max_length=max_length, use_mask=use_mask, noise_level=noise_level)
+        self.register_modules(
+            unet=unet,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            vae=vae,
+            image_noising_scheduler=image_noising_scheduler,
+        )
+        self.register_to_config(
+            T=T,
+            t_max=t_max,
+            alpha_tmax=alpha_tmax,
+            sigma_tmax=sigma_tmax,
+            time_cond_dim=time_cond_dim,
+            time_input=time_input,
+            native_time=native_time,
+            output=output,
+            guided=guided,
+            default_w=default_w,
+            num_classes=num_classes,
+            sample_channels=sample_channels,
+            sample_size=sample_size,
+            max_length=max_length,
+            use_mask=use_mask,
+            noise_level=noise_level,
+        )
 
     def save_config(self, save_directory, **kwargs):
         """model_index.json names this file (the list-form `_class_name`) and the file is copied beside
@@ -138,8 +179,9 @@ class BootPipeline(DiffusionPipeline):
         """Text embeddings as the teacher's pipeline makes them (padded to max_length)."""
         if self.text_encoder is None:
             raise ValueError("this student is not text-conditioned: pass no prompt")
-        tok = self.tokenizer(list(prompt), padding="max_length", max_length=self.config.max_length,
-                             truncation=True, return_tensors="pt")
+        tok = self.tokenizer(
+            list(prompt), padding="max_length", max_length=self.config.max_length, truncation=True, return_tensors="pt"
+        )
         kw = {"attention_mask": tok.attention_mask.to(self.device)} if self.config.use_mask else {}
         return self.text_encoder(tok.input_ids.to(self.device), **kw)[0].to(self.unet.dtype)
 
@@ -163,15 +205,34 @@ class BootPipeline(DiffusionPipeline):
         return boot_generate(self.unet, self.config, latents, t, cond, guidance_scale)
 
     @torch.no_grad()
-    def __call__(self, batch_size: int = 1, generator=None, class_labels=None, prompt=None, negative_prompt=None,
-                 guidance_scale: float | None = None, image=None, noise_level: int | None = None, latents=None,
-                 prompt_embeds=None, output_type: str = "pil", return_dict: bool = True, num_inference_steps: int = 1):
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator=None,
+        class_labels=None,
+        prompt=None,
+        negative_prompt=None,
+        guidance_scale: float | None = None,
+        image=None,
+        noise_level: int | None = None,
+        latents=None,
+        prompt_embeds=None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        num_inference_steps: int = 1,
+    ):
         cfg, cond = self.config, {}
         if num_inference_steps != 1:
-            raise ValueError(f"a BOOT student samples in one step: num_inference_steps must be 1, not {num_inference_steps}")
+            raise ValueError(
+                f"a BOOT student samples in one step: num_inference_steps must be 1, not {num_inference_steps}"
+            )
         batch_size = batch_size if latents is None else latents.shape[0]
-        if negative_prompt not in (None, "") and not (isinstance(negative_prompt, list) and set(negative_prompt) <= {""}):
-            raise ValueError("a BOOT student learned guidance against the empty prompt: negative_prompt cannot change it")
+        if negative_prompt not in (None, "") and not (
+            isinstance(negative_prompt, list) and set(negative_prompt) <= {""}
+        ):
+            raise ValueError(
+                "a BOOT student learned guidance against the empty prompt: negative_prompt cannot change it"
+            )
         if isinstance(prompt, str):
             prompt = [prompt] * batch_size
         if prompt is not None or prompt_embeds is not None:  # encode_prompt: an error without a text encoder

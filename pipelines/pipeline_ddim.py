@@ -17,6 +17,7 @@ DiTTransformer2DModel predicting eps on its first C output channels (a learned v
 take `class_labels=`; label `num_classes` is the null label of classifier-free guidance,
 f_n + w (f_c - f_n) with w = `guidance_scale` (w = 1: the plain conditional model, one pass).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -46,12 +47,20 @@ class TrailingDDIMPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "unet->vae"
     _optional_components = ["vae"]
 
-    def __init__(self, unet, scheduler, vae=None, num_classes: int | None = None,
-                 variance_type: str = "fixed_small", default_guidance: float | None = None):
+    def __init__(
+        self,
+        unet,
+        scheduler,
+        vae=None,
+        num_classes: int | None = None,
+        variance_type: str = "fixed_small",
+        default_guidance: float | None = None,
+    ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
-        self.register_to_config(num_classes=num_classes, variance_type=variance_type,
-                                default_guidance=default_guidance)
+        self.register_to_config(
+            num_classes=num_classes, variance_type=variance_type, default_guidance=default_guidance
+        )
 
     def save_config(self, save_directory, **kwargs):
         """model_index.json names this file (the list-form `_class_name`) and the file is copied beside
@@ -77,8 +86,13 @@ class TrailingDDIMPipeline(DiffusionPipeline):
             extra = {} if labels is None else {"class_labels": labels}
             return self.unet(x, timestep, **kwargs, **extra, return_dict=False)[0][:, :C]
         null = torch.full_like(labels, self.config.num_classes)
-        out = self.unet(torch.cat([x, x]), torch.cat([timestep, timestep]), **kwargs,
-                        class_labels=torch.cat([labels, null]), return_dict=False)[0][:, :C]
+        out = self.unet(
+            torch.cat([x, x]),
+            torch.cat([timestep, timestep]),
+            **kwargs,
+            class_labels=torch.cat([labels, null]),
+            return_dict=False,
+        )[0][:, :C]
         out_c, out_n = out.chunk(2)
         return out_n + w * (out_c - out_n)
 
@@ -104,8 +118,17 @@ class TrailingDDIMPipeline(DiffusionPipeline):
         return x
 
     @torch.no_grad()
-    def __call__(self, batch_size: int = 1, generator=None, class_labels=None, guidance_scale: float | None = None,
-                 num_inference_steps: int = 50, latents=None, output_type: str = "pil", return_dict: bool = True):
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator=None,
+        class_labels=None,
+        guidance_scale: float | None = None,
+        num_inference_steps: int = 50,
+        latents=None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ):
         K = self.config.num_classes
         labels = None
         batch_size = batch_size if latents is None else latents.shape[0]
@@ -125,7 +148,9 @@ class TrailingDDIMPipeline(DiffusionPipeline):
         if latents is None:
             c = self.unet.config
             size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
-            latents = randn_tensor((batch_size, c.in_channels, size, size), generator=generator, device=torch.device("cpu"))
+            latents = randn_tensor(
+                (batch_size, c.in_channels, size, size), generator=generator, device=torch.device("cpu")
+            )
         latents = latents.to(self.device, self.unet.dtype)
         w = self.config.default_guidance if guidance_scale is None else guidance_scale
         x = self.denoise(latents, labels, w, num_inference_steps)

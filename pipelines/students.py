@@ -7,6 +7,7 @@ this module is the repository's side of them, never copied into an export: `boot
 `ddpm_pipeline` build an export from a trained network, `ExportedStudent` loads one back for
 evaluate.py and previews, and `sample_command` is `python boot.py sample RUN` / `python dkdm.py sample RUN`.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -22,9 +23,9 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from torchvision.utils import save_image
 
 import cli
+import runkit
 import teachers
 from cli import OneLineParser, UserError
-import runkit
 from pipelines.pipeline_boot import BootPipeline, to_images
 from pipelines.pipeline_ddim import TrailingDDIMPipeline
 from runkit import print0
@@ -52,19 +53,34 @@ def cnn_config(teacher, width=None):
     attn_last = H > 8  # self-attention at the lowest resolution only, above 8x8
     down = ["DownBlock2D"] * (len(mult) - 1) + ["AttnDownBlock2D" if attn_last else "DownBlock2D"]
     up = ["AttnUpBlock2D" if attn_last else "UpBlock2D"] + ["UpBlock2D"] * (len(mult) - 1)
-    return dict(sample_size=H, in_channels=C, out_channels=out_channels(teacher),
-                block_out_channels=[w * m for m in mult], layers_per_block=1 if H <= 8 else 2,
-                down_block_types=down, up_block_types=up, norm_num_groups=8 if w <= 32 else 32,
-                attention_head_dim=8, num_class_embeds=label_slots(teacher))
+    return dict(
+        sample_size=H,
+        in_channels=C,
+        out_channels=out_channels(teacher),
+        block_out_channels=[w * m for m in mult],
+        layers_per_block=1 if H <= 8 else 2,
+        down_block_types=down,
+        up_block_types=up,
+        norm_num_groups=8 if w <= 32 else 32,
+        attention_head_dim=8,
+        num_class_embeds=label_slots(teacher),
+    )
 
 
 def vit_config(teacher, width=None):
     """A DiTTransformer2DModel (adaLN-zero, patch 2): 4 layers of width 128 at 8x8, 12 of 384 above."""
     C, H, _ = teacher.sample_shape
     w = width or (128 if H <= 8 else 384)
-    return dict(sample_size=H, in_channels=C, out_channels=out_channels(teacher), patch_size=2,
-                num_layers=4 if H <= 8 else 12, num_attention_heads=4, attention_head_dim=w // 4,
-                num_embeds_ada_norm=label_slots(teacher) or 1)
+    return dict(
+        sample_size=H,
+        in_channels=C,
+        out_channels=out_channels(teacher),
+        patch_size=2,
+        num_layers=4 if H <= 8 else 12,
+        num_attention_heads=4,
+        attention_head_dim=w // 4,
+        num_embeds_ada_norm=label_slots(teacher) or 1,
+    )
 
 
 def adaln_zero_(model):
@@ -88,8 +104,21 @@ def small_student(teacher, dim: int, facts: dict):
         groups = math.gcd(*chans, base.get("norm_num_groups") or 32)
         cfg = {**base, "block_out_channels": chans, "layers_per_block": 1, "norm_num_groups": groups}
         if type(teacher.unet).__name__ != "UNet2DConditionModel":  # a UNet2DModel's config, no text
-            cfg = {k: v for k, v in cfg.items() if k in ("sample_size", "in_channels", "out_channels",
-                   "block_out_channels", "layers_per_block", "norm_num_groups", "down_block_types", "up_block_types")}
+            cfg = {
+                k: v
+                for k, v in cfg.items()
+                if k
+                in (
+                    "sample_size",
+                    "in_channels",
+                    "out_channels",
+                    "block_out_channels",
+                    "layers_per_block",
+                    "norm_num_groups",
+                    "down_block_types",
+                    "up_block_types",
+                )
+            }
             cfg["mid_block_type"] = "UNetMidBlock2D"
     else:  # the analytic gmm: the embedded digits architecture, one output channel per input channel
         cfg = teachers.digits_unet_config(num_classes=teacher.num_classes or 0, channels=(32, 64))
@@ -109,8 +138,9 @@ def ddim_scheduler(config: dict):
     recompute eps from the clipped x0-hat, diffusers' use_clipped_model_output=True)."""
     keys = set(inspect.signature(DDIMScheduler.__init__).parameters) - {"self"}
     base = {k: v for k, v in config.items() if k in keys}
-    return DDIMScheduler.from_config(base, timestep_spacing="trailing", set_alpha_to_one=True, steps_offset=0,
-                                     thresholding=False)
+    return DDIMScheduler.from_config(
+        base, timestep_spacing="trailing", set_alpha_to_one=True, steps_offset=0, thresholding=False
+    )
 
 
 PIPELINES = {"BootPipeline": BootPipeline, "TrailingDDIMPipeline": TrailingDDIMPipeline}  # exports' classes
@@ -126,27 +156,48 @@ def print_snippet(directory, info: dict, prompt=None):
             call, note = call + ", image=low_res", "low_res: the stage-I student's images, output_type='latent'"
     elif K:
         call = f"batch_size={K}, class_labels=list(range({K}))" + steps
-    print0("load it with plain diffusers:\nfrom diffusers import DiffusionPipeline\n"
-           f"pipe = DiffusionPipeline.from_pretrained({json.dumps(str(directory))}, trust_remote_code=True)\n"
-           f"images = pipe({call}).images" + (f"  # {note}" if note else ""))
+    print0(
+        "load it with plain diffusers:\nfrom diffusers import DiffusionPipeline\n"
+        f"pipe = DiffusionPipeline.from_pretrained({json.dumps(str(directory))}, trust_remote_code=True)\n"
+        f"images = pipe({call}).images" + (f"  # {note}" if note else "")
+    )
 
 
 def boot_pipeline(unet, info: dict, teacher, encoder=None):
     """A BOOT student as a BootPipeline (pipelines/pipeline_boot.py) with what it needs to run alone:
     the text encoder and tokenizer (`encoder`: the teacher that encodes the prompts), the latent
     decoder, IF-II's noising scheduler."""
-    facts = {k: info.get(k) for k in ("T", "t_max", "alpha_tmax", "sigma_tmax", "time_cond_dim", "time_input",
-                                      "native_time", "output", "guided", "default_w", "num_classes")}
+    facts = {
+        k: info.get(k)
+        for k in (
+            "T",
+            "t_max",
+            "alpha_tmax",
+            "sigma_tmax",
+            "time_cond_dim",
+            "time_input",
+            "native_time",
+            "output",
+            "guided",
+            "default_w",
+            "num_classes",
+        )
+    }
     parts = dict(sample_channels=teacher.sample_shape[0], sample_size=teacher.sample_shape[-1])
     if encoder is not None:
-        parts.update(text_encoder=encoder.text_encoder, tokenizer=encoder.tokenizer, max_length=encoder.max_length,
-                     use_mask=encoder.use_mask)
+        parts.update(
+            text_encoder=encoder.text_encoder,
+            tokenizer=encoder.tokenizer,
+            max_length=encoder.max_length,
+            use_mask=encoder.use_mask,
+        )
     if teacher.latent:
         teacher.vae.register_to_config(scaling_factor=latent_scale(teacher.vae))  # written explicitly
         parts["vae"] = teacher.vae
     if info.get("stage", 1) == 2:
-        parts.update(image_noising_scheduler=DDPMScheduler.from_config(teacher.noising_config),
-                     noise_level=info["noise_level"])
+        parts.update(
+            image_noising_scheduler=DDPMScheduler.from_config(teacher.noising_config), noise_level=info["noise_level"]
+        )
     return BootPipeline(unet=unet, **facts, **parts)
 
 
@@ -154,8 +205,12 @@ def ddpm_pipeline(unet, teacher, source):
     """A diffusion student (DKDM) as a TrailingDDIMPipeline (pipelines/pipeline_ddim.py): the
     teacher's scheduler (from `source`, its pipeline; else its alphas_cumprod) with the student's
     variance type, eps prediction and clip, and the teacher's latent decoder when it has one."""
-    over = dict(variance_type="learned_range" if teacher.learned_variance else teacher.variance_type,
-                prediction_type="epsilon", clip_sample=teacher.clip == "static", thresholding=False)
+    over = dict(
+        variance_type="learned_range" if teacher.learned_variance else teacher.variance_type,
+        prediction_type="epsilon",
+        clip_sample=teacher.clip == "static",
+        thresholding=False,
+    )
     if source is not None:
         conf = {k: v for k, v in teachers._scheduler_facts(source)[1].items() if not k.startswith("_")}
         sched = DDPMScheduler.from_config(conf, **over)
@@ -165,9 +220,14 @@ def ddpm_pipeline(unet, teacher, source):
         sched = DDPMScheduler(num_train_timesteps=len(ab), trained_betas=betas.tolist(), **over)
     if teacher.latent:  # the factor the teacher's latents use, written explicitly into the export
         teacher.vae.register_to_config(scaling_factor=latent_scale(teacher.vae))
-    return TrailingDDIMPipeline(unet=unet, scheduler=ddim_scheduler(dict(sched.config)),
-                                vae=teacher.vae if teacher.latent else None, num_classes=teacher.num_classes,
-                                variance_type=sched.config.variance_type, default_guidance=teacher.default_guidance)
+    return TrailingDDIMPipeline(
+        unet=unet,
+        scheduler=ddim_scheduler(dict(sched.config)),
+        vae=teacher.vae if teacher.latent else None,
+        num_classes=teacher.num_classes,
+        variance_type=sched.config.variance_type,
+        default_guidance=teacher.default_guidance,
+    )
 
 
 def export_ema(ema, pipeline_of, info: dict, run_path):
@@ -195,12 +255,18 @@ def write_preview(teacher, student_dir, path, n=16, steps=50):
 def load_pipeline(path, device="cpu"):
     """An export through this repository's copy of its pipeline class (the same code an outside
     user gets with trust_remote_code=True)."""
-    index = json.loads((Path(path) / "model_index.json").read_text()) if (Path(path) / "model_index.json").is_file() else {}
+    index = (
+        json.loads((Path(path) / "model_index.json").read_text())
+        if (Path(path) / "model_index.json").is_file()
+        else {}
+    )
     name = index.get("_class_name", "")
     name = name[1] if isinstance(name, (list, tuple)) else name  # a [file, class] pair
     if name not in PIPELINES:
-        raise UserError(f"'{path}' was exported by an older version of this repository; rerun its training "
-                        f"command (a finished run only re-exports) to write a diffusers pipeline")
+        raise UserError(
+            f"'{path}' was exported by an older version of this repository; rerun its training "
+            f"command (a finished run only re-exports) to write a diffusers pipeline"
+        )
     # diffusers' from_pretrained would import the folder's copy of the file as remote code; the
     # repository runs its own: the components are loaded one by one, the scalars passed as they are
     parts = {}
@@ -293,8 +359,15 @@ def check_finished_run(run, what: str = "", check_files=True) -> dict:
     """A finished run directory (student/generator.json parses; check_files: student/ is a whole export,
     no weights read): its generator.json. `what` names the run the caller wants ("stage-1", "dkdm")."""
     p, what = Path(run), f"{what} " if what else ""
-    problem = ("does not exist" if not p.is_dir() else "is empty" if not any(p.iterdir()) else
-               "has no student/generator.json" if not (p / "student" / "generator.json").is_file() else None)
+    problem = (
+        "does not exist"
+        if not p.is_dir()
+        else "is empty"
+        if not any(p.iterdir())
+        else "has no student/generator.json"
+        if not (p / "student" / "generator.json").is_file()
+        else None
+    )
     if problem:
         raise UserError(f"run directory '{run}' {problem}: it is not a finished {what}run (has training finished?)")
     info = cli.read_json(p / "student" / "generator.json", f"{what}student description")
@@ -310,9 +383,13 @@ def sample_command(method: str, argv) -> None:
     boot = method == "boot"
     p = OneLineParser(prog=f"{method}.py sample", description=f"samples of a finished {method.upper()} run")
     p.add_argument("run", help="run directory (with student/)")
-    p.add_argument("--n", type=int, default=16 if boot else 64, help="number of samples (seeds --seed .. --seed + n - 1)")
+    p.add_argument(
+        "--n", type=int, default=16 if boot else 64, help="number of samples (seeds --seed .. --seed + n - 1)"
+    )
     p.add_argument("--seed", type=int, default=0, help="first noise seed")
-    p.add_argument("--out", default=None, help="PNG path (default: RUN/samples.png; dkdm: RUN/samples-<sampler><steps>.png)")
+    p.add_argument(
+        "--out", default=None, help="PNG path (default: RUN/samples.png; dkdm: RUN/samples-<sampler><steps>.png)"
+    )
     p.add_argument("--device", default=None, help="cuda, cuda:K or cpu (default: cuda when there is a GPU)")
     if boot:
         p.add_argument("--label", type=int, default=None, help="class label (class-conditional teachers)")
@@ -355,5 +432,3 @@ def write_samples(gen, make, out, what: str):
     dt = time.perf_counter() - t0
     save_image(gen.decode(x).float().cpu(), out, nrow=int(math.sqrt(len(x))) or 1)
     print(f"{len(x)} {what} in {dt:.2f} s on {gen.device} -> {out}")
-
-

@@ -1,5 +1,6 @@
 """Shared offline fixtures: tiny SD-like and IF-like pipelines built from configs, saved to disk,
 and loaded back through the same `load_teacher(path)` code path that a hub id takes."""
+
 import math
 import os
 import sys
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -26,7 +28,10 @@ class CosineSchedule(teachers.Schedule):
         super().__init__(self.alpha_bar_at(torch.linspace(0, 1, T, dtype=torch.float64)))
 
     def alpha_bar_at(self, t):
-        return torch.cos((t + self.s) / (1 + self.s) * math.pi / 2) ** 2 / math.cos(self.s / (1 + self.s) * math.pi / 2) ** 2
+        return (
+            torch.cos((t + self.s) / (1 + self.s) * math.pi / 2) ** 2
+            / math.cos(self.s / (1 + self.s) * math.pi / 2) ** 2
+        )
 
     def log_snr(self, t):
         ab = self.alpha_bar_at(torch.as_tensor(t, dtype=torch.float64)).clamp(1e-12, 1.0 - 1e-12)
@@ -51,10 +56,18 @@ def tiny_unet(in_channels, out_channels, size=8, cross=32, **kw):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=size, in_channels=in_channels, out_channels=out_channels, layers_per_block=1,
-        block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=cross,
-        attention_head_dim=8, norm_num_groups=8, **kw)
+        sample_size=size,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross,
+        attention_head_dim=8,
+        norm_num_groups=8,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -66,16 +79,47 @@ def tiny_sd_dir(tmp_path_factory):
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("tiny-sd")
     tok = byte_tokenizer(d / "_tok")
-    enc = CLIPTextModel(CLIPTextConfig(vocab_size=514, hidden_size=32, intermediate_size=37, num_attention_heads=4,
-                                       num_hidden_layers=2, max_position_embeddings=16, bos_token_id=512,
-                                       eos_token_id=513, pad_token_id=513))
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32),
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        norm_num_groups=8, sample_size=16)
-    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                          set_alpha_to_one=False, prediction_type="epsilon")
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=enc, tokenizer=tok, unet=tiny_unet(4, 4), scheduler=sched,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    enc = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=514,
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=16,
+            bos_token_id=512,
+            eos_token_id=513,
+            pad_token_id=513,
+        )
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8,
+        sample_size=16,
+    )
+    sched = DDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        prediction_type="epsilon",
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=enc,
+        tokenizer=tok,
+        unet=tiny_unet(4, 4),
+        scheduler=sched,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(d / "pipe")
     return d / "pipe"
 
@@ -90,13 +134,28 @@ def tiny_if_dirs(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny-if")
     tok = byte_tokenizer(d / "_tok")
     enc = T5EncoderModel(T5Config(vocab_size=514, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4))
-    sched = lambda: DDPMScheduler(beta_schedule="squaredcos_cap_v2", variance_type="learned_range",  # noqa: E731
-                                  thresholding=True, dynamic_thresholding_ratio=0.95, sample_max_value=1.5)
-    common = dict(tokenizer=tok, text_encoder=enc, safety_checker=None, feature_extractor=None, watermarker=None,
-                  requires_safety_checker=False)
+
+    def sched():
+        return DDPMScheduler(
+            beta_schedule="squaredcos_cap_v2",
+            variance_type="learned_range",
+            thresholding=True,
+            dynamic_thresholding_ratio=0.95,
+            sample_max_value=1.5,
+        )
+
+    common = dict(
+        tokenizer=tok,
+        text_encoder=enc,
+        safety_checker=None,
+        feature_extractor=None,
+        watermarker=None,
+        requires_safety_checker=False,
+    )
     IFPipeline(unet=tiny_unet(3, 6), scheduler=sched(), **common).save_pretrained(d / "stage1")
     noising = DDPMScheduler(beta_schedule="squaredcos_cap_v2")
     unet2 = tiny_unet(6, 6, size=16, class_embed_type="timestep")
-    IFSuperResolutionPipeline(unet=unet2, scheduler=sched(), image_noising_scheduler=noising,
-                              **common).save_pretrained(d / "stage2")
+    IFSuperResolutionPipeline(
+        unet=unet2, scheduler=sched(), image_noising_scheduler=noising, **common
+    ).save_pretrained(d / "stage2")
     return d / "stage1", d / "stage2"

@@ -7,22 +7,38 @@ made by `runkit.device_tensor` (the run kit's one way to put numbers on the run 
 
   * first all-gathers each collective's call site (file:line of the caller outside runkit) and a
     counter, and raises when the ranks disagree (NCCL would hang there);
-  * makes rank r's clocks (time.time, time.perf_counter) run (1 + r) times as fast, so a decision taken from a local clock always
-    differs between the ranks instead of agreeing by luck;
+  * makes rank r's clocks (time.time, time.perf_counter) run (1 + r) times as fast, so a decision taken from a
+    local clock always differs between the ranks instead of agreeing by luck;
   * gives the process group a 60 s timeout, so a desynchronised run fails instead of hanging.
 
 Installed in every torchrun worker of the tests by tests/strict/sitecustomize.py (tests put that
 folder on PYTHONPATH with STRICT_DIST=1); production code patches nothing and knows nothing of it.
 """
+
 import datetime
 import os
 import sys
 import time
 import weakref
 
-COLLECTIVES = ("broadcast", "all_reduce", "all_gather", "all_gather_into_tensor", "reduce", "gather", "scatter",
-               "reduce_scatter", "reduce_scatter_tensor", "all_to_all", "barrier", "broadcast_object_list",
-               "all_gather_object", "gather_object", "scatter_object_list")
+
+COLLECTIVES = (
+    "broadcast",
+    "all_reduce",
+    "all_gather",
+    "all_gather_into_tensor",
+    "reduce",
+    "gather",
+    "scatter",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "all_to_all",
+    "barrier",
+    "broadcast_object_list",
+    "all_gather_object",
+    "gather_object",
+    "scatter_object_list",
+)
 _made = weakref.WeakValueDictionary()  # id -> a tensor runkit.device_tensor returned
 _count = [0]
 
@@ -50,7 +66,13 @@ def _same_site(dist, all_gather, name):
         raise RuntimeError(f"strict distributed mode: ranks desynchronised: {where}")
 
 
-INPUT = {"all_gather": 1, "all_gather_into_tensor": 1, "reduce_scatter": 1, "reduce_scatter_tensor": 1, "all_to_all": 1}
+INPUT = {
+    "all_gather": 1,
+    "all_gather_into_tensor": 1,
+    "reduce_scatter": 1,
+    "reduce_scatter_tensor": 1,
+    "all_to_all": 1,
+}
 
 
 def _guard(dist, name, real, all_gather):
@@ -58,11 +80,16 @@ def _guard(dist, name, real, all_gather):
 
     def collective(*args, **kw):
         given = args[INPUT.get(name, 0)] if len(args) > INPUT.get(name, 0) and "object" not in name else []
-        stray = [t for t in (given if isinstance(given, (list, tuple)) else [given])
-                 if torch.is_tensor(t) and t.device.type != "cuda" and _made.get(id(t)) is not t]
+        stray = [
+            t
+            for t in (given if isinstance(given, (list, tuple)) else [given])
+            if torch.is_tensor(t) and t.device.type != "cuda" and _made.get(id(t)) is not t
+        ]
         if stray:
-            raise RuntimeError(f"strict distributed mode: torch.distributed.{name} got a tensor not made on the run "
-                               f"device by runkit.device_tensor (NCCL takes only the GPU's tensors), at {_site()}")
+            raise RuntimeError(
+                f"strict distributed mode: torch.distributed.{name} got a tensor not made on the run "
+                f"device by runkit.device_tensor (NCCL takes only the GPU's tensors), at {_site()}"
+            )
         _same_site(dist, all_gather, name)
         return real(*args, **kw)
 

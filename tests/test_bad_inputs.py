@@ -1,6 +1,7 @@
 """Bad input across the four command lines: every case exits with code 2 and exactly one line on
 stderr that names the problem, and leaves every directory listing (its cwd and the shared fixtures)
 unchanged. Table-driven, in-process (no interpreter start-up per case), on the gmm / digits teachers."""
+
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import boot
 import dkdm
 import evaluate
 import teachers
+
 
 ROOT = Path(__file__).resolve().parents[1]
 MAINS = {"boot": boot.main, "dkdm": dkdm.main, "evaluate": evaluate.main}
@@ -256,11 +258,25 @@ def fx(tmp_path_factory):
     (d / "t_badsched" / "scheduler" / "scheduler_config.json").write_text("")
     (d / "t_empty").mkdir()
     # students for dkdm --student DIR
-    for name, conf in (("student_badcfg", None), ("student_noclass", {"sample_size": 8}),
-                       ("student_misfit", dict(_class_name="UNet2DModel", sample_size=8, in_channels=3, out_channels=1,
-                                               layers_per_block=1, block_out_channels=[16, 32],
-                                               down_block_types=["DownBlock2D"] * 2, up_block_types=["UpBlock2D"] * 2,
-                                               norm_num_groups=8, num_class_embeds=11))):
+    for name, conf in (
+        ("student_badcfg", None),
+        ("student_noclass", {"sample_size": 8}),
+        (
+            "student_misfit",
+            dict(
+                _class_name="UNet2DModel",
+                sample_size=8,
+                in_channels=3,
+                out_channels=1,
+                layers_per_block=1,
+                block_out_channels=[16, 32],
+                down_block_types=["DownBlock2D"] * 2,
+                up_block_types=["UpBlock2D"] * 2,
+                norm_num_groups=8,
+                num_class_embeds=11,
+            ),
+        ),
+    ):
         (d / name).mkdir()
         (d / name / "config.json").write_text("[1, 2" if conf is None else json.dumps(conf))
     # reference image folders
@@ -322,7 +338,10 @@ def run_case(script, argv, capsys):
 def test_bad_input_is_one_line_exit_2_nothing_written(script, args, expect, fx, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TQDM_DISABLE", "1")
-    names = {p.name: str(p) for p in fx.iterdir()} | {"empty_txt": str(fx / "empty.txt"), "prompts": str(fx / "prompts.txt")}
+    names = {p.name: str(p) for p in fx.iterdir()} | {
+        "empty_txt": str(fx / "empty.txt"),
+        "prompts": str(fx / "prompts.txt"),
+    }
     argv = [a.format(**names) for a in args.split()]
     before = listing(tmp_path, fx)
     rc, err = run_case(script, argv, capsys)

@@ -1,10 +1,13 @@
 """README.md and docs/*.md: their measured tables are exactly what bench/run.py last wrote to
 bench/results.json, and every link in them (code lines, files, images, headings) resolves."""
+
 import json
 import re
 
 from bench import render
+
 from conftest import ROOT
+
 
 RESULTS = ROOT / "bench" / "results.json"
 MD_LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
@@ -28,8 +31,10 @@ def test_tables_match_bench_results():
     for block in render.blocks({}):
         assert any(f"<!-- bench:{block} -->" in t and f"<!-- /bench:{block} -->" in t for t in texts.values()), block
     for name, text in texts.items():
-        assert render.render(text, _results(), (ROOT / name).parent) == text, \
-            f"{name}: tables or code links differ from bench/results.json and the code: run `python bench/run.py --render`"
+        assert render.render(text, _results(), (ROOT / name).parent) == text, (
+            f"{name}: tables or code links differ from bench/results.json and the code: "
+            "run `python bench/run.py --render`"
+        )
 
 
 def test_every_link_resolves():
@@ -48,9 +53,19 @@ def test_every_link_resolves():
 
 
 def test_a_hand_edited_number_is_caught():
-    results = {"speed": {"boot_iter_ms": 300.0, "boot_floor_ms": 250.0, "boot_ratio": 1.2, "dkdm_iter_ms": 60.0,
-                         "dkdm_floor_ms": 50.0, "dkdm_ratio": 1.2, "dkdm_T100_iter_ms": 59.0,
-                         "dkdm_T1000_over_T100": 1.02, "date": "2026-01-01"}}
+    results = {
+        "speed": {
+            "boot_iter_ms": 300.0,
+            "boot_floor_ms": 250.0,
+            "boot_ratio": 1.2,
+            "dkdm_iter_ms": 60.0,
+            "dkdm_floor_ms": 50.0,
+            "dkdm_ratio": 1.2,
+            "dkdm_T100_iter_ms": 59.0,
+            "dkdm_T1000_over_T100": 1.02,
+            "date": "2026-01-01",
+        }
+    }
     text = render.render("<!-- bench:speed -->\n<!-- /bench:speed -->", results)
     assert "1.20×" in text and render.render(text, results) == text
     assert render.render(text.replace("1.20×", "1.05×"), results) != text.replace("1.20×", "1.05×")

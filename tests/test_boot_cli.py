@@ -1,5 +1,6 @@
 """boot.py end to end: smoke runs on every teacher family (tiny offline pipelines), kill and rerun,
 a 2-process torchrun against 1 process, bad input, and the gmm student matching its teacher."""
+
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import runkit
 import teachers
 from pipelines import students
 
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--iters", "3", "--batch", "4", "--preview", "2", "--check", "4", "--log-every", "1"]
 
@@ -26,8 +28,14 @@ def env(**extra):
 
 
 def boot_cli(*args, check=True, **kw):
-    p = subprocess.run([sys.executable, str(ROOT / "boot.py"), *map(str, args)], capture_output=True, text=True,
-                       env=env(), cwd=kw.pop("cwd", ROOT), timeout=kw.pop("timeout", 300))
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "boot.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=kw.pop("cwd", ROOT),
+        timeout=kw.pop("timeout", 300),
+    )
     if check:
         assert p.returncode == 0, p.stderr[-3000:]
     return p
@@ -126,7 +134,9 @@ def test_eval_every_logs_the_proxy_at_its_steps(tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "proxy_fd" in r] == [2, 4]
     for r in records[1::2]:
-        assert r["proxy_fd"] > 0 and r["ms_eval"] > 0 and r["proxy"].startswith("proxy: n=256 against 256 other samples")
+        assert (
+            r["proxy_fd"] > 0 and r["ms_eval"] > 0 and r["proxy"].startswith("proxy: n=256 against 256 other samples")
+        )
 
 
 def test_digits_smoke_generator_loads(tmp_path):
@@ -137,8 +147,24 @@ def test_digits_smoke_generator_loads(tmp_path):
     gen = students.ExportedStudent(run)
     x = gen.generate(torch.randn(5, 1, 8, 8), gen.label_cond(torch.arange(5)), 2.5)
     assert x.shape == (5, 1, 8, 8) and torch.isfinite(x).all() and gen.nfe == 1
-    assert boot_main(*TINY, "--student", "small", "--solver", "euler", "--weighting", "lambda",
-                     "--time-sampling", "progressive", "--loss", "huber", "--out", tmp_path / "small") == 0
+    assert (
+        boot_main(
+            *TINY,
+            "--student",
+            "small",
+            "--solver",
+            "euler",
+            "--weighting",
+            "lambda",
+            "--time-sampling",
+            "progressive",
+            "--loss",
+            "huber",
+            "--out",
+            tmp_path / "small",
+        )
+        == 0
+    )
     assert assert_finished(tmp_path / "small", 3)["output"] == "sample"
 
 
@@ -146,6 +172,7 @@ def test_lpips_loss_trains_offline(tmp_path, monkeypatch):
     """--loss lpips end to end on a pixel teacher, with a random AlexNet trunk standing in for the
     ImageNet weights (the lpips package ships its linear heads)."""
     import lpips
+
     net = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False).eval().requires_grad_(False)
     monkeypatch.setattr(boot, "lpips_network", lambda device: net)
     assert boot_main("--teacher", "gmm", *TINY, "--loss", "lpips", "--out", tmp_path / "run") == 0
@@ -174,8 +201,21 @@ def test_tiny_if_both_stages(tiny_if_dirs, tmp_path, capsys):
     # a stage-II pipeline passed as stage I is refused, before anything is written
     assert boot_main("--teacher", stage2, *prompts, *TINY, "--out", tmp_path / "x") == 2
     assert not (tmp_path / "x").exists()
-    assert boot_main("--teacher", stage2, "--stage", "2", "--stage1-run", tmp_path / "if1", *prompts, *TINY,
-                     "--out", tmp_path / "if2") == 0
+    assert (
+        boot_main(
+            "--teacher",
+            stage2,
+            "--stage",
+            "2",
+            "--stage1-run",
+            tmp_path / "if1",
+            *prompts,
+            *TINY,
+            "--out",
+            tmp_path / "if2",
+        )
+        == 0
+    )
     info = assert_finished(tmp_path / "if2", 3)
     assert info["stage"] == 2 and info["noise_level"] == 250 and info["sample_shape"] == [3, 16, 16]
     rc, out = boot_main("sample", tmp_path / "if2", "--prompt", "a red cube", "--n", "2", capsys=capsys)
@@ -188,9 +228,16 @@ def test_unet2dmodel_teacher_copy(tmp_path):
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       norm_num_groups=8)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+    )
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
     teacher = teachers.load_teacher(str(tmp_path / "ddpm"), clip="none")
     cfg = boot.resolve(boot.BootConfig(teacher=str(tmp_path / "ddpm")))
@@ -200,7 +247,12 @@ def test_unet2dmodel_teacher_copy(tmp_path):
     assert torch.allclose(y, teacher.x0(eps, torch.full((3,), cfg.t_max)), atol=1e-5)
     assert boot_main("--teacher", tmp_path / "ddpm", *TINY, "--loss", "l2", "--out", tmp_path / "run") == 0  # offline
     assert_finished(tmp_path / "run", 3)
-    assert boot_main("--teacher", tmp_path / "ddpm", *TINY, "--loss", "l2", "--student", "small", "--out", tmp_path / "small") == 0
+    assert (
+        boot_main(
+            "--teacher", tmp_path / "ddpm", *TINY, "--loss", "l2", "--student", "small", "--out", tmp_path / "small"
+        )
+        == 0
+    )
     assert assert_finished(tmp_path / "small", 3)["class_name"] == "UNet2DConditionModel"
 
 
@@ -230,19 +282,48 @@ def test_killed_run_rerun_reproduces_the_uninterrupted_run(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), key
     steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps))  # no record twice after the resume
-    clockless = lambda run: [{k: v for k, v in json.loads(x).items() if not k.startswith(("ms_", "elapsed"))}  # noqa: E731
-                             for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+    def clockless(run):
+        records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if not k.startswith(("ms_", "elapsed"))} for r in records]
+
     assert clockless(tmp_path / "a") == clockless(tmp_path / "b")  # the open window was resumed, not restarted
 
 
 @pytest.mark.slow
 def test_torchrun_two_processes_equal_one_process(tmp_path):
-    args = ["--teacher", "gmm", "--iters", "4", "--batch", "8", "--preview", "0", "--check", "0", "--boundary-every", "2"]
+    args = [
+        "--teacher",
+        "gmm",
+        "--iters",
+        "4",
+        "--batch",
+        "8",
+        "--preview",
+        "0",
+        "--check",
+        "0",
+        "--boundary-every",
+        "2",
+    ]
     boot_cli(*args, "--out", tmp_path / "one")
     torchrun = Path(sys.executable).parent / "torchrun"
-    p = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(ROOT / "boot.py"), *args,
-                        "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env(), cwd=ROOT,
-                       timeout=300)
+    p = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node=2",
+            str(ROOT / "boot.py"),
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env(),
+        cwd=ROOT,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
     init, _ = boot.make_student(teachers.load_teacher("gmm"), boot.resolve(boot.BootConfig(teacher="gmm")), None)

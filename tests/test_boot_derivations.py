@@ -2,6 +2,7 @@
 independent derivation: the exact Gaussian-mixture denoiser, closed-form derivatives, autograd of
 a hand-assembled loss on a tiny student, scipy's KS test and diffusers' IF noising scheduler.
 `python tests/mutants.py` breaks the code one paper-level mistake at a time to show these fail."""
+
 import dataclasses
 import json
 import math
@@ -12,8 +13,10 @@ import torch.nn.functional as F
 
 import boot
 import teachers
-from conftest import CosineSchedule
 from pipelines import students
+
+from conftest import CosineSchedule
+
 
 CPU = torch.device("cpu")
 
@@ -24,7 +27,8 @@ def draw(shape, seed):
 
 def cosine_lambda_prime(t, s=0.008):
     """d lambda / dt of lambda = -1/2 log(ab / (1 - ab)), ab = cos^2(u) / cos^2(u_0), u = (t + s) / (1 + s) pi / 2:
-    d ab / dt = -sin(2u) pi / (2 (1 + s)) / cos^2(u_0), so lambda' = sin(2u) pi / (4 (1 + s) cos^2(u_0) ab (1 - ab))."""
+    d ab / dt = -sin(2u) pi / (2 (1 + s)) / cos^2(u_0),
+    so lambda' = sin(2u) pi / (4 (1 + s) cos^2(u_0) ab (1 - ab))."""
     u, c0 = (t + s) / (1 + s) * math.pi / 2, math.cos(s / (1 + s) * math.pi / 2) ** 2
     ab = torch.cos(u) ** 2 / c0
     return torch.sin(2 * u) * math.pi / (4 * (1 + s) * c0 * ab * (1 - ab))
@@ -99,7 +103,8 @@ def test_student_is_conditioned_on_w_drawn_per_example():
 @pytest.mark.parametrize("weighting,boundary", [("uniform", True), ("lambda", False)])
 def test_boot_step_is_eq7_plus_eq8_with_a_stop_gradient_target(weighting, boundary):
     """Assembled here from its parts on a fresh (t-dependent) student and the exact mixture:
-    L = mean_b w~_b / delta^2 |y_theta(eps, s) - SG[y^(y_theta(eps, t))]|^2 + beta |y_theta(eps, t_max) - f~(eps, t_max)|^2,
+    L = mean_b w~_b / delta^2 |y_theta(eps, s) - SG[y^(y_theta(eps, t))]|^2
+        + beta |y_theta(eps, t_max) - f~(eps, t_max)|^2,
     its value and its gradient (the target is a constant: no gradient flows through y_theta(eps, t))."""
     teacher = teachers.load_teacher("gmm")
     exact = teachers.load_teacher("gmm").double()
@@ -130,7 +135,9 @@ def test_boot_step_is_eq7_plus_eq8_with_a_stop_gradient_target(weighting, bounda
     bc = F.mse_loss(y(torch.full_like(t, cfg.t_max)), f(eps.double(), cfg.t_max))
     ref = bs + cfg.beta * bc if boundary else bs  # Eq. 8 only on boundary iterations (every k-th)
     torch.testing.assert_close(parts["bs"].double(), bs.detach(), rtol=1e-4, atol=0)
-    torch.testing.assert_close(parts["bc"].double(), bc.detach() if boundary else torch.zeros_like(bc), rtol=1e-4, atol=0)
+    torch.testing.assert_close(
+        parts["bc"].double(), bc.detach() if boundary else torch.zeros_like(bc), rtol=1e-4, atol=0
+    )
     want = torch.autograd.grad(ref, list(model.parameters()))
     diff = sum((a.double() - b).pow(2).sum() for a, b in zip(got, want)).sqrt()
     norm = sum(b.pow(2).sum() for b in want).sqrt()
@@ -169,7 +176,10 @@ def test_each_distance_keeps_the_stop_gradient_and_the_weight_per_example(monkey
         c = 0.00054 * 8.0  # sqrt(1 x 8 x 8)
         d = ((y(s) - target).pow(2).sum(dim=(1, 2, 3)) + c * c).sqrt() - c
     else:
-        up = lambda v: F.interpolate(v.repeat(1, 3, 1, 1), size=(224, 224), mode="bilinear", align_corners=False)  # noqa: E731
+
+        def up(v):
+            return F.interpolate(v.repeat(1, 3, 1, 1), size=(224, 224), mode="bilinear", align_corners=False)
+
         d = net(up(y(s)), up(target)).reshape(n)
     ref = (boot.loss_weight(teacher.schedule, t, cfg.delta, weighting, s=s).float() * d).mean()
     torch.testing.assert_close(parts["bs"], ref.detach(), rtol=1e-4, atol=1e-7)
@@ -186,8 +196,21 @@ def test_lpips_needs_a_pixel_teacher_and_says_what_to_download(monkeypatch, tmp_
     assert boot.main(["--teacher", "gmm", "--loss", "lpips", "--iters", "1", "--out", str(tmp_path / "a")]) == 2
     assert "alexnet-owt-7be5be79.pth" in capsys.readouterr().err and not (tmp_path / "a").exists()
     (tmp_path / "p.txt").write_text("a cat\n")
-    assert boot.main(["--teacher", str(tiny_sd_dir), "--prompts", str(tmp_path / "p.txt"), "--loss", "lpips",
-                      "--out", str(tmp_path / "b")]) == 2
+    assert (
+        boot.main(
+            [
+                "--teacher",
+                str(tiny_sd_dir),
+                "--prompts",
+                str(tmp_path / "p.txt"),
+                "--loss",
+                "lpips",
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 2
+    )
     assert "is latent: use --loss l2 or huber" in capsys.readouterr().err
 
 
@@ -199,8 +222,27 @@ def test_a_short_gmm_run_learns_the_teachers_ode_output(tmp_path, monkeypatch):
     seen, step = [], boot.boot_step
     monkeypatch.setattr(boot, "boot_step", lambda *a: seen.append(a[3][0]) or step(*a))  # its eps (Alg. 1 line 2)
     run = tmp_path / "gmm"
-    assert boot.main(["--teacher", "gmm", "--iters", "150", "--batch", "32", "--ema", "0.9", "--preview", "0",
-                      "--check", "128", "--out", str(run)]) == 0
+    assert (
+        boot.main(
+            [
+                "--teacher",
+                "gmm",
+                "--iters",
+                "150",
+                "--batch",
+                "32",
+                "--ema",
+                "0.9",
+                "--preview",
+                "0",
+                "--check",
+                "128",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     eps = torch.cat(seen).flatten(1)  # N(0, I) per example and iteration: 150 x 32 distinct rows
     assert len(seen) == 150 and len(eps.unique(dim=0)) == len(eps) == 4800
     assert abs(eps.mean()) < 0.01 and abs(eps.std() - 1) < 0.01

@@ -8,6 +8,7 @@ import torch
 
 import boot
 import teachers
+
 from conftest import CosineSchedule
 
 
@@ -148,10 +149,15 @@ def test_heun_error_shrinks_an_order_faster_than_euler(gmm):
         f_s = f(boot.noisy(sch, y_tilde, eps, s), s)
         return y + dl / 2 * ((f_t - y) + (f_s - y_tilde))
 
-    errs = one_step_errors(gmm, {
-        "euler": lambda f, sch, y, e, t, s: boot.bootstrap_target(f, sch, y, e, t, s, "euler"),
-        "heun": lambda f, sch, y, e, t, s: boot.bootstrap_target(f, sch, y, e, t, s, "heun"),
-        "printed": printed_eq15}, deltas)
+    errs = one_step_errors(
+        gmm,
+        {
+            "euler": lambda f, sch, y, e, t, s: boot.bootstrap_target(f, sch, y, e, t, s, "euler"),
+            "heun": lambda f, sch, y, e, t, s: boot.bootstrap_target(f, sch, y, e, t, s, "heun"),
+            "printed": printed_eq15,
+        },
+        deltas,
+    )
     k = {name: slope(deltas, e) for name, e in errs.items()}
     print("log-log slopes of the one-step error:", {n: round(v, 2) for n, v in k.items()})
     assert 1.6 < k["euler"] < 2.3 and 2.5 < k["heun"] < 3.3 and k["heun"] - k["euler"] > 0.7
@@ -174,6 +180,7 @@ def test_loss_weights():
     lam_prime = torch.autograd.grad(sch.lam(t).sum(), t)[0]
     t = t.detach()
     assert torch.allclose(boot.loss_weight(sch, t, 0.04, "uniform"), torch.full_like(t, 625.0))
+
     # Alg. 1 line 10: 1 / (delta lambda')^2 with the discrete delta lambda' = 1 - alpha_t sigma_s / (sigma_t alpha_s),
     # s = max(t - delta, 0), written out from the cosine alpha_bar (Nichol & Dhariwal) by hand
     def ab(u):

@@ -1,5 +1,6 @@
 """Checkpoints kept (--keep N), the student exported while training (--export-every K), and resume
 from a memory-mapped checkpoint that reproduces the uninterrupted run."""
+
 import json
 from pathlib import Path
 
@@ -17,16 +18,37 @@ def ckpt_names(run):
 def test_boot_keeps_the_last_n_and_exports_mid_run(tmp_path, monkeypatch):
     exports = []
     real = boot.finish
-    monkeypatch.setattr(boot, "finish", lambda cfg, raw, ema, *a: exports.append(ema.shadow["conv_in.weight"].clone())
-                        or real(cfg, raw, ema, *a))
+    monkeypatch.setattr(
+        boot,
+        "finish",
+        lambda cfg, raw, ema, *a: exports.append(ema.shadow["conv_in.weight"].clone()) or real(cfg, raw, ema, *a),
+    )
     run = tmp_path / "run"
-    args = ["--teacher", "gmm", "--batch", "4", "--preview", "2", "--check", "0", "--ckpt-every", "2", "--keep", "2",
-            "--export-every", "3", "--out", str(run)]
+    args = [
+        "--teacher",
+        "gmm",
+        "--batch",
+        "4",
+        "--preview",
+        "2",
+        "--check",
+        "0",
+        "--ckpt-every",
+        "2",
+        "--keep",
+        "2",
+        "--export-every",
+        "3",
+        "--out",
+        str(run),
+    ]
     assert boot.main([*args, "--iters", "6"]) == 0
     assert ckpt_names(run) == ["latest.pt", "step-000000004.pt", "step-000000006.pt"]
     assert runkit.load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 6
     assert len(exports) == 2 and not torch.equal(exports[0], exports[1])  # step 3 (mid-run) and the end
-    assert (run / "student" / "unet" / "diffusion_pytorch_model.safetensors").is_file() and (run / "preview.png").is_file()
+    assert (run / "student" / "unet" / "diffusion_pytorch_model.safetensors").is_file() and (
+        run / "preview.png"
+    ).is_file()
     assert boot.main([*args, "--iters", "8"]) == 0  # resume from the mapped latest.pt, keep pruning
     assert ckpt_names(run) == ["latest.pt", "step-000000006.pt", "step-000000008.pt"]
 
@@ -34,13 +56,34 @@ def test_boot_keeps_the_last_n_and_exports_mid_run(tmp_path, monkeypatch):
 def test_dkdm_keeps_pools_of_kept_checkpoints_and_exports_mid_run(tmp_path, monkeypatch):
     exports = []
     real = dkdm.export_student
-    monkeypatch.setattr(dkdm, "export_student", lambda cfg, t, raw, ema, path: exports.append(1) or real(cfg, t, raw, ema, path))
+    monkeypatch.setattr(
+        dkdm, "export_student", lambda cfg, t, raw, ema, path: exports.append(1) or real(cfg, t, raw, ema, path)
+    )
     run = tmp_path / "run"
-    args = ["--rho", "0.01", "--batch", "4", "--pool-init", "noise", "--ckpt-every", "2", "--keep", "2", "--export-every", "2",
-            "--out", str(run)]
+    args = [
+        "--rho",
+        "0.01",
+        "--batch",
+        "4",
+        "--pool-init",
+        "noise",
+        "--ckpt-every",
+        "2",
+        "--keep",
+        "2",
+        "--export-every",
+        "2",
+        "--out",
+        str(run),
+    ]
     assert dkdm.main([*args, "--iters", "5"]) == 0
-    assert ckpt_names(run) == ["latest.pt", "step-000000004.pt", "step-000000005.pt",
-                               "stream-rank0-step4.pt", "stream-rank0-step5.pt"]
+    assert ckpt_names(run) == [
+        "latest.pt",
+        "step-000000004.pt",
+        "step-000000005.pt",
+        "stream-rank0-step4.pt",
+        "stream-rank0-step5.pt",
+    ]
     assert len(exports) == 3  # steps 2 and 4 while training, then the end
     assert json.loads((run / "student" / "generator.json").read_text())["method"] == "dkdm"
     assert dkdm.main([*args, "--iters", "6", "--export-every", "0"]) == 0

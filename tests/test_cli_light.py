@@ -1,12 +1,14 @@
 """The command lines a newcomer meets first: `--help` of every script answers without importing
 torch; the dry-run shows resolved values instead of nulls; one `sample RUN` shape in both
 training scripts."""
+
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,8 +28,13 @@ print(json.dumps({{"code": code, "torch": "torch" in sys.modules, "diffusers": "
 
 
 def probe(script, *args):
-    p = subprocess.run([sys.executable, "-c", PROBE.format(root=str(ROOT)), str(ROOT / script), *args],
-                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-c", PROBE.format(root=str(ROOT)), str(ROOT / script), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     return p.stdout, p.stderr.splitlines()[:-1], json.loads(p.stderr.splitlines()[-1])
 
 

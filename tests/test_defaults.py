@@ -1,5 +1,6 @@
 """Defaults that follow the papers, and the deviations kept as flags: the DiT student's adaLN-Zero
 initialisation (Peebles & Xie, Sec. 3.2) and DKDM's optional gradient clipping."""
+
 import pytest
 import torch
 
@@ -20,8 +21,9 @@ def test_vit_student_starts_adaln_zero_and_trains(digits):
     x, t = torch.randn(6, 1, 8, 8), torch.tensor([0.0, 10, 200, 500, 900, 999])
     labels = torch.tensor([0, 3, 5, 7, 9, 10])
     seen = []
-    hooks = [b.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
-             for b in model.transformer_blocks]
+    hooks = [
+        b.register_forward_hook(lambda m, args, out: seen.append((args[0], out))) for b in model.transformer_blocks
+    ]
     out = teachers.call_net(model, x, t, {"class_labels": labels})
     for h in hooks:
         h.remove()
@@ -38,8 +40,14 @@ def test_vit_student_starts_adaln_zero_and_trains(digits):
 def test_clip_grad_default_is_the_papers_none_except_on_the_embedded_teachers():
     """The paper and its trainer clip nothing: so does every hub or local teacher by default; the
     embedded digits / gmm teachers keep the 1.0 their bench rows were measured with."""
-    for teacher, clip in [("digits", 1.0), ("gmm", 1.0), ("ddpm-cifar10", 0.0), ("ldm-celebahq", 0.0),
-                          ("google/ddpm-cifar10-32", 0.0), ("path/to/iddpm-cifar10", 0.0)]:
+    for teacher, clip in [
+        ("digits", 1.0),
+        ("gmm", 1.0),
+        ("ddpm-cifar10", 0.0),
+        ("ldm-celebahq", 0.0),
+        ("google/ddpm-cifar10-32", 0.0),
+        ("path/to/iddpm-cifar10", 0.0),
+    ]:
         assert dkdm.DKDMConfig(teacher=teacher).clip_grad == clip, teacher
     assert dkdm.DKDMConfig(teacher="ddpm-cifar10", clip_grad=0.5).clip_grad == 0.5
     assert dkdm.DKDMConfig(teacher="digits", clip_grad=0.0).clip_grad == 0.0
@@ -49,8 +57,13 @@ def test_dynamic_pool_init_default_is_the_papers_shuffle_except_on_the_embedded_
     """Shuffle denoise (Fig. 3) initialises the dynamic pool of every hub or local teacher; the embedded
     digits / gmm teachers keep the staggered chains (the paper's init costs ~80 CPU-min there)."""
     init = lambda **k: dkdm.resolved_init(dkdm.DKDMConfig(**k))  # noqa: E731
-    for teacher, how in [("digits", "staggered"), ("gmm", "staggered"), ("ddpm-cifar10", "shuffle"),
-                         ("ldm-celebahq", "shuffle"), ("path/to/iddpm-cifar10", "shuffle")]:
+    for teacher, how in [
+        ("digits", "staggered"),
+        ("gmm", "staggered"),
+        ("ddpm-cifar10", "shuffle"),
+        ("ldm-celebahq", "shuffle"),
+        ("path/to/iddpm-cifar10", "shuffle"),
+    ]:
         assert init(teacher=teacher) == how, teacher
         assert init(teacher=teacher, method="shuffled") == "shuffle"
         assert init(teacher=teacher, method="iterative") == "noise"
@@ -63,8 +76,20 @@ def test_clip_grad_flag(tmp_path, monkeypatch, clip):
     """--clip-grad 0 clips nothing (the paper and the official trainer); a positive value is the max norm."""
     calls = []
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, max_norm, **k: calls.append(max_norm))
-    flags = ["--teacher", "gmm", "--rho", "0.01", "--batch", "4", "--chains", "16", "--iters", "2",
-             "--out", str(tmp_path / "run")] + ([] if clip is None else ["--clip-grad", clip])
+    flags = [
+        "--teacher",
+        "gmm",
+        "--rho",
+        "0.01",
+        "--batch",
+        "4",
+        "--chains",
+        "16",
+        "--iters",
+        "2",
+        "--out",
+        str(tmp_path / "run"),
+    ] + ([] if clip is None else ["--clip-grad", clip])
     assert dkdm.main(flags) == 0
     assert calls == {None: [1.0, 1.0], "0": [], "0.5": [0.5, 0.5]}[clip]
 
@@ -75,17 +100,23 @@ def test_negative_clip_grad_is_refused(tmp_path, capsys):
     assert len(err) == 1 and "--clip-grad" in err[0] and not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("preset,betas", [("digits", dict(beta_schedule="squaredcos_cap_v2")),
-                                          ("if", dict(beta_schedule="squaredcos_cap_v2")),
-                                          ("sd21", dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)),
-                                          ("ddpm-cifar10", dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02))])
+@pytest.mark.parametrize(
+    "preset,betas",
+    [
+        ("digits", dict(beta_schedule="squaredcos_cap_v2")),
+        ("if", dict(beta_schedule="squaredcos_cap_v2")),
+        ("sd21", dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)),
+        ("ddpm-cifar10", dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02)),
+    ],
+)
 def test_boot_t_max_preset_keeps_the_digits_amplification(preset, betas):
     """Each preset's t_max sits where 1/alpha_t (the factor an eps error is amplified by in the student's
     output) is about 6.4, its value at the measured digits setting; alpha from diffusers' own table."""
     import math
 
-    import boot
     from diffusers import DDPMScheduler
+
+    import boot
 
     t_max = boot.resolve(boot.BootConfig(teacher=preset)).t_max
     ac = DDPMScheduler(num_train_timesteps=1000, **betas).alphas_cumprod.double()
@@ -97,12 +128,15 @@ def test_boot_t_max_preset_keeps_the_digits_amplification(preset, betas):
     assert 6.2 < amplification < 6.6, (preset, t_max, amplification)
 
 
-@pytest.mark.parametrize("name,latent,synth,scored", [
-    ("ddpm-cifar10", False, ("ancestral", 1000), ("ancestral", 50)),  # Table 4: IDDPM-1000; Sec. 4.1: IDDPM-50
-    ("ldm-celebahq", True, ("ddim", 100), ("ddim", 200)),  # Table 4: DDIM-100; Sec. 4.1: DDIM-200
-    ("path/to/pixel-ddpm", False, ("ancestral", 1000), ("ancestral", 50)),
-    ("digits", False, ("ancestral", 100), ("ddim", 50)),  # the embedded teacher's CPU protocol (README)
-])
+@pytest.mark.parametrize(
+    "name,latent,synth,scored",
+    [
+        ("ddpm-cifar10", False, ("ancestral", 1000), ("ancestral", 50)),  # Table 4: IDDPM-1000; Sec. 4.1: IDDPM-50
+        ("ldm-celebahq", True, ("ddim", 100), ("ddim", 200)),  # Table 4: DDIM-100; Sec. 4.1: DDIM-200
+        ("path/to/pixel-ddpm", False, ("ancestral", 1000), ("ancestral", 50)),
+        ("digits", False, ("ancestral", 100), ("ddim", 50)),  # the embedded teacher's CPU protocol (README)
+    ],
+)
 def test_dkdm_samplers_follow_table_4_and_the_evaluation_protocol(name, latent, synth, scored):
     from types import SimpleNamespace
 

@@ -1,5 +1,6 @@
 """dkdm.py end to end, offline on CPU: smoke runs (cnn and vit students; the digits teacher and a
 tiny latent teacher), baselines, resume, a 2-process torchrun, and bad input."""
+
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
@@ -18,8 +20,14 @@ TINY = ["--rho", "0.01", "--batch", "8", "--chains", "16", "--log-every", "2", "
 
 
 def dkdm(*args, cwd=ROOT, timeout=300):
-    return subprocess.run([sys.executable, str(ROOT / "dkdm.py"), *map(str, args)], cwd=cwd, env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "dkdm.py"), *map(str, args)],
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def ok(r):
@@ -33,11 +41,28 @@ def tiny_latent_teacher(path, T=50):
     from diffusers import DDIMScheduler, LDMPipeline, UNet2DModel, VQModel
 
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
-                       down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2, norm_num_groups=4)
-    vq = VQModel(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                 up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=3,
-                 norm_num_groups=4, num_vq_embeddings=32, vq_embed_dim=3, sample_size=16)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2,
+        norm_num_groups=4,
+    )
+    vq = VQModel(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        latent_channels=3,
+        norm_num_groups=4,
+        num_vq_embeddings=32,
+        vq_embed_dim=3,
+        sample_size=16,
+    )
     sched = DDIMScheduler(num_train_timesteps=T, beta_schedule="linear", clip_sample=False)
     LDMPipeline(vqvae=vq, unet=unet, scheduler=sched).save_pretrained(path)
     return path
@@ -107,8 +132,24 @@ def test_baselines(tmp_path, latent_teacher):
     ok(dkdm("--method", "data", "--iters", 3, "--batch", 8, "--out", tmp_path / "data"))
     check_run(tmp_path / "data", (1, 8, 8))
     run = tmp_path / "free"
-    ok(dkdm("--teacher", latent_teacher, "--method", "data-free", "--synth-n", 12, "--synth-steps", 3,
-            "--iters", 3, "--batch", 4, "--out", run))
+    ok(
+        dkdm(
+            "--teacher",
+            latent_teacher,
+            "--method",
+            "data-free",
+            "--synth-n",
+            12,
+            "--synth-steps",
+            3,
+            "--iters",
+            3,
+            "--batch",
+            4,
+            "--out",
+            run,
+        )
+    )
     check_run(run, (3, 8, 8))
     assert torch.load(run / "synthetic.pt", weights_only=True)["x"].shape == (12, 3, 8, 8)
 
@@ -126,12 +167,31 @@ def test_budget_resume_equals_one_run(tmp_path, latent_teacher):
 
 @pytest.mark.slow
 def test_kill_and_rerun_reproduces(tmp_path, latent_teacher):
-    args = ["--teacher", latent_teacher, "--rho", "0.1", "--batch", "8", "--chains", "16", "--iters", "300",
-            "--ckpt-every", "20", "--log-every", "50"]
+    args = [
+        "--teacher",
+        latent_teacher,
+        "--rho",
+        "0.1",
+        "--batch",
+        "8",
+        "--chains",
+        "16",
+        "--iters",
+        "300",
+        "--ckpt-every",
+        "20",
+        "--log-every",
+        "50",
+    ]
     ok(dkdm(*args, "--out", tmp_path / "straight"))
     run = tmp_path / "killed"
-    p = subprocess.Popen([sys.executable, str(ROOT / "dkdm.py"), *map(str, args), "--out", str(run)], cwd=ROOT,
-                         env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [sys.executable, str(ROOT / "dkdm.py"), *map(str, args), "--out", str(run)],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     ckpt = run / "checkpoints" / "latest.pt"
     while p.poll() is None:
         if ckpt.is_file() and torch.load(ckpt, weights_only=True)["step"] >= 20:
@@ -150,29 +210,65 @@ def test_kill_and_rerun_reproduces(tmp_path, latent_teacher):
 @pytest.mark.slow
 def test_torchrun_two_processes(tmp_path, latent_teacher):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "dkdm.py"),
-           "--teacher", str(latent_teacher), "--student", "vit", *TINY, "--iters", "4", "--out", str(run)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(ROOT / "dkdm.py"),
+        "--teacher",
+        str(latent_teacher),
+        "--student",
+        "vit",
+        *TINY,
+        "--iters",
+        "4",
+        "--out",
+        str(run),
+    ]
     r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     ok(r)
     check_run(run, (3, 8, 8))
-    assert sorted(f.name for f in (run / "checkpoints").glob("stream-*")) == \
-        ["stream-rank0-step4.pt", "stream-rank1-step4.pt"]  # each process keeps its own pool
+    assert sorted(f.name for f in (run / "checkpoints").glob("stream-*")) == [
+        "stream-rank0-step4.pt",
+        "stream-rank1-step4.pt",
+    ]  # each process keeps its own pool
     assert json.loads((run / "config.json").read_text())["world_size"] == 2
 
 
 def misfit_student(tmp_path):
     """A UNet2DModel config for 3-channel inputs: the digits teacher makes 1x8x8."""
-    conf = dict(_class_name="UNet2DModel", sample_size=8, in_channels=3, out_channels=2, layers_per_block=1,
-                block_out_channels=[16, 32], down_block_types=["DownBlock2D"] * 2,
-                up_block_types=["UpBlock2D"] * 2, norm_num_groups=8, num_class_embeds=11)
+    conf = dict(
+        _class_name="UNet2DModel",
+        sample_size=8,
+        in_channels=3,
+        out_channels=2,
+        layers_per_block=1,
+        block_out_channels=[16, 32],
+        down_block_types=["DownBlock2D"] * 2,
+        up_block_types=["UpBlock2D"] * 2,
+        norm_num_groups=8,
+        num_class_embeds=11,
+    )
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "config.json").write_text(json.dumps(conf))
     return tmp_path / "bad"
 
 
-@pytest.mark.parametrize("bad", [["--rho", "0"], ["--rho", "-0.4"], ["--student", "resnet"], ["--lam", "-1"],
-                                 ["--student", "MISFIT"], ["--method", "nope"], ["--chains", "3"],
-                                 ["--method", "data", "--teacher", "gmm"]])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--rho", "0"],
+        ["--rho", "-0.4"],
+        ["--student", "resnet"],
+        ["--lam", "-1"],
+        ["--student", "MISFIT"],
+        ["--method", "nope"],
+        ["--chains", "3"],
+        ["--method", "data", "--teacher", "gmm"],
+    ],
+)
 def test_bad_input_one_line_nothing_written(tmp_path, bad):
     bad = [str(misfit_student(tmp_path)) if a == "MISFIT" else a for a in bad]
     run = tmp_path / "run"

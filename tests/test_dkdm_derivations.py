@@ -2,15 +2,18 @@
 KL, diffusers' DDPMScheduler step, the mixture's exact per-step marginal mean, and the fixed point
 of distillation (a student equal to the teacher has zero loss).
 `python tests/mutants.py` breaks the code one paper-level mistake at a time to show these fail."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from test_dkdm_equations import T, gmm_teacher, tiny_teacher
 
 import dkdm
 from pipelines import students
+
+from test_dkdm_equations import T, gmm_teacher, tiny_teacher
+
 
 N = torch.distributions.Normal
 
@@ -30,8 +33,9 @@ def test_vlb_is_the_kl_from_the_teacher_step_to_the_student_step():
     kl = torch.distributions.kl_divergence(N(mean_T, (0.5 * logvar_T).exp()), N(mean_S, (0.5 * logvar_S).exp()))
     ref = kl.mean(dim=(1, 2, 3)) / math.log(2)
     torch.testing.assert_close(vb, ref, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(torch.autograd.grad(vb.sum(), out)[0], torch.autograd.grad(ref.sum(), out)[0],
-                               rtol=1e-3, atol=1e-6)
+    torch.testing.assert_close(
+        torch.autograd.grad(vb.sum(), out)[0], torch.autograd.grad(ref.sum(), out)[0], rtol=1e-3, atol=1e-6
+    )
 
 
 def test_fixed_variance_teacher_gives_l_simple_only():
@@ -64,8 +68,9 @@ def test_teacher_step_is_a_ddpm_scheduler_step(i):
 
     teacher = tiny_teacher()
     x, labels = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(6)), torch.tensor([1, 2, 10])
-    sched = DDPMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2", variance_type="learned_range",
-                          clip_sample=True)
+    sched = DDPMScheduler(
+        num_train_timesteps=T, beta_schedule="squaredcos_cap_v2", variance_type="learned_range", clip_sample=True
+    )
     with torch.no_grad():
         out = teacher.unet(x, i, class_labels=labels).sample
     ref = sched.step(out, i, x, generator=torch.Generator().manual_seed(7)).prev_sample

@@ -1,5 +1,6 @@
 """DKDM Eq. (19)-(21) against torch.distributions, and the knowledge streams of Sec. 3.3 / Alg. 1
 with counted teacher calls, on cheap teachers with T = 20 (the analytic mixture, a tiny UNet)."""
+
 import math
 
 import pytest
@@ -9,6 +10,7 @@ import dkdm
 import runkit
 import teachers
 from pipelines import students
+
 
 T = 20
 
@@ -27,12 +29,26 @@ def tiny_teacher(learned=True, clip="static", T=T, conditional=True):
     from diffusers import UNet2DModel
 
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=2 if learned else 1, layers_per_block=1,
-                       block_out_channels=(8, 16), down_block_types=("DownBlock2D",) * 2,
-                       up_block_types=("UpBlock2D",) * 2, norm_num_groups=4,
-                       num_class_embeds=11 if conditional else None)
-    t = teachers.UNetTeacher(unet, schedule(T), (1, 8, 8), variance_type="learned_range" if learned else "fixed_small",
-                             clip=clip, num_classes=10 if conditional else None, name="tiny")
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=2 if learned else 1,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2,
+        norm_num_groups=4,
+        num_class_embeds=11 if conditional else None,
+    )
+    t = teachers.UNetTeacher(
+        unet,
+        schedule(T),
+        (1, 8, 8),
+        variance_type="learned_range" if learned else "fixed_small",
+        clip=clip,
+        num_classes=10 if conditional else None,
+        name="tiny",
+    )
     if conditional:
         t.null = {"class_labels": torch.tensor([10])}
     return t.eval().requires_grad_(False)
@@ -55,8 +71,9 @@ def test_vlb_equals_torch_kl_over_ln2():
     g = torch.Generator().manual_seed(0)
     m1, m2 = torch.randn(4, 1, 8, 8, generator=g), torch.randn(4, 1, 8, 8, generator=g)
     lv1, lv2 = torch.randn(4, 1, 8, 8, generator=g), torch.randn(4, 1, 8, 8, generator=g)
-    ref = torch.distributions.kl_divergence(torch.distributions.Normal(m1, (0.5 * lv1).exp()),
-                                            torch.distributions.Normal(m2, (0.5 * lv2).exp()))
+    ref = torch.distributions.kl_divergence(
+        torch.distributions.Normal(m1, (0.5 * lv1).exp()), torch.distributions.Normal(m2, (0.5 * lv2).exp())
+    )
     torch.testing.assert_close(dkdm.l_vlb(m1, lv1, m2, lv2), ref.mean(dim=(1, 2, 3)) / math.log(2))
 
 
@@ -191,8 +208,12 @@ def test_student_that_does_not_fit_is_refused(tmp_path):
     from diffusers import UNet2DModel
 
     teacher = tiny_teacher()
-    for kw in ({"in_channels": 3, "out_channels": 2}, {"sample_size": 16}, {"out_channels": 1},
-               {"num_class_embeds": None}):
+    for kw in (
+        {"in_channels": 3, "out_channels": 2},
+        {"sample_size": 16},
+        {"out_channels": 1},
+        {"num_class_embeds": None},
+    ):
         conf = {**students.cnn_config(teacher), **kw}
         with pytest.raises(teachers.UserError):
             dkdm.check_student_fits(UNet2DModel(**conf), teacher, "custom")

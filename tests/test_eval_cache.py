@@ -1,6 +1,7 @@
 """evaluate.py keeps the teacher's samples: a second evaluation of the same teacher rows (same
 teacher weights, sampler, NFE, n, seed, w) samples nothing and scores exactly the same images;
 throughput is printed with 3 significant figures."""
+
 import json
 
 import pytest
@@ -39,8 +40,12 @@ def test_run_directory_reuses_teacher_rows(tmp_path, monkeypatch, capsys):
     import boot
 
     run = tmp_path / "boot-gmm"  # a real (tiny) finished run
-    assert boot.main(["--teacher", "gmm", "--iters", "2", "--batch", "4", "--preview", "0", "--check", "0",
-                      "--out", str(run)]) == 0
+    assert (
+        boot.main(
+            ["--teacher", "gmm", "--iters", "2", "--batch", "4", "--preview", "0", "--check", "0", "--out", str(run)]
+        )
+        == 0
+    )
     argv = ["--run", str(run), "--nfe", "1", "2", "--n", "40", "--features", "pixels"]
     assert E.main([*argv, "--json", str(tmp_path / "a.json")]) == 0
     assert len(list((run / "teacher-samples").iterdir())) == 2
@@ -58,7 +63,17 @@ def out_has_sig3(out):
     return rows and all(c not in ("0", "–") for c in cells)
 
 
-@pytest.mark.parametrize("x, text", [(0.012345, "0.0123"), (0.4, "0.400"), (4.567, "4.57"), (45.67, "45.7"),
-                                     (456.7, "457"), (12345.0, "12300"), (None, "–")])
+@pytest.mark.parametrize(
+    "x, text",
+    [
+        (0.012345, "0.0123"),
+        (0.4, "0.400"),
+        (4.567, "4.57"),
+        (45.67, "45.7"),
+        (456.7, "457"),
+        (12345.0, "12300"),
+        (None, "–"),
+    ],
+)
 def test_three_significant_figures(x, text):
     assert E.sig3(x) == text

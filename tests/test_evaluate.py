@@ -1,5 +1,6 @@
 """evaluate.py: metrics against closed forms and toy sets with known answers, the shipped
 classifier, CLIP score on a tiny random CLIP, bad input, and end-to-end runs (offline, CPU)."""
+
 import json
 import math
 import subprocess
@@ -15,6 +16,7 @@ import evaluate as E
 import teachers
 from pipelines import students
 from teachers import UserError
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,15 +130,26 @@ def test_real_split_far_closer_than_noise(real_digits, space):
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_clip_dir(tmp_path_factory):
-    from conftest import byte_tokenizer
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from conftest import byte_tokenizer
 
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("tiny-clip")
-    text = dict(vocab_size=514, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                max_position_embeddings=16, bos_token_id=512, eos_token_id=513, pad_token_id=513)
-    vision = dict(image_size=16, patch_size=8, hidden_size=32, intermediate_size=37, num_attention_heads=4,
-                  num_hidden_layers=2)
+    text = dict(
+        vocab_size=514,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=16,
+        bos_token_id=512,
+        eos_token_id=513,
+        pad_token_id=513,
+    )
+    vision = dict(
+        image_size=16, patch_size=8, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2
+    )
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(d)
     byte_tokenizer(d).save_pretrained(d)
     CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(d)
@@ -220,8 +233,9 @@ def test_bad_input_one_line_errors(tmp_path, capsys):
     mixed = _write_pngs(tmp_path / "mixed", [8, 16])
     assert "differ in size" in _one_line_error(capsys, ["--teacher", "gmm", "--ref", str(mixed), "--json", str(out)])
     big = _write_pngs(tmp_path / "big", [16, 16])
-    assert "image sizes differ" in _one_line_error(capsys, ["--teacher", "gmm", "--ref", str(big), "--features",
-                                                            "pixels", "--json", str(out)])
+    assert "image sizes differ" in _one_line_error(
+        capsys, ["--teacher", "gmm", "--ref", str(big), "--features", "pixels", "--json", str(out)]
+    )
     assert "unknown feature space 'foo'" in _one_line_error(capsys, ["--teacher", "gmm", "--features", "foo"])
     assert "exactly one of" in _one_line_error(capsys, ["--teacher", "gmm", "--run", str(tmp_path)])
     assert "--n must be" in _one_line_error(capsys, ["--teacher", "gmm", "--n", "2"])
@@ -246,10 +260,15 @@ def test_bad_input_in_the_functions(tmp_path):
 
 
 def test_cli_subprocess_error_and_help():
-    r = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--features", "inception", "pixels", "bogus",
-                        "--teacher", "gmm"], capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "evaluate.py"), "--features", "inception", "pixels", "bogus", "--teacher", "gmm"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        "evaluate.py: error: unknown feature space 'bogus' (known: digits, pixels, inception)"]
+        "evaluate.py: error: unknown feature space 'bogus' (known: digits, pixels, inception)"
+    ]
     assert r.stdout == ""
 
 
@@ -260,16 +279,34 @@ KEYS = {"name", "sampler", "nfe", "features", "fid", "precision", "recall", "ima
 
 
 def test_gmm_teacher_end_to_end(tmp_path, capsys):
-    argv = ["--teacher", "gmm", "--nfe", "1", "5", "--n", "100", "--seed", "3", "--json", str(tmp_path / "a.json"),
-            "--grid", str(tmp_path / "g.png")]
+    argv = [
+        "--teacher",
+        "gmm",
+        "--nfe",
+        "1",
+        "5",
+        "--n",
+        "100",
+        "--seed",
+        "3",
+        "--json",
+        str(tmp_path / "a.json"),
+        "--grid",
+        str(tmp_path / "g.png"),
+    ]
     assert E.main(argv) == 0
     table = capsys.readouterr().out
     assert "| FD (digits) |" in table and "| FD (pixels) |" in table and "speed-up vs DDIM-5" in table
     records = json.loads((tmp_path / "a.json").read_text())
     assert all(KEYS <= set(r) for r in records)
     assert [(r["name"], r["nfe"], r["features"]) for r in records] == [
-        ("real", None, "digits"), ("real", None, "pixels"), ("gmm", 5, "digits"), ("gmm", 5, "pixels"),
-        ("gmm", 1, "digits"), ("gmm", 1, "pixels")]
+        ("real", None, "digits"),
+        ("real", None, "pixels"),
+        ("gmm", 5, "digits"),
+        ("gmm", 5, "pixels"),
+        ("gmm", 1, "digits"),
+        ("gmm", 1, "pixels"),
+    ]
     assert records[0]["n"] == records[2]["n"] == 100 and records[0]["n_ref"] == records[2]["n_ref"] == 1697
     assert Image.open(tmp_path / "g.png").size == (2 + 16 * 34, 2 + 2 * 34)  # 32-px tiles, 2-px padding
     # same seed, same numbers (throughput aside)
@@ -288,9 +325,29 @@ def test_text_teacher_with_clip_score(tiny_sd_dir, tiny_clip_dir, tmp_path, caps
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(ref / f"{i:02d}.png")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a photo of a cat\na red car\n")
-    assert E.main(["--teacher", str(tiny_sd_dir), "--prompts", str(prompts), "--ref", str(ref), "--features",
-                   "pixels", "--clip-model", str(tiny_clip_dir), "--nfe", "1", "--n", "6",
-                   "--json", str(tmp_path / "t.json")]) == 0
+    assert (
+        E.main(
+            [
+                "--teacher",
+                str(tiny_sd_dir),
+                "--prompts",
+                str(prompts),
+                "--ref",
+                str(ref),
+                "--features",
+                "pixels",
+                "--clip-model",
+                str(tiny_clip_dir),
+                "--nfe",
+                "1",
+                "--n",
+                "6",
+                "--json",
+                str(tmp_path / "t.json"),
+            ]
+        )
+        == 0
+    )
     assert "CLIP score" in capsys.readouterr().out
     records = json.loads((tmp_path / "t.json").read_text())
     assert records[0]["name"] == "real" and records[0]["n"] == 6 and records[0]["clip_score"] is None
@@ -300,6 +357,7 @@ def test_text_teacher_with_clip_score(tiny_sd_dir, tiny_clip_dir, tmp_path, caps
 
 class FakeStudent:
     """The contract of students.ExportedStudent: .generate(noise, cond, w) -> x0, .nfe, .teacher_name, .info."""
+
     nfe, teacher_name, info = 1, "gmm", {"method": "boot"}
 
     def __init__(self):
@@ -314,8 +372,26 @@ def test_run_directory_with_a_student(tmp_path, monkeypatch, capsys):
     (run / "student").mkdir(parents=True)
     monkeypatch.setattr(students, "ExportedStudent", lambda d, device="cpu": FakeStudent())
     monkeypatch.setattr(E, "check_run", lambda d, *a: None)  # the fake run has no files to check
-    assert E.main(["--run", str(run), "--nfe", "1", "2", "--n", "50", "--features", "pixels",
-                   "--json", str(tmp_path / "r.json"), "--grid", str(tmp_path / "g.png")]) == 0
+    assert (
+        E.main(
+            [
+                "--run",
+                str(run),
+                "--nfe",
+                "1",
+                "2",
+                "--n",
+                "50",
+                "--features",
+                "pixels",
+                "--json",
+                str(tmp_path / "r.json"),
+                "--grid",
+                str(tmp_path / "g.png"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| boot-gmm | student | 1 |" in out and "grid (rows, top to bottom: ddim-2, ddim-1, student-1)" in out
     records = json.loads((tmp_path / "r.json").read_text())
@@ -332,13 +408,34 @@ def test_dkdm_sampler_rescores_a_dkdm_student(tmp_path, capsys):
     import dkdm
 
     run = tmp_path / "dkdm-gmm"
-    assert dkdm.main(["--teacher", "gmm", "--rho", "0.01", "--batch", "4", "--chains", "16", "--iters", "2",
-                      "--out", str(run)]) == 0
+    assert (
+        dkdm.main(
+            ["--teacher", "gmm", "--rho", "0.01", "--batch", "4", "--chains", "16", "--iters", "2", "--out", str(run)]
+        )
+        == 0
+    )
     fd = {}
     for sampler in ("auto", "ddim", "ancestral"):
         out = tmp_path / f"{sampler}.json"
-        assert E.main(["--run", str(run), "--nfe", "2", "--n", "16", "--features", "pixels", "--dkdm-sampler",
-                       sampler, "--json", str(out)]) == 0
+        assert (
+            E.main(
+                [
+                    "--run",
+                    str(run),
+                    "--nfe",
+                    "2",
+                    "--n",
+                    "16",
+                    "--features",
+                    "pixels",
+                    "--dkdm-sampler",
+                    sampler,
+                    "--json",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         fd[sampler] = json.loads(out.read_text())[-1]["fid"]
     capsys.readouterr()
     assert fd["auto"] == fd["ddim"] != fd["ancestral"]
@@ -346,18 +443,37 @@ def test_dkdm_sampler_rescores_a_dkdm_student(tmp_path, capsys):
     (boot_run / "student").mkdir(parents=True)
     (boot_run / "student" / "generator.json").write_text(json.dumps({"method": "boot", "teacher": "gmm"}))
     assert "applies to a DKDM run" in _one_line_error(capsys, ["--run", str(boot_run), "--dkdm-sampler", "ddim"])
-    assert "applies to the student of a DKDM run" in _one_line_error(capsys, ["--teacher", "gmm", "--dkdm-sampler",
-                                                                              "ancestral"])
+    assert "applies to the student of a DKDM run" in _one_line_error(
+        capsys, ["--teacher", "gmm", "--dkdm-sampler", "ancestral"]
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (teachers.DIGITS_DIR / "model_index.json").exists(),
-                    reason="assets/digits-teacher not trained yet (python assets/train.py digits)")
+@pytest.mark.skipif(
+    not (teachers.DIGITS_DIR / "model_index.json").exists(),
+    reason="assets/digits-teacher not trained yet (python assets/train.py digits)",
+)
 def test_digits_teacher_table(tmp_path):
     """The issue's check: offline on CPU, DDIM-1 far worse than DDIM-50, DDIM-50 near real-vs-real."""
     out = tmp_path / "eval.json"
-    r = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--teacher", "digits", "--nfe", "1", "10", "50",
-                        "--json", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "evaluate.py"),
+            "--teacher",
+            "digits",
+            "--nfe",
+            "1",
+            "10",
+            "50",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     records = {(rec["name"], rec["nfe"], rec["features"]): rec for rec in json.loads(out.read_text())}
     for space in ("digits", "pixels"):

@@ -2,12 +2,13 @@
 this repository, it makes the same images as the repository's own samplers (max |diff| <= 1e-5).
 
 Tiny runs of every export kind (BOOT: teacher copy, UNet2DModel copy, small student, text-to-image,
-IF stage I and II; DKDM: cnn and vit students, a cnn on a latent teacher) and the shipped digits teacher are sampled twice:
-here, by `students.ExportedStudent(run).generate` with `ExportedStudent.condition` (what `boot.py sample`
-and evaluate.py run) or by `teachers.ddim` (DKDM students, the teacher), and in a `python -I`
+IF stage I and II; DKDM: cnn and vit students, a cnn on a latent teacher) and the shipped digits teacher are
+sampled twice: here, by `students.ExportedStudent(run).generate` with `ExportedStudent.condition` (what
+`boot.py sample` and evaluate.py run) or by `teachers.ddim` (DKDM students, the teacher), and in a `python -I`
 subprocess started in an empty directory with `DiffusionPipeline.from_pretrained(dir,
 trust_remote_code=True)` and the diffusers call conventions (per-image seeded generators).
 """
+
 import contextlib
 import io
 import json
@@ -26,6 +27,7 @@ import runkit
 import teachers
 from pipelines import students
 
+
 N = 4  # images per export
 TOL = 1e-5
 TRAIN = ["--iters", "1", "--batch", "2", "--preview", "0", "--check", "0", "--lr", "1e-2", "--ema", "0"]
@@ -33,7 +35,7 @@ PROMPT = "a red cube"
 
 # Runs in a fresh interpreter, cwd = an empty temp dir, `-I`: sys.path holds only the standard
 # library and site-packages. Writes every case's images as .npy files.
-OUTSIDE = r'''
+OUTSIDE = r"""
 import json, sys
 import numpy as np, torch
 from diffusers import DiffusionPipeline
@@ -75,7 +77,7 @@ for name, case in cases.items():
         scope = {}
         exec(case["snippet"], scope)
         print("snippet", name, len(scope["images"]), type(scope["images"][0]).__name__)
-'''
+"""
 
 
 def outside(cases: dict, tmp):
@@ -85,8 +87,9 @@ def outside(cases: dict, tmp):
     (work / "cases.json").write_text(json.dumps(cases))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(Path(tmp) / "modules"))
-    p = subprocess.run([sys.executable, "-I", "-c", OUTSIDE], cwd=work, env=env, capture_output=True, text=True,
-                       timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-I", "-c", OUTSIDE], cwd=work, env=env, capture_output=True, text=True, timeout=300
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     lines = [line.split() for line in p.stdout.splitlines()]
     classes = dict(w[:2] for w in lines if w[:1] and w[0] in cases)
@@ -122,7 +125,9 @@ def boot_reference(run):
         cond = {"encoder_hidden_states": conds.encoder.encode_prompts([PROMPT] * N)["encoder_hidden_states"].float()}
         if cfg.stage == 2:
             x1, _ = boot_reference(cfg.stage1_run)
-            cond.update(teacher.lowres_cond(x1.clamp(-1, 1), cfg.noise_level, generator=torch.Generator().manual_seed(0)))
+            cond.update(
+                teacher.lowres_cond(x1.clamp(-1, 1), cfg.noise_level, generator=torch.Generator().manual_seed(0))
+            )
     else:
         cond = teacher.label_cond(torch.arange(N) % teacher.num_classes) if teacher.num_classes else None
     noise = teachers.seeded_noise(range(N), teacher.sample_shape)
@@ -148,23 +153,37 @@ def exports(tmp_path_factory, tiny_sd_dir, tiny_if_dirs):
     (tmp / "p.txt").write_text(PROMPT + "\n")
     prompts = ["--prompts", tmp / "p.txt"]
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       norm_num_groups=8)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+    )
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp / "ddpm")
     stage1, stage2 = tiny_if_dirs
-    runs = {"boot_copy": ["--teacher", "digits", "--w", "2"],
-            "boot_copy_unet2d": ["--teacher", tmp / "ddpm", "--loss", "l2"],  # its preset's LPIPS needs a download
-            "boot_small": ["--teacher", "digits", "--student", "small"],
-            "boot_text_latent": ["--teacher", tiny_sd_dir, *prompts, "--w", "3"],
-            "boot_if_stage1": ["--teacher", stage1, *prompts],
-            "boot_if_stage2": ["--teacher", stage2, "--stage", "2", "--stage1-run", tmp / "boot_if_stage1", *prompts]}
+    runs = {
+        "boot_copy": ["--teacher", "digits", "--w", "2"],
+        "boot_copy_unet2d": ["--teacher", tmp / "ddpm", "--loss", "l2"],  # its preset's LPIPS needs a download
+        "boot_small": ["--teacher", "digits", "--student", "small"],
+        "boot_text_latent": ["--teacher", tiny_sd_dir, *prompts, "--w", "3"],
+        "boot_if_stage1": ["--teacher", stage1, *prompts],
+        "boot_if_stage2": ["--teacher", stage2, "--stage", "2", "--stage1-run", tmp / "boot_if_stage1", *prompts],
+    }
     cases, ref = {}, {}
     for name, args in runs.items():
         snippet = printed_snippet(boot.main, [*args, *TRAIN, "--out", tmp / name])
         d = str(tmp / name / "student")
         text = "--prompts" in map(str, args)
-        cases[name] = {"path": d, "n": N, "kwargs": {"prompt": PROMPT} if text else {}, "roundtrip": name == "boot_copy"}
+        cases[name] = {
+            "path": d,
+            "n": N,
+            "kwargs": {"prompt": PROMPT} if text else {},
+            "roundtrip": name == "boot_copy",
+        }
         if name in ("boot_copy", "boot_text_latent"):
             cases[name]["snippet"] = snippet
         ref[name] = boot_reference(tmp / name)[1]
@@ -175,26 +194,64 @@ def exports(tmp_path_factory, tiny_sd_dir, tiny_if_dirs):
     student, info = boot.make_student(t, cfg, boot.default_weight(cfg, t))
     students.boot_pipeline(student.eval(), info, t).save_pretrained(tmp / "init")
     cases["boot_copy_init"] = {"path": str(tmp / "init"), "n": N, "kwargs": {}}
-    x0 = t.x0(teachers.seeded_noise(range(N), t.sample_shape), torch.full((N,), 0.9),
-              t.label_cond(torch.arange(N) % 10), t.default_guidance)
+    x0 = t.x0(
+        teachers.seeded_noise(range(N), t.sample_shape),
+        torch.full((N,), 0.9),
+        t.label_cond(torch.arange(N) % 10),
+        t.default_guidance,
+    )
     ref["boot_copy_init"] = as_np(t.decode(x0))
     for student in ("cnn", "vit"):
         name = f"dkdm_{student}"
-        snippet = printed_snippet(dkdm.main, ["--student", student, "--method", "data", "--iters", "2", "--batch", "4",
-                                              "--lr", "1e-2", "--ema", "0", "--out", tmp / name])
-        cases[name] = {"path": str(tmp / name / "student"), "n": N, "kwargs": {"num_inference_steps": 50},
-                       "snippet": snippet, "roundtrip": True}
+        snippet = printed_snippet(
+            dkdm.main,
+            [
+                "--student",
+                student,
+                "--method",
+                "data",
+                "--iters",
+                "2",
+                "--batch",
+                "4",
+                "--lr",
+                "1e-2",
+                "--ema",
+                "0",
+                "--out",
+                tmp / name,
+            ],
+        )
+        cases[name] = {
+            "path": str(tmp / name / "student"),
+            "n": N,
+            "kwargs": {"num_inference_steps": 50},
+            "snippet": snippet,
+            "roundtrip": True,
+        }
         ref[name] = ddim_reference(tmp / name / "student", 50)
-    from test_dkdm_cli import TINY as DKDM_TINY, tiny_latent_teacher  # a VQ latent teacher, T = 50
+    from test_dkdm_cli import TINY as DKDM_TINY  # a VQ latent teacher, T = 50
+    from test_dkdm_cli import tiny_latent_teacher
 
     latent = tiny_latent_teacher(tmp / "ldm")
-    assert dkdm.main([str(a) for a in ["--teacher", latent, "--iters", "2", *DKDM_TINY, "--out", tmp / "dkdm_latent"]]) == 0
-    cases["dkdm_cnn_latent"] = {"path": str(tmp / "dkdm_latent" / "student"), "n": N, "kwargs": {"num_inference_steps": 50}}
+    assert (
+        dkdm.main([str(a) for a in ["--teacher", latent, "--iters", "2", *DKDM_TINY, "--out", tmp / "dkdm_latent"]])
+        == 0
+    )
+    cases["dkdm_cnn_latent"] = {
+        "path": str(tmp / "dkdm_latent" / "student"),
+        "n": N,
+        "kwargs": {"num_inference_steps": 50},
+    }
     ref["dkdm_cnn_latent"] = ddim_reference(tmp / "dkdm_latent" / "student", 50)
     for steps in (10, 50):
         name = f"teacher_ddim{steps}"
-        cases[name] = {"path": str(teachers.DIGITS_DIR), "n": N, "kwargs": {"num_inference_steps": steps},
-                       "roundtrip": steps == 10}
+        cases[name] = {
+            "path": str(teachers.DIGITS_DIR),
+            "n": N,
+            "kwargs": {"num_inference_steps": steps},
+            "roundtrip": steps == 10,
+        }
         ref[name] = ddim_reference(None, steps, name="digits")
     return cases, ref, tmp
 
@@ -211,13 +268,19 @@ def test_every_export_loads_in_plain_diffusers_and_matches_the_repository(export
     assert {classes[k] for k in cases if k.startswith("boot")} == {"BootPipeline"}
     assert {classes[k] for k in cases if not k.startswith("boot")} == {"TrailingDDIMPipeline"}
     # the printed lines load what was written: 10 labelled digits, or one image for the prompt
-    assert snippets == {"boot_copy": (10, "Image"), "boot_text_latent": (1, "Image"), "dkdm_cnn": (10, "Image"),
-                        "dkdm_vit": (10, "Image")}
+    assert snippets == {
+        "boot_copy": (10, "Image"),
+        "boot_text_latent": (1, "Image"),
+        "dkdm_cnn": (10, "Image"),
+        "dkdm_vit": (10, "Image"),
+    }
     # every kind survives save_pretrained in plain diffusers: its own pipeline file and the list-form
     # _class_name go with it, and the copy loads with trust_remote_code=True and makes the same images
     assert sorted(saved) == ["boot_copy", "dkdm_cnn", "dkdm_vit", "teacher_ddim10"]
     for k, (class_name, again) in saved.items():
-        assert class_name == ("pipeline_boot/BootPipeline" if k.startswith("boot") else "pipeline_ddim/TrailingDDIMPipeline")
+        assert class_name == (
+            "pipeline_boot/BootPipeline" if k.startswith("boot") else "pipeline_ddim/TrailingDDIMPipeline"
+        )
         assert np.array_equal(again, images[k]), k
 
 
@@ -292,7 +355,9 @@ def test_bad_calls_and_old_exports_are_one_clear_error(tmp_path):
 def test_the_one_step_pipeline_takes_num_inference_steps_1_only(exports):
     """Code written for few-step pipelines passes num_inference_steps: 1 is the BOOT student's, more is an error."""
     pipe = students.load_pipeline(exports[2] / "init")
-    one = pipe(batch_size=2, num_inference_steps=1, generator=torch.Generator().manual_seed(0), output_type="np").images
+    one = pipe(
+        batch_size=2, num_inference_steps=1, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
     assert np.array_equal(one, pipe(batch_size=2, generator=torch.Generator().manual_seed(0), output_type="np").images)
     with pytest.raises(ValueError, match="samples in one step: num_inference_steps must be 1, not 4"):
         pipe(batch_size=2, num_inference_steps=4)

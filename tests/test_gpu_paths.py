@@ -1,12 +1,14 @@
 """What a GPU user meets first: presets found from what the teacher is (a local copy of SD 2.1 gets
 the sd21 row), paths stored resolved, `boot.py sample` on a chosen device loading the teacher once,
 and IF stage II sampled from a pipeline saved without T5."""
+
 import json
 
 import torch
 
 import boot
 import teachers
+
 
 TINY = ["--iters", "2", "--batch", "2", "--preview", "1", "--check", "2", "--log-every", "1"]
 
@@ -26,16 +28,34 @@ def test_presets_follow_what_the_teacher_is(tiny_sd_dir, tiny_if_dirs, tmp_path,
     assert resolved(teacher=str(stage1)).preset == "if"
     assert resolved(teacher=str(stage2), stage=2, stage1_run=str(tmp_path)).preset == "if-2"
     assert resolved(teacher=str(teachers.DIGITS_DIR)).preset == "digits"
-    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
-                       down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2, norm_num_groups=8)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2,
+        norm_num_groups=8,
+    )
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
     px = resolved(teacher=str(tmp_path / "ddpm"))  # Table 3, images: lr 1e-4, EMA 0.9999
-    assert (px.preset, px.lr, px.ema, px.delta, px.loss) == ("ddpm-cifar10", 1e-4, 0.9999, 0.04, "lpips")  # Table 2's best
+    assert (px.preset, px.lr, px.ema, px.delta, px.loss) == (
+        "ddpm-cifar10",
+        1e-4,
+        0.9999,
+        0.04,
+        "lpips",
+    )  # Table 2's best
     assert resolved(teacher=str(tiny_sd_dir), preset="digits").delta == 0.04  # --preset wins
     assert resolved(teacher="nobody/unknown-model").preset == "base"  # offline, unreadable: the base row
     monkeypatch.chdir(tiny_sd_dir.parent)  # a relative path is stored absolute
     rel = resolved(teacher=tiny_sd_dir.name)
-    assert rel.teacher == str(tiny_sd_dir.resolve()) and rel.preset == "sd21" and rel.out == f"runs/boot-{tiny_sd_dir.name}"
+    assert (
+        rel.teacher == str(tiny_sd_dir.resolve())
+        and rel.preset == "sd21"
+        and rel.out == f"runs/boot-{tiny_sd_dir.name}"
+    )
 
 
 def test_unknown_preset_is_one_line(capsys):
@@ -46,8 +66,20 @@ def test_unknown_preset_is_one_line(capsys):
 def test_relative_teacher_run_samples_from_anywhere_loading_it_once(tiny_sd_dir, tmp_path, monkeypatch, capsys):
     (tmp_path / "p.txt").write_text("a red cube\n")
     monkeypatch.chdir(tiny_sd_dir.parent)
-    assert boot.main(["--teacher", tiny_sd_dir.name, "--prompts", str(tmp_path / "p.txt"), *TINY,
-                      "--out", str(tmp_path / "run")]) == 0
+    assert (
+        boot.main(
+            [
+                "--teacher",
+                tiny_sd_dir.name,
+                "--prompts",
+                str(tmp_path / "p.txt"),
+                *TINY,
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"preset 'sd21' for teacher '{tiny_sd_dir.resolve()}' (a StableDiffusionPipeline)" in out
     info = json.loads((tmp_path / "run" / "student" / "generator.json").read_text())
@@ -76,15 +108,38 @@ def test_if_stage2_saved_without_t5_samples(tiny_if_dirs, tmp_path, capsys):
 
     stage1, stage2 = tiny_if_dirs
     pipe = IFSuperResolutionPipeline.from_pretrained(stage2)
-    IFSuperResolutionPipeline(unet=pipe.unet, scheduler=pipe.scheduler, image_noising_scheduler=pipe.image_noising_scheduler,
-                              tokenizer=None, text_encoder=None, safety_checker=None, feature_extractor=None,
-                              watermarker=None, requires_safety_checker=False).save_pretrained(tmp_path / "no-t5")
+    IFSuperResolutionPipeline(
+        unet=pipe.unet,
+        scheduler=pipe.scheduler,
+        image_noising_scheduler=pipe.image_noising_scheduler,
+        tokenizer=None,
+        text_encoder=None,
+        safety_checker=None,
+        feature_extractor=None,
+        watermarker=None,
+        requires_safety_checker=False,
+    ).save_pretrained(tmp_path / "no-t5")
     assert json.loads((tmp_path / "no-t5" / "model_index.json").read_text())["text_encoder"][0] is None
     (tmp_path / "p.txt").write_text("a red cube\n")
     prompts = ["--prompts", str(tmp_path / "p.txt")]
     assert boot.main(["--teacher", str(stage1), *prompts, *TINY, "--out", str(tmp_path / "if1")]) == 0
-    assert boot.main(["--teacher", str(tmp_path / "no-t5"), "--stage", "2", "--stage1-run", str(tmp_path / "if1"),
-                      *prompts, *TINY, "--out", str(tmp_path / "if2")]) == 0
+    assert (
+        boot.main(
+            [
+                "--teacher",
+                str(tmp_path / "no-t5"),
+                "--stage",
+                "2",
+                "--stage1-run",
+                str(tmp_path / "if1"),
+                *prompts,
+                *TINY,
+                "--out",
+                str(tmp_path / "if2"),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert boot.main(["sample", str(tmp_path / "if2"), "--prompt", "a red cube", "--n", "2", "--device", "cpu"]) == 0
     assert "2 one-step samples" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """A hub teacher that cannot be had stops the command with one line (exit code 2) before any
 process group is made or any download is tried: not cached with HF_HUB_OFFLINE set, or the hub
 unreachable (probed once, by rank 0 only)."""
+
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import dkdm
 import evaluate
 import runkit
 import teachers
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,8 +93,22 @@ def test_cached_local_and_builtin_teachers_pass(hub, monkeypatch, tmp_path):
 def test_torchrun_offline_prints_one_error_line(tmp_path):
     (tmp_path / "p.txt").write_text("a cat\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2",
-                        str(ROOT / "boot.py"), "--teacher", "sd21", "--prompts", str(tmp_path / "p.txt")],
-                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    p = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "torchrun"),
+            "--standalone",
+            "--nproc_per_node=2",
+            str(ROOT / "boot.py"),
+            "--teacher",
+            "sd21",
+            "--prompts",
+            str(tmp_path / "p.txt"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     ours = [line for line in (p.stdout + p.stderr).splitlines() if line.startswith("error: teacher 'sd21'")]
     assert p.returncode != 0 and len(ours) == 1, p.stderr[-3000:]

@@ -1,6 +1,7 @@
 """Ctrl-C / SIGTERM during training: the run finishes its iteration, writes a checkpoint at that
 step, says how to resume and exits 128 + signal (143 for SIGTERM); rerunning the command resumes
 from that step and ends with the same weights as a run that was never interrupted."""
+
 import json
 import os
 import signal
@@ -14,15 +15,23 @@ import torch
 import boot
 import dkdm
 import runkit
+
 from test_dkdm_cli import tiny_latent_teacher
+
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
 def start(script, args):
-    return subprocess.Popen([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / script), *map(str, args)],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def run(main, args, capsys):
@@ -61,8 +70,22 @@ def checkpoint(run_dir):
 def test_sigterm_boot_checkpoints_and_resumes_exactly(tmp_path, capsys):
     # no periodic checkpoint within the run: any checkpoint is the signal's
     # (logging every 3rd iteration: the signal usually lands inside a window, which the rerun continues)
-    args = ["--teacher", "gmm", "--iters", "5000", "--batch", "8", "--log-every", "3", "--ckpt-every", "100000",
-            "--preview", "0", "--check", "0"]
+    args = [
+        "--teacher",
+        "gmm",
+        "--iters",
+        "5000",
+        "--batch",
+        "8",
+        "--log-every",
+        "3",
+        "--ckpt-every",
+        "100000",
+        "--preview",
+        "0",
+        "--check",
+        "0",
+    ]
     p = start("boot.py", [*args, "--out", tmp_path / "cut"])
     rc, err = terminate_after(p, tmp_path / "cut" / "metrics.jsonl", 1)
     assert rc == 128 + signal.SIGTERM == 143, err[-2000:]
@@ -90,8 +113,22 @@ def losses(run_dir):
 
 def test_sigterm_dkdm_checkpoints_and_resumes_exactly(tmp_path, capsys):
     ldm = tiny_latent_teacher(tmp_path / "ldm")
-    args = ["--teacher", ldm, "--rho", "0.1", "--batch", "8", "--chains", "16", "--iters", "5000",
-            "--log-every", "1", "--ckpt-every", "100000"]
+    args = [
+        "--teacher",
+        ldm,
+        "--rho",
+        "0.1",
+        "--batch",
+        "8",
+        "--chains",
+        "16",
+        "--iters",
+        "5000",
+        "--log-every",
+        "1",
+        "--ckpt-every",
+        "100000",
+    ]
     p = start("dkdm.py", [*args, "--out", tmp_path / "cut"])
     rc, err = terminate_after(p, tmp_path / "cut" / "metrics.jsonl", 4)  # line 1: the pool init
     assert rc == 143, err[-2000:]
@@ -113,8 +150,14 @@ def test_sigterm_dkdm_checkpoints_and_resumes_exactly(tmp_path, capsys):
 def signal_during(args, marker, sig, tmp_path, wait=2.0):
     """Start dkdm.py, wait for `marker` on stdout and `wait` seconds more, send `sig`: (exit code,
     stderr, seconds from the signal to the exit)."""
-    p = subprocess.Popen([sys.executable, str(ROOT / "dkdm.py"), *map(str, args), "--out", str(tmp_path / "run")],
-                         cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, str(ROOT / "dkdm.py"), *map(str, args), "--out", str(tmp_path / "run")],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in p.stdout:
         if marker in line:
             break
@@ -136,14 +179,16 @@ def test_sigterm_in_the_pool_initialisation_stops_within_a_pass_and_leaves_nothi
     core) stops within one teacher pass: one line, exit 143, no checkpoint; the rerun starts it again."""
     rc, err, seconds = signal_during(["--pool-init", "shuffle"], "pool:", signal.SIGTERM, tmp_path)
     ours = [ln for ln in err.splitlines() if "SIGTERM" in ln]
-    assert rc == 143 and ours == ["SIGTERM before training started: stopped, no checkpoint written; the same "
-                                  "command starts again"], err[-2000:]
+    assert rc == 143 and ours == [
+        "SIGTERM before training started: stopped, no checkpoint written; the same command starts again"
+    ], err[-2000:]
     assert seconds < 20 and not list((tmp_path / "run" / "checkpoints").iterdir())
     print(f"shuffle denoise stopped {seconds:.2f} s after SIGTERM")
 
 
 def test_ctrl_c_while_sampling_the_synthetic_set_stops_within_a_pass(tmp_path):
-    rc, err, seconds = signal_during(["--method", "data-free", "--synth-n", "100000"], "data-free baseline: sampling",
-                                     signal.SIGINT, tmp_path)
+    rc, err, seconds = signal_during(
+        ["--method", "data-free", "--synth-n", "100000"], "data-free baseline: sampling", signal.SIGINT, tmp_path
+    )
     assert rc == 130 and "SIGINT before training started" in err and seconds < 20, err[-2000:]
     assert not (tmp_path / "run" / "synthetic.pt").exists()

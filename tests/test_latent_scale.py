@@ -1,5 +1,6 @@
 """VQ latent decoding: CompVis/ldm-celebahq-256's VQ config has no scaling_factor (its latents are
 unscaled); diffusers fills in 0.18215, which must not be divided out. An explicit factor is."""
+
 import json
 import sys
 from pathlib import Path
@@ -8,8 +9,9 @@ import torch
 
 import teachers
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_dkdm_cli import tiny_latent_teacher  # noqa: E402
+from test_dkdm_cli import tiny_latent_teacher
 
 
 def test_vq_decode_divides_only_by_a_factor_the_checkpoint_sets(tmp_path):

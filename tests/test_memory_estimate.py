@@ -3,6 +3,7 @@
 only) against the peak memory a real training pass of a large batch takes on this CPU, in float32
 and under bf16 autocast (the peak of the process's resident anonymous memory, sampled while it
 runs; large buffers are mmapped so that freed memory leaves the count)."""
+
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 
 import boot
 import costs
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +52,10 @@ print(json.dumps({"peak_bytes": peak[0] - base}))
 def test_activation_estimate_matches_the_measured_cpu_peak(tiny_sd_dir, tmp_path, precision):
     cfg = boot.resolve(boot.BootConfig(teacher=str(tiny_sd_dir), precision=precision))
     est = costs.boot_memory(cfg, 1)
-    assert est["teacher_params"] > est["student_params"] > 0 and est["network_passes_per_iteration"]["teacher_forwards"] == 2.25
+    assert (
+        est["teacher_params"] > est["student_params"] > 0
+        and est["network_passes_per_iteration"]["teacher_forwards"] == 2.25
+    )
     copies = est["autocast_weight_copies_MiB"] * 2**20
     if precision == "bf16":  # one bf16 copy of (nearly) every student weight, 2 bytes each, once per pass
         assert 0.5 < copies / (2 * est["student_params"]) < 1.2
@@ -58,12 +63,18 @@ def test_activation_estimate_matches_the_measured_cpu_peak(tiny_sd_dir, tmp_path
         assert copies < 0.05 * 2 * est["student_params"]
     B = 256
     (tmp_path / "peak.py").write_text(PEAK)
-    p = subprocess.run([sys.executable, str(tmp_path / "peak.py"), str(ROOT), str(tiny_sd_dir), str(B), precision],
-                       capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"})  # big frees leave
+    p = subprocess.run(
+        [sys.executable, str(tmp_path / "peak.py"), str(ROOT), str(tiny_sd_dir), str(B), precision],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"},
+    )  # big frees leave
     assert p.returncode == 0, p.stderr[-2000:]
     measured = json.loads(p.stdout.strip().splitlines()[-1])["peak_bytes"]
     estimated = est["activations_per_sample_MiB"] * 2**20 * B + copies
-    print(f"{precision}, batch {B}: estimated activations {estimated / 2**20:.0f} MiB, measured peak growth "
-          f"{measured / 2**20:.0f} MiB")
+    print(
+        f"{precision}, batch {B}: estimated activations {estimated / 2**20:.0f} MiB, measured peak growth "
+        f"{measured / 2**20:.0f} MiB"
+    )
     assert 0.7 < estimated / measured < 1.3

@@ -1,5 +1,6 @@
 """Student precision: bf16 autocast (on by default on GPUs, asked for here on CPU), gradient
 checkpointing that leaves the gradients unchanged, and --half meaning the same in both scripts."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import boot
 import dkdm
 import teachers
 
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -20,7 +22,9 @@ def conv_in_dtypes(model):
     return seen
 
 
-@pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32), ("auto", torch.float32)])
+@pytest.mark.parametrize(
+    "precision,dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32), ("auto", torch.float32)]
+)
 def test_boot_iteration_under_autocast(precision, dtype):
     teacher = teachers.load_teacher("gmm")
     cfg = boot.resolve(boot.BootConfig(teacher="gmm", precision=precision))
@@ -49,10 +53,50 @@ def test_dkdm_iteration_under_autocast(precision, dtype):
 
 
 def test_cli_bf16_iteration_of_each_method(tmp_path):
-    assert boot.main(["--teacher", "gmm", "--precision", "bf16", "--grad-checkpointing", "--iters", "1", "--batch", "4",
-                      "--preview", "0", "--check", "0", "--out", str(tmp_path / "boot")]) == 0
-    assert dkdm.main(["--precision", "bf16", "--grad-checkpointing", "--iters", "1", "--rho", "0.01", "--batch", "4", "--pool-init", "noise",
-                      "--chains", "8", "--out", str(tmp_path / "dkdm")]) == 0
+    assert (
+        boot.main(
+            [
+                "--teacher",
+                "gmm",
+                "--precision",
+                "bf16",
+                "--grad-checkpointing",
+                "--iters",
+                "1",
+                "--batch",
+                "4",
+                "--preview",
+                "0",
+                "--check",
+                "0",
+                "--out",
+                str(tmp_path / "boot"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        dkdm.main(
+            [
+                "--precision",
+                "bf16",
+                "--grad-checkpointing",
+                "--iters",
+                "1",
+                "--rho",
+                "0.01",
+                "--batch",
+                "4",
+                "--pool-init",
+                "noise",
+                "--chains",
+                "8",
+                "--out",
+                str(tmp_path / "dkdm"),
+            ]
+        )
+        == 0
+    )
 
 
 def test_gradient_checkpointing_leaves_gradients_unchanged():
@@ -64,7 +108,9 @@ def test_gradient_checkpointing_leaves_gradients_unchanged():
         if on:
             student.enable_gradient_checkpointing()
         x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-        out = teachers.call_net(student, x, torch.tensor([3.0, 100.0, 500.0, 999.0]), {"class_labels": torch.arange(4)})
+        out = teachers.call_net(
+            student, x, torch.tensor([3.0, 100.0, 500.0, 999.0]), {"class_labels": torch.arange(4)}
+        )
         out.square().mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in student.parameters()]))
     assert student.is_gradient_checkpointing and torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-5)
@@ -73,7 +119,12 @@ def test_gradient_checkpointing_leaves_gradients_unchanged():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="--half is refused only without a GPU")
 @pytest.mark.parametrize("script", ["boot.py", "dkdm.py"])
 def test_half_needs_a_gpu_in_both_scripts(script, tmp_path):
-    p = subprocess.run([sys.executable, str(ROOT / script), "--half", "--out", str(tmp_path / "run")],
-                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    p = subprocess.run(
+        [sys.executable, str(ROOT / script), "--half", "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "--half needs a GPU" in p.stderr
     assert not (tmp_path / "run").exists()

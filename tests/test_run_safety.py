@@ -2,6 +2,7 @@
 the uninterrupted run's weights AND metrics.jsonl; a non-finite update is never applied nor
 checkpointed; one writer at a time (a dead writer's lock is released by the OS); bad input under torchrun
 stops every process with exit code 2 before a process group exists."""
+
 import json
 import os
 import signal
@@ -17,12 +18,39 @@ import boot
 import dkdm
 import runkit
 
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TQDM_DISABLE": "1"}
-BOOT = ["--teacher", "gmm", "--iters", "14", "--batch", "8", "--log-every", "3", "--ckpt-every", "4",
-        "--preview", "0", "--check", "0"]
-DKDM = ["--teacher", "gmm", "--method", "iterative", "--iters", "14", "--batch", "4", "--log-every", "3",
-        "--ckpt-every", "4"]
+BOOT = [
+    "--teacher",
+    "gmm",
+    "--iters",
+    "14",
+    "--batch",
+    "8",
+    "--log-every",
+    "3",
+    "--ckpt-every",
+    "4",
+    "--preview",
+    "0",
+    "--check",
+    "0",
+]
+DKDM = [
+    "--teacher",
+    "gmm",
+    "--method",
+    "iterative",
+    "--iters",
+    "14",
+    "--batch",
+    "4",
+    "--log-every",
+    "3",
+    "--ckpt-every",
+    "4",
+]
 # Runs a script whose N-th torch.save writes half of its bytes, fsyncs them and then kill -9s itself.
 KILLER = """
 import io, os, signal, sys, torch
@@ -71,10 +99,13 @@ def assert_same_state(a, b, keys=("model", "ema")):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script,args,kill_at,ckpt_step", [
-    ("boot", BOOT, 3, 8),  # saves at steps 4, 8, 12: killed while writing step 12's latest.pt
-    ("dkdm", DKDM, 8, 8),  # saves (pool file, latest.pt) at 0, 4, 8, 12: killed in step 12's latest.pt
-])
+@pytest.mark.parametrize(
+    "script,args,kill_at,ckpt_step",
+    [
+        ("boot", BOOT, 3, 8),  # saves at steps 4, 8, 12: killed while writing step 12's latest.pt
+        ("dkdm", DKDM, 8, 8),  # saves (pool file, latest.pt) at 0, 4, 8, 12: killed in step 12's latest.pt
+    ],
+)
 def test_kill_during_a_save_then_rerun_equals_the_uninterrupted_run(tmp_path, script, args, kill_at, ckpt_step):
     a, b = tmp_path / "a", tmp_path / "b"
     r = cli(script, *args, "--out", a)
@@ -134,10 +165,29 @@ def test_nonfinite_update_is_not_applied_and_never_checkpointed(tmp_path, monkey
 
 def test_two_writers_one_run_directory(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    args = ["--teacher", "gmm", "--iters", "100000", "--batch", "4", "--ckpt-every", "5", "--preview", "0",
-            "--check", "0", "--out", str(run)]
-    first = subprocess.Popen([sys.executable, str(ROOT / "boot.py"), *args], env=ENV, cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        "--teacher",
+        "gmm",
+        "--iters",
+        "100000",
+        "--batch",
+        "4",
+        "--ckpt-every",
+        "5",
+        "--preview",
+        "0",
+        "--check",
+        "0",
+        "--out",
+        str(run),
+    ]
+    first = subprocess.Popen(
+        [sys.executable, str(ROOT / "boot.py"), *args],
+        env=ENV,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 120
         while not (run / "checkpoints" / "latest.pt").exists() and time.time() < deadline:
@@ -173,7 +223,20 @@ def test_a_refused_student_leaves_nothing_behind(tmp_path, monkeypatch, capsys):
     """--student copy of the analytic teacher is refused before config.json exists, so the corrected
     command is not refused as 'differs in student'."""
     monkeypatch.setenv("TQDM_DISABLE", "1")
-    small = ["--teacher", "gmm", "--iters", "2", "--batch", "4", "--preview", "0", "--check", "0", "--out", str(tmp_path / "r")]
+    small = [
+        "--teacher",
+        "gmm",
+        "--iters",
+        "2",
+        "--batch",
+        "4",
+        "--preview",
+        "0",
+        "--check",
+        "0",
+        "--out",
+        str(tmp_path / "r"),
+    ]
     assert boot.main([*small, "--student", "copy"]) == 2 and not (tmp_path / "r").exists()
     assert boot.main([*small, "--student", "small"]) == 0
 
@@ -181,9 +244,25 @@ def test_a_refused_student_leaves_nothing_behind(tmp_path, monkeypatch, capsys):
 @pytest.mark.slow
 def test_bad_input_under_torchrun_stops_every_process_with_code_2(tmp_path):
     torchrun = Path(sys.executable).parent / "torchrun"
-    p = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(ROOT / "boot.py"), "--teacher", "gmm",
-                        "--student", "copy", "--out", str(tmp_path / "run")], capture_output=True, text=True,
-                       env=ENV, cwd=ROOT, timeout=300)
+    p = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node=2",
+            str(ROOT / "boot.py"),
+            "--teacher",
+            "gmm",
+            "--student",
+            "copy",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+        timeout=300,
+    )
     ours = [ln for ln in p.stderr.splitlines() if ln.startswith("error: ")]
     assert ours == ["error: teacher 'gmm' has no network to copy; use --student small"], p.stderr
     # torchrun reports each process; one that had not yet exited 2 itself when the first did is
@@ -191,7 +270,9 @@ def test_bad_input_under_torchrun_stops_every_process_with_code_2(tmp_path):
     codes = [ln.split(":")[1].split()[0] for ln in p.stderr.splitlines() if ln.strip().startswith("exitcode")]
     assert len(codes) == 2 and "2" in codes and set(codes) <= {"2", "-15"}, p.stderr
     assert p.returncode == 1  # torchrun's own code once a worker failed
-    assert "boot.py\", line" not in p.stderr  # no traceback of ours: only torchrun's own summary
+    assert 'boot.py", line' not in p.stderr  # no traceback of ours: only torchrun's own summary
     assert not (tmp_path / "run").exists()
-    print(f"torchrun, 2 processes, bad input: exit {p.returncode}, {len(p.stderr.splitlines())} stderr lines "
-          f"(ours: 1):\n{p.stderr}")
+    print(
+        f"torchrun, 2 processes, bad input: exit {p.returncode}, {len(p.stderr.splitlines())} stderr lines "
+        f"(ours: 1):\n{p.stderr}"
+    )

@@ -2,6 +2,7 @@
 would: a tensor not made on the run device, ranks at different collectives, a decision taken from a
 per-rank clock. The probe below makes each mistake on purpose; the two CLI runs show that both
 training loops pass under it (their --minutes stop is rank 0's decision)."""
+
 import json
 import os
 import subprocess
@@ -11,13 +12,21 @@ from pathlib import Path
 
 import runkit
 
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def torchrun(*args, timeout=300):
     """2 CPU processes under torchrun, with the strict mode installed in each (tests/strict/sitecustomize.py)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "STRICT_DIST": "1",
-           "STRICT_DIST_TIMEOUT": "60", "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "strict"), str(ROOT)])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "STRICT_DIST": "1",
+        "STRICT_DIST_TIMEOUT": "60",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "strict"), str(ROOT)]),
+    }
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *map(str, args)]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -79,8 +88,25 @@ def test_single_process_collectives_are_the_values():
 def test_boot_two_processes_minutes_budget(tmp_path):
     """boot.py --minutes under torchrun: both ranks stop at rank 0's step, checkpoint it, export."""
     run = tmp_path / "boot"
-    p = torchrun(ROOT / "boot.py", "--teacher", "gmm", "--iters", "100000", "--batch", "8", "--preview", "2",
-                 "--check", "4", "--minutes", "0.04", "--log-every", "5", "--out", run)
+    p = torchrun(
+        ROOT / "boot.py",
+        "--teacher",
+        "gmm",
+        "--iters",
+        "100000",
+        "--batch",
+        "8",
+        "--preview",
+        "2",
+        "--check",
+        "4",
+        "--minutes",
+        "0.04",
+        "--log-every",
+        "5",
+        "--out",
+        run,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     step = runkit.load_checkpoint(run / "checkpoints" / "latest.pt")["step"]
     assert 0 < step < 100000 and f"reached at step {step}" in p.stdout
@@ -91,11 +117,30 @@ def test_boot_two_processes_minutes_budget(tmp_path):
 def test_dkdm_two_processes_minutes_budget(tmp_path):
     """dkdm.py under torchrun: the stop flag is rank 0's, broadcast on the run device."""
     run = tmp_path / "dkdm"
-    p = torchrun(ROOT / "dkdm.py", "--rho", "0.01", "--batch", "8", "--pool-init", "noise", "--iters", "100000",
-                 "--minutes", "0.03", "--log-every", "5", "--ckpt-every", "1000", "--out", run)
+    p = torchrun(
+        ROOT / "dkdm.py",
+        "--rho",
+        "0.01",
+        "--batch",
+        "8",
+        "--pool-init",
+        "noise",
+        "--iters",
+        "100000",
+        "--minutes",
+        "0.03",
+        "--log-every",
+        "5",
+        "--ckpt-every",
+        "1000",
+        "--out",
+        run,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     step = runkit.load_checkpoint(run / "checkpoints" / "latest.pt")["step"]
     assert 0 < step < 100000 and f"{step} iterations" in p.stdout
-    assert sorted(f.name for f in (run / "checkpoints").glob("stream-*")) == \
-        [f"stream-rank0-step{step}.pt", f"stream-rank1-step{step}.pt"]
+    assert sorted(f.name for f in (run / "checkpoints").glob("stream-*")) == [
+        f"stream-rank0-step{step}.pt",
+        f"stream-rank1-step{step}.pt",
+    ]
     assert (run / "student" / "generator.json").is_file()

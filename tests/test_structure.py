@@ -1,14 +1,20 @@
 """The shape a reader relies on: a small teacher module, method files readable top to bottom, a run
 kit that can be skipped, short functions, and no test harness in production code."""
+
 import ast
 
 import pytest
 
 from conftest import ROOT
 
+
 CORE = sorted([*ROOT.glob("*.py"), *ROOT.glob("pipelines/*.py")])
-LIMITS = {"teachers.py": 900, "dkdm.py": 720, "evaluate.py": 800}  # every other top-level module: 650
-CORE_LIMIT = 4400
+# Budgets in lines of code as `ruff format` writes it (ruff.toml: 119 columns, one statement a line), set at
+# what the formatted code measured when they were introduced. A budget is met by writing less, never by
+# packing lines: CI checks `ruff format --check`, so a packed line cannot land.
+LIMITS = {"teachers.py": 830, "dkdm.py": 820, "evaluate.py": 830, "boot.py": 720}  # other top-level modules: 650
+CORE_LIMIT = 5080
+FUNCTION_LINES = 70  # the longest function, formatted (evaluate.run_evaluation)
 
 
 def lines(path):
@@ -24,24 +30,38 @@ def test_module_and_core_sizes():
 
 def test_teachers_holds_no_run_plumbing():
     tree = ast.parse((ROOT / "teachers.py").read_text())
-    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {
+        n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+    }
     names |= {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
-    plumbing = {"RunDir", "RunLock", "Interrupt", "Meter", "fsync", "fsync_dir", "all_reduce", "broadcast",
-                "init_process_group", "save_checkpoint", "atomic_write"}
+    plumbing = {
+        "RunDir",
+        "RunLock",
+        "Interrupt",
+        "Meter",
+        "fsync",
+        "fsync_dir",
+        "all_reduce",
+        "broadcast",
+        "init_process_group",
+        "save_checkpoint",
+        "atomic_write",
+    }
     assert not names & plumbing, names & plumbing
 
 
 @pytest.mark.parametrize("path", CORE, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_functions_fit_a_screen(path):
-    """No function over 60 lines or 7 parameters (a diffusers pipeline's __init__ / __call__ excepted)."""
+    """No function over FUNCTION_LINES lines or 7 parameters (a diffusers pipeline's __init__ / __call__ excepted)."""
     too_big = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             a = node.args
             params = [*a.posonlyargs, *a.args, *a.kwonlyargs]
             n = len(params) - bool(params and params[0].arg in ("self", "cls"))
-            if (node.end_lineno - node.lineno + 1 > 60 or n > 7) and not (
-                    path.parent.name == "pipelines" and node.name in ("__init__", "__call__")):
+            if (node.end_lineno - node.lineno + 1 > FUNCTION_LINES or n > 7) and not (
+                path.parent.name == "pipelines" and node.name in ("__init__", "__call__")
+            ):
                 too_big.append((node.name, node.end_lineno - node.lineno + 1, n))
     assert not too_big, too_big
 
@@ -51,14 +71,29 @@ def test_production_patches_nothing(path):
     """The strict-distributed mode lives in tests/: no production module assigns to time.time or to an
     attribute of torch.distributed."""
     tree = ast.parse(path.read_text())
-    aliases = {"dist"} | {a.asname or a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
-                          if a.name == "torch.distributed"}
+    aliases = {"dist"} | {
+        a.asname or a.name
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Import)
+        for a in n.names
+        if a.name == "torch.distributed"
+    }
     for node in ast.walk(tree):
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else [node.target]
+            if isinstance(node, (ast.AugAssign, ast.AnnAssign))
+            else []
+        )
         for t in targets:
             if isinstance(t, ast.Attribute):
                 spelt = ast.unparse(t.value)
                 assert not (spelt == "time" and t.attr == "time"), f"{path.name}:{node.lineno} assigns time.time"
-                assert spelt not in aliases and spelt != "torch.distributed", f"{path.name}:{node.lineno} patches {spelt}.{t.attr}"
+                assert spelt not in aliases and spelt != "torch.distributed", (
+                    f"{path.name}:{node.lineno} patches {spelt}.{t.attr}"
+                )
         if isinstance(node, ast.Call) and ast.unparse(node.func) == "setattr" and node.args:
-            assert ast.unparse(node.args[0]) not in {"time", "torch.distributed", *aliases}, f"{path.name}:{node.lineno}"
+            assert ast.unparse(node.args[0]) not in {"time", "torch.distributed", *aliases}, (
+                f"{path.name}:{node.lineno}"
+            )

@@ -3,6 +3,7 @@ to the host or copies a tensor over from it (random numbers drawn on the CPU, a 
 call); it also runs slower than it should when --half's float16 teacher computes in float32. Each
 pass below runs on the meta device (shapes, no data: nothing can be read back, and a CPU tensor
 shows as a copy) under a dispatch mode that records every op, with the embedded teacher in float16."""
+
 import pytest
 import torch
 from torch.utils import _pytree as pytree
@@ -11,6 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import boot
 import dkdm
 import teachers
+
 
 META = torch.device("meta")
 MATMULS = ("aten.convolution", "aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten._scaled_dot_product")
@@ -44,7 +46,9 @@ def passes(teacher):
         "DKDM teacher step (pool init, training)": lambda: dkdm.teacher_step(teacher, x, i, labels, 1.0, None),
         "ancestral step (synthetic set, evaluate.py)": lambda: teachers.ancestral(teacher, x, 2, cond, 1.0),
         "DDIM step (evaluate.py)": lambda: teachers.ddim(teacher, x, 2, cond, 1.0),
-        "BOOT guided teacher, a CFG pair": lambda: boot.guided_teacher(teacher, cond, 3.0)(x, torch.full((16,), 0.5, device=META)),
+        "BOOT guided teacher, a CFG pair": lambda: boot.guided_teacher(teacher, cond, 3.0)(
+            x, torch.full((16,), 0.5, device=META)
+        ),
     }
 
 

@@ -1,5 +1,6 @@
 """teachers.py against independent references: diffusers' schedulers, the analytic Gaussian
 mixture (exact posterior mean, Monte-Carlo), and closed forms."""
+
 import math
 import subprocess
 import sys
@@ -9,8 +10,10 @@ import torch
 
 import cli
 import teachers
-from conftest import ROOT, CosineSchedule
 from teachers import Schedule, UserError
+
+from conftest import ROOT, CosineSchedule
+
 
 TABLES = {
     "scaled_linear": dict(beta_start=0.00085, beta_end=0.012),
@@ -34,7 +37,9 @@ def test_schedule_matches_diffusers_tables(kind):
     lam = sch.lam(torch.linspace(0, 1, 2001, dtype=torch.float64))
     assert (lam[1:] > lam[:-1]).all()  # lambda = -log(alpha/sigma) increases with t (BOOT's sign)
     # discrete beta and posterior variance agree with the scheduler's own tables
-    assert torch.allclose(sch.beta(i[1:]).float(), DDPMScheduler(beta_schedule=kind, **TABLES[kind]).betas[1:], atol=1e-6)
+    assert torch.allclose(
+        sch.beta(i[1:]).float(), DDPMScheduler(beta_schedule=kind, **TABLES[kind]).betas[1:], atol=1e-6
+    )
 
 
 def test_cosine_closed_form_matches_table():
@@ -49,9 +54,16 @@ def _tiny_eps_teacher(variance_type="fixed_small", out_mult=1, clip=None):
     from diffusers import UNet2DModel
 
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=out_mult, layers_per_block=1,
-                       block_out_channels=(16, 32), down_block_types=("DownBlock2D",) * 2,
-                       up_block_types=("UpBlock2D",) * 2, norm_num_groups=8)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=out_mult,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2,
+        norm_num_groups=8,
+    )
     sch = Schedule(teachers.beta_table("squaredcos_cap_v2"))
     return teachers.UNetTeacher(unet, sch, (1, 8, 8), variance_type=variance_type, clip=clip).eval()
 
@@ -63,8 +75,9 @@ def test_ddim_matches_diffusers(steps):
     t = _tiny_eps_teacher()
     noise = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     ours = teachers.ddim(t, noise, steps)
-    s = DDIMScheduler(beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing", set_alpha_to_one=True,
-                      clip_sample=False)
+    s = DDIMScheduler(
+        beta_schedule="squaredcos_cap_v2", timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False
+    )
     s.set_timesteps(steps)
     x = noise
     with torch.no_grad():
@@ -79,8 +92,9 @@ def test_ancestral_step_matches_ddpm_scheduler_learned_range(i, steps):
 
     t = _tiny_eps_teacher("learned_range", out_mult=2, clip="static")
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
-    s = DDPMScheduler(beta_schedule="squaredcos_cap_v2", variance_type="learned_range", clip_sample=True,
-                      timestep_spacing="trailing")
+    s = DDPMScheduler(
+        beta_schedule="squaredcos_cap_v2", variance_type="learned_range", clip_sample=True, timestep_spacing="trailing"
+    )
     s.set_timesteps(steps)
     with torch.no_grad():
         out = t.unet(x, i).sample
@@ -256,8 +270,13 @@ def test_bad_inputs(tmp_path):
 
 
 def test_running_teachers_py_lists_the_registry_without_a_download():
-    out = subprocess.run([sys.executable, "teachers.py"], cwd=ROOT, capture_output=True, text=True,
-                         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    out = subprocess.run(
+        [sys.executable, "teachers.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert out.returncode == 0
     for name in ("sd21", "if", "ddpm-cifar10", "ldm-celebahq", "digits", "gmm"):
         assert name in out.stdout
@@ -277,7 +296,9 @@ def test_digits_teacher_samples_look_like_digits():
 
     def fd(a, b):
         a, b = a.flatten(1).double().numpy(), b.flatten(1).double().numpy()
-        return frechet_distance(a.mean(0), torch.cov(torch.tensor(a).T).numpy(), b.mean(0), torch.cov(torch.tensor(b).T).numpy())
+        return frechet_distance(
+            a.mean(0), torch.cov(torch.tensor(a).T).numpy(), b.mean(0), torch.cov(torch.tensor(b).T).numpy()
+        )
 
     fd_model, fd_noise = fd(x, real), fd(torch.randn(300, 1, 8, 8).clamp(-1, 1), real)
     assert fd_model < 1.0 < 10 < fd_noise, (fd_model, fd_noise)
