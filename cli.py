@@ -1,9 +1,9 @@
 """Command-line plumbing shared by boot.py, dkdm.py and evaluate.py, without torch.
 
-Only the standard library is imported here, so that `--help` answers before torch, diffusers or
-transformers are loaded: each script defines its config dataclass, then asks `answers_alone(argv)`
-and, if so, answers from the config alone. The input checks below need no torch either: each
-raises a one-line UserError and writes nothing, so they all run before any work.
+Only the standard library is imported here: a script whose config dataclass stands before its heavy
+imports (evaluate.py) asks `answers_alone(argv)` and answers `--help` before torch, diffusers or
+transformers are loaded. The input checks below need no torch either: each raises a one-line
+UserError and writes nothing, so they all run before any work.
 """
 
 from __future__ import annotations

@@ -1,20 +1,17 @@
 """What a run will cost before it starts: --dry-run's memory per GPU, from the networks' configs.
 
-`boot_memory` and `dkdm_memory` say which forward the student trains with and how many network
-passes an iteration makes; `estimate` turns that into bytes. Parameters are counted (the teacher in
-its dtype; the student's float32 weights, gradients, AdamW moments and EMA at 20 bytes a parameter)
-and the student's activations are measured on CPU from the tensors autograd saves in a training
-forward at batch 1 and 2. bench/memory.py compares the estimate for SD 2.1 with what a GPU
+boot.py and dkdm.py (`memory_estimate` in each) say which forward the student trains with and how
+many network passes an iteration makes; `estimate` turns that into bytes. Parameters are counted
+(the teacher in its dtype; the student's float32 weights, gradients, AdamW moments and EMA at 20
+bytes a parameter) and the student's activations are measured on CPU from the tensors autograd
+saves in a training forward at batch 1 and 2. bench/memory.py compares the estimate for SD 2.1 with what a GPU
 measured; tests/test_memory_estimate.py with a measured CPU peak.
 """
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
-import teachers
 from runkit import student_autocast
 
 
@@ -84,72 +81,3 @@ def estimate(teacher, student, forward, precision: str, batch, passes: dict, ext
     if extra_per_sample:
         out[f"{extra_what}_GiB"] = round(b * extra_per_sample / GiB, 3)
     return out
-
-
-def boot_memory(cfg, world: int) -> dict:
-    """boot.py --dry-run: the teacher and student built from configs (no weights read: accelerate's
-    init_empty_weights), a training forward y_theta(eps, t) at t = 0.5, the passes of Alg. 1."""
-    from accelerate import init_empty_weights
-
-    import boot
-
-    teachers.quiet_libraries()
-    teacher = teachers.load_teacher(
-        cfg.teacher,
-        "meta",
-        torch.float16 if cfg.half else torch.float32,
-        model_id=cfg.model_id,
-        stage=cfg.stage,
-        clip=cfg.clip,
-        weights=False,
-    )
-    w = boot.default_weight(cfg, teacher)
-    with init_empty_weights():  # parameters on the meta device, nothing else
-        student, facts = boot.make_student(teacher, cfg, w)
-    student.to_empty(device="cpu").train()  # uninitialised values: only the shapes matter here
-
-    def forward(n):
-        cond = {k: torch.zeros((n, *v.shape[1:]), dtype=v.dtype) for k, v in teacher.null.items()} or None
-        if cfg.stage == 2:
-            cond = {
-                **cond,
-                "lowres": torch.zeros(n, *teacher.sample_shape),
-                "class_labels": torch.full((n,), cfg.noise_level),
-            }
-        eps, t = torch.zeros(n, *teacher.sample_shape), torch.full((n,), 0.5)
-        return boot.y_theta(student, facts, eps, t, teachers.cond_to(cond, "cpu"), w)
-
-    cfg_pair, k = teacher.guided and (w is not None or cfg.w_max is not None) and w != 1.0, cfg.boundary_every
-    passes = {
-        "teacher_forwards": (2 if cfg.solver == "heun" else 1) + (1 / k if k else 0),
-        "teacher_forward_batch": "2 b (CFG pair)" if cfg_pair else "b",
-        "student_forwards_no_grad": 1,
-        "student_forward_backward": 1,
-        "student_train_batch": f"2 b every {k} iterations (boundary), else b" if k else "b",
-    }
-    return estimate(teacher, student, forward, cfg.precision, (cfg.batch // world, 2 if k else 1), passes)
-
-
-def dkdm_memory(teacher, student, cfg, world: int) -> dict:
-    """dkdm.py --dry-run: a training forward of the student at T/2, one teacher forward per iteration,
-    the knowledge pool's bytes per sample (4 C H W for x, 8 for i, 8 for the label)."""
-    import dkdm
-
-    (C, H, W), b = teacher.sample_shape, cfg.batch // world
-    pool = dkdm.pool_size(cfg, teacher.schedule.T, b) if cfg.method in ("dynamic", "shuffled", "iterative") else 0
-    pool_bytes = pool / b * (4 * C * H * W + 16)
-    model = copy.deepcopy(student).cpu().train()
-    cond = lambda n: {"class_labels": torch.zeros(n, dtype=torch.long)} if teacher.num_classes else None  # noqa: E731
-    T = teacher.schedule.T
-
-    def forward(n):
-        return teachers.call_net(model, torch.zeros(n, *teacher.sample_shape), torch.full((n,), T / 2), cond(n))
-
-    passes = {
-        "teacher_forwards": int(pool_bytes > 0),
-        "student_forward_backward": 1,
-        "teacher_forward_batch": "2 b (CFG pair)"
-        if teacher.guided and teacher.default_guidance not in (None, 1.0)
-        else "b",
-    }
-    return estimate(teacher, model, forward, cfg.precision, (b, 1), passes, (pool_bytes, "pool"))

@@ -3,8 +3,10 @@
 Xiang, Zhang, Shang, Wu, Yan, Nie (CVPR 2025), arXiv:2409.03550. A frozen teacher is the only data
 source: a randomly initialised student of any diffusers architecture learns the teacher's every
 denoising step (Eq. 19-21), on noisy samples the teacher itself keeps producing (dynamic iterative
-distillation, Alg. 1). Top to bottom: config -> objective -> knowledge streams (pool init by shuffle
-denoise or staggered chains) -> students (cnn, vit, any config) -> baselines -> Alg. 1.
+distillation, Alg. 1). Read it in the paper's order: the objective (Eq. 19-21) -> the knowledge pool,
+its three streams and its initialisation (shuffle denoise, staggered chains) -> students of any
+architecture (cnn, vit, any config) -> the baselines -> one training step -> `train`, Algorithm 1 as
+one loop. Below the "Running it" banner: config, defaults, checks, export and the command line.
 
     python dkdm.py                              # digits teacher, cnn student, dynamic distillation,
                                                 #   staggered pool init -> runs/dkdm-digits-cnn-dynamic/
@@ -27,6 +29,7 @@ seeded by its rank. Run directories, resume and exit codes work as in boot.py (r
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -37,134 +40,18 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers
+import torch
+from tqdm import tqdm
+
 import cli
+import costs
+import evaluate
+import runkit
+import teachers
 from cli import UserError, flag
-
-
-METHODS = ("dynamic", "shuffled", "iterative", "data-free", "data")
-POOL_INITS = ("auto", "staggered", "shuffle", "noise")
-TRAIN_SET_SIZE = {"digits": 1797, "gmm": 1797, "ddpm-cifar10": 50000, "ldm-celebahq": 25000}  # synthetic set (Table 4)
-EMBEDDED = ("digits", "gmm")  # the CPU protocol of every bench row: a 100-step synthetic set, DDIM-50 scores
-
-
-# --- Config
-@dataclass
-class DKDMConfig:
-    teacher: str = flag("digits", "registry name (digits, ddpm-cifar10, ldm-celebahq, gmm), hub id or local dir")
-    model_id: str | None = flag(None, "override the registry entry's hub id (a mirror or a local copy)")
-    student: str = flag("cnn", "cnn (UNet2DModel), vit (DiTTransformer2DModel) or a dir with a diffusers config.json")
-    width: int | None = flag(None, "student base width; default 16 (cnn) / 128 (vit) at 8x8, 64 / 384 above")
-    vit_init: str = flag(
-        "adaln-zero", "vit: DiT's adaLN-Zero init, or diffusers' default", choices=["adaln-zero", "diffusers"]
-    )
-    method: str = flag("dynamic", "knowledge stream, or a baseline", choices=METHODS)
-    rho: float = flag(0.4, "dynamic pool size rho T b (Alg. 1); 0.4 pixel, 4 latent in the paper")
-    pool_init: str = flag(
-        "auto",
-        "auto: shuffle denoise (dynamic: the paper's; staggered on the embedded digits / gmm, "
-        "for its CPU cost: README), shuffle (shuffled), noise (iterative)",
-        choices=POOL_INITS,
-    )
-    chains: int = flag(512, "staggered init: teacher chains M run in one batch (well above rho b)")
-    init_batch: int | None = flag(
-        None, "shuffle-denoise init: samples per teacher pass; default 512 on CPU, 1024 on a GPU"
-    )
-    batch: int = flag(64, "global batch b (divided over torchrun processes)")
-    iters: int | None = flag(None, "training iterations; default: the student's (STUDENT_DEFAULTS: 10,000 for both)")
-    minutes: float | None = flag(None, "stop (checkpoint + export) after this many minutes of training in all reruns")
-    lr: float | None = flag(None, "AdamW peak learning rate after warm-up; default 1e-3 (cnn), 3e-3 (vit)")
-    warmup: int = flag(200, "linear lr warm-up iterations")
-    lr_decay: tuple[int, ...] | None = flag(
-        None,
-        "START END: a cosine from the peak lr at iteration START to 10%% at END "
-        "(0 0: constant); default constant (cnn), 7000 10000 (vit)",
-        nargs=2,
-    )
-    ema: float | None = flag(None, "EMA decay of the exported student; default 0.998 (cnn), 0.9995 (vit)")
-    clip_grad: float | None = flag(
-        None,
-        "clip the gradient norm at this value; 0: none. Default: none, as the paper "
-        "and its code; 1.0 on the embedded teachers (digits, gmm; README)",
-    )
-    lam: float = flag(1.0, "weight lambda of L*vlb (Eq. 19), per timestep")
-    p_uncond: float = flag(0.0, "fraction of samples with the null label (student learns CFG's unconditional model)")
-    synth_sampler: str = flag(
-        "auto",
-        "data-free baseline's sampler; auto: Table 4's (IDDPM pixel, DDIM latent)",
-        choices=["auto", "ancestral", "ddim"],
-    )
-    synth_steps: int | None = flag(
-        None,
-        "data-free baseline: steps per synthetic sample; default Table 4's T = 1000 "
-        "(pixel) / 100 (latent); 100 for digits, gmm",
-    )
-    synth_n: int | None = flag(None, "data-free baseline: synthetic set size; default the training-set size")
-    seed: int = flag(0, "seed of every random draw (process r uses seed + 1000003 r)")
-    half: bool = flag(False, "run the frozen teacher in float16 (GPU only; the same in boot.py)")
-    precision: str = flag(
-        "auto", "student: auto (bf16 autocast + TF32 on a GPU, float32 on CPU)", choices=cli.PRECISIONS
-    )
-    grad_checkpointing: bool = flag(False, "recompute the student's activations in backward (less memory, more time)")
-    out: str | None = flag(None, "run dir; default runs/dkdm-<teacher>-<student>-<method>")
-    log_every: int = flag(100, "metrics.jsonl / progress interval")
-    eval_every: int | None = flag(
-        None,
-        "a proxy FD and KID of the EMA student every K iterations, a multiple of "
-        "--log-every (metrics.jsonl; 0: never; default: 2000, or the next multiple)",
-    )
-    ckpt_every: int = flag(1000, "checkpoint interval (a rerun resumes from the latest)")
-    keep: int = flag(1, "checkpoints kept: the last N (checkpoints/step-*.pt; latest.pt is the newest)")
-    export_every: int = flag(0, "also export the EMA student + preview.png every K iterations (0: at the end only)")
-
-    def __post_init__(self):  # unset (None): the student's default (a config directory: the cnn's)
-        for k, v in STUDENT_DEFAULTS.get(self.student, STUDENT_DEFAULTS["cnn"]).items():
-            setattr(self, k, v if getattr(self, k) is None else getattr(self, k))
-        if self.clip_grad is None:  # the paper clips nothing; the CPU digits runs were all tuned with 1.0
-            self.clip_grad = 1.0 if self.teacher in EMBEDDED else 0.0
-        if self.eval_every is None:  # 2,000 or the next multiple of --log-every: ~2.5% of a default run
-            self.eval_every = -(-2000 // max(self.log_every, 1)) * max(self.log_every, 1)  # 0 is refused later
-
-
-RESUMABLE = (
-    "iters",
-    "minutes",
-    "log_every",
-    "ckpt_every",
-    "precision",
-    "grad_checkpointing",
-    "keep",
-    "export_every",
-    "init_batch",
-    "eval_every",
-)  # may change on a rerun
-# Measured on digits (README, "FD vs iterations"): the DiT diverged at lr 4e-3 and trails at 1e-3.
-STUDENT_DEFAULTS = {
-    "cnn": dict(iters=10_000, lr=1e-3, ema=0.998, lr_decay=(0, 0)),
-    "vit": dict(iters=10_000, lr=3e-3, ema=0.9995, lr_decay=(7000, 10_000)),
-}
-
-
-def parser():
-    """The command line: DKDMConfig's flags, and `dkdm.py sample RUN ...`."""
-    return cli.add_usage(
-        cli.parser_from_dataclass(DKDMConfig, __doc__),
-        "dkdm.py sample RUN [--sampler ancestral|ddim] [--steps N] [--n N]",
-    )
-
-
-if __name__ == "__main__" and cli.answers_alone(sys.argv[1:]):  # --help: before torch is imported
-    parser().parse_args(sys.argv[1:])
-
-import diffusers  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-import costs  # noqa: E402
-import evaluate  # noqa: E402
-import runkit  # noqa: E402
-import teachers  # noqa: E402
-from pipelines import students  # noqa: E402
-from runkit import print0  # noqa: E402
+from pipelines import students
+from runkit import print0
 
 
 # --- DKDM Eq. (20): L*simple = || eps_T(x_t, t) - eps_S(x_t, t) ||^2, mean over C x H x W
@@ -296,6 +183,10 @@ def knowledge_step(teacher, pool: Pool, b, w=None, p_uncond=0.0):
     return x_t, i, labels, target
 
 
+def pool_size(cfg, T, b_local):
+    return max(b_local, round(cfg.rho * T * b_local)) if cfg.method == "dynamic" else b_local
+
+
 # --- Pool initialisation: noise (iterative), shuffle denoise (Fig. 3), staggered chains
 def init_noise(teacher, n, g, p_uncond=0.0):
     """Iterative distillation's start: n noises, all at i = T-1 (they then step in lockstep)."""
@@ -369,33 +260,6 @@ def init_staggered(teacher, n, chains, g, w=None, p_uncond=0.0, return_chains=Fa
             _, xc = teacher_step(teacher, xc, torch.full((chains,), s, device=xc.device), lc, w, g)
     pool = Pool(x, i, labels, g)
     return (pool, chain_of) if return_chains else pool
-
-
-def pool_size(cfg, T, b_local):
-    return max(b_local, round(cfg.rho * T * b_local)) if cfg.method == "dynamic" else b_local
-
-
-def resolved_init(cfg):
-    if cfg.pool_init != "auto":
-        return cfg.pool_init
-    dynamic = "staggered" if cfg.teacher in EMBEDDED else "shuffle"  # the paper's, but ~80 CPU-min on digits (README)
-    return {"dynamic": dynamic, "shuffled": "shuffle", "iterative": "noise"}.get(cfg.method)
-
-
-def init_cost(cfg, T, n):
-    """(teacher sample evaluations, batched passes) of the pool initialisation."""
-    how = resolved_init(cfg)
-    if how == "staggered":
-        return cfg.chains * (T - 1), T - 1
-    if how == "shuffle":
-        evals = n * (T - 1) / 2  # shuffle denoise: i_end uniform on 0..T-1
-        return evals, max(T - 1, math.ceil(evals / init_batch(cfg)))
-    return 0, 0
-
-
-def init_batch(cfg):
-    """Samples per shuffle-denoise pass: big on a GPU, where a pass of 128 leaves it mostly idle."""
-    return cfg.init_batch or (1024 if runkit.env()[2].type == "cuda" else 512)
 
 
 # --- Students of any architecture (Sec. 4.2, Table 5): a smaller CNN, or a DiT-style transformer
@@ -518,24 +382,6 @@ def sample_set(teacher, draw, n, steps, g, w=None, sampler="ancestral"):
     return torch.cat(xs), (None if ls[0] is None else torch.cat(ls))
 
 
-def synth_plan(cfg, teacher):
-    """(sampler, steps) of the synthetic set. Table 4: IDDPM with all T steps for pixel teachers,
-    DDIM-100 for latent ones; the embedded teachers: ancestral 100 (see EMBEDDED)."""
-    sampler = cfg.synth_sampler if cfg.synth_sampler != "auto" else "ddim" if teacher.latent else "ancestral"
-    T = teacher.schedule.T
-    steps = cfg.synth_steps or (100 if teacher.latent or cfg.teacher in EMBEDDED else T)
-    return sampler, min(steps, T)
-
-
-def eval_plan(cfg, teacher):
-    """(sampler, steps) the exported student is scored with: IDDPM-50 (pixel) or DDIM-200 (latent), as
-    the paper evaluates (Sec. 4.1); DDIM-50 for the embedded teachers (see EMBEDDED)."""
-    T = teacher.schedule.T
-    if cfg.teacher in EMBEDDED:
-        return "ddim", min(50, T)
-    return ("ddim", min(200, T)) if teacher.latent else ("ancestral", min(50, T))
-
-
 def data_stream(cfg, teacher, run_path, g, rank, w):
     """Real digits (`data`), or the teacher's synthetic set (`data-free`, made once, kept in the run)."""
     if cfg.method == "data":
@@ -555,12 +401,39 @@ def data_stream(cfg, teacher, run_path, g, rank, w):
     return ImageSet(s["x"].to(teacher.device), y, g, teacher.num_classes, cfg.p_uncond)
 
 
-def synth_n(cfg):
-    """Size of the data-free baseline's synthetic set: --synth-n, else the teacher's training set (Table 4)."""
-    return cfg.synth_n or TRAIN_SET_SIZE.get(cfg.teacher, 10000)
+# --- The knowledge stream of a run (Alg. 1 line 1): dynamic, shuffled or iterative, or a baseline's set
+def make_stream(cfg, teacher, run, g, w, world):
+    """Alg. 1 line 1: this process's knowledge pool B+_1, initialised as --pool-init says (a fresh run),
+    or empty, for run.resume to fill from the checkpoint; the baselines' fixed set of images."""
+    if cfg.method in ("data", "data-free"):
+        return data_stream(cfg, teacher, run.path, g, run.rank, w)
+    if run.resume_step is not None:
+        empty = torch.empty(0, device=teacher.device)
+        return Pool(empty, empty.long(), None, g)
+    n, how = pool_size(cfg, teacher.schedule.T, cfg.batch // world), resolved_init(cfg)
+    evals, passes = init_cost(cfg, teacher.schedule.T, n)
+    print0(
+        f"pool: {n} entries per process, init '{how}': {evals:,.0f} teacher sample evaluations "
+        f"in {passes:,} batched passes"
+    )
+    start, pool = time.time(), make_pool(cfg, teacher, n, g, w)
+    print0(f"pool initialised in {time.time() - start:.1f} s")
+    run.log(
+        {"step": 0, "pool_init": how, "init_seconds": time.time() - start, "init_evals": evals, "pool_size": n * world}
+    )
+    return pool
 
 
-# --- Alg. 1: the training run, one flat loop for one CPU/GPU process and torchrun DDP
+def make_pool(cfg, teacher, n, g, w):
+    how = resolved_init(cfg)
+    if how == "staggered":
+        return init_staggered(teacher, n, cfg.chains, g, w, cfg.p_uncond)
+    if how == "shuffle":
+        return init_shuffle(teacher, n, g, w, cfg.p_uncond, init_batch(cfg))
+    return init_noise(teacher, n, g, cfg.p_uncond)
+
+
+# --- One training iteration (Alg. 1 lines 2-8)
 def student_step(cfg, teacher, model, stream, b, w, meter=None):
     """Alg. 1 lines 4-6 (and 8): (loss, mse, vb) of one batch, Eq. (19) on the knowledge stream
     (whose pool takes the teacher's step), or Eq. (13) on a fixed set (the baselines)."""
@@ -580,6 +453,16 @@ def student_step(cfg, teacher, model, stream, b, w, meter=None):
     return loss.mean(), mse.mean().detach(), vb.mean().detach()  # lines 5-6: Eq. (20), (21)
 
 
+def learning_rate(cfg, step: int) -> float:
+    """Linear warm-up, constant, then a cosine down to 10% of the peak between the iterations of
+    --lr-decay (a horizon of its own: continuing a run with a larger --iters leaves the steps taken alone)."""
+    lr, (start, end) = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup)), cfg.lr_decay
+    if end > start and step > start:
+        lr *= 0.1 + 0.45 * (1 + math.cos(math.pi * min(step - start, end - start) / (end - start)))
+    return lr
+
+
+# --- Algorithm 1: the training run, one flat loop for one CPU / GPU process and torchrun DDP
 def train(cfg, teacher, student, run):
     """Algorithm 1 (dynamic iterative distillation; the ablations and baselines swap the stream) as
     one loop; runkit.py resumes, logs and checkpoints."""
@@ -630,86 +513,148 @@ def train(cfg, teacher, student, run):
     return step
 
 
-def learning_rate(cfg, step: int) -> float:
-    """Linear warm-up, constant, then a cosine down to 10% of the peak between the iterations of
-    --lr-decay (a horizon of its own: continuing a run with a larger --iters leaves the steps taken alone)."""
-    lr, (start, end) = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup)), cfg.lr_decay
-    if end > start and step > start:
-        lr *= 0.1 + 0.45 * (1 + math.cos(math.pi * min(step - start, end - start) / (end - start)))
-    return lr
+# =====================================================================================================================
+# Running it: the config and each student's defaults, the input checks, the export, the command line.
+# Nothing above needs them to be read.
+# =====================================================================================================================
+METHODS = ("dynamic", "shuffled", "iterative", "data-free", "data")
+POOL_INITS = ("auto", "staggered", "shuffle", "noise")
+TRAIN_SET_SIZE = {"digits": 1797, "gmm": 1797, "ddpm-cifar10": 50000, "ldm-celebahq": 25000}  # synthetic set (Table 4)
+EMBEDDED = ("digits", "gmm")  # the CPU protocol of every bench row: a 100-step synthetic set, DDIM-50 scores
 
 
-def proxy(cfg, teacher, ema, meter):
-    """metrics.jsonl's proxy at every --eval-every-th step (rank 0): FD and KID of the EMA student's
-    DDIM-50 samples (its export's sampler) against the teacher's own (evaluate.Probe). None: no proxy."""
-    w, source, K = teacher.default_guidance, teachers.teacher_source(cfg.teacher, cfg.model_id), teacher.num_classes
+@dataclass
+class DKDMConfig:
+    teacher: str = flag("digits", "registry name (digits, ddpm-cifar10, ldm-celebahq, gmm), hub id or local dir")
+    model_id: str | None = flag(None, "override the registry entry's hub id (a mirror or a local copy)")
+    student: str = flag("cnn", "cnn (UNet2DModel), vit (DiTTransformer2DModel) or a dir with a diffusers config.json")
+    width: int | None = flag(None, "student base width; default 16 (cnn) / 128 (vit) at 8x8, 64 / 384 above")
+    vit_init: str = flag(
+        "adaln-zero", "vit: DiT's adaLN-Zero init, or diffusers' default", choices=["adaln-zero", "diffusers"]
+    )
+    method: str = flag("dynamic", "knowledge stream, or a baseline", choices=METHODS)
+    rho: float = flag(0.4, "dynamic pool size rho T b (Alg. 1); 0.4 pixel, 4 latent in the paper")
+    pool_init: str = flag(
+        "auto",
+        "auto: shuffle denoise (dynamic: the paper's; staggered on the embedded digits / gmm, "
+        "for its CPU cost: README), shuffle (shuffled), noise (iterative)",
+        choices=POOL_INITS,
+    )
+    chains: int = flag(512, "staggered init: teacher chains M run in one batch (well above rho b)")
+    init_batch: int | None = flag(
+        None, "shuffle-denoise init: samples per teacher pass; default 512 on CPU, 1024 on a GPU"
+    )
+    batch: int = flag(64, "global batch b (divided over torchrun processes)")
+    iters: int | None = flag(None, "training iterations; default: the student's (STUDENT_DEFAULTS: 10,000 for both)")
+    minutes: float | None = flag(None, "stop (checkpoint + export) after this many minutes of training in all reruns")
+    lr: float | None = flag(None, "AdamW peak learning rate after warm-up; default 1e-3 (cnn), 3e-3 (vit)")
+    warmup: int = flag(200, "linear lr warm-up iterations")
+    lr_decay: tuple[int, ...] | None = flag(
+        None,
+        "START END: a cosine from the peak lr at iteration START to 10%% at END "
+        "(0 0: constant); default constant (cnn), 7000 10000 (vit)",
+        nargs=2,
+    )
+    ema: float | None = flag(None, "EMA decay of the exported student; default 0.998 (cnn), 0.9995 (vit)")
+    clip_grad: float | None = flag(
+        None,
+        "clip the gradient norm at this value; 0: none. Default: none, as the paper "
+        "and its code; 1.0 on the embedded teachers (digits, gmm; README)",
+    )
+    lam: float = flag(1.0, "weight lambda of L*vlb (Eq. 19), per timestep")
+    p_uncond: float = flag(0.0, "fraction of samples with the null label (student learns CFG's unconditional model)")
+    synth_sampler: str = flag(
+        "auto",
+        "data-free baseline's sampler; auto: Table 4's (IDDPM pixel, DDIM latent)",
+        choices=["auto", "ancestral", "ddim"],
+    )
+    synth_steps: int | None = flag(
+        None,
+        "data-free baseline: steps per synthetic sample; default Table 4's T = 1000 "
+        "(pixel) / 100 (latent); 100 for digits, gmm",
+    )
+    synth_n: int | None = flag(None, "data-free baseline: synthetic set size; default the training-set size")
+    seed: int = flag(0, "seed of every random draw (process r uses seed + 1000003 r)")
+    half: bool = flag(False, "run the frozen teacher in float16 (GPU only; the same in boot.py)")
+    precision: str = flag(
+        "auto", "student: auto (bf16 autocast + TF32 on a GPU, float32 on CPU)", choices=cli.PRECISIONS
+    )
+    grad_checkpointing: bool = flag(False, "recompute the student's activations in backward (less memory, more time)")
+    out: str | None = flag(None, "run dir; default runs/dkdm-<teacher>-<student>-<method>")
+    log_every: int = flag(100, "metrics.jsonl / progress interval")
+    eval_every: int | None = flag(
+        None,
+        "a proxy FD and KID of the EMA student every K iterations, a multiple of "
+        "--log-every (metrics.jsonl; 0: never; default: 2000, or the next multiple)",
+    )
+    ckpt_every: int = flag(1000, "checkpoint interval (a rerun resumes from the latest)")
+    keep: int = flag(1, "checkpoints kept: the last N (checkpoints/step-*.pt; latest.pt is the newest)")
+    export_every: int = flag(0, "also export the EMA student + preview.png every K iterations (0: at the end only)")
 
-    def cond_of(n):  # the preview's labels
-        return as_cond(torch.arange(n, device=teacher.device) % K) if K else None
-
-    pipe = functools.cache(lambda: students.ddpm_pipeline(ema.model(), teacher, source))  # once: unet = the EMA copy
-
-    def sample(noise, cond):
-        ema.model()  # the averaged weights, refreshed into that copy
-        return teacher.decode(pipe().denoise(noise, cond and cond["class_labels"], w, 50).to(teacher.dtype))
-
-    return evaluate.proxy(cfg.eval_every, teacher, cond_of, w, meter, sample)
+    def __post_init__(self):  # unset (None): the student's default (a config directory: the cnn's)
+        for k, v in STUDENT_DEFAULTS.get(self.student, STUDENT_DEFAULTS["cnn"]).items():
+            setattr(self, k, v if getattr(self, k) is None else getattr(self, k))
+        if self.clip_grad is None:  # the paper clips nothing; the CPU digits runs were all tuned with 1.0
+            self.clip_grad = 1.0 if self.teacher in EMBEDDED else 0.0
+        if self.eval_every is None:  # 2,000 or the next multiple of --log-every: ~2.5% of a default run
+            self.eval_every = -(-2000 // max(self.log_every, 1)) * max(self.log_every, 1)  # 0 is refused later
 
 
-def make_pool(cfg, teacher, n, g, w):
+# the fields a rerun may change (the run resumes); any other difference is refused
+RESUMABLE = ("iters", "minutes", "log_every", "ckpt_every", "precision", "grad_checkpointing", "keep")
+RESUMABLE += ("export_every", "init_batch", "eval_every")
+STUDENT_DEFAULTS = {
+    "cnn": dict(iters=10_000, lr=1e-3, ema=0.998, lr_decay=(0, 0)),
+    "vit": dict(iters=10_000, lr=3e-3, ema=0.9995, lr_decay=(7000, 10_000)),
+}
+
+
+def resolved_init(cfg):
+    if cfg.pool_init != "auto":
+        return cfg.pool_init
+    dynamic = "staggered" if cfg.teacher in EMBEDDED else "shuffle"  # the paper's, but ~80 CPU-min on digits (README)
+    return {"dynamic": dynamic, "shuffled": "shuffle", "iterative": "noise"}.get(cfg.method)
+
+
+def init_cost(cfg, T, n):
+    """(teacher sample evaluations, batched passes) of the pool initialisation."""
     how = resolved_init(cfg)
     if how == "staggered":
-        return init_staggered(teacher, n, cfg.chains, g, w, cfg.p_uncond)
+        return cfg.chains * (T - 1), T - 1
     if how == "shuffle":
-        return init_shuffle(teacher, n, g, w, cfg.p_uncond, init_batch(cfg))
-    return init_noise(teacher, n, g, cfg.p_uncond)
+        evals = n * (T - 1) / 2  # shuffle denoise: i_end uniform on 0..T-1
+        return evals, max(T - 1, math.ceil(evals / init_batch(cfg)))
+    return 0, 0
 
 
-def make_stream(cfg, teacher, run, g, w, world):
-    """Alg. 1 line 1: this process's knowledge pool B+_1, initialised as --pool-init says (a fresh run),
-    or empty, for run.resume to fill from the checkpoint; the baselines' fixed set of images."""
-    if cfg.method in ("data", "data-free"):
-        return data_stream(cfg, teacher, run.path, g, run.rank, w)
-    if run.resume_step is not None:
-        empty = torch.empty(0, device=teacher.device)
-        return Pool(empty, empty.long(), None, g)
-    n, how = pool_size(cfg, teacher.schedule.T, cfg.batch // world), resolved_init(cfg)
-    evals, passes = init_cost(cfg, teacher.schedule.T, n)
-    print0(
-        f"pool: {n} entries per process, init '{how}': {evals:,.0f} teacher sample evaluations "
-        f"in {passes:,} batched passes"
-    )
-    start, pool = time.time(), make_pool(cfg, teacher, n, g, w)
-    print0(f"pool initialised in {time.time() - start:.1f} s")
-    run.log(
-        {"step": 0, "pool_init": how, "init_seconds": time.time() - start, "init_evals": evals, "pool_size": n * world}
-    )
-    return pool
+def init_batch(cfg):
+    """Samples per shuffle-denoise pass: big on a GPU, where a pass of 128 leaves it mostly idle."""
+    return cfg.init_batch or (1024 if runkit.env()[2].type == "cuda" else 512)
 
 
-# --- Export: a diffusers pipeline directory + generator.json (evaluate.py reads nothing else)
-def export_student(cfg, teacher, raw, ema, run_path):
-    """run/student/: model_index.json, unet/ (EMA weights), scheduler/, [vae/], generator.json."""
-    name = cfg.teacher if cfg.teacher in teachers.REGISTRY else str(Path(cfg.teacher).resolve())
-    sampler, steps = eval_plan(cfg, teacher)
-    info = {
-        "method": "dkdm",
-        "teacher": name,
-        "model_id": teachers.local_path(cfg.model_id),
-        "steps": steps,
-        "sampler": sampler,
-        "sample_shape": list(teacher.sample_shape),
-        "num_classes": teacher.num_classes,
-        "latent": teacher.latent,
-        "default_w": teacher.default_guidance,
-        "class_name": type(raw).__name__,
-        "training": cfg.method,
-    }
-    source = teachers.teacher_source(cfg.teacher, cfg.model_id)  # the teacher's pipeline: its scheduler config
-    return students.export_ema(ema, lambda model: students.ddpm_pipeline(model, teacher, source), info, run_path)[0]
+def synth_plan(cfg, teacher):
+    """(sampler, steps) of the synthetic set. Table 4: IDDPM with all T steps for pixel teachers,
+    DDIM-100 for latent ones; the embedded teachers: ancestral 100 (see EMBEDDED)."""
+    sampler = cfg.synth_sampler if cfg.synth_sampler != "auto" else "ddim" if teacher.latent else "ancestral"
+    T = teacher.schedule.T
+    steps = cfg.synth_steps or (100 if teacher.latent or cfg.teacher in EMBEDDED else T)
+    return sampler, min(steps, T)
 
 
-# --- main: every check before anything is written
+def eval_plan(cfg, teacher):
+    """(sampler, steps) the exported student is scored with: IDDPM-50 (pixel) or DDIM-200 (latent), as
+    the paper evaluates (Sec. 4.1); DDIM-50 for the embedded teachers (see EMBEDDED)."""
+    T = teacher.schedule.T
+    if cfg.teacher in EMBEDDED:
+        return "ddim", min(50, T)
+    return ("ddim", min(200, T)) if teacher.latent else ("ancestral", min(50, T))
+
+
+def synth_n(cfg):
+    """Size of the data-free baseline's synthetic set: --synth-n, else the teacher's training set (Table 4)."""
+    return cfg.synth_n or TRAIN_SET_SIZE.get(cfg.teacher, 10000)
+
+
 def load_inputs(cfg):
     """(teacher, student, run directory): every input checked, on every process, before any process
     group is made or anything is written."""
@@ -791,6 +736,75 @@ def run_facts(cfg, teacher, student, run, world):
     return {**run.config, **facts}
 
 
+def memory_estimate(teacher, student, cfg: DKDMConfig, world: int) -> dict:
+    """--dry-run's memory per GPU (costs.estimate): a training forward of the student at T/2, one teacher
+    forward per iteration, the knowledge pool's bytes per sample (4 C H W for x, 8 for i, 8 for the label)."""
+    (C, H, W), b, T = teacher.sample_shape, cfg.batch // world, teacher.schedule.T
+    pool = pool_size(cfg, T, b) if cfg.method in ("dynamic", "shuffled", "iterative") else 0
+    pool_bytes = pool / b * (4 * C * H * W + 16)
+    model = copy.deepcopy(student).cpu().train()
+
+    def forward(n):
+        cond = {"class_labels": torch.zeros(n, dtype=torch.long)} if teacher.num_classes else None
+        return teachers.call_net(model, torch.zeros(n, *teacher.sample_shape), torch.full((n,), T / 2), cond)
+
+    guided = teacher.guided and teacher.default_guidance not in (None, 1.0)
+    passes = {
+        "teacher_forwards": int(pool_bytes > 0),
+        "student_forward_backward": 1,
+        "teacher_forward_batch": "2 b (CFG pair)" if guided else "b",
+    }
+    return costs.estimate(teacher, model, forward, cfg.precision, (b, 1), passes, (pool_bytes, "pool"))
+
+
+# --- Output: a diffusers pipeline directory + generator.json (evaluate.py reads nothing else)
+def proxy(cfg, teacher, ema, meter):
+    """metrics.jsonl's proxy at every --eval-every-th step (rank 0): FD and KID of the EMA student's
+    DDIM-50 samples (its export's sampler) against the teacher's own (evaluate.Probe). None: no proxy."""
+    w, source, K = teacher.default_guidance, teachers.teacher_source(cfg.teacher, cfg.model_id), teacher.num_classes
+
+    def cond_of(n):  # the preview's labels
+        return as_cond(torch.arange(n, device=teacher.device) % K) if K else None
+
+    pipe = functools.cache(lambda: students.ddpm_pipeline(ema.model(), teacher, source))  # once: unet = the EMA copy
+
+    def sample(noise, cond):
+        ema.model()  # the averaged weights, refreshed into that copy
+        return teacher.decode(pipe().denoise(noise, cond and cond["class_labels"], w, 50).to(teacher.dtype))
+
+    return evaluate.proxy(cfg.eval_every, teacher, cond_of, w, meter, sample)
+
+
+def export_student(cfg, teacher, raw, ema, run_path):
+    """run/student/: model_index.json, unet/ (EMA weights), scheduler/, [vae/], generator.json."""
+    name = cfg.teacher if cfg.teacher in teachers.REGISTRY else str(Path(cfg.teacher).resolve())
+    sampler, steps = eval_plan(cfg, teacher)
+    info = {
+        "method": "dkdm",
+        "teacher": name,
+        "model_id": teachers.local_path(cfg.model_id),
+        "steps": steps,
+        "sampler": sampler,
+        "sample_shape": list(teacher.sample_shape),
+        "num_classes": teacher.num_classes,
+        "latent": teacher.latent,
+        "default_w": teacher.default_guidance,
+        "class_name": type(raw).__name__,
+        "training": cfg.method,
+    }
+    source = teachers.teacher_source(cfg.teacher, cfg.model_id)  # the teacher's pipeline: its scheduler config
+    return students.export_ema(ema, lambda model: students.ddpm_pipeline(model, teacher, source), info, run_path)[0]
+
+
+# --- The command line
+def parser():
+    """The command line: DKDMConfig's flags, and `dkdm.py sample RUN ...`."""
+    return cli.add_usage(
+        cli.parser_from_dataclass(DKDMConfig, __doc__),
+        "dkdm.py sample RUN [--sampler ancestral|ddim] [--steps N] [--n N]",
+    )
+
+
 def command(argv):
     if argv[:1] == ["sample"]:  # samples of a finished run (pipelines/students.py)
         return students.sample_command("dkdm", argv[1:])
@@ -800,12 +814,10 @@ def command(argv):
     cfg = dataclasses.replace(cfg, **{k: teachers.local_path(getattr(cfg, k)) for k in ("teacher", "model_id")})
     teacher, student, run = load_inputs(cfg)
     if dry_run:  # the config, what the run will do, and its memory per GPU
-        memory = costs.dkdm_memory(teacher, student, cfg, run.config["world_size"])
+        world = run.config["world_size"]
+        memory = memory_estimate(teacher, student, cfg, world)
         return print0(
-            json.dumps(
-                {**run_facts(cfg, teacher, student, run, run.config["world_size"]), "memory_estimate": memory},
-                indent=2,
-            )
+            json.dumps({**run_facts(cfg, teacher, student, run, world), "memory_estimate": memory}, indent=2)
         )
     train(cfg, teacher, student, run)
 

@@ -33,7 +33,6 @@ from huggingface_hub import hf_hub_download
 
 import cli
 from cli import UserError
-from pipelines.pipeline_boot import call_net  # every network call, teachers' and students'
 
 
 ROOT = Path(__file__).resolve().parent
@@ -346,6 +345,22 @@ def seeded_noise(seeds, shape, device="cpu", dtype=torch.float32):
     """Per-image seeds: row k is N(0, I) from torch.Generator().manual_seed(seeds[k])."""
     rows = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds]
     return torch.stack(rows).to(device, dtype)
+
+
+def call_net(model, x, timestep, cond: dict | None, **extra):
+    """Every network call of the repository, teachers' and students' alike: a diffusers UNet2DModel /
+    UNet2DConditionModel / DiT (DDP-wrapped too) at integer-grid `timestep`, with a condition dict:
+    `class_labels`, `encoder_hidden_states`, IF-II's `lowres` concatenated to x."""
+    cond = cond or {}
+    if "lowres" in cond:  # IF-II: the noised upscaled stage-I image is concatenated to x_t
+        x = torch.cat([x, cond["lowres"].to(x.dtype)], dim=1)
+    kwargs = {k: v for k, v in cond.items() if k in ("class_labels", "encoder_hidden_states")}
+    name = type(getattr(model, "module", model)).__name__
+    if name == "UNet2DConditionModel":
+        kwargs.setdefault("encoder_hidden_states", None)
+    if name == "DiTTransformer2DModel" and "class_labels" not in kwargs:  # DiT always embeds a label: 0
+        kwargs["class_labels"] = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    return model(x, timestep, **kwargs, **extra, return_dict=False)[0]
 
 
 class UNetTeacher(Teacher):

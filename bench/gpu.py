@@ -40,7 +40,6 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import boot  # noqa: E402
-import costs  # noqa: E402
 import dkdm  # noqa: E402
 import runkit  # noqa: E402
 import teachers  # noqa: E402
@@ -219,8 +218,8 @@ def boot_iteration(teacher_dir, device, b, tiny, out: Path):
     cfg = boot.resolve(boot.BootConfig(teacher=teacher_dir, half=device.type == "cuda", batch=b))
     teacher = teachers.load_teacher(cfg.teacher, device, runkit.teacher_dtype(cfg.half, device))
     context = boot.Context(teacher, ["a photograph of an astronaut riding a horse"], teacher, None, (None, None))
-    student, facts = boot.make_student(teacher, cfg, boot.default_weight(cfg, teacher))
-    raw, ema, opt = runkit.optimisation(student, cfg, device)
+    net, student = boot.make_student(teacher, cfg, boot.default_weight(cfg, teacher))
+    raw, ema, opt = runkit.optimisation(net, cfg, device)
     meter, g = runkit.Meter(device, ("loss",)), torch.Generator().manual_seed(0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -229,7 +228,7 @@ def boot_iteration(teacher_dir, device, b, tiny, out: Path):
         eps = torch.randn((b, *teacher.sample_shape), generator=g).to(device)
         t = boot.sample_times(g, cfg, b, k).to(device)
         cond, w = context.draw(g, b, 0, b)
-        loss, _ = boot.boot_step(raw, facts, teacher, (eps, t, cond, w), cfg, k % cfg.boundary_every == 0, meter)
+        loss, _ = boot.boot_step(raw, student, teacher, (eps, t, cond, w), cfg, k % cfg.boundary_every == 0, meter)
         with meter.time("student"):
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -244,7 +243,7 @@ def boot_iteration(teacher_dir, device, b, tiny, out: Path):
         iteration(k)
     split = meter.split()
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    estimate = costs.boot_memory(cfg, 1)["total_at_local_batch_GiB"]
+    estimate = boot.memory_estimate(cfg, 1)["total_at_local_batch_GiB"]
     start = time.perf_counter()
     runkit.save_checkpoint(
         out / "latest.pt", {"model": raw.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict()}
@@ -266,7 +265,7 @@ def boot_iteration(teacher_dir, device, b, tiny, out: Path):
         * flops(
             lambda: boot.y_theta(
                 raw,
-                facts,
+                student,
                 torch.zeros(1, *teacher.sample_shape, device=device),
                 torch.zeros(1, device=device),
                 context.fixed(1),

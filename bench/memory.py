@@ -131,14 +131,13 @@ def sd21_dir(root: Path, weights=False, tiny=False) -> Path:
 
 def main():
     import boot
-    import costs
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         d = sd21_dir(Path(tmp))
         for precision in ("auto", "fp32"):  # auto = bf16 autocast for the student on a GPU
             cfg = boot.resolve(boot.BootConfig(teacher=str(d), batch=64, half=True, precision=precision))
-            out[f"sd21-base, 8 GPUs x batch 8, --half, --precision {precision}"] = costs.boot_memory(cfg, 8)
+            out[f"sd21-base, 8 GPUs x batch 8, --half, --precision {precision}"] = boot.memory_estimate(cfg, 8)
     auto = out["sd21-base, 8 GPUs x batch 8, --half, --precision auto"]
     measured = 43069 / 1024
     out["vs the H200 measurement (batch 8, --half, bf16; nvidia-smi, whole process)"] = {

@@ -1,15 +1,16 @@
 """A one-step BOOT student as a diffusers pipeline: one network call from noise to an image.
 
 BOOT (Gu et al., ICML 2024, arXiv:2306.05544) trains y_theta(eps, t, c, w) to follow the teacher's
-Signal-ODE from pure noise eps; the sample is y_theta(eps, 0, c, w). This file is the single
-source of that forward: the repository's training loop, sampler and evaluation call
-`boot_generate` from here, and every exported student carries a copy of this file, so that
+Signal-ODE from pure noise eps; the sample is y_theta(eps, 0, c, w). Every exported student carries a
+copy of this file, so that
 
     from diffusers import DiffusionPipeline
     pipe = DiffusionPipeline.from_pretrained("runs/boot-digits/student", trust_remote_code=True)
     images = pipe(batch_size=10, class_labels=list(range(10)), generator=torch.manual_seed(0)).images
 
-needs nothing of the repository. How the network is called (all stored in model_index.json):
+needs nothing of the repository. `boot_generate` is y_theta as boot.py trains it (`boot.y_theta`, one
+function per kind of student there), written for a pipeline's config: a copy of those few lines that
+tests/test_exports.py holds bitwise equal to them. How the network is called (all in model_index.json):
   * a teacher copy keeps its native timestep fixed at t_max (T - 1) and predicts eps there; the
     target time t and guidance weight w enter as `timestep_cond`, sinusoidal embeddings of t * 1000
     and w * 100 (cos first, time_cond_dim / 2 each; w = None embeds as 0). The image is
@@ -53,20 +54,16 @@ def target_time_cond(t, w, dim: int):
     return torch.cat([e_t, e_w], dim=1)
 
 
-def call_net(model, x, timestep, cond: dict | None, **extra):
-    """Forward a diffusers UNet2DModel / UNet2DConditionModel / DiT (DDP-wrapped too) with a condition
-    dict: `class_labels`, `encoder_hidden_states`, IF-II's `lowres` concatenated to x. The repository
-    calls every network through here (teachers.call_net), teachers and students alike."""
+def call_net(unet, x, timestep, cond: dict | None, **extra):
+    """The student UNet's forward with a condition dict: `class_labels`, `encoder_hidden_states`, and IF-II's
+    `lowres`, concatenated to x (teachers.call_net, here for the UNets a BOOT student can be)."""
     cond = cond or {}
     if "lowres" in cond:  # IF-II: the noised upscaled stage-I image is concatenated to x_t
         x = torch.cat([x, cond["lowres"].to(x.dtype)], dim=1)
     kwargs = {k: v for k, v in cond.items() if k in ("class_labels", "encoder_hidden_states")}
-    name = type(getattr(model, "module", model)).__name__
-    if name == "UNet2DConditionModel":
+    if type(unet).__name__ == "UNet2DConditionModel":
         kwargs.setdefault("encoder_hidden_states", None)
-    if name == "DiTTransformer2DModel" and "class_labels" not in kwargs:  # DiT always embeds a label: 0
-        kwargs["class_labels"] = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-    return model(x, timestep, **kwargs, **extra, return_dict=False)[0]
+    return unet(x, timestep, **kwargs, **extra, return_dict=False)[0]
 
 
 def boot_generate(model, info, eps, t, cond=None, w=None):

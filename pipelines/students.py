@@ -1,8 +1,8 @@
 """Students outside their method's algorithm: fresh architectures, exports, loading, `sample RUN`.
 
-The architectures of fresh students come first (DKDM's `cnn_config` / `vit_config`, BOOT's
-`small_student`; BOOT's teacher copy is in boot.py). The pipeline files beside this one
-(pipeline_boot.py, pipeline_ddim.py) are what every export carries and a plain diffusers user runs;
+The architectures of DKDM's fresh students come first (`cnn_config` / `vit_config`; BOOT's students
+are made in boot.py). The pipeline files beside this one (pipeline_boot.py, pipeline_ddim.py) are
+what every export carries and a plain diffusers user runs;
 this module is the repository's side of them, never copied into an export: `boot_pipeline` /
 `ddpm_pipeline` build an export from a trained network, `ExportedStudent` loads one back for
 evaluate.py and previews, and `sample_command` is `python boot.py sample RUN` / `python dkdm.py sample RUN`.
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers import DDIMScheduler, DDPMScheduler
 from torchvision.utils import save_image
 
 import cli
@@ -92,43 +92,6 @@ def adaln_zero_(model):
         if name.endswith(".norm1.linear") or name in ("proj_out_1", "proj_out_2"):
             torch.nn.init.zeros_(m.weight)
             torch.nn.init.zeros_(m.bias)
-    return model
-
-
-def small_student(teacher, dim: int, facts: dict):
-    """A fresh, smaller UNet2DConditionModel whose native timestep is the target time t."""
-    C, H = teacher.sample_shape[0], teacher.sample_shape[-1]
-    if hasattr(teacher, "unet"):
-        base = dict(teacher.unet.config)
-        chans = [max(8, c // 2) for c in base["block_out_channels"]]
-        groups = math.gcd(*chans, base.get("norm_num_groups") or 32)
-        cfg = {**base, "block_out_channels": chans, "layers_per_block": 1, "norm_num_groups": groups}
-        if type(teacher.unet).__name__ != "UNet2DConditionModel":  # a UNet2DModel's config, no text
-            cfg = {
-                k: v
-                for k, v in cfg.items()
-                if k
-                in (
-                    "sample_size",
-                    "in_channels",
-                    "out_channels",
-                    "block_out_channels",
-                    "layers_per_block",
-                    "norm_num_groups",
-                    "down_block_types",
-                    "up_block_types",
-                )
-            }
-            cfg["mid_block_type"] = "UNetMidBlock2D"
-    else:  # the analytic gmm: the embedded digits architecture, one output channel per input channel
-        cfg = teachers.digits_unet_config(num_classes=teacher.num_classes or 0, channels=(32, 64))
-        cfg.update(in_channels=C, out_channels=C, sample_size=H)
-        if not teacher.num_classes:
-            cfg.pop("num_class_embeds")
-    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    torch.manual_seed(facts["seed"])
-    model = UNet2DConditionModel.from_config({**cfg, "time_cond_proj_dim": dim})
-    facts.update(output="sample", native_time="target")
     return model
 
 

@@ -322,8 +322,8 @@ MUTANTS = [
         [BD + "test_boot_step_is_eq7_plus_eq8_with_a_stop_gradient_target"],
         (
             "boot.py",
-            "y_t = y_theta(raw, facts, eps, t.to(dev, torch.float32), cond, w)",
-            "y_t = y_theta(raw, facts, eps, s.to(dev, torch.float32), cond, w)",
+            "y_t = y_theta(raw, student, eps, t.to(dev, torch.float32), cond, w)",
+            "y_t = y_theta(raw, student, eps, s.to(dev, torch.float32), cond, w)",
         ),
     ),
     M(
@@ -427,7 +427,7 @@ MUTANTS = [
         "boot-eq9-student-without-w",
         "BOOT Eq. 9 (w input)",
         [BD + "test_student_is_conditioned_on_w_drawn_per_example"],
-        ("pipelines/pipeline_boot.py", "target_time_cond(t, w, info[", "target_time_cond(t, None, info["),
+        ("boot.py", "w = torch.zeros_like(t) if w is None else", "w = torch.zeros_like(t) if True else"),
     ),
     M(
         "boot-eq9-one-w-per-batch",
@@ -454,16 +454,20 @@ MUTANTS = [
         "BOOT student init",
         [BE + "test_teacher_copy_equals_teacher_at_tmax_for_every_t_and_boundary_loss_is_zero"],
         (
-            "pipelines/pipeline_boot.py",
-            '(eps - info["sigma_tmax"] * out) / info["alpha_tmax"]',
-            '(eps - info["alpha_tmax"] * out) / info["sigma_tmax"]',
+            "boot.py",
+            "timestep_cond=emb)[:, : eps.shape[1]]\n    return (eps - s.sigma_tmax * eps_hat) / s.alpha_tmax",
+            "timestep_cond=emb)[:, : eps.shape[1]]\n    return (eps - s.alpha_tmax * eps_hat) / s.sigma_tmax",
         ),
     ),
     M(
         "boot-init-native-time-off-by-one",
         "BOOT student init",
         [BE + "test_teacher_copy_equals_teacher_at_tmax_for_every_t_and_boundary_loss_is_zero"],
-        ("pipelines/pipeline_boot.py", 'info["t_max"] * (T - 1))', 'info["t_max"] * T)'),
+        (
+            "boot.py",
+            "native = torch.full_like(t, s.t_max * (s.T - 1))\n    emb =",
+            "native = torch.full_like(t, s.t_max * s.T)\n    emb =",
+        ),
     ),
     M(
         "boot-if2-noise-level-0",

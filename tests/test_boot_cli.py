@@ -241,9 +241,9 @@ def test_unet2dmodel_teacher_copy(tmp_path):
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
     teacher = teachers.load_teacher(str(tmp_path / "ddpm"), clip="none")
     cfg = boot.resolve(boot.BootConfig(teacher=str(tmp_path / "ddpm")))
-    model, info = boot.make_student(teacher, cfg, None)
+    model, student = boot.make_student(teacher, cfg, None)
     eps = torch.randn(3, 3, 8, 8)
-    y = boot.y_theta(model, info, eps, torch.tensor([0.0, 0.4, 0.9]))
+    y = boot.y_theta(model, student, eps, torch.tensor([0.0, 0.4, 0.9]))
     assert torch.allclose(y, teacher.x0(eps, torch.full((3,), cfg.t_max)), atol=1e-5)
     assert boot_main("--teacher", tmp_path / "ddpm", *TINY, "--loss", "l2", "--out", tmp_path / "run") == 0  # offline
     assert_finished(tmp_path / "run", 3)

@@ -87,11 +87,11 @@ def test_student_is_conditioned_on_w_drawn_per_example():
 
     teacher = teachers.load_teacher("gmm")
     cfg = boot.resolve(boot.BootConfig(teacher="gmm", w=1.0, w_max=5.0))
-    model, info = boot.make_student(teacher, cfg, default_w=2.0)  # fresh: its (t, w) projection is not zero
+    model, student = boot.make_student(teacher, cfg, default_w=2.0)  # fresh: its (t, w) projection is not zero
     eps, cond, t = draw((4, 1, 8, 8), 3).float(), teacher.label_cond(torch.arange(4)), torch.full((4,), 0.5)
     with torch.no_grad():
-        y1, y4 = (boot.y_theta(model, info, eps, t, cond, w) for w in (1.0, 4.0))
-        y4_each = boot.y_theta(model, info, eps, t, cond, torch.full((4,), 4.0))
+        y1, y4 = (boot.y_theta(model, student, eps, t, cond, w) for w in (1.0, 4.0))
+        y4_each = boot.y_theta(model, student, eps, t, cond, torch.full((4,), 4.0))
     assert (y1 - y4).abs().max() > 1e-4 and torch.allclose(y4, y4_each)
     cond, w = boot.Context(teacher, w_range=(cfg.w, cfg.w_max)).draw(torch.Generator().manual_seed(0), 4000, 0, 4000)
     assert w.shape == (4000,) and kstest(((w - 1.0) / 4.0).numpy(), "uniform").pvalue > 1e-3
@@ -109,12 +109,12 @@ def test_boot_step_is_eq7_plus_eq8_with_a_stop_gradient_target(weighting, bounda
     teacher = teachers.load_teacher("gmm")
     exact = teachers.load_teacher("gmm").double()
     cfg = boot.resolve(boot.BootConfig(teacher="gmm", weighting=weighting, t_min=0.05, beta=0.5))
-    model, info = boot.make_student(teacher, cfg, default_w=2.0)
+    model, student = boot.make_student(teacher, cfg, default_w=2.0)
     n, w = 6, 2.0
     eps = draw((n, 1, 8, 8), 11).float()
     t = torch.tensor([0.06, 0.2, 0.4, 0.6, 0.8, 0.9], dtype=torch.float64)  # 0.06: s is clipped at t_min
     cond = teacher.label_cond(torch.arange(n))
-    loss, parts = boot.boot_step(model, info, teacher, (eps, t, cond, w), cfg, boundary, None)
+    loss, parts = boot.boot_step(model, student, teacher, (eps, t, cond, w), cfg, boundary, None)
     got = torch.autograd.grad(loss, list(model.parameters()))
 
     c, null = exact.label_cond(torch.arange(n)), exact.label_cond(torch.full((n,), 10))
@@ -125,7 +125,7 @@ def test_boot_step_is_eq7_plus_eq8_with_a_stop_gradient_target(weighting, bounda
         return f_n + w * (exact.x0(x, tt, c) - f_n)
 
     def y(tt):
-        return boot.y_theta(model, info, eps, tt.float(), cond, w).double()
+        return boot.y_theta(model, student, eps, tt.float(), cond, w).double()
 
     s = torch.where(t - cfg.delta > cfg.t_min, t - cfg.delta, torch.full_like(t, cfg.t_min))
     with torch.no_grad():
@@ -162,13 +162,13 @@ def test_each_distance_keeps_the_stop_gradient_and_the_weight_per_example(monkey
     monkeypatch.setattr(boot, "lpips_network", lambda device: net)
     teacher = teachers.load_teacher("gmm")
     cfg = boot.resolve(boot.BootConfig(teacher="gmm", weighting=weighting, loss=loss))
-    model, info = boot.make_student(teacher, cfg, default_w=None)
+    model, student = boot.make_student(teacher, cfg, default_w=None)
     n = 5
     eps, t = draw((n, 1, 8, 8), 12).float(), torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9], dtype=torch.float64)
     cond = teacher.label_cond(torch.arange(n))
-    loss_value, parts = boot.boot_step(model, info, teacher, (eps, t, cond, None), cfg, False, None)
+    loss_value, parts = boot.boot_step(model, student, teacher, (eps, t, cond, None), cfg, False, None)
     got = torch.autograd.grad(loss_value, list(model.parameters()))
-    y = lambda tt: boot.y_theta(model, info, eps, tt.float(), cond, None)  # noqa: E731
+    y = lambda tt: boot.y_theta(model, student, eps, tt.float(), cond, None)  # noqa: E731
     s = (t - cfg.delta).clamp(min=cfg.t_min)
     with torch.no_grad():
         target = boot.bootstrap_target(boot.guided_teacher(teacher, cond, None), teacher.schedule, y(t), eps, t, s)

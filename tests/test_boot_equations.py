@@ -198,13 +198,13 @@ def test_teacher_copy_equals_teacher_at_tmax_for_every_t_and_boundary_loss_is_ze
     """App. C.3: y_theta(eps, t) = f_phi(eps, t_max) for every t at init, so L_BC = 0."""
     teacher = teachers.load_teacher("digits", clip="none")
     cfg = boot.resolve(boot.BootConfig(teacher="digits", iters=1))
-    model, info = boot.make_student(teacher, cfg, default_w=1.0)
+    model, student = boot.make_student(teacher, cfg, default_w=1.0)
     eps = draw(8, 8).float()
     cond = teacher.label_cond(torch.arange(8))
     f_tmax = teacher.x0(eps, torch.full((8,), cfg.t_max), cond)
     for t in (0.0, 0.3, cfg.t_max):
-        y = boot.y_theta(model, info, eps, torch.full((8,), t), cond, 1.0)
+        y = boot.y_theta(model, student, eps, torch.full((8,), t), cond, 1.0)
         assert torch.allclose(y, f_tmax, atol=1e-5), t
     t = torch.rand(8, dtype=torch.float64) * cfg.t_max
-    _, parts = boot.boot_step(model, info, teacher, (eps, t, cond, 1.0), cfg, True, None)
+    _, parts = boot.boot_step(model, student, teacher, (eps, t, cond, 1.0), cfg, True, None)
     assert parts["bc"].item() < 1e-10 and parts["bs"].item() > 1e-3

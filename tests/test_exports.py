@@ -114,12 +114,12 @@ def as_np(images):
 
 def boot_reference(run):
     """The student as training saw it, not through its export: the network rebuilt by boot.py and
-    loaded from checkpoints/latest.pt, y_theta = boot.y_theta with the run's own facts,
+    loaded from checkpoints/latest.pt, y_theta = boot.y_theta with the run's own constants,
     conditions from the teacher (labels k mod K, its prompt encoder, IF-II's noised stage-I
     output), decoded by the teacher. Seeds 0..N-1, the student's default w. Model space and images."""
     cfg = boot.BootConfig(**json.loads((Path(run) / "config.json").read_text()))
     teacher, conds = boot.load_teacher_and_context(cfg, torch.device("cpu"))
-    model, info = boot.make_student(teacher, cfg, boot.default_weight(cfg, teacher))
+    model, student = boot.make_student(teacher, cfg, boot.default_weight(cfg, teacher))
     model.load_state_dict(runkit.load_checkpoint(Path(run) / "checkpoints" / "latest.pt")["ema"])
     if conds.prompts is not None:
         cond = {"encoder_hidden_states": conds.encoder.encode_prompts([PROMPT] * N)["encoder_hidden_states"].float()}
@@ -132,7 +132,7 @@ def boot_reference(run):
         cond = teacher.label_cond(torch.arange(N) % teacher.num_classes) if teacher.num_classes else None
     noise = teachers.seeded_noise(range(N), teacher.sample_shape)
     with torch.no_grad():
-        x = boot.y_theta(model.eval(), info, noise, torch.zeros(N), cond, None)
+        x = boot.y_theta(model.eval(), student, noise, torch.zeros(N), cond, None)
         return x, as_np(teacher.decode(x))
 
 
@@ -191,8 +191,9 @@ def exports(tmp_path_factory, tiny_sd_dir, tiny_if_dirs):
     # BOOT's initial copy student is the teacher's x0-hat at t_max, whatever the target time (App. C.3)
     cfg = boot.resolve(boot.BootConfig(teacher="digits"))
     t, conds = boot.load_teacher_and_context(cfg, torch.device("cpu"))
-    student, info = boot.make_student(t, cfg, boot.default_weight(cfg, t))
-    students.boot_pipeline(student.eval(), info, t).save_pretrained(tmp / "init")
+    net, student = boot.make_student(t, cfg, boot.default_weight(cfg, t))
+    facts = boot.generator_facts(cfg, t, student, net)
+    students.boot_pipeline(net.eval(), facts, t).save_pretrained(tmp / "init")
     cases["boot_copy_init"] = {"path": str(tmp / "init"), "n": N, "kwargs": {}}
     x0 = t.x0(
         teachers.seeded_noise(range(N), t.sample_shape),
@@ -361,3 +362,51 @@ def test_the_one_step_pipeline_takes_num_inference_steps_1_only(exports):
     assert np.array_equal(one, pipe(batch_size=2, generator=torch.Generator().manual_seed(0), output_type="np").images)
     with pytest.raises(ValueError, match="samples in one step: num_inference_steps must be 1, not 4"):
         pipe(batch_size=2, num_inference_steps=4)
+
+
+@pytest.mark.parametrize("kind", ["copy", "copy-class", "small"])
+def test_the_exported_pipeline_computes_boot_y_theta_bitwise(kind, tmp_path, tiny_sd_dir):
+    """boot.py's y_theta (one function per kind of student) and the copy of it every export carries
+    (pipelines/pipeline_boot.py's boot_generate, steered by the pipeline's config): the same tensor, bit for
+    bit, at several target times and weights (given, default, per example), with a student whose new (t, w)
+    input is not zero."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    from pipelines.pipeline_boot import boot_generate
+
+    if kind == "copy-class":  # an unconditional UNet2DModel: t enters through a class embedding
+        torch.manual_seed(0)
+        unet = UNet2DModel(
+            sample_size=8,
+            in_channels=3,
+            out_channels=3,
+            layers_per_block=1,
+            block_out_channels=(16, 32),
+            down_block_types=("DownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "UpBlock2D"),
+            norm_num_groups=8,
+        )
+        DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+        name, prompts = str(tmp_path / "ddpm"), None
+    else:  # a text-to-image latent teacher, guided: prompts, CFG weight, VAE
+        (tmp_path / "p.txt").write_text(PROMPT + "\n")
+        name, prompts = str(tiny_sd_dir), str(tmp_path / "p.txt")
+    cfg = boot.BootConfig(teacher=name, prompts=prompts, student=kind.split("-")[0], loss="l2")  # lpips: a download
+    cfg = boot.resolve(cfg)
+    teacher, context = boot.load_teacher_and_context(cfg, torch.device("cpu"))
+    net, student = boot.make_student(teacher, cfg, boot.default_weight(cfg, teacher))
+    assert student.kind == kind
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in net.parameters():  # the zero-initialised (t, w) input included
+            p.add_(0.05 * torch.randn_like(p))
+    pipe = students.boot_pipeline(net.eval(), boot.generator_facts(cfg, teacher, student, net), teacher)
+    eps = torch.randn(3, *teacher.sample_shape, generator=torch.Generator().manual_seed(2))
+    cond = context.fixed(3)
+    with torch.no_grad():
+        for t in (0.0, 0.3, cfg.t_max):
+            for w in (None, 2.0, torch.tensor([1.0, 3.0, 5.0], dtype=torch.float64)):
+                tt = torch.full((3,), t)
+                a = boot.y_theta(net, student, eps, tt, cond, w)
+                b = boot_generate(net, pipe.config, eps, tt, cond, w)
+                assert torch.equal(a, b), (kind, t, w, (a - b).abs().max())

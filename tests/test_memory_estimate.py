@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 import boot
-import costs
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,13 +24,13 @@ import boot, runkit, teachers
 cfg = boot.resolve(boot.BootConfig(teacher=sys.argv[2], precision=sys.argv[4]))
 B = int(sys.argv[3])
 teacher = teachers.load_teacher(cfg.teacher)
-student, info = boot.make_student(teacher, cfg, boot.default_weight(cfg, teacher))
-student.train()
+net, student = boot.make_student(teacher, cfg, boot.default_weight(cfg, teacher))
+net.train()
 cond = {"encoder_hidden_states": teacher.encode_prompts(["a red cube"] * B)["encoder_hidden_states"]}
 eps, t = torch.randn(B, *teacher.sample_shape), torch.rand(B)
 def step(n):
     with runkit.student_autocast(cfg.precision, "cpu"):
-        y = boot.y_theta(student, info, eps[:n], t[:n], {k: v[:n] for k, v in cond.items()}, 7.5)
+        y = boot.y_theta(net, student, eps[:n], t[:n], {k: v[:n] for k, v in cond.items()}, 7.5)
     y.float().square().mean().backward()
 def anon():  # resident anonymous memory (tensors), in bytes; other processes cannot move it
     line = next(ln for ln in open("/proc/self/status") if ln.startswith("RssAnon:"))
@@ -51,7 +50,7 @@ print(json.dumps({"peak_bytes": peak[0] - base}))
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_activation_estimate_matches_the_measured_cpu_peak(tiny_sd_dir, tmp_path, precision):
     cfg = boot.resolve(boot.BootConfig(teacher=str(tiny_sd_dir), precision=precision))
-    est = costs.boot_memory(cfg, 1)
+    est = boot.memory_estimate(cfg, 1)
     assert (
         est["teacher_params"] > est["student_params"] > 0
         and est["network_passes_per_iteration"]["teacher_forwards"] == 2.25

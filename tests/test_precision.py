@@ -28,16 +28,16 @@ def conv_in_dtypes(model):
 def test_boot_iteration_under_autocast(precision, dtype):
     teacher = teachers.load_teacher("gmm")
     cfg = boot.resolve(boot.BootConfig(teacher="gmm", precision=precision))
-    student, info = boot.make_student(teacher, cfg, None)
-    seen = conv_in_dtypes(student)
+    net, student = boot.make_student(teacher, cfg, None)
+    seen = conv_in_dtypes(net)
     g = torch.Generator().manual_seed(0)
     eps, t = torch.randn(4, 1, 8, 8, generator=g), boot.sample_times(g, cfg, 4, 0)
     cond, w = boot.Context(teacher, w_range=(cfg.w, cfg.w_max)).draw(g, 4, 0, 4)
-    loss, _ = boot.boot_step(student, info, teacher, (eps, t, cond, w), cfg, True, None)
+    loss, _ = boot.boot_step(net, student, teacher, (eps, t, cond, w), cfg, True, None)
     loss.backward()
     assert seen == [dtype, dtype]  # the no-grad y_t pass and the training pass ("auto" is fp32 on CPU)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
-    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in student.parameters())
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in net.parameters())
 
 
 @pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])

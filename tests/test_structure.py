@@ -12,8 +12,11 @@ CORE = sorted([*ROOT.glob("*.py"), *ROOT.glob("pipelines/*.py")])
 # Budgets in lines of code as `ruff format` writes it (ruff.toml: 119 columns, one statement a line), set at
 # what the formatted code measured when they were introduced. A budget is met by writing less, never by
 # packing lines: CI checks `ruff format --check`, so a packed line cannot land.
-LIMITS = {"teachers.py": 830, "dkdm.py": 820, "evaluate.py": 830, "boot.py": 720}  # other top-level modules: 650
-CORE_LIMIT = 5080
+# Raised since: boot.py by y_theta written out per kind of student, the small student and the dry-run's memory
+# estimate (the last two moved in from pipelines/students.py and costs.py); teachers.py by the network call
+# every teacher and DKDM student goes through (moved in from the BOOT export file); dkdm.py by its estimate.
+LIMITS = {"teachers.py": 850, "dkdm.py": 830, "evaluate.py": 830, "boot.py": 840}  # other top-level modules: 650
+CORE_LIMIT = 5110
 FUNCTION_LINES = 70  # the longest function, formatted (evaluate.run_evaluation)
 
 
@@ -97,3 +100,33 @@ def test_production_patches_nothing(path):
             assert ast.unparse(node.args[0]) not in {"time", "torch.distributed", *aliases}, (
                 f"{path.name}:{node.lineno}"
             )
+
+
+def top_level(path):
+    """name -> line of each top-level function and class."""
+    tree = ast.parse(path.read_text())
+    return {n.name: n.lineno for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+
+
+@pytest.mark.parametrize(
+    "name,first,config", [("boot.py", "delta_lambda", "BootConfig"), ("dkdm.py", "l_simple", "DKDMConfig")]
+)
+def test_method_files_read_in_the_papers_order(name, first, config):
+    """The equations first, `train` (Algorithm 1) after them, and what running it needs (the config and the
+    rest) below both; `train` calls no method function defined below it."""
+    lines = top_level(ROOT / name)
+    assert min(lines.values()) == lines[first] and lines[first] < lines["train"] < lines[config], lines
+    train = next(n for n in ast.parse((ROOT / name).read_text()).body if getattr(n, "name", "") == "train")
+    called = {n.func.id for n in ast.walk(train) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    method = {k for k, v in lines.items() if v < lines[config]}  # above the "Running it" banner
+    assert all(lines[f] < lines["train"] for f in called & method), sorted(called & method)
+
+
+def test_the_export_file_is_nobodys_source():
+    """y_theta lives in boot.py and the network call with the teacher; teachers.py, dkdm.py and boot.py import
+    nothing from the file every BOOT export carries (it holds its own copy, tests/test_exports.py)."""
+    for name in ("teachers.py", "dkdm.py", "boot.py"):
+        tree = ast.parse((ROOT / name).read_text())
+        modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not any("pipeline_boot" in (m or "") for m in modules), (name, modules)
