@@ -160,6 +160,14 @@ def table_newcomer(results):
             f"boot-default`, {d['date']}); the command above leaves torch its default of one thread per "
             f"core, which `python bench/run.py newcomer-boot` times"
         )
+    others = r.get("boot_default_others") or []
+    if b and others:  # the same bench elsewhere: how much a machine of the same size changes the wait
+        slow = max(others, key=lambda o: o["ms_per_iter"])
+        lines[-1] += (
+            f"; machines of the same size differ: the same bench measured {slow['ms_per_iter']:.0f} ms per "
+            f"iteration on another {slow['cores']}-core machine, where the whole run from a fresh clone took "
+            f"{slow['whole_run_s'] // 60:.0f} min {slow['whole_run_s'] % 60:.0f} s"
+        )
     i = r.get("install")
     if i:
         kind = "a CUDA build, which also runs on CPU" if i["cuda_build"] else "a CPU build"
@@ -268,8 +276,121 @@ def table_memory(results):
     )
 
 
+def _px(values):
+    return ", ".join(f"{v:.4f}" for v in values)
+
+
+def table_tutorial_boot(results, key="boot"):
+    """docs/tutorial.md: one BOOT iteration on the gmm teacher, each quantity of one example at two pixels."""
+    w = (results.get("tutorial") or {}).get(key)
+    if not w:
+        return "(not computed yet: `python bench/run.py tutorial`)"
+    (r1, c1), (r2, c2) = w["pixels"]
+    rows = [
+        ("2", "ε ~ N(0, I)", "", _px(w["eps"])),
+        ("3", "c ~ D", "a label", str(w["label"])),
+        ("4", "t ~ U(t_min, t_max)", f"t_max = {w['t_max']}", f"{w['t']:.4f}"),
+        ("4", "s = max(t − δ, t_min)", f"δ = {w['delta']}", f"{w['s']:.4f}"),
+        (
+            "",
+            "α_t, σ_t; α_s, σ_s",
+            "the teacher's schedule",
+            f"{w['alpha_t']:.4f}, {w['sigma_t']:.4f}; {w['alpha_s']:.4f}, {w['sigma_s']:.4f}",
+        ),
+        ("6", "δλ' = 1 − α_t σ_s / (σ_t α_s)", "`delta_lambda`", f"{w['delta_lambda']:.4f}"),
+        ("7", "y_t = y_θ(ε, t)", "the student, no gradient", _px(w["y_t"])),
+        ("8", "x̂_t = α_t y_t + σ_t ε", "`noisy`", _px(w["x_t"])),
+        ("9", "f_t = f(x̂_t, t)", "the teacher's x̂0", _px(w["f_t"])),
+        ("Eq. 7", "y_Euler = y_t + δλ' (f_t − y_t)", "`signal_step`", _px(w["y_euler"])),
+        ("Eq. 15", "x̃_s = α_s y_Euler + σ_s ε", "Heun's second point", _px(w["x_s"])),
+        ("Eq. 15", "f_s = f(x̃_s, s)", "", _px(w["f_s"])),
+        ("Eq. 15", "ŷ = y_t + δλ' ((f_t + f_s)/2 − y_t)", "the target, SG", _px(w["y_heun"])),
+        ("10", "y_θ(ε, s)", "the student, with gradient", _px(w["y_s"])),
+        ("10", "w̃ / δ² = 1 / δ²", "uniform weighting", f"{w['weight']:g}"),
+        ("10", "d = mean (y_θ(ε, s) − ŷ)²", "this example", f"{w['d']:.6f}"),
+        ("10", "L_BS = mean_b (w̃/δ²) d_b", "the batch of 4", f"{w['loss_bs']:.4f}"),
+        ("9, 11", "f(ε, t_max); y_θ(ε, t_max)", "the boundary", f"{_px(w['f_tmax'])}; {_px(w['y_tmax'])}"),
+        ("11", "L_BC = mean (f(ε, t_max) − y_θ(ε, t_max))²", "Eq. 8, the batch", f"{w['loss_bc']:.4f}"),
+        ("", "L = L_BS + β L_BC", "`boot_step` gives", f"{w['loss']:.4f} ({w['boot_step_loss']:.4f})"),
+    ]
+    head = f"| Alg. 1 | quantity | | example {w['example']}: pixels ({r1}, {c1}), ({r2}, {c2}) |\n|---|---|---|---|"
+    return "\n".join([head, *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows)])
+
+
+def table_tutorial_dkdm(results):
+    """docs/tutorial.md: one DKDM iteration on the digits teacher, the pool and each drawn entry."""
+    w = (results.get("tutorial") or {}).get("dkdm")
+    if not w:
+        return "(not computed yet: `python bench/run.py tutorial`)"
+    (r1, c1), (r2, c2) = w["pixels"]
+    lines = [
+        f"- the pool's steps i before the iteration: {', '.join(map(str, w['pool_steps_before']))}",
+        f"- and after it: {', '.join(map(str, w['pool_steps_after']))}",
+        "",
+        "| entry | i → i−1 | label | x_t | ε_T | mean_T | σ_T | x_{t−1} | ε_S | L'simple | L'vlb |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in w["drawn"]:
+        cells = [str(r["entry"]), f"{r['i']} → {r['i_after']}", str(r["label"])]
+        cells += [_px(r[k]) for k in ("x_t", "eps_T", "mean_T", "sigma_T", "x_prev", "eps_S")]
+        cells += [f"{r['l_simple']:.4f}", f"{r['l_vlb']:.4g}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"pixels ({r1}, {c1}), ({r2}, {c2}); the batch's L*DKDM = mean(L'simple + λ L'vlb) = "
+        f"{w['loss']:.4f} (`student_step` gives {w['student_step_loss']:.4f})",
+    ]
+    return "\n".join(lines)
+
+
+EXERCISE_ROWS = [  # (exercise, its run, the run it is compared with)
+    ("1. Euler or Heun?", "ex-boot-gmm-euler", "ex-boot-gmm"),
+    ("2. Without the boundary loss", "ex-boot-gmm-no-boundary", "ex-boot-gmm"),
+    ("3. t_max = 0.98", "ex-boot-gmm-tmax98", "ex-boot-gmm"),
+    ("4. δ = 0.01", "ex-boot-gmm-delta01", "ex-boot-gmm"),
+    ("5. Iterative instead of dynamic", "ex-dkdm-iterative", "ex-dkdm"),
+    ("6. A small pool, two chains", "ex-dkdm-rho002-m2", "ex-dkdm-rho002"),
+]
+
+
+def _answer(rec):
+    """An exercise run's answer: BOOT's mean squared distance to the teacher's DDIM-50 from the same noise (its
+    distance.json), or DKDM's FD in the digits features."""
+    if "distance" in rec:
+        return f"distance {rec['distance']['student']:.5f}"
+    fd = _pick(rec["records"], sampler="student").get("digits", {}).get("fid")
+    return f"FD {_f(fd, '.2f')}"
+
+
+def table_exercises(results):
+    """docs/results.md: docs/tutorial.md's exercises, each one command, with what it measured and its CPU time
+    (training and scoring, user + system), beside the run it is compared with and the teacher's own figure."""
+    lines = [
+        "| exercise | command | answer | compared with | its answer | the teacher | CPU time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, name, base in EXERCISE_ROWS:
+        if name not in results or base not in results:
+            lines.append(f"| {label} | `python bench/run.py {name}` | not measured yet | | | | |")
+            continue
+        rec, cpu = results[name], results[name]["cpu_s"]
+        if "distance" in rec:  # the teacher's own few-step samplers, on the same noise
+            teacher = f"DDIM-10 {rec['distance']['DDIM-10']:.5f}, DDIM-1 {rec['distance']['DDIM-1']:.5f}"
+        else:
+            teacher = f"DDIM-50 FD {_f(_pick(rec['records'], sampler='ddim', nfe=50)['digits']['fid'], '.2f')}"
+        lines.append(
+            f"| {label} | `{rec['train']}` | {_answer(rec)} | `{results[base]['train']}` | "
+            f"{_answer(results[base])} | {teacher} | {cpu / 60:.1f} min |"
+        )
+    return "\n".join(lines)
+
+
 def blocks(results) -> dict[str, str]:
     return {
+        "tutorial-boot": table_tutorial_boot(results),
+        "tutorial-boot-delta01": table_tutorial_boot(results, "boot_delta01"),
+        "tutorial-dkdm": table_tutorial_dkdm(results),
+        "exercises": table_exercises(results),
         "newcomer": table_newcomer(results),
         "tests-time": table_tests_time(results),
         "teacher": table_teacher(results),
@@ -548,7 +669,7 @@ def table_headline(results):
 
 ROOT = Path(__file__).resolve().parents[1]
 LINK = re.compile(r"\[`([A-Za-z_][\w.]*)`\]\(((?:\.\./)?[\w/]+\.py)#L\d+\)")
-FILES = ("README.md", "docs/runs.md", "docs/gpu.md", "docs/results.md", "docs/testing.md")  # rendered, link-checked
+FILES = ("README.md", "docs/tutorial.md", "docs/runs.md", "docs/gpu.md", "docs/results.md", "docs/testing.md")
 
 
 def line_of(path: Path, name: str) -> int:

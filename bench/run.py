@@ -246,6 +246,28 @@ EXPERIMENTS = [
         curve=(1000, 2000, 4000, 6000, 8000, 10000),
     ),
 ]
+
+
+def exercise(name, out, about, *train):
+    """An exercise of docs/tutorial.md: one command (its CPU time is recorded: each must stay under 5 minutes)."""
+    out = f"runs/ex/{out}"
+    return Exp(
+        name, "exercises", about, [*train, "--out", out], ["--run", out, "--nfe", "50", "--n", str(N_EVAL)], out
+    )
+
+
+GMM_BOOT, DKDM = ("boot.py", "--teacher", "gmm"), ("dkdm.py", "--iters", "2000")
+EXPERIMENTS += [
+    exercise("ex-boot-gmm", "heun", "BOOT on the gmm teacher, its preset (Heun, boundary every iteration)", *GMM_BOOT),
+    exercise("ex-boot-gmm-euler", "euler", "the same with Euler targets (Eq. 7)", *GMM_BOOT, "--solver", "euler"),
+    exercise("ex-boot-gmm-no-boundary", "no-boundary", "the same without Eq. 8", *GMM_BOOT, "--boundary-every", "0"),
+    exercise("ex-boot-gmm-tmax98", "tmax", "the same with t_max = 0.98", *GMM_BOOT, "--t-max", "0.98"),
+    exercise("ex-boot-gmm-delta01", "delta", "the same with delta = 0.01", *GMM_BOOT, "--delta", "0.01"),
+    exercise("ex-dkdm", "dynamic", "DKDM on the digits teacher, dynamic, 2,000 iterations", *DKDM),
+    exercise("ex-dkdm-iterative", "iterative", "the same, iterative", *DKDM, "--method", "iterative"),
+    exercise("ex-dkdm-rho002", "pool", "the same, dynamic, rho = 0.02 (pool 1,280), M = 512", *DKDM, "--rho", "0.02"),
+    exercise("ex-dkdm-rho002-m2", "chains", "rho = 0.02, M = 2 chains", *DKDM, "--rho", "0.02", "--chains", "2"),
+]
 BY_NAME = {e.name: e for e in EXPERIMENTS}
 # README's first screen (bench/newcomer.py): --help CPU time and install size; the default boot.py
 # run (newcomer-boot: a short window of iterations; newcomer-boot-full: the whole run); the tests
@@ -311,21 +333,15 @@ def run_one(exp: Exp, force: bool) -> dict:
             return run_curve(exp, env, f)
     log = ROOT / "runs" / "bench" / f"{exp.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    start = time.time()
+    start, cpu = time.time(), 0.0
     with open(log, "a") as f:
         if exp.train:
-            subprocess.run([PY, *exp.train], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, check=True)
+            cpu += run_cpu([PY, *exp.train], env, f)
         train_s = time.time() - start
         out_json = log.with_suffix(".json")
-        subprocess.run(
-            [PY, "evaluate.py", *exp.eval, "--json", str(out_json)],
-            cwd=ROOT,
-            env=env,
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            check=True,
-        )
+        cpu += run_cpu([PY, "evaluate.py", *exp.eval, "--json", str(out_json)], env, f)
     records = json.loads(out_json.read_text())
+    distance = ROOT / (exp.run_dir or "-") / "distance.json"  # BOOT's check against the teacher's DDIM-50
     metrics = []
     if exp.run_dir and (ROOT / exp.run_dir / "metrics.jsonl").is_file():
         metrics = [
@@ -338,10 +354,22 @@ def run_one(exp: Exp, force: bool) -> dict:
         "records": records,
         "first_metrics": metrics[0] if metrics else None,
         "last_metrics": metrics[-1] if metrics else None,
+        **({"distance": json.loads(distance.read_text())} if distance.is_file() else {}),
         "train_wall_s": round(train_s, 1),
+        "cpu_s": round(cpu, 1),  # training and scoring, user + system, of this invocation
         "threads": exp.threads or "default",
         "date": time.strftime("%Y-%m-%d"),
     }
+
+
+def run_cpu(cmd, env, log) -> float:
+    """Run a command to its end (an error on a non-zero exit); its CPU seconds, user + system."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv=None):
@@ -358,7 +386,7 @@ def main(argv=None):
                 f"{e.group:6s} {e.name:18s} {e.about}\n{'':25s} python {' '.join(e.train or ['evaluate.py', *e.eval])}"
             )
         return 0
-    groups = {e.group for e in EXPERIMENTS} | {"speed", "gpu", "memory"} | set(NEWCOMER)
+    groups = {e.group for e in EXPERIMENTS} | {"speed", "gpu", "memory", "tutorial"} | set(NEWCOMER)
     bad = [t for t in args.targets if t not in BY_NAME and t not in groups]
     if bad:
         print(f"error: unknown experiment or group {', '.join(bad)}; see --list", file=sys.stderr)
@@ -385,6 +413,14 @@ def main(argv=None):
 
         results = load_results()
         results["memory"] = {**memory.main(), "date": time.strftime("%Y-%m-%d")}
+        RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
+    if "tutorial" in args.targets:  # docs/tutorial.md's worked iterations (bench/tutorial.py)
+        from bench import tutorial
+
+        worked = {"boot": tutorial.boot_iteration(), "boot_delta01": tutorial.boot_iteration(0.01)}
+        worked["dkdm"] = tutorial.dkdm_iteration()
+        results = load_results()
+        results["tutorial"] = {**worked, "date": time.strftime("%Y-%m-%d")}
         RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
     if "gpu" in args.targets:  # what a run costs on this machine's GPU (or CPU): docs/gpu.md
         from bench import gpu

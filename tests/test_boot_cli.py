@@ -17,6 +17,8 @@ import runkit
 import teachers
 from pipelines import students
 
+from conftest import tiny_ddpm_dir
+
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--iters", "3", "--batch", "4", "--preview", "2", "--check", "4", "--log-every", "1"]
@@ -225,20 +227,8 @@ def test_tiny_if_both_stages(tiny_if_dirs, tmp_path, capsys):
 def test_unet2dmodel_teacher_copy(tmp_path):
     """An unconditional UNet2DModel teacher (the ddpm-cifar10 family): the target time enters a new,
     zeroed timestep-type class embedding, so the copy equals the teacher at t_max at init."""
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=3,
-        layers_per_block=1,
-        block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=8,
-    )
-    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+    tiny_ddpm_dir(tmp_path / "ddpm")
     teacher = teachers.load_teacher(str(tmp_path / "ddpm"), clip="none")
     cfg = boot.resolve(boot.BootConfig(teacher=str(tmp_path / "ddpm")))
     model, student = boot.make_student(teacher, cfg, None)

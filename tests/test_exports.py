@@ -27,6 +27,8 @@ import runkit
 import teachers
 from pipelines import students
 
+from conftest import tiny_ddpm_dir
+
 
 N = 4  # images per export
 TOL = 1e-5
@@ -147,23 +149,11 @@ def ddim_reference(path, steps, name=None):
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory, tiny_sd_dir, tiny_if_dirs):
     """(cases for OUTSIDE, the repository's images for each case)."""
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
     tmp = tmp_path_factory.mktemp("exports")
     (tmp / "p.txt").write_text(PROMPT + "\n")
     prompts = ["--prompts", tmp / "p.txt"]
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=3,
-        layers_per_block=1,
-        block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=8,
-    )
-    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp / "ddpm")
+    tiny_ddpm_dir(tmp / "ddpm")
     stage1, stage2 = tiny_if_dirs
     runs = {
         "boot_copy": ["--teacher", "digits", "--w", "2"],
@@ -370,23 +360,11 @@ def test_the_exported_pipeline_computes_boot_y_theta_bitwise(kind, tmp_path, tin
     (pipelines/pipeline_boot.py's boot_generate, steered by the pipeline's config): the same tensor, bit for
     bit, at several target times and weights (given, default, per example), with a student whose new (t, w)
     input is not zero."""
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
     from pipelines.pipeline_boot import boot_generate
 
     if kind == "copy-class":  # an unconditional UNet2DModel: t enters through a class embedding
-        torch.manual_seed(0)
-        unet = UNet2DModel(
-            sample_size=8,
-            in_channels=3,
-            out_channels=3,
-            layers_per_block=1,
-            block_out_channels=(16, 32),
-            down_block_types=("DownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "UpBlock2D"),
-            norm_num_groups=8,
-        )
-        DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+        tiny_ddpm_dir(tmp_path / "ddpm")
         name, prompts = str(tmp_path / "ddpm"), None
     else:  # a text-to-image latent teacher, guided: prompts, CFG weight, VAE
         (tmp_path / "p.txt").write_text(PROMPT + "\n")

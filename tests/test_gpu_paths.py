@@ -9,6 +9,8 @@ import torch
 import boot
 import teachers
 
+from conftest import tiny_ddpm_dir
+
 
 TINY = ["--iters", "2", "--batch", "2", "--preview", "1", "--check", "2", "--log-every", "1"]
 
@@ -18,7 +20,6 @@ def resolved(**kw):
 
 
 def test_presets_follow_what_the_teacher_is(tiny_sd_dir, tiny_if_dirs, tmp_path, monkeypatch):
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
     sd = resolved(teacher=str(tiny_sd_dir))  # Table 3, text-to-image: delta 0.01, lambda weights, lr 2e-5
     assert (sd.preset, sd.delta, sd.weighting, sd.lr, sd.batch, sd.ema) == ("sd21", 0.01, "lambda", 2e-5, 64, 0.9999)
@@ -28,17 +29,7 @@ def test_presets_follow_what_the_teacher_is(tiny_sd_dir, tiny_if_dirs, tmp_path,
     assert resolved(teacher=str(stage1)).preset == "if"
     assert resolved(teacher=str(stage2), stage=2, stage1_run=str(tmp_path)).preset == "if-2"
     assert resolved(teacher=str(teachers.DIGITS_DIR)).preset == "digits"
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=3,
-        layers_per_block=1,
-        block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D",) * 2,
-        up_block_types=("UpBlock2D",) * 2,
-        norm_num_groups=8,
-    )
-    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+    tiny_ddpm_dir(tmp_path / "ddpm")
     px = resolved(teacher=str(tmp_path / "ddpm"))  # Table 3, images: lr 1e-4, EMA 0.9999
     assert (px.preset, px.lr, px.ema, px.delta, px.loss) == (
         "ddpm-cifar10",
