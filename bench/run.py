@@ -84,6 +84,7 @@ EXPERIMENTS = [
     boot("boot-small", "BOOT default into a smaller fresh UNet (--student small)", "--student", "small", iters=3000),
     boot("boot-seed1", "BOOT default, seed 1", "--seed", "1", iters=3000),
     boot("boot-huber-seed1", "BOOT default with --loss huber, seed 1", "--loss", "huber", "--seed", "1", iters=3000),
+    boot("boot-seed2", "BOOT default, seed 2", "--seed", "2", iters=3000),
     boot("boot-heun", "BOOT Heun, boundary every 4, uniform t"),
     boot("boot-euler", "Euler targets (Eq. 7)", "--solver", "euler"),
     boot("boot-no-boundary", "no boundary loss (Eq. 8 off)", "--boundary-every", "0"),
@@ -103,6 +104,7 @@ EXPERIMENTS = [
         [],
         out="runs/dkdm-digits-cnn-dynamic",
     ),
+    *[dkdm(f"dkdm-default-seed{s}", f"DKDM, the default command, seed {s}", ["--seed", str(s)]) for s in (1, 2)],
     dkdm(
         "dkdm-data-10k",
         "baseline: real digits (data-based training)",
