@@ -360,7 +360,7 @@ def main(argv=None):
                 f"{e.group:6s} {e.name:18s} {e.about}\n{'':25s} python {' '.join(e.train or ['evaluate.py', *e.eval])}"
             )
         return 0
-    groups = {e.group for e in EXPERIMENTS} | {"speed", "gpu", "memory"} | set(NEWCOMER)
+    groups = {e.group for e in EXPERIMENTS} | {"speed", "gpu", "memory", "eval-memory"} | set(NEWCOMER)
     bad = [t for t in args.targets if t not in BY_NAME and t not in groups]
     if bad:
         print(f"error: unknown experiment or group {', '.join(bad)}; see --list", file=sys.stderr)
@@ -387,6 +387,12 @@ def main(argv=None):
 
         results = load_results()
         results["memory"] = {**memory.main(), "date": time.strftime("%Y-%m-%d")}
+        RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
+    if "eval-memory" in args.targets:  # peak memory of an evaluation at n and 4n samples: docs/runs.md
+        from bench import eval_memory
+
+        results = load_results()
+        results["eval-memory"] = eval_memory.measure()
         RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
     if "gpu" in args.targets:  # what a run costs on this machine's GPU (or CPU): docs/gpu.md
         from bench import gpu

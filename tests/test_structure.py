@@ -12,9 +12,10 @@ CORE = sorted([*ROOT.glob("*.py"), *ROOT.glob("pipelines/*.py")])
 # Budgets in lines of code as `ruff format` writes it (ruff.toml: 119 columns, one statement a line), set at
 # what the formatted code measured when they were introduced. A budget is met by writing less, never by
 # packing lines: CI checks `ruff format --check`, so a packed line cannot land.
-LIMITS = {"teachers.py": 830, "dkdm.py": 820, "evaluate.py": 830, "boot.py": 720}  # other top-level modules: 650
-CORE_LIMIT = 5080
-FUNCTION_LINES = 70  # the longest function, formatted (evaluate.run_evaluation)
+# evaluate.py 830 -> 1223: the field's protocols (CIFAR-10 50k, COCO-2014 30k), per-batch features, --save-images.
+LIMITS = {"teachers.py": 830, "dkdm.py": 820, "evaluate.py": 1223, "boot.py": 720}  # other top-level modules: 650
+CORE_LIMIT = 5468
+FUNCTION_LINES = 70  # the longest function, formatted, when the limit was set (evaluate.run_evaluation, since split)
 
 
 def lines(path):
