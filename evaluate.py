@@ -156,7 +156,7 @@ class EvalConfig:
     clip_model: str = flag("openai/clip-vit-base-patch32", "CLIP for the CLIP score")
     json: str | None = flag(None, "write the records to this JSON file")
     grid: str | None = flag(None, "write a PNG grid (rows share the initial noise)")
-    save_images: str | None = flag(None, "write one PNG per sample into DIR/<sampler>-<NFE>/")
+    save_images: str | None = flag(None, "write one PNG per sample into DIR/<sampler>-<NFE>/ (no --cache then)")
     cache: str | None = flag(
         None,
         "folder of cached teacher features, reused when teacher, sampler, NFE, n, seed, w and protocol "
@@ -905,7 +905,7 @@ def split_real(n_real, n_held, seed=0):
 
 # --- main ------------------------------------------------------------------------------------------
 def check_config(cfg: EvalConfig):
-    """Argument errors that need no model: raised before any work (then the Inception / CLIP weights)."""
+    """Argument errors that need no model: raised before any work."""
     cli.check_finite_fields(cfg)
     if (cfg.teacher is None) == (cfg.run is None):
         raise UserError("give exactly one of --teacher NAME or --run DIR")
@@ -932,8 +932,6 @@ def check_config(cfg: EvalConfig):
         for name, given in (("--dkdm-sampler", cfg.dkdm_sampler != "auto"), ("--dkdm-steps", cfg.dkdm_steps)):
             if given:
                 raise UserError(f"{name} applies to the student of a DKDM run (--run DIR)")
-    if PROTOCOLS[cfg.protocol].cleanfid_mode or "inception" in (cfg.features or ()):
-        check_inception_weights()
 
 
 def check_protocol(cfg: EvalConfig):
@@ -1188,6 +1186,8 @@ def command(argv):
         return print(json.dumps(dry_run_view(cfg), indent=2))
     if cfg.teacher:
         teachers.check_hub(cfg.teacher)  # before any process group or download
+    if PROTOCOLS[cfg.protocol].cleanfid_mode or "inception" in (cfg.features or ()):
+        check_inception_weights()  # before the teacher loads (Evaluation checks the default spaces)
     rank, world, device = runkit.env()
     try:
         records, rows, baseline = run_evaluation(cfg, rank, world, device)

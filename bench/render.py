@@ -275,11 +275,12 @@ def table_eval_memory(results):
         return "(not measured yet: `python bench/run.py eval-memory`)"
     lines = ["| samples n | peak resident memory | the samples themselves (float32) |", "|---|---|---|"]
     for r in m["rows"]:
-        lines.append(f"| {r['n']:,} | {r['peak_rss_mb']:,.0f} MB | {r['n'] * m['image_mb']:,.0f} MB |")
+        n = f"{r['n']:,}" + (", every sample kept (the control)" if r["samples_kept"] else "")
+        lines.append(f"| {n} | {r['peak_rss_mb']:,.0f} MB | {r['n'] * m['image_mb']:,.0f} MB |")
     return "\n".join(lines) + (
         f"\n\nOne teacher row of 3×{m['size']}×{m['size']} samples, batch {m['batch']}, one process, Inception "
-        f"features through a random-weight stand-in (its weights are a download); `python bench/run.py "
-        f"eval-memory` ({m['date']})"
+        f"features through a random-weight stand-in (its weights are a download), freed memory handed back to "
+        f"the system at once (bench/eval_memory.py); `python bench/run.py eval-memory` ({m['date']})"
     )
 
 
@@ -573,10 +574,9 @@ def table_headline(results):
         else ""
     )
     return "\n".join(lines) + (
-        f"\n\nn = 1,000 samples per row against a fixed reference split of the real digits "
-        f"(FD is biased by n: only rows with equal n compare; KID is not, and its ± is the spread "
-        f"over 100 subsets; FD (a ± b, 3 seeds): mean ± std of the default command at seeds 0, 1, 2); "
-        f"`{results['teacher']['eval']}` and the commands in "
+        f"\n\nn = 1,000 samples per row against a fixed reference split of the real digits (FD is biased by n: "
+        f"compare equal n only; KID is not). KID ±: std over 100 subsets; (a ± b, 3 seeds): the default command's "
+        f"FD, mean ± std over seeds 0, 1, 2. `{results['teacher']['eval']}` and the commands in "
         f"[docs/results.md](docs/results.md).{rerun}"
     )
 

@@ -4,6 +4,9 @@
 distributed mode)."""
 
 import json
+import os
+import subprocess
+import sys
 import weakref
 
 import numpy as np
@@ -89,3 +92,13 @@ def test_save_images_are_the_same_on_one_and_two_processes(tmp_path):
     a, b = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("one", "two"))
     for x, y in zip(a, b, strict=True):
         assert x["fid"] == pytest.approx(y["fid"], rel=1e-6) and x["n"] == y["n"] == 21
+
+
+def test_memory_bench_child_runs(tmp_path):
+    """bench/eval_memory.py's child (the `eval-memory` bench row) on 32 samples: the features of each, its peak."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "131072"}
+    argv = [sys.executable, "bench/eval_memory.py", "--child", "32", "--keep-samples"]
+    p = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    row = json.loads(p.stdout.strip().splitlines()[-1])
+    assert row["n"] == 32 and row["samples_kept"] and row["peak_rss_mb"] >= row["before_mb"] > 0

@@ -247,6 +247,9 @@ def test_missing_weights_stop_before_any_sampling(tmp_path, monkeypatch, capsys,
     ref = fake_cifar(tmp_path / "cifar")
     cifar = ["--teacher", "gmm", "--protocol", "cifar10-50k", "--ref", str(ref), "--ref-stats", str(tmp_path / "s")]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert E.main([*cifar, "--dry-run"]) == 0  # the resolved config needs no weights
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["n"], shown["features"], shown["ref_stats"]) == (50_000, ["inception"], str(tmp_path / "s"))
     line = one_line_error(capsys, cifar)
     assert f"Inception weights '{missing}' are missing and HF_HUB_OFFLINE is set" in line
     assert str(missing) in one_line_error(capsys, ["--teacher", "gmm", "--features", "inception"])
