@@ -1,6 +1,6 @@
 """Mutation suite: does a wrong equation fail a test?
 
-    python tests/mutants.py                  # every mutant, 2 at a time (8.5 CPU-min: ~4.5 min on 2 cores)
+    python tests/mutants.py                  # every mutant, 2 at a time (11 CPU-min)
     python tests/mutants.py -j 1 boot-eq8-at-tmin dkdm-eq21-kl-direction   # some of them
 
 Each mutant in MUTANTS is a mistake a reader of the papers could make, tied to the equation or
