@@ -39,7 +39,8 @@ def _quality_row(label, nfe, rows, extra):
 
 
 HEAD = (
-    "| | NFE | FD (digits features) | FD (pixels) | KID (pixels) | precision (digits, k=3) | recall (digits, k=3) "
+    "| | NFE | FD (digits features) | FD (pixels) | KID ± subset std (pixels) | precision (digits, k=3) "
+    "| recall (digits, k=3) "
     "| n | training |\n|---|---|---|---|---|---|---|---|---|"
 )
 
@@ -385,6 +386,22 @@ def table_exercises(results):
     return "\n".join(lines)
 
 
+def table_eval_memory(results):
+    """bench/eval_memory.py: an evaluation's peak resident memory at n and 4n samples (docs/runs.md)."""
+    m = results.get("eval-memory")
+    if not m:
+        return "(not measured yet: `python bench/run.py eval-memory`)"
+    lines = ["| samples n | peak resident memory | the samples themselves (float32) |", "|---|---|---|"]
+    for r in m["rows"]:
+        n = f"{r['n']:,}" + (", every sample kept (the control)" if r["samples_kept"] else "")
+        lines.append(f"| {n} | {r['peak_rss_mb']:,.0f} MB | {r['n'] * m['image_mb']:,.0f} MB |")
+    return "\n".join(lines) + (
+        f"\n\nOne teacher row of 3×{m['size']}×{m['size']} samples, batch {m['batch']}, one process, Inception "
+        f"features through a random-weight stand-in (its weights are a download), freed memory handed back to "
+        f"the system at once (bench/eval_memory.py); `python bench/run.py eval-memory` ({m['date']})"
+    )
+
+
 def blocks(results) -> dict[str, str]:
     return {
         "tutorial-boot": table_tutorial_boot(results),
@@ -442,6 +459,7 @@ def blocks(results) -> dict[str, str]:
         "headline": table_headline(results),
         "gpu": table_gpu(results),
         "memory": table_memory(results),
+        "eval-memory": table_eval_memory(results),
         "curves": table_curves(results),
     }
 
@@ -616,6 +634,24 @@ def table_paper(results):
     return "\n".join(lines) + ("\n\n" + _noise(results) if _noise(results) else "")
 
 
+SEEDS = {  # each default command and its runs at seeds 1 and 2
+    "boot-default": ("boot-default", "boot-seed1", "boot-seed2"),
+    "dkdm-default": ("dkdm-default", "dkdm-default-seed1", "dkdm-default-seed2"),
+    "vit-seed0": ("vit-seed0", "vit-seed1", "vit-seed2"),
+}
+
+
+def _seed_spread(results, name):
+    """' (mean ± std, 3 seeds)' of a default command's FD (digits features) over its seeds, std with
+    n - 1; '' for other rows or while a seed is not measured."""
+    fds = [_fd(results, k) for k in SEEDS.get(name, ())]
+    if not fds or None in fds:
+        return ""
+    mean = sum(fds) / len(fds)
+    std = (sum((x - mean) ** 2 for x in fds) / (len(fds) - 1)) ** 0.5
+    return f" ({mean:.2f} ± {std:.2f}, 3 seeds)"
+
+
 def table_headline(results):
     """The README's results: the real-vs-real floor, the teacher's DDIM rows and each method's default
     command (the DiT's three runs), by FD and KID."""
@@ -623,15 +659,15 @@ def table_headline(results):
     if not teacher:
         return "(not measured yet: `python bench/run.py teacher`)"
     lines = [
-        "| | NFE | FD (digits features) | KID (pixels) | KID (digits features) | training |",
+        "| | NFE | FD (digits features) | KID ± subset std (pixels) | KID ± subset std (digits features) | training |",
         "|---|---|---|---|---|---|",
     ]
 
     unscored = []
 
-    def row(label, recs, nfe, training):
+    def row(label, recs, nfe, training, spread=""):
         d, p = recs.get("digits"), recs.get("pixels")
-        lines.append(f"| {label} | {nfe} | {_f(d and d['fid'])} | {_kid(p)} | {_kid(d)} | {training} |")
+        lines.append(f"| {label} | {nfe} | {_f(d and d['fid'])}{spread} | {_kid(p)} | {_kid(d)} | {training} |")
 
     row("real digits, held out (the floor: real against real)", _pick(teacher, name="real"), "–", "–")
     for nfe in (50, 10, 1):
@@ -651,7 +687,7 @@ def table_headline(results):
             res = {**res["curve"][-1], "first_metrics": None}
         student = _pick(res.get("records", []), sampler="student")
         nfe = next(iter(student.values()))["nfe"] if student else "–"
-        row(label, student, nfe, _training(res) if res else "not measured yet")
+        row(label, student, nfe, _training(res) if res else "not measured yet", _seed_spread(results, name))
         unscored += [name] if res and not any(r.get("kid") is not None for r in student.values()) else []
     rerun = (
         f" KID –: a row scored before KID was added (`python bench/run.py {' '.join(unscored)} --force` "
@@ -660,9 +696,9 @@ def table_headline(results):
         else ""
     )
     return "\n".join(lines) + (
-        f"\n\nn = 1,000 samples per row against a fixed reference split of the real digits "
-        f"(FD is biased by n: only rows with equal n compare; KID is not, and its ± is the spread "
-        f"over 100 subsets); `{results['teacher']['eval']}` and the commands in "
+        f"\n\nn = 1,000 samples per row against a fixed reference split of the real digits (FD is biased by n: "
+        f"compare equal n only; KID is not). KID ±: std over 100 subsets; (a ± b, 3 seeds): the default command's "
+        f"FD, mean ± std over seeds 0, 1, 2. `{results['teacher']['eval']}` and the commands in "
         f"[docs/results.md](docs/results.md).{rerun}"
     )
 

@@ -84,6 +84,7 @@ EXPERIMENTS = [
     boot("boot-small", "BOOT default into a smaller fresh UNet (--student small)", "--student", "small", iters=3000),
     boot("boot-seed1", "BOOT default, seed 1", "--seed", "1", iters=3000),
     boot("boot-huber-seed1", "BOOT default with --loss huber, seed 1", "--loss", "huber", "--seed", "1", iters=3000),
+    boot("boot-seed2", "BOOT default, seed 2", "--seed", "2", iters=3000),
     boot("boot-heun", "BOOT Heun, boundary every 4, uniform t"),
     boot("boot-euler", "Euler targets (Eq. 7)", "--solver", "euler"),
     boot("boot-no-boundary", "no boundary loss (Eq. 8 off)", "--boundary-every", "0"),
@@ -103,6 +104,7 @@ EXPERIMENTS = [
         [],
         out="runs/dkdm-digits-cnn-dynamic",
     ),
+    *[dkdm(f"dkdm-default-seed{s}", f"DKDM, the default command, seed {s}", ["--seed", str(s)]) for s in (1, 2)],
     dkdm(
         "dkdm-data-10k",
         "baseline: real digits (data-based training)",
@@ -386,7 +388,7 @@ def main(argv=None):
                 f"{e.group:6s} {e.name:18s} {e.about}\n{'':25s} python {' '.join(e.train or ['evaluate.py', *e.eval])}"
             )
         return 0
-    groups = {e.group for e in EXPERIMENTS} | {"speed", "gpu", "memory", "tutorial"} | set(NEWCOMER)
+    groups = {e.group for e in EXPERIMENTS} | {"speed", "gpu", "memory", "eval-memory", "tutorial"} | set(NEWCOMER)
     bad = [t for t in args.targets if t not in BY_NAME and t not in groups]
     if bad:
         print(f"error: unknown experiment or group {', '.join(bad)}; see --list", file=sys.stderr)
@@ -421,6 +423,12 @@ def main(argv=None):
         worked["dkdm"] = tutorial.dkdm_iteration()
         results = load_results()
         results["tutorial"] = {**worked, "date": time.strftime("%Y-%m-%d")}
+        RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
+    if "eval-memory" in args.targets:  # peak memory of an evaluation at n and 4n samples: docs/runs.md
+        from bench import eval_memory
+
+        results = load_results()
+        results["eval-memory"] = eval_memory.measure()
         RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
     if "gpu" in args.targets:  # what a run costs on this machine's GPU (or CPU): docs/gpu.md
         from bench import gpu

@@ -179,3 +179,30 @@ def tiny_if_dirs(tmp_path_factory):
         unet=unet2, scheduler=sched(), image_noising_scheduler=noising, **common
     ).save_pretrained(d / "stage2")
     return d / "stage1", d / "stage2"
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory):
+    """A CLIP model (16 x 16 images, byte-level tokenizer) with random weights, saved as from_pretrained reads it."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tiny-clip")
+    text = dict(
+        vocab_size=514,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=16,
+        bos_token_id=512,
+        eos_token_id=513,
+        pad_token_id=513,
+    )
+    vision = dict(
+        image_size=16, patch_size=8, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2
+    )
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(d)
+    byte_tokenizer(d).save_pretrained(d)
+    CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(d)
+    return d

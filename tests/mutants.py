@@ -1,6 +1,6 @@
 """Mutation suite: does a wrong equation fail a test?
 
-    python tests/mutants.py                  # every mutant, 2 at a time (8.5 CPU-min: ~4.5 min on 2 cores)
+    python tests/mutants.py                  # every mutant, 2 at a time (11 CPU-min)
     python tests/mutants.py -j 1 boot-eq8-at-tmin dkdm-eq21-kl-direction   # some of them
 
 Each mutant in MUTANTS is a mistake a reader of the papers could make, tied to the equation or
@@ -31,6 +31,7 @@ BE, BD = "tests/test_boot_equations.py::", "tests/test_boot_derivations.py::"
 DE, DD = "tests/test_dkdm_equations.py::", "tests/test_dkdm_derivations.py::"
 TT = "tests/test_teachers.py::"
 EX, XP = "tests/test_checkpoints_exports.py::", "tests/test_exports.py::"
+ES, PR = "tests/test_eval_scale.py::", "tests/test_protocols.py::"
 
 
 def M(name, breaks, tests, *edits):
@@ -657,6 +658,49 @@ MUTANTS = [
             "tests/test_defaults.py::test_dynamic_pool_init_default_is_the_papers_shuffle_except_on_the_embedded_teachers"
         ],
         ("dkdm.py", 'dynamic = "staggered" if cfg.teacher in EMBEDDED else "shuffle"', 'dynamic = "staggered"'),
+    ),
+    # --- evaluation: which set is real, the field's protocols, memory that follows the batch
+    M(
+        "eval-precision-recall-roles-swapped",
+        "precision / recall (Kynkaenniemi et al.)",
+        [ES + "test_a_record_scores_the_samples_against_the_reference_not_the_reverse"],
+        (
+            "evaluate.py",
+            "precision_recall(ref, f, precision_recall_k)",
+            "precision_recall(f, ref, precision_recall_k)",
+        ),
+    ),
+    M(
+        "eval-cifar10-clean-mode",
+        "CIFAR-10 FID (TF-Inception, legacy_tensorflow)",
+        [PR + "test_cifar10_protocol_scores_against_the_whole_folder"],
+        ("evaluate.py", 'training set)", "legacy_tensorflow"),', 'training set)", "clean"),'),
+    ),
+    M(
+        "eval-coco-crop-offset-floored",
+        "COCO-30k 256 px centre crop (GigaGAN)",
+        [PR + "test_crop_is_centred_as_torchvision_rounds_it"],
+        (
+            "evaluate.py",
+            "top, left = round((h - s) / 2), round((w - s) / 2)",
+            "top, left = (h - s) // 2, (w - s) // 2",
+        ),
+    ),
+    M(
+        "eval-coco-clip-without-prefix",
+        'COCO-30k CLIP score ("A photo depicts ")',
+        [PR + "test_coco2014_protocol_crops_resizes_and_prefixes"],
+        ("evaluate.py", '[(self.protocol.clip_prefix or "") + t for t in texts]', "list(texts)"),
+    ),
+    M(
+        "eval-grid-keeps-every-image",
+        "features gathered, never images",
+        [ES + "test_no_row_cache_or_grid_keeps_more_than_a_batch_of_images"],
+        (
+            "evaluate.py",
+            "kept_seeds = seeds[rank::world], set(seeds[:keep])",
+            "kept_seeds = seeds[rank::world], set(seeds)",
+        ),
     ),
 ]
 

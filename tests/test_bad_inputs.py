@@ -211,6 +211,26 @@ CASES = [
     ("dkdm", f"{DT} --half", "--half needs a GPU"),
     ("dkdm", f"{DT} --clip-grad -1", "--clip-grad must be non-negative"),
     ("evaluate", f"{ET} --dkdm-sampler ddim", "--dkdm-sampler applies to the student of a DKDM run"),
+    ("evaluate", f"{ET} --dkdm-steps 0", "--dkdm-steps must be at least 1"),
+    ("evaluate", f"{ET} --dkdm-steps 10", "--dkdm-steps applies to the student of a DKDM run"),
+    ("evaluate", f"{ET} --save-images {{afile}}", "--save-images '{afile}' is a file"),
+    ("evaluate", f"{ET} --protocol foo", "invalid choice: 'foo'"),
+    ("evaluate", f"{ET} --captions {{prompts}}", "--captions applies to --protocol coco2014-30k"),
+    ("evaluate", f"{ET} --protocol cifar10-50k", "--protocol cifar10-50k needs --ref DIR"),
+    ("evaluate", f"{ET} --protocol cifar10-50k --ref {{ref_rgb}} --features pixels", "scores Inception features only"),
+    ("evaluate", f"{ET} --protocol cifar10-50k --ref {{ref_rgb}} --prompts {{prompts}}", "takes no --prompts"),
+    ("evaluate", f"{ET} --protocol cifar10-50k --ref {{ref_rgb}} --captions {{prompts}}", "takes no --captions"),
+    ("evaluate", f"{ET} --protocol cifar10-50k --ref {{ref_mixed}} --ref-stats {{adir}}", "0.png' 9x9"),
+    ("evaluate", f"{ET} --protocol cifar10-50k --ref {{ref_corrupt}}", "is not a readable image"),
+    ("evaluate", f"{ET} --protocol cifar10-50k --ref {{ref_rgb}} --ref-stats {{afile}}", "is a file, not a directory"),
+    ("evaluate", f"{ET} --protocol coco2014-30k --ref {{ref_rgb}}", "--protocol coco2014-30k needs --captions FILE"),
+    ("evaluate", f"{ET} --protocol coco2014-30k --ref {{ref_rgb}} --captions nope.json", "'nope.json' does not exist"),
+    ("evaluate", f"{ET} --protocol coco2014-30k --ref {{ref_rgb}} --captions {{empty_txt}}", "holds no captions"),
+    (
+        "evaluate",
+        f"{ET} --protocol coco2014-30k --ref {{ref_rgb}} --captions {{student_badcfg}}/config.json",
+        "not valid JSON",
+    ),
 ]
 
 

@@ -23,7 +23,7 @@ def test_teacher_rows_come_from_the_cache(tmp_path, monkeypatch, capsys):
     with monkeypatch.context() as m:
         m.setattr(teachers, "ddim", lambda *a, **k: pytest.fail("the teacher was sampled"))
         assert E.main([*argv, "--json", str(tmp_path / "b.json")]) == 0
-    assert "samples from " in capsys.readouterr().out
+    assert "samples' features from " in capsys.readouterr().out
     assert records(tmp_path / "b.json") == records(tmp_path / "a.json")  # the same images, the same numbers
     # another seed or another w is another row: sampled again, and cached beside the first
     calls = []

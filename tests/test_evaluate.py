@@ -128,34 +128,6 @@ def test_real_split_far_closer_than_noise(real_digits, space):
 # ---------------------------------------------------------------------------------------------
 # CLIP score on a tiny random CLIP built from a config (no download)
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    from conftest import byte_tokenizer
-
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("tiny-clip")
-    text = dict(
-        vocab_size=514,
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        max_position_embeddings=16,
-        bos_token_id=512,
-        eos_token_id=513,
-        pad_token_id=513,
-    )
-    vision = dict(
-        image_size=16, patch_size=8, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2
-    )
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(d)
-    byte_tokenizer(d).save_pretrained(d)
-    CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(d)
-    return d
-
-
 def test_clip_score_on_tiny_clip(tiny_clip_dir):
     from transformers import CLIPModel, CLIPTokenizer
 
@@ -181,29 +153,39 @@ def test_clip_score_on_tiny_clip(tiny_clip_dir):
 # ---------------------------------------------------------------------------------------------
 # Per-image seeds: the same images whatever the batch or the split over processes
 # ---------------------------------------------------------------------------------------------
+def keep_images(images, seeds):
+    """A score function that keeps the images themselves (the tests' view of what generate hands on)."""
+    return {"images": images.numpy()}
+
+
 def test_per_image_seeds_independent_of_batch_and_sharding():
     t = teachers.load_teacher("gmm")
     sample = E.teacher_sampler(t, "ddim", 3)
     seeds = list(range(5, 25))
-    full, ips = E.generate(sample, seeds, batch=7)
-    assert ips > 0 and full.shape == (20, 1, 8, 8)
-    torch.testing.assert_close(E.generate(sample, seeds, batch=20)[0], full)
+    values, ips, grid = E.generate(sample, keep_images, seeds, batch=7, keep=4)
+    full = values["images"]
+    assert ips > 0 and full.shape == (20, 1, 8, 8) and grid.shape == (4, 1, 8, 8)
+    np.testing.assert_allclose(E.generate(sample, keep_images, seeds, batch=20)[0]["images"], full, atol=1e-6)
+    torch.testing.assert_close(grid, torch.from_numpy(full[:4]))  # the grid: the first seeds' own images
     # rank r of 2 makes seeds[r::2]: interleaving the two shards rebuilds the single-process set
-    shards = [E.generate(sample, seeds[r::2], batch=4)[0] for r in range(2)]
-    torch.testing.assert_close(torch.stack(shards, 1).flatten(0, 1), full)
+    shards = [E.generate(sample, keep_images, seeds[r::2], batch=4)[0]["images"] for r in range(2)]
+    np.testing.assert_allclose(np.stack(shards, 1).reshape(full.shape), full, atol=1e-6)
 
 
 def test_gather_reassembles_ranks_in_seed_order(monkeypatch):
-    """Rank 0 of a 2-process run: the other rank's share (odd positions) arrives by all_gather_object."""
+    """Rank 0 of a 2-process run: the other rank's values (odd positions), its time and its share of the grid's
+    images arrive by all_gather_object."""
     sample = lambda seeds: torch.tensor(seeds, dtype=torch.float32).view(-1, 1, 1, 1)  # noqa: E731
     seeds = list(range(100, 111))
 
     def all_gather_object(parts, mine):
-        parts[0], parts[1] = mine, (sample(seeds[1::2]), 2.0)
+        other = seeds[1::2]
+        parts[0], parts[1] = mine, (keep_images(sample(other), other), 2.0, {s: sample([s])[0] for s in other[:2]})
 
     monkeypatch.setattr(torch.distributed, "all_gather_object", all_gather_object)
-    images, ips = E.generate(sample, seeds, batch=4, rank=0, world=2)
-    assert images.flatten().tolist() == seeds and ips == pytest.approx(len(seeds) / 2.0)
+    values, ips, grid = E.generate(sample, keep_images, seeds, batch=4, dist=(0, 2), keep=4)
+    assert values["images"].flatten().tolist() == seeds and ips == pytest.approx(len(seeds) / 2.0)
+    assert grid.flatten().tolist() == seeds[:4]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,38 +396,28 @@ def test_dkdm_sampler_rescores_a_dkdm_student(tmp_path, capsys):
         )
         == 0
     )
-    fd = {}
-    for sampler in ("auto", "ddim", "ancestral"):
-        out = tmp_path / f"{sampler}.json"
-        assert (
-            E.main(
-                [
-                    "--run",
-                    str(run),
-                    "--nfe",
-                    "2",
-                    "--n",
-                    "16",
-                    "--features",
-                    "pixels",
-                    "--dkdm-sampler",
-                    sampler,
-                    "--json",
-                    str(out),
-                ]
-            )
-            == 0
-        )
-        fd[sampler] = json.loads(out.read_text())[-1]["fid"]
+    fd, nfe = {}, {}
+    variants = {s: ["--dkdm-sampler", s] for s in ("auto", "ddim", "ancestral")} | {"steps": ["--dkdm-steps", "3"]}
+    for name, flags in variants.items():
+        out = tmp_path / f"{name}.json"
+        argv = ["--run", str(run), "--nfe", "2", "--n", "16", "--features", "pixels", *flags, "--json", str(out)]
+        assert E.main(argv) == 0
+        fd[name], nfe[name] = (json.loads(out.read_text())[-1][k] for k in ("fid", "nfe"))
     capsys.readouterr()
     assert fd["auto"] == fd["ddim"] != fd["ancestral"]
+    assert nfe["auto"] == 50 and nfe["steps"] == 3 and fd["steps"] != fd["auto"]  # --dkdm-steps: the student's steps
     boot_run = tmp_path / "boot-run"
     (boot_run / "student").mkdir(parents=True)
     (boot_run / "student" / "generator.json").write_text(json.dumps({"method": "boot", "teacher": "gmm"}))
     assert "applies to a DKDM run" in _one_line_error(capsys, ["--run", str(boot_run), "--dkdm-sampler", "ddim"])
-    assert "applies to the student of a DKDM run" in _one_line_error(
-        capsys, ["--teacher", "gmm", "--dkdm-sampler", "ancestral"]
+    assert "--dkdm-steps applies to a DKDM run" in _one_line_error(
+        capsys, ["--run", str(boot_run), "--dkdm-steps", "4"]
     )
+    for flags in (["--dkdm-sampler", "ancestral"], ["--dkdm-steps", "4"]):
+        assert f"{flags[0]} applies to the student of a DKDM run" in _one_line_error(
+            capsys, ["--teacher", "gmm", *flags]
+        )
+    assert "steps must lie in 1..1000" in _one_line_error(capsys, ["--run", str(run), "--dkdm-steps", "5000"])
 
 
 @pytest.mark.slow
