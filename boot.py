@@ -50,21 +50,26 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-from diffusers import UNet2DConditionModel, UNet2DModel
-from diffusers.models.embeddings import get_timestep_embedding
-from torchvision.utils import save_image
-
 import cli
-import costs
-import evaluate
-import runkit
-import teachers
 from cli import UserError, flag
-from pipelines import students
-from runkit import print0
-from teachers import bcast
+
+
+if __name__ == "__main__" and cli.answers_alone(sys.argv[1:]):
+    cli.help_from_source(__file__, "BootConfig")  # --help from the config at the end, before torch is imported
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from diffusers import UNet2DConditionModel, UNet2DModel  # noqa: E402
+from diffusers.models.embeddings import get_timestep_embedding  # noqa: E402
+from torchvision.utils import save_image  # noqa: E402
+
+import costs  # noqa: E402
+import evaluate  # noqa: E402
+import runkit  # noqa: E402
+import teachers  # noqa: E402
+from pipelines import students  # noqa: E402
+from runkit import print0  # noqa: E402
+from teachers import bcast  # noqa: E402
 
 
 # --- BOOT Eq. (4)/(11): one DDIM step written in signal space, y_t = (x_t - sigma_t eps) / alpha_t
@@ -608,14 +613,18 @@ def validate(cfg: BootConfig, world: int):
 REGISTRY_W = {"digits": 1.0, "gmm": 1.0, "sd21": 7.5, "if": 7.0, "if-2": 4.0}
 
 
+USAGE = "boot.py sample RUN [--label K | --prompt TEXT] [--w W] [--n N] [--seed S] [--out PNG]"
+
+
+def parser():
+    """The command line: BootConfig's flags, and `boot.py sample RUN ...`."""
+    return cli.add_usage(cli.parser_from_dataclass(BootConfig, __doc__), USAGE)
+
+
 def configure(argv):
     """(config, dry_run) from the command line, resolved and checked; --dry-run prints the config
     with every default filled in and the memory per GPU."""
-    p = cli.add_usage(
-        cli.parser_from_dataclass(BootConfig, __doc__),
-        "boot.py sample RUN [--label K | --prompt TEXT] [--w W] [--n N] [--seed S] [--out PNG]",
-    )
-    args = vars(p.parse_args(argv))
+    args = vars(parser().parse_args(argv))
     dry_run = args.pop("dry_run")
     cfg = resolve(BootConfig(**args))
     world = int(os.environ.get("WORLD_SIZE", 1))

@@ -1,14 +1,18 @@
 """Command-line plumbing shared by boot.py, dkdm.py and evaluate.py, without torch.
 
-Only the standard library is imported here: a script whose config dataclass stands before its heavy
-imports (evaluate.py) asks `answers_alone(argv)` and answers `--help` before torch, diffusers or
-transformers are loaded. The input checks below need no torch either: each raises a one-line
-UserError and writes nothing, so they all run before any work.
+Only the standard library is imported here, so `--help` answers before torch, diffusers or
+transformers are loaded: a script asks `answers_alone(argv)` first, and answers from its config
+dataclass (evaluate.py, whose config stands above its heavy imports) or from that dataclass read out
+of its own source (`help_from_source`: boot.py and dkdm.py, whose config stands last, below the
+method). The input checks below need no torch either: each raises a one-line UserError and writes
+nothing, so they all run before any work.
 """
 
 from __future__ import annotations
+import __future__
 
 import argparse
+import ast
 import dataclasses
 import json
 import math
@@ -31,6 +35,33 @@ class UserError(ValueError):
 def answers_alone(argv) -> bool:
     """Whether this command line is answered from the config alone (-h / --help)."""
     return any(a in ("-h", "--help") for a in argv)
+
+
+def help_from_source(path, config: str):
+    """`--help` of a script whose config dataclass stands below its method, without running the method's heavy
+    imports: the class named `config`, the literal constants beside it (its choices, USAGE: the extra usage
+    line) and the module docstring are read from the script's source and run alone, and argparse prints the
+    same help the script's own parser would. Returns (the script then goes on as usual) if the class needs
+    anything else."""
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    keep = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == config]
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets):
+            try:
+                ast.literal_eval(node.value)
+                keep.insert(0, node)
+            except ValueError:  # not a literal: only the script itself can compute it
+                continue
+    namespace = {"dataclass": dataclasses.dataclass, "flag": flag, "cli": sys.modules[__name__]}
+    code = compile(ast.Module(keep, []), str(path), "exec", __future__.annotations.compiler_flag, dont_inherit=True)
+    try:
+        exec(code, namespace)  # the script's own source: a class and literals, nothing else
+        parser = parser_from_dataclass(namespace[config], ast.get_docstring(tree, clean=False))
+    except (NameError, KeyError):
+        return
+    if "USAGE" in namespace:
+        add_usage(parser, namespace["USAGE"])
+    parser.parse_args(sys.argv[1:])  # prints the help and exits
 
 
 def flag(default, help_: str, choices=None, nargs=None, elem=int):

@@ -40,18 +40,23 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import diffusers
-import torch
-from tqdm import tqdm
-
 import cli
-import costs
-import evaluate
-import runkit
-import teachers
 from cli import UserError, flag
-from pipelines import students
-from runkit import print0
+
+
+if __name__ == "__main__" and cli.answers_alone(sys.argv[1:]):
+    cli.help_from_source(__file__, "DKDMConfig")  # --help from the config at the end, before torch is imported
+
+import diffusers  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import costs  # noqa: E402
+import evaluate  # noqa: E402
+import runkit  # noqa: E402
+import teachers  # noqa: E402
+from pipelines import students  # noqa: E402
+from runkit import print0  # noqa: E402
 
 
 # --- DKDM Eq. (20): L*simple = || eps_T(x_t, t) - eps_S(x_t, t) ||^2, mean over C x H x W
@@ -797,12 +802,12 @@ def export_student(cfg, teacher, raw, ema, run_path):
 
 
 # --- The command line
+USAGE = "dkdm.py sample RUN [--sampler ancestral|ddim] [--steps N] [--n N]"
+
+
 def parser():
     """The command line: DKDMConfig's flags, and `dkdm.py sample RUN ...`."""
-    return cli.add_usage(
-        cli.parser_from_dataclass(DKDMConfig, __doc__),
-        "dkdm.py sample RUN [--sampler ancestral|ddim] [--steps N] [--n N]",
-    )
+    return cli.add_usage(cli.parser_from_dataclass(DKDMConfig, __doc__), USAGE)
 
 
 def command(argv):

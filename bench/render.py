@@ -183,8 +183,8 @@ def table_newcomer(results):
         lines.append(
             f"- `python boot.py --help`: **{c['boot.py']:.2f} s** of CPU (dkdm.py {c['dkdm.py']:.2f}, "
             f"evaluate.py {c['evaluate.py']:.2f}; `import torch` alone "
-            f"{c['import torch']:.2f} s: the method files' command line stands last, so their --help loads "
-            f"torch; `python bench/run.py newcomer`, {h['date']})"
+            f"{c['import torch']:.2f} s: --help loads neither torch nor diffusers, the method files' config read "
+            f"from their source; `python bench/run.py newcomer`, {h['date']})"
         )
     return "\n".join(lines) or "(not measured yet: `python bench/run.py newcomer`)"
 

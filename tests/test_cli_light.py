@@ -1,5 +1,6 @@
-"""The command lines a newcomer meets first: `--help` of every script; the dry-run shows resolved
-values instead of nulls; one `sample RUN` shape in both training scripts."""
+"""The command lines a newcomer meets first: `--help` of every script answers without importing
+torch; the dry-run shows resolved values instead of nulls; one `sample RUN` shape in both
+training scripts."""
 
 import json
 import subprocess
@@ -38,13 +39,23 @@ def probe(script, *args):
 
 
 @pytest.mark.parametrize("script", ["boot.py", "dkdm.py", "evaluate.py"])
-def test_help_answers_and_evaluate_needs_no_torch_for_it(script):
-    """The method files read in the paper's order with their command line last, so their --help imports torch
-    (its CPU time: `python bench/run.py newcomer`); evaluate.py's config stands first and answers without it."""
+def test_help_answers_without_torch_and_is_the_scripts_own_parser(script):
+    """boot.py and dkdm.py keep their config last, below the method: --help reads it from their source
+    (cli.help_from_source) and prints what their own parser prints, without importing torch or diffusers."""
     out, _, facts = probe(script, "--help")
-    assert facts["code"] == 0 and out.startswith(f"usage: {script}")
-    if script == "evaluate.py":
-        assert not facts["torch"] and not facts["diffusers"]
+    assert facts == {"code": 0, "torch": False, "diffusers": False}
+    module = script.removesuffix(".py")
+    own = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import sys; sys.argv = ['{script}']; import {module}; print({module}.parser().format_help(), end='')",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    ).stdout
+    assert out.startswith(f"usage: {script}") and out == own
 
 
 def test_boot_dry_run_without_nulls_where_a_default_applies(tmp_path):
