@@ -15,9 +15,10 @@ CORE = sorted([*ROOT.glob("*.py"), *ROOT.glob("pipelines/*.py")])
 # Raised since: boot.py by y_theta written out per kind of student, the small student and the dry-run's memory
 # estimate (the last two moved in from pipelines/students.py and costs.py); teachers.py by the network call
 # every teacher and DKDM student goes through (moved in from the BOOT export file); dkdm.py by its estimate;
-# evaluate.py 830 -> 1223: the field's protocols (CIFAR-10 50k, COCO-2014 30k), per-batch features, --save-images.
-LIMITS = {"teachers.py": 850, "dkdm.py": 830, "evaluate.py": 1223, "boot.py": 840}  # other top-level modules: 650
-CORE_LIMIT = 5500
+# evaluate.py 830 -> 1223: the field's protocols (CIFAR-10 50k, COCO-2014 30k), per-batch features, --save-images;
+# the method files by the --help hook that reads their config from their source (cli.help_from_source).
+LIMITS = {"teachers.py": 850, "dkdm.py": 835, "evaluate.py": 1223, "boot.py": 845}  # other top-level modules: 650
+CORE_LIMIT = 5545
 FUNCTION_LINES = 70  # the longest function, formatted, when the limit was set (evaluate.run_evaluation, since split)
 
 
