@@ -286,7 +286,7 @@ def small_student(teacher, dim: int, seed: int):
         chans = [max(8, c // 2) for c in base["block_out_channels"]]
         groups = math.gcd(*chans, base.get("norm_num_groups") or 32)
         cfg = {**base, "block_out_channels": chans, "layers_per_block": 1, "norm_num_groups": groups}
-        if type(teacher.unet).__name__ != "UNet2DConditionModel":  # a UNet2DModel's config: no text, no attention
+        if type(teacher.unet).__name__ != "UNet2DConditionModel":  # a UNet2DModel's config: no text
             keep = ("sample_size", "in_channels", "out_channels", "block_out_channels", "layers_per_block")
             keep += ("norm_num_groups", "down_block_types", "up_block_types")
             cfg = {k: v for k, v in cfg.items() if k in keep}
