@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import boot  # noqa: E402
+import cli  # noqa: E402
 import dkdm  # noqa: E402
 import runkit  # noqa: E402
 import teachers  # noqa: E402
@@ -391,7 +392,7 @@ def default_teachers(tiny=False):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="tiny configs (the CPU smoke test)")
     p.add_argument("--teachers", nargs="+", choices=["sd21", "ddpm-cifar10", "ldm-celebahq", "digits"])
     p.add_argument("--json", help="write the measurements here")

@@ -582,3 +582,10 @@ def write_docs(results):
     for name in FILES:
         path = ROOT / name
         path.write_text(render(path.read_text(), results, path.parent))
+
+
+if __name__ == "__main__":  # a part of bench/run.py, not a command of its own
+    import sys
+
+    print("bench/render.py runs through bench/run.py: python bench/run.py --render", file=sys.stderr)
+    sys.exit(2)

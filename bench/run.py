@@ -345,7 +345,9 @@ def run_one(exp: Exp, force: bool) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    import cli  # the repository root is on sys.path (below)
+
+    p = cli.OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("targets", nargs="*", help="groups (boot, dkdm, speed, gpu, ...) or experiment names")
     p.add_argument("--list", action="store_true")
     p.add_argument("--force", action="store_true", help="rerun finished experiments")
