@@ -551,19 +551,38 @@ def preset_for(cfg: BootConfig):
     'base' when none fits. A local copy of SD 2.1 gets the sd21 row, not the digits defaults."""
     if cfg.preset is not None:
         return cfg.preset, "--preset"
-    family, why = (cfg.teacher, "registry entry") if cfg.teacher in PRESETS else teachers.teacher_family(cfg.teacher)
-    if family is None and cfg.model_id:
-        family, why = teachers.teacher_family(cfg.model_id)
+    family, why = (cfg.teacher, "registry entry") if cfg.teacher in PRESETS else family_of(cfg)
     key = (family or "") + ("-2" if cfg.stage == 2 else "")
     if key in PRESETS:
         return key, why
     return "base", f"no preset for {why}" if family is None else f"no preset for '{family}' ({why})"
 
 
+def family_of(cfg: BootConfig):
+    """(registry entry, why) of what the teacher is (teachers.teacher_family), or of --model-id when the name tells
+    nothing: known before any weight is read."""
+    family, why = teachers.teacher_family(cfg.teacher)
+    if family is None and cfg.model_id:
+        family, why = teachers.teacher_family(cfg.model_id)
+    return family, why
+
+
+def check_prompts(cfg: BootConfig, text: bool | None):
+    """The prompts when the teacher is text-to-image (text), none otherwise; text None: not known yet."""
+    prompts = cli.load_prompts(cfg.prompts) if cfg.prompts is not None else None  # the file's own errors first
+    if text is not None and text != (prompts is not None):
+        raise UserError(
+            f"text-to-image teacher '{cfg.teacher}' needs --prompts FILE (one prompt per line; tools/prompts.py "
+            "builds one)"
+            if text
+            else f"teacher '{cfg.teacher}' is not text-conditioned: --prompts does not apply"
+        )
+    return prompts
+
+
 def validate(cfg: BootConfig, world: int):
     """All checks that need no teacher: one-line UserErrors before anything is loaded or written."""
     cli.check_run_fields(cfg)
-    runkit.teacher_dtype(cfg.half, runkit.env()[2])  # --half needs a GPU
     checks = [
         (cfg.preset in (*PRESETS, "base"), f"unknown preset '{cfg.preset}' (known: {', '.join(PRESETS)}, base)"),
         *(
@@ -597,8 +616,10 @@ def validate(cfg: BootConfig, world: int):
             raise UserError(message)
     if cfg.stage == 2:
         students.check_finished_run(cfg.stage1_run, "stage-1")
-    if cfg.prompts is not None:
-        cli.load_prompts(cfg.prompts)
+    family = family_of(cfg)[0]  # a text-to-image teacher is known before loading: --prompts checked here
+    check_prompts(
+        cfg, teachers.REGISTRY[family].kind in ("text2img", "cascade") if family in teachers.REGISTRY else None
+    )
     teachers.check_teacher_files(cfg.teacher, cfg.model_id, cfg.stage)
     cli.check_output_dir(cfg.out, "--out")
 
@@ -627,7 +648,7 @@ def configure(argv):
         try:
             shown["memory_estimate"] = memory_estimate(cfg, world)
         except UserError as e:  # e.g. a hub teacher whose configs are not on this machine
-            shown["memory_estimate"] = f"unavailable: {e}"
+            shown["memory_estimate"] = f"unavailable: it needs the teacher's configs ({e})"
         print(json.dumps(shown, indent=2))
     else:
         print0(f"preset '{cfg.preset}' for teacher '{cfg.teacher}' ({preset_for(BootConfig(**args))[1]})")
@@ -672,6 +693,7 @@ def load_inputs(cfg: BootConfig):
     """(teacher, conditions, student network, Student, run directory): every input checked, on every process,
     before any process group is made or anything is written."""
     validate(cfg, int(os.environ.get("WORLD_SIZE", 1)))
+    runkit.teacher_dtype(cfg.half, runkit.env()[2])  # --half needs a GPU (a dry-run plans for one anywhere)
     teachers.check_hub(cfg.teacher, cfg.model_id, cfg.stage)  # before any download
     rank, world, device = runkit.env()
     teacher, context = load_teacher_and_context(cfg, device)
@@ -700,14 +722,7 @@ def load_teacher_and_context(cfg: BootConfig, device):
         raise UserError(f"--loss lpips compares images; teacher '{cfg.teacher}' is latent: use --loss l2 or huber")
     if cfg.loss == "lpips":
         lpips_network(device)  # its trunk's weights, or one line saying which
-    text = hasattr(teacher, "encode_prompts") or stage2
-    if text != (cfg.prompts is not None):
-        raise UserError(
-            f"text-to-image teacher '{cfg.teacher}' needs --prompts FILE (one prompt per line)"
-            if text
-            else f"teacher '{cfg.teacher}' is not text-conditioned: --prompts does not apply"
-        )
-    prompts = cli.load_prompts(cfg.prompts) if text else None
+    prompts = check_prompts(cfg, hasattr(teacher, "encode_prompts") or stage2)
     if stage2:
         stage1 = students.ExportedStudent(cfg.stage1_run, teacher.device)
         if stage1.info.get("stage", 1) != 1 or stage1.sample_shape[0] != teacher.sample_shape[0]:

@@ -212,7 +212,7 @@ def table_curves(results, names=("curve-cnn", "curve-vit")):
             fd = _pick(p["records"], sampler="student").get("digits", {}).get("fid") if p else None
             teacher = teacher or (_pick(p["records"], "ddim", 50).get("digits", {}).get("fid") if p else None)
             cell = _f(fd)
-            if p and k == dkdm.STUDENT_DEFAULTS[name.split("-")[1]]["iters"]:
+            if p and k == dkdm.PRESETS["digits"][name.split("-")[1]]["iters"]:
                 cell = f"**{cell}**" + (" (default)" if "--lr-decay" not in results[name]["train"] else "")
             cells += [cell, _f((p or {}).get("last_metrics", {}).get("ms_iter"), ".0f")]
         lines.append(f"| {k:,} | " + " | ".join(cells) + f" | {_f(teacher)} |")

@@ -94,11 +94,25 @@ def test_batch_not_divisible_by_world_size(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-def test_text_teacher_without_prompts(tiny_sd_dir, tmp_path, monkeypatch, capsys):
+def test_text_teacher_without_prompts(tiny_sd_dir, tiny_if_dirs, tmp_path, monkeypatch, capsys):
+    """Known from the registry or model_index.json before any weight is read (load_teacher never called), in the
+    dry-run too; and prompts for a teacher known not to take them."""
     monkeypatch.chdir(tmp_path)
-    assert boot.main(["--teacher", str(tiny_sd_dir)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "needs --prompts" in err[0] and not (tmp_path / "runs").exists()
+    monkeypatch.setattr(teachers, "load_teacher", lambda *a, **k: pytest.fail("a teacher was loaded"))
+    (tmp_path / "p.txt").write_text("a cat\n")
+    for args in (
+        ["--teacher", str(tiny_sd_dir)],
+        ["--teacher", str(tiny_sd_dir), "--dry-run"],
+        ["--teacher", "sd21", "--dry-run"],
+        ["--teacher", "if", "--half", "--dry-run"],
+        ["--teacher", str(tiny_if_dirs[0])],
+        ["--teacher", "gmm", "--prompts", "p.txt", "--dry-run"],
+        ["--teacher", "ddpm-cifar10", "--prompts", "p.txt"],
+    ):
+        assert boot.main(args) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and ("needs --prompts FILE" in err[0] or "--prompts does not apply" in err[0]), err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_bad_input_from_the_command_line(tmp_path):
@@ -108,7 +122,8 @@ def test_bad_input_from_the_command_line(tmp_path):
 
 
 def test_dry_run_prints_resolved_config_and_writes_nothing(tmp_path):
-    p = boot_cli("--teacher", "sd21", "--dry-run", cwd=tmp_path)
+    (tmp_path / "p.txt").write_text("a cat\n")
+    p = boot_cli("--teacher", "sd21", "--prompts", tmp_path / "p.txt", "--dry-run", cwd=tmp_path)
     cfg = json.loads(p.stdout)
     assert cfg["delta"] == 0.01 and cfg["weighting"] == "lambda" and cfg["out"] == "runs/boot-sd21"  # Table 3
     assert not (tmp_path / "runs").exists()
