@@ -227,6 +227,27 @@ def digits_probs(images, batch: int = 500) -> np.ndarray:
     return logits.softmax(1).double().numpy()
 
 
+# --- The field's protocols: COCO captions ------------------------------------------------------------------
+def coco_captions(path) -> list[str]:
+    """COCO captions, without torch: every caption of a captions_*2014.json (annotation order, whitespace
+    collapsed to single spaces) or the lines of a text file with one caption per line (GigaGAN's
+    captions.txt; blank lines skipped). One line naming the file when it holds none."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"captions file '{path}' does not exist")
+    if p.suffix.lower() == ".json":
+        annotations = cli.read_json(p, "COCO captions file").get("annotations")
+        if not isinstance(annotations, list) or not all(isinstance(a, dict) and "caption" in a for a in annotations):
+            raise UserError(f"COCO captions file '{path}' has no annotations[].caption list")
+        captions = [" ".join(str(a["caption"]).split()) for a in annotations]
+    else:
+        captions = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+    captions = [c for c in captions if c]
+    if not captions:
+        raise UserError(f"captions file '{path}' holds no captions")
+    return captions
+
+
 # --- Metrics on features ---------------------------------------------------------------------------
 def _check_pair(a, b, what):
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
