@@ -28,6 +28,10 @@ class UserError(ValueError):
     """Bad input: printed as one line by every CLI of this repository, exit code 2."""
 
 
+class RankError(UserError):
+    """Bad input that ranks see differently (each node its own directory): printed by every rank, exit code 2."""
+
+
 def answers_alone(argv) -> bool:
     """Whether this command line is answered from the config alone (-h / --help)."""
     return any(a in ("-h", "--help") for a in argv)
@@ -45,11 +49,12 @@ def flag(default, help_: str, choices=None, nargs=None, elem=int):
 
 def main_of(command, argv, prefix="") -> int:
     """A script's main: `command(argv)`'s exit code (None = 0), or 2 with one line `{prefix}error: ...`
-    on stderr for bad input (printed by rank 0 only under torchrun: every rank stops alike)."""
+    on stderr for bad input (printed by rank 0 only under torchrun: every rank stops alike; a RankError by every
+    rank, so that every node's log says why)."""
     try:
         return command(argv) or 0
     except UserError as e:
-        if int(os.environ.get("RANK", 0)) == 0:
+        if int(os.environ.get("RANK", 0)) == 0 or isinstance(e, RankError):
             print(f"{prefix}error: {e}", file=sys.stderr)
         return 2
 

@@ -25,6 +25,7 @@ import ctypes
 import fcntl
 import json
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -40,7 +41,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from cli import UserError, check_output_dir, first_line, read_json
+from cli import RankError, UserError, check_output_dir, first_line, read_json
 
 
 # --- Process group: torchrun is detected from RANK; one process makes none ----------------------
@@ -318,8 +319,10 @@ class RunDir:
         self.path, self.config, self.rank, self.keep = Path(path), json.loads(json.dumps(config)), rank, keep
         self.per_rank, self.ckpt, self.bar = per_rank or {}, Path(path) / "checkpoints" / "latest.pt", None
         check_output_dir(self.path, "--out")
+        self.run_id = None  # config.json's id of the run: rank 0's and every rank's must agree (same_run)
         if (self.path / "config.json").exists():
             old = read_json(self.path / "config.json", "run config")
+            self.run_id = old.get("run_id")
             diff = sorted(
                 k
                 for k in old.keys() & config.keys()  # an option added since the run began is no difference
@@ -347,7 +350,9 @@ class RunDir:
         """Rank 0 takes the lock, writes config.json and cuts metrics.jsonl back to the checkpoint: a
         killed run may have logged past it, and the resumed run logs those steps again."""
         self.device, metrics = device, self.path / "metrics.jsonl"
+        self.same_run(device)  # before anything is written: a rank that sees another run stops them all
         self.path.mkdir(parents=True, exist_ok=True)
+        self.config["run_id"] = self.run_id or secrets.randbits(52)  # a number: exact in a float64 collective
         if self.rank == 0:
             self.lock.check(hold=True)
             (self.path / "checkpoints").mkdir(exist_ok=True)
@@ -362,6 +367,25 @@ class RunDir:
             if metrics.is_file():
                 write_text_atomic(metrics, "".join(keep))
         barrier(device)  # the directories exist before any process writes into them
+
+    def same_run(self, device):
+        """Every rank resumes rank 0's run (config.json's run id) at rank 0's step, or all stop with one line on
+        every rank: a rank that finds no checkpoint in its own --out would train from step 0 beside the others."""
+        if not dist.is_initialized():
+            return
+        mine = device_tensor(
+            [-1 if self.run_id is None else self.run_id, -1 if self.resume_step is None else self.resume_step], device
+        )
+        views = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+        dist.all_gather(views, mine)
+        seen = [tuple(int(x) for x in v.tolist()) for v in views]  # every rank sees all: the same decision
+        odd = next((r for r, v in enumerate(seen) if v != seen[0]), None)
+        if odd is not None:
+            what = lambda v: "a fresh run" if v[1] < 0 else f"run {v[0]} at step {v[1]}"  # noqa: E731
+            raise RankError(
+                f"the ranks would not resume one run: rank 0 finds {what(seen[0])} in its --out, rank {odd} "
+                f"{what(seen[odd])}; every node needs the same --out, on a filesystem they share (docs/runs.md)"
+            )
 
     def log(self, record: dict):
         if self.rank == 0:

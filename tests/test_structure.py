@@ -15,11 +15,13 @@ CORE = sorted([*ROOT.glob("*.py"), *ROOT.glob("pipelines/*.py")])
 # Raised since: boot.py by y_theta written out per kind of student, the small student and the dry-run's memory
 # estimate (the last two moved in from pipelines/students.py and costs.py); teachers.py by the network call
 # every teacher and DKDM student goes through (moved in from the BOOT export file); dkdm.py by its estimate.
-# Then boot.py by the prompts check before loading (a text-to-image teacher known from what it is), teachers.py by
-# its command line (`--list`, unknown arguments refused), dkdm.py by its presets per teacher (the official recipe and
-# the measured rows, with their sources) and a dry-run from the teacher's configs alone.
-LIMITS = {"teachers.py": 855, "dkdm.py": 895, "evaluate.py": 830, "boot.py": 855}  # other top-level modules: 650
-CORE_LIMIT = 5195
+# Then boot.py by the prompts check before loading (a text-to-image teacher known from what it is) and the dry-run's
+# time; teachers.py by its command line (`--list`, unknown arguments refused); dkdm.py by its presets per teacher (the
+# official recipe and the measured rows, with their sources) and a dry-run from the teacher's configs alone;
+# runkit.py (650 before) by the check that every rank resumes rank 0's run and step, and the background checkpoint
+# writer; evaluate.py by the COCO-caption reader tools/prompts.py shares.
+LIMITS = {"teachers.py": 855, "dkdm.py": 900, "evaluate.py": 855, "boot.py": 860, "runkit.py": 705}  # others: 650
+CORE_LIMIT = 5385
 FUNCTION_LINES = 70  # the longest function, formatted (evaluate.run_evaluation)
 
 
