@@ -20,7 +20,7 @@ and the command line, which the method does not need.
     python boot.py --dry-run               # the resolved config and the memory per GPU, nothing written
     python boot.py sample runs/boot-digits --label 3 --n 16      # one-step samples -> PNG
     python evaluate.py --run runs/boot-digits                    # FD / KID vs the teacher's DDIM-1/10/50
-    # Stable Diffusion 2.1-base on 8 GPUs (global batch 64 = 8 x 8; prompts: one per line), fp16 teacher
+    # Stable Diffusion 2.1-base on 8 GPUs (global batch 64 = 8 x 8; prompts: tools/prompts.py), fp16 teacher
     torchrun --standalone --nproc_per_node=8 boot.py --teacher sd21 --prompts prompts.txt --half
     # DeepFloyd IF: stage I, then stage II on the stage-I student's outputs (gated: accept the licence)
     torchrun --standalone --nproc_per_node=8 boot.py --teacher if --prompts prompts.txt --half
@@ -633,13 +633,12 @@ def configure(argv):
     """(config, dry_run) from the command line, resolved and checked; --dry-run prints the config
     with every default filled in and the memory per GPU."""
     p = cli.add_usage(
-        cli.parser_from_dataclass(BootConfig, __doc__),
+        cli.add_processes(cli.parser_from_dataclass(BootConfig, __doc__)),
         "boot.py sample RUN [--label K | --prompt TEXT] [--w W] [--n N] [--seed S] [--out PNG]",
     )
     args = vars(p.parse_args(argv))
-    dry_run = args.pop("dry_run")
+    dry_run, world = cli.planned(args)
     cfg = resolve(BootConfig(**args))
-    world = int(os.environ.get("WORLD_SIZE", 1))
     if dry_run:
         validate(cfg, world)
         shown = dataclasses.asdict(cfg)
@@ -649,10 +648,15 @@ def configure(argv):
             shown["memory_estimate"] = memory_estimate(cfg, world)
         except UserError as e:  # e.g. a hub teacher whose configs are not on this machine
             shown["memory_estimate"] = f"unavailable: it needs the teacher's configs ({e})"
+        row = TIMED.get(cfg.preset)  # as bench/gpu.py measured it: teacher copy, --half, bf16 student
+        shown["time_estimate"] = costs.measured_time(row, cfg.iters, world, cfg.batch // world)
         print(json.dumps(shown, indent=2))
     else:
         print0(f"preset '{cfg.preset}' for teacher '{cfg.teacher}' ({preset_for(BootConfig(**args))[1]})")
     return cfg, dry_run
+
+
+TIMED = {"sd21": "boot_sd21"}  # the presets whose iteration bench/gpu.py times on a GPU: its row
 
 
 def memory_estimate(cfg: BootConfig, world: int) -> dict:

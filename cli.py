@@ -105,6 +105,26 @@ def parser_from_dataclass(cls, doc: str):
     return p
 
 
+def add_processes(parser):
+    """--processes N beside --dry-run: the plan of a run on N processes (torchrun's nnodes x nproc-per-node)."""
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="with --dry-run: the processes the run will have, for its memory and time (default: WORLD_SIZE, else 1)",
+    )
+    return parser
+
+
+def planned(args: dict) -> tuple:
+    """(dry_run, processes) taken out of parsed arguments: --processes only with --dry-run, where a run's count is
+    torchrun's (WORLD_SIZE)."""
+    dry_run, n = args.pop("dry_run"), args.pop("processes")
+    if n is not None and (not dry_run or n < 1):
+        raise UserError("--processes N (N >= 1) plans a --dry-run; a run's processes are torchrun's")
+    return dry_run, n or int(os.environ.get("WORLD_SIZE", 1))
+
+
 def _optional_conv(typ):
     """A converter for 'float | None' style annotations: 'none' -> None."""
     name = str(typ)

@@ -13,10 +13,10 @@ one loop. Below the "Running it" banner: config, defaults, checks, export and th
     python dkdm.py --student vit                # a DiT student of the same CNN teacher
     python dkdm.py --method data-free           # baselines: a synthetic set the teacher samples (Table
     python dkdm.py --method data --iters 4000   #   2), or real digits; ablation: --method shuffled
-    python dkdm.py --dry-run                    # the resolved config, pool size, init cost, memory
+    python dkdm.py --dry-run                    # the resolved config, pool size, init cost, memory, time
     python dkdm.py sample runs/dkdm-digits-cnn-dynamic --sampler ancestral --steps 50
-    torchrun --standalone --nproc_per_node=8 dkdm.py --teacher ddpm-cifar10 --batch 128 \\
-        --lr 1e-4 --warmup 0 --ema 0.9999 --iters 200000   # the paper's settings
+    torchrun --standalone --nproc_per_node=8 dkdm.py --teacher ddpm-cifar10 \\
+        --out runs/dkdm-cifar10   # the official recipe is this teacher's preset (PRESETS)
 
 Conventions (the official code's, github.com/qianlong0502/DKDM): integer steps i = 0..T-1 as in
 diffusers, alpha_bar_{-1} = 1; the teacher's x0-hat is clipped per the teacher, the student's is not;
@@ -765,17 +765,22 @@ def plan(cfg, world: int) -> dict:
     """--dry-run: the config, what the run will do and its memory per GPU, from the teacher's configs alone (no
     weight read; a float16 teacher with --half, on any machine). A teacher whose configs cannot be had: the config,
     and the estimate says so."""
-    out = check_config(cfg, world)
-    dtype = torch.float16 if cfg.half else torch.float32
+    facts = {**run_config(cfg, check_config(cfg, world), world), "preset_source": preset_note(cfg)}
+    row = "dkdm_vit_cifar10" if (cfg.preset, cfg.student) == ("ddpm-cifar10", "vit") else None  # bench/gpu.py's
+    time = costs.measured_time(row, cfg.iters, world, cfg.batch // world)
     try:
         teachers.quiet_libraries()
+        dtype = torch.float16 if cfg.half else torch.float32
         teacher = teachers.load_teacher(cfg.teacher, "meta", dtype, model_id=cfg.model_id, weights=False)
     except UserError as e:
-        memory = f"unavailable: it needs the teacher's configs ({e})"
-        return {**run_config(cfg, out, world), "preset_source": preset_note(cfg), "memory_estimate": memory}
+        return {
+            **facts,
+            "memory_estimate": f"unavailable: it needs the teacher's configs ({e})",
+            "time_estimate": time,
+        }
     student = check_teacher(cfg, teacher, world)
-    facts = run_facts(cfg, teacher, student, run_config(cfg, out, world), world)
-    return {**facts, "memory_estimate": memory_estimate(teacher, student, cfg, world)}
+    facts = run_facts(cfg, teacher, student, facts, world)
+    return {**facts, "memory_estimate": memory_estimate(teacher, student, cfg, world), "time_estimate": time}
 
 
 def run_facts(cfg, teacher, student, config, world):
@@ -867,7 +872,7 @@ def export_student(cfg, teacher, raw, ema, run_path):
 def parser():
     """The command line: DKDMConfig's flags, and `dkdm.py sample RUN ...`."""
     return cli.add_usage(
-        cli.parser_from_dataclass(DKDMConfig, __doc__),
+        cli.add_processes(cli.parser_from_dataclass(DKDMConfig, __doc__)),
         "dkdm.py sample RUN [--sampler ancestral|ddim] [--steps N] [--n N]",
     )
 
@@ -876,11 +881,11 @@ def command(argv):
     if argv[:1] == ["sample"]:  # samples of a finished run (pipelines/students.py)
         return students.sample_command("dkdm", argv[1:])
     args = vars(parser().parse_args(argv))
-    dry_run = args.pop("dry_run")
+    dry_run, world = cli.planned(args)
     cfg = DKDMConfig(**args)
     cfg = dataclasses.replace(cfg, **{k: teachers.local_path(getattr(cfg, k)) for k in ("teacher", "model_id")})
-    if dry_run:  # the config, what the run will do, and its memory per GPU: no weight read
-        return print0(json.dumps(plan(cfg, runkit.env()[1]), indent=2))
+    if dry_run:  # the config, what the run will do, its memory per GPU and time: no weight read
+        return print0(json.dumps(plan(cfg, world), indent=2))
     train(cfg, *load_inputs(cfg))
 
 

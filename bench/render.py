@@ -225,19 +225,23 @@ def table_curves(results, names=("curve-cnn", "curve-vit")):
 
 
 def table_gpu(results):
-    """bench/gpu.py's last run (docs/gpu.md): on the device it found, with its date."""
-    r = results.get("gpu")
-    if not r:
-        return "(not measured yet: `python bench/run.py gpu`)"
+    """bench/gpu.py's last run on each device kind (docs/gpu.md), with its date; GPUs first."""
+    import costs
     from bench import gpu
 
-    note = (
-        ""
-        if r["device"] != "cpu"
-        else "\n\nThis run found no GPU: the rows are CPU rates, one thread; on a machine "
-        "with a GPU, `python bench/run.py gpu` measures the real architectures there and replaces them."
-    )
-    return gpu.table(r) + note + "\n\n`python bench/run.py gpu`"
+    records = costs.gpu_records(results)
+    if not records:
+        return "(not measured yet: `python bench/run.py gpu`)"
+    parts = []
+    for device, r in sorted(records.items(), key=lambda kv: kv[0] == "cpu"):
+        note = (
+            "\n\nThis run found no GPU: the rows are CPU rates, one thread; on a machine with a GPU, "
+            "`python bench/run.py gpu` measures the real architectures there and adds that GPU's record."
+            if device == "cpu"
+            else ""
+        )
+        parts.append(gpu.table(r) + note)
+    return "\n\n".join(parts) + "\n\n`python bench/run.py gpu` (one record per device kind)"
 
 
 def table_memory(results):

@@ -391,8 +391,9 @@ def main(argv=None):
     if "gpu" in args.targets:  # what a run costs on this machine's GPU (or CPU): docs/gpu.md
         from bench import gpu
 
+        record = gpu.measure(gpu.default_teachers())
         results = load_results()
-        results["gpu"] = gpu.measure(gpu.default_teachers())
+        results["gpu"] = gpu.with_record(results, record)  # one record per device kind
         RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
     for target, parts in NEWCOMER.items():
         if target in args.targets:

@@ -83,7 +83,7 @@ def test_usage_lines_and_help_text():
     assert "boot.py sample RUN" in boot_help.split("\n\n")[0]  # in the usage block
     dkdm_help = probe("dkdm.py", "--help")[0]
     assert "dkdm.py sample RUN" in dkdm_help.split("\n\n")[0]
-    assert "--batch 128 \\\n        --lr 1e-4" in dkdm_help  # the torchrun example keeps its continuation
+    assert "--teacher ddpm-cifar10 \\\n        --out" in dkdm_help  # the torchrun example keeps its continuation
 
 
 def test_sample_subcommand_of_both_scripts(tmp_path, capsys):
@@ -118,13 +118,15 @@ ENTRY_POINTS = [
     "evaluate.py",
     "teachers.py",
     "assets/train.py",
+    "tools/prompts.py",
     *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "bench").glob("*.py") if p.name != "__init__.py"),
 ]
 
 
 def test_every_entry_point_refuses_an_unknown_argument_in_one_line():
-    """boot.py, dkdm.py, evaluate.py, teachers.py, assets/train.py and every bench/*.py: an argument they do not
-    know is one line and exit code 2 (`python teachers.py --sample gmm` printed the registry and exited 0)."""
+    """boot.py, dkdm.py, evaluate.py, teachers.py, assets/train.py, tools/prompts.py and every bench/*.py: an
+    argument they do not know is one line and exit code 2 (`python teachers.py --sample gmm` printed the registry
+    and exited 0)."""
     p = subprocess.run(
         [sys.executable, "-c", EVERY.format(root=str(ROOT), scripts=[str(ROOT / s) for s in ENTRY_POINTS])],
         capture_output=True,

@@ -152,3 +152,50 @@ def test_a_continued_run_keeps_its_schedule(tmp_path, monkeypatch):
     assert json.loads((run / "config.json").read_text())["lr_decay"] == [20, 40]
     state = dkdm.runkit.load_checkpoint(run / "checkpoints" / "latest.pt")
     assert state["step"] == 6 and state["opt"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 6 / 10, rel=1e-12)
+
+
+# --- The cost before the first step: what bench/gpu.py measured, per GPU kind --------------------------------------
+def test_dry_run_time_from_the_gpu_records(tmp_path):
+    """ms per iteration and GPU-hours of the run, per GPU kind measured, scaled to the command's batch per GPU
+    (said so), with date and device; CPU and tiny records are no GPU's; none measured: one line."""
+    from bench import gpu
+
+    records = {
+        "cpu": {"device": "cpu", "date": "d0", "boot_sd21": {"ms_iter": 5.0, "batch": 8}},
+        "tiny": {"device": "X", "date": "d1", "tiny": True, "boot_sd21": {"ms_iter": 5.0, "batch": 8}},
+        "H": {"device": "H", "date": "d2", "boot_sd21": {"ms_iter": 400.0, "batch": 8}},
+        "R": {"device": "R", "date": "d3", "source": "by hand", "boot_sd21": {"ms_iter_range": [90, 110], "batch": 4}},
+    }
+    (tmp_path / "r.json").write_text(json.dumps({"gpu": records}))
+    t = costs.measured_time("boot_sd21", 9000, 8, 8, tmp_path / "r.json")
+    assert sorted(t) == ["H", "R"]
+    # 9,000 iterations x 0.4 s = 1 h on each of 8 GPUs
+    assert "400 ms/iteration at batch 8 per GPU: 9,000 iterations on 8 GPU(s) = 8.0 GPU-hours, 1.0 h" in t["H"]
+    assert "(d2, H; python bench/run.py gpu)" in t["H"]
+    # measured at batch 4: x 2 for batch 8; 9,000 x 0.18-0.22 s x 8 GPUs = 3.6-4.4 GPU-hours
+    assert (
+        "90-110 ms/iteration at batch 4 per GPU, x 2 for this command's 8" in t["R"] and "3.6-4.4 GPU-hours" in t["R"]
+    )
+    assert "(d3, R; by hand)" in t["R"]
+    assert costs.measured_time("dkdm_vit_cifar10", 10, 1, 8, tmp_path / "r.json").startswith("no GPU has measured")
+    assert costs.measured_time(None, 10, 1, 8, tmp_path / "r.json").startswith("no GPU measurement for this run")
+    # bench/run.py gpu adds its device's record, keeps the others; a record of before is keyed by its device
+    new = {"device": "H", "date": "d4"}
+    assert gpu.with_record({"gpu": records}, new) == {**records, "H": new}
+    assert gpu.with_record({"gpu": {"device": "cpu", "date": "d0"}}, new) == {
+        "cpu": {"device": "cpu", "date": "d0"},
+        "H": new,
+    }
+
+
+def test_the_dry_run_prints_the_measured_time_or_says_none(tmp_path, capsys):
+    """The repository's bench/results.json holds one H200 record (an earlier version, by hand, labelled so): the
+    SD 2.1 dry-run at 8 processes prints its GPU-hours for the preset's 500,000 iterations; digits has none."""
+    (tmp_path / "p.txt").write_text("a red cube\n")
+    sd = dry(boot.main, ["--teacher", "sd21", "--prompts", tmp_path / "p.txt", "--half", "--processes", "8"], capsys)
+    h200 = sd["time_estimate"]["NVIDIA H200"]
+    # 500,000 x 0.400-0.450 s x 8 GPUs / 3,600 = 444.4-500.0 GPU-hours
+    assert "500,000 iterations on 8 GPU(s) = 444.4-500.0 GPU-hours" in h200 and "main 68f583d" in h200
+    assert dry(boot.main, ["--teacher", "gmm"], capsys)["time_estimate"].startswith("no GPU measurement")
+    vit = dry(dkdm.main, ["--teacher", "ddpm-cifar10", "--student", "vit", "--processes", "2"], capsys)
+    assert "200,000 iterations on 2 GPU(s)" in vit["time_estimate"]["NVIDIA H200"]
