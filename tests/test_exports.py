@@ -410,3 +410,10 @@ def test_the_exported_pipeline_computes_boot_y_theta_bitwise(kind, tmp_path, tin
                 a = boot.y_theta(net, student, eps, tt, cond, w)
                 b = boot_generate(net, pipe.config, eps, tt, cond, w)
                 assert torch.equal(a, b), (kind, t, w, (a - b).abs().max())
+        if prompts:  # a pipeline call's guidance_scale reaches the student: its sample at t = 0 for that w
+            kw = dict(prompt_embeds=cond["encoder_hidden_states"], latents=eps, output_type="latent")
+            call = lambda w: pipe(**kw, guidance_scale=w).images  # noqa: E731
+            zero = torch.zeros(3)
+            assert torch.equal(call(2.0), boot.y_theta(net, student, eps, zero, cond, 2.0))
+            assert torch.equal(call(5.0), boot.y_theta(net, student, eps, zero, cond, 5.0))
+            assert not torch.equal(call(2.0), call(5.0))
