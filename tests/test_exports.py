@@ -10,6 +10,7 @@ trust_remote_code=True)` and the diffusers call conventions (per-image seeded ge
 """
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -117,7 +118,8 @@ def boot_reference(run):
     loaded from checkpoints/latest.pt, y_theta = boot.y_theta with the run's own constants,
     conditions from the teacher (labels k mod K, its prompt encoder, IF-II's noised stage-I
     output), decoded by the teacher. Seeds 0..N-1, the student's default w. Model space and images."""
-    cfg = boot.BootConfig(**json.loads((Path(run) / "config.json").read_text()))
+    stored = json.loads((Path(run) / "config.json").read_text())  # the config's fields, and the run's id
+    cfg = boot.BootConfig(**{f.name: stored[f.name] for f in dataclasses.fields(boot.BootConfig)})
     teacher, conds = boot.load_teacher_and_context(cfg, torch.device("cpu"))
     model, student = boot.make_student(teacher, cfg, boot.default_weight(cfg, teacher))
     model.load_state_dict(runkit.load_checkpoint(Path(run) / "checkpoints" / "latest.pt")["ema"])
