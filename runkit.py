@@ -8,14 +8,16 @@ one process or N under torchrun, is here, written once for both methods:
                      tensors are made on the run device by device_tensor(): NCCL takes no other
     precision        teacher_dtype() (--half), student_autocast() (bf16), TF32, grad checkpointing
     EMA              EMA
-    checkpoints      atomic fsynced writes, weights_only reads, only finite weights saved
-    run directory    RunDir: one writer, config.json, resume, metrics.jsonl, budgets, checkpoints
+    checkpoints      atomic fsynced writes by a background writer, weights_only reads, only finite weights
+    run directory    RunDir: one writer, config.json, resume (every rank rank 0's run and step), metrics.jsonl,
+                     budgets, checkpoints
     signals          Interrupt: Ctrl-C / SIGTERM end the iteration, checkpoint, exit 130 / 143
     metrics          Meter: windowed losses and the teacher / student / eval / other time split
 
 Guarantees: a crash or kill -9 never leaves half a file; rerunning a command resumes it with the
-weights and metrics.jsonl of a run never stopped; only finite weights are saved; a decision that
-changes which collectives run (stop, budget, a non-finite update) is the same on every rank.
+weights and metrics.jsonl of a run never stopped, and never from mixed states (every rank checks that it resumes
+rank 0's run at rank 0's step); only finite weights are saved; no rank waits while a checkpoint is written; a
+decision that changes which collectives run (stop, budget, a non-finite update) is the same on every rank.
 """
 
 from __future__ import annotations
