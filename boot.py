@@ -20,7 +20,7 @@ and the command line, which the method does not need.
     python boot.py --dry-run               # the resolved config and the memory per GPU, nothing written
     python boot.py sample runs/boot-digits --label 3 --n 16      # one-step samples -> PNG
     python evaluate.py --run runs/boot-digits                    # FD / KID vs the teacher's DDIM-1/10/50
-    # Stable Diffusion 2.1-base on 8 GPUs (global batch 64 = 8 x 8; prompts: one per line), fp16 teacher
+    # Stable Diffusion 2.1-base on 8 GPUs (global batch 64 = 8 x 8; prompts: tools/prompts.py), fp16 teacher
     torchrun --standalone --nproc_per_node=8 boot.py --teacher sd21 --prompts prompts.txt --half
     # DeepFloyd IF: stage I, then stage II on the stage-I student's outputs (gated: accept the licence)
     torchrun --standalone --nproc_per_node=8 boot.py --teacher if --prompts prompts.txt --half
@@ -556,19 +556,38 @@ def preset_for(cfg: BootConfig):
     'base' when none fits. A local copy of SD 2.1 gets the sd21 row, not the digits defaults."""
     if cfg.preset is not None:
         return cfg.preset, "--preset"
-    family, why = (cfg.teacher, "registry entry") if cfg.teacher in PRESETS else teachers.teacher_family(cfg.teacher)
-    if family is None and cfg.model_id:
-        family, why = teachers.teacher_family(cfg.model_id)
+    family, why = (cfg.teacher, "registry entry") if cfg.teacher in PRESETS else family_of(cfg)
     key = (family or "") + ("-2" if cfg.stage == 2 else "")
     if key in PRESETS:
         return key, why
     return "base", f"no preset for {why}" if family is None else f"no preset for '{family}' ({why})"
 
 
+def family_of(cfg: BootConfig):
+    """(registry entry, why) of what the teacher is (teachers.teacher_family), or of --model-id when the name tells
+    nothing: known before any weight is read."""
+    family, why = teachers.teacher_family(cfg.teacher)
+    if family is None and cfg.model_id:
+        family, why = teachers.teacher_family(cfg.model_id)
+    return family, why
+
+
+def check_prompts(cfg: BootConfig, text: bool | None):
+    """The prompts when the teacher is text-to-image (text), none otherwise; text None: not known yet."""
+    prompts = cli.load_prompts(cfg.prompts) if cfg.prompts is not None else None  # the file's own errors first
+    if text is not None and text != (prompts is not None):
+        raise UserError(
+            f"text-to-image teacher '{cfg.teacher}' needs --prompts FILE (one prompt per line; tools/prompts.py "
+            "builds one)"
+            if text
+            else f"teacher '{cfg.teacher}' is not text-conditioned: --prompts does not apply"
+        )
+    return prompts
+
+
 def validate(cfg: BootConfig, world: int):
     """All checks that need no teacher: one-line UserErrors before anything is loaded or written."""
     cli.check_run_fields(cfg)
-    runkit.teacher_dtype(cfg.half, runkit.env()[2])  # --half needs a GPU
     checks = [
         (cfg.preset in (*PRESETS, "base"), f"unknown preset '{cfg.preset}' (known: {', '.join(PRESETS)}, base)"),
         *(
@@ -602,8 +621,10 @@ def validate(cfg: BootConfig, world: int):
             raise UserError(message)
     if cfg.stage == 2:
         students.check_finished_run(cfg.stage1_run, "stage-1")
-    if cfg.prompts is not None:
-        cli.load_prompts(cfg.prompts)
+    family = family_of(cfg)[0]  # a text-to-image teacher is known before loading: --prompts checked here
+    check_prompts(
+        cfg, teachers.REGISTRY[family].kind in ("text2img", "cascade") if family in teachers.REGISTRY else None
+    )
     teachers.check_teacher_files(cfg.teacher, cfg.model_id, cfg.stage)
     cli.check_output_dir(cfg.out, "--out")
 
@@ -618,16 +639,15 @@ USAGE = "boot.py sample RUN [--label K | --prompt TEXT] [--w W] [--n N] [--seed 
 
 def parser():
     """The command line: BootConfig's flags, and `boot.py sample RUN ...`."""
-    return cli.add_usage(cli.parser_from_dataclass(BootConfig, __doc__), USAGE)
+    return cli.add_usage(cli.add_processes(cli.parser_from_dataclass(BootConfig, __doc__)), USAGE)
 
 
 def configure(argv):
     """(config, dry_run) from the command line, resolved and checked; --dry-run prints the config
     with every default filled in and the memory per GPU."""
     args = vars(parser().parse_args(argv))
-    dry_run = args.pop("dry_run")
+    dry_run, world = cli.planned(args)
     cfg = resolve(BootConfig(**args))
-    world = int(os.environ.get("WORLD_SIZE", 1))
     if dry_run:
         validate(cfg, world)
         shown = dataclasses.asdict(cfg)
@@ -636,11 +656,16 @@ def configure(argv):
         try:
             shown["memory_estimate"] = memory_estimate(cfg, world)
         except UserError as e:  # e.g. a hub teacher whose configs are not on this machine
-            shown["memory_estimate"] = f"unavailable: {e}"
+            shown["memory_estimate"] = f"unavailable: it needs the teacher's configs ({e})"
+        row = TIMED.get(cfg.preset)  # as bench/gpu.py measured it: teacher copy, --half, bf16 student
+        shown["time_estimate"] = costs.measured_time(row, cfg.iters, world, cfg.batch // world)
         print(json.dumps(shown, indent=2))
     else:
         print0(f"preset '{cfg.preset}' for teacher '{cfg.teacher}' ({preset_for(BootConfig(**args))[1]})")
     return cfg, dry_run
+
+
+TIMED = {"sd21": "boot_sd21"}  # the presets whose iteration bench/gpu.py times on a GPU: its row
 
 
 def memory_estimate(cfg: BootConfig, world: int) -> dict:
@@ -681,6 +706,7 @@ def load_inputs(cfg: BootConfig):
     """(teacher, conditions, student network, Student, run directory): every input checked, on every process,
     before any process group is made or anything is written."""
     validate(cfg, int(os.environ.get("WORLD_SIZE", 1)))
+    runkit.teacher_dtype(cfg.half, runkit.env()[2])  # --half needs a GPU (a dry-run plans for one anywhere)
     teachers.check_hub(cfg.teacher, cfg.model_id, cfg.stage)  # before any download
     rank, world, device = runkit.env()
     teacher, context = load_teacher_and_context(cfg, device)
@@ -709,14 +735,7 @@ def load_teacher_and_context(cfg: BootConfig, device):
         raise UserError(f"--loss lpips compares images; teacher '{cfg.teacher}' is latent: use --loss l2 or huber")
     if cfg.loss == "lpips":
         lpips_network(device)  # its trunk's weights, or one line saying which
-    text = hasattr(teacher, "encode_prompts") or stage2
-    if text != (cfg.prompts is not None):
-        raise UserError(
-            f"text-to-image teacher '{cfg.teacher}' needs --prompts FILE (one prompt per line)"
-            if text
-            else f"teacher '{cfg.teacher}' is not text-conditioned: --prompts does not apply"
-        )
-    prompts = cli.load_prompts(cfg.prompts) if text else None
+    prompts = check_prompts(cfg, hasattr(teacher, "encode_prompts") or stage2)
     if stage2:
         stage1 = students.ExportedStudent(cfg.stage1_run, teacher.device)
         if stage1.info.get("stage", 1) != 1 or stage1.sample_shape[0] != teacher.sample_shape[0]:

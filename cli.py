@@ -32,6 +32,10 @@ class UserError(ValueError):
     """Bad input: printed as one line by every CLI of this repository, exit code 2."""
 
 
+class RankError(UserError):
+    """Bad input that ranks see differently (each node its own directory): printed by every rank, exit code 2."""
+
+
 def answers_alone(argv) -> bool:
     """Whether this command line is answered from the config alone (-h / --help)."""
     return any(a in ("-h", "--help") for a in argv)
@@ -56,7 +60,7 @@ def help_from_source(path, config: str):
     code = compile(ast.Module(keep, []), str(path), "exec", __future__.annotations.compiler_flag, dont_inherit=True)
     try:
         exec(code, namespace)  # the script's own source: a class and literals, nothing else
-        parser = parser_from_dataclass(namespace[config], ast.get_docstring(tree, clean=False))
+        parser = add_processes(parser_from_dataclass(namespace[config], ast.get_docstring(tree, clean=False)))
     except (NameError, KeyError):
         return
     if "USAGE" in namespace:
@@ -76,11 +80,12 @@ def flag(default, help_: str, choices=None, nargs=None, elem=int):
 
 def main_of(command, argv, prefix="") -> int:
     """A script's main: `command(argv)`'s exit code (None = 0), or 2 with one line `{prefix}error: ...`
-    on stderr for bad input (printed by rank 0 only under torchrun: every rank stops alike)."""
+    on stderr for bad input (printed by rank 0 only under torchrun: every rank stops alike; a RankError by every
+    rank, so that every node's log says why)."""
     try:
         return command(argv) or 0
     except UserError as e:
-        if int(os.environ.get("RANK", 0)) == 0:
+        if int(os.environ.get("RANK", 0)) == 0 or isinstance(e, RankError):
             print(f"{prefix}error: {e}", file=sys.stderr)
         return 2
 
@@ -129,6 +134,26 @@ def parser_from_dataclass(cls, doc: str):
         p.add_argument("--" + f.name.replace("_", "-"), **kw)
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     return p
+
+
+def add_processes(parser):
+    """--processes N beside --dry-run: the plan of a run on N processes (torchrun's nnodes x nproc-per-node)."""
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="with --dry-run: the processes the run will have, for its memory and time (default: WORLD_SIZE, else 1)",
+    )
+    return parser
+
+
+def planned(args: dict) -> tuple:
+    """(dry_run, processes) taken out of parsed arguments: --processes only with --dry-run, where a run's count is
+    torchrun's (WORLD_SIZE)."""
+    dry_run, n = args.pop("dry_run"), args.pop("processes")
+    if n is not None and (not dry_run or n < 1):
+        raise UserError("--processes N (N >= 1) plans a --dry-run; a run's processes are torchrun's")
+    return dry_run, n or int(os.environ.get("WORLD_SIZE", 1))
 
 
 def _optional_conv(typ):

@@ -1,4 +1,5 @@
-"""What a run will cost before it starts: --dry-run's memory per GPU, from the networks' configs.
+"""What a run will cost before it starts: --dry-run's memory per GPU, from the networks' configs, and its time,
+from what bench/gpu.py measured on GPUs.
 
 boot.py and dkdm.py (`memory_estimate` in each) say which forward the student trains with and how
 many network passes an iteration makes; `estimate` turns that into bytes. Parameters are counted
@@ -9,6 +10,9 @@ measured; tests/test_memory_estimate.py with a measured CPU peak.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch
 
@@ -81,3 +85,43 @@ def estimate(teacher, student, forward, precision: str, batch, passes: dict, ext
     if extra_per_sample:
         out[f"{extra_what}_GiB"] = round(b * extra_per_sample / GiB, 3)
     return out
+
+
+GPU_RECORDS = Path(__file__).resolve().parent / "bench" / "results.json"  # its "gpu" record: one per device kind
+
+
+def gpu_records(results: dict) -> dict:
+    """{device: record} of bench/results.json's "gpu" entry (one record of before: keyed by its device)."""
+    gpu = results.get("gpu") or {}
+    return {gpu["device"]: gpu} if "device" in gpu else gpu
+
+
+def measured_time(row: str, iters: int, world: int, local_batch: int, path=GPU_RECORDS) -> dict | str:
+    """--dry-run's time: for every GPU kind with a measured `row` (bench/gpu.py's "boot_sd21", "dkdm_vit_cifar10"),
+    its ms per iteration and the GPU-hours of `iters` iterations on `world` processes, the row's batch per GPU
+    scaled to `local_batch` (time taken as linear in the batch; said so when it is), with the row's date and source;
+    or a line saying none is measured."""
+    if row is None:
+        return (
+            "no GPU measurement for this run: bench/gpu.py times BOOT on sd21 and DKDM's vit student on ddpm-cifar10"
+        )
+    records = gpu_records(json.loads(Path(path).read_text())) if Path(path).is_file() else {}
+    out = {}
+    for device, rec in records.items():
+        r = rec.get(row)
+        if device == "cpu" or rec.get("tiny") or not r:
+            continue
+        lo, hi = r.get("ms_iter_range") or (r["ms_iter"], r["ms_iter"])
+        scale = local_batch / r["batch"]
+        hours = [ms * scale * iters * world / 3.6e6 for ms in (lo, hi)]
+        span = lambda a, b, f: f"{a:{f}}" if a == b else f"{a:{f}}-{b:{f}}"  # noqa: E731
+        out[device] = (
+            f"{span(lo, hi, '.0f')} ms/iteration at batch {r['batch']} per GPU"
+            + (f", x {scale:g} for this command's {local_batch} (linear in the batch)" if scale != 1 else "")
+            + f": {iters:,} iterations on {world} GPU(s) = {span(*hours, ',.1f')} GPU-hours, "
+            f"{span(hours[0] / world, hours[1] / world, ',.1f')} h of wall time"
+            + (" (one GPU's time per iteration: DDP's all-reduce not counted)" if world > 1 else "")
+            + f" ({rec['date']}, {rec['device']}; "
+            f"{rec.get('source', 'python bench/run.py gpu')})"
+        )
+    return out or f"no GPU has measured this run yet ({row}: python bench/run.py gpu on one adds its row)"

@@ -13,10 +13,10 @@ one loop. Below the "Running it" banner: config, defaults, checks, export and th
     python dkdm.py --student vit                # a DiT student of the same CNN teacher
     python dkdm.py --method data-free           # baselines: a synthetic set the teacher samples (Table
     python dkdm.py --method data --iters 4000   #   2), or real digits; ablation: --method shuffled
-    python dkdm.py --dry-run                    # the resolved config, pool size, init cost, memory
+    python dkdm.py --dry-run                    # the resolved config, pool size, init cost, memory, time
     python dkdm.py sample runs/dkdm-digits-cnn-dynamic --sampler ancestral --steps 50
-    torchrun --standalone --nproc_per_node=8 dkdm.py --teacher ddpm-cifar10 --batch 128 \\
-        --lr 1e-4 --warmup 0 --ema 0.9999 --iters 200000   # the paper's settings
+    torchrun --standalone --nproc_per_node=8 dkdm.py --teacher ddpm-cifar10 \\
+        --out runs/dkdm-cifar10   # the official recipe is this teacher's preset (PRESETS)
 
 Conventions (the official code's, github.com/qianlong0502/DKDM): integer steps i = 0..T-1 as in
 diffusers, alpha_bar_{-1} = 1; the teacher's x0-hat is clipped per the teacher, the student's is not;
@@ -472,7 +472,7 @@ def train(cfg, teacher, student, run):
     """Algorithm 1 (dynamic iterative distillation; the ablations and baselines swap the stream) as
     one loop; runkit.py resumes, logs and checkpoints."""
     with runkit.training(run) as (rank, world, device):  # process group, run lock, Ctrl-C / SIGTERM
-        print0(json.dumps(run_facts(cfg, teacher, student, run, world), indent=2))
+        print0(json.dumps(run_facts(cfg, teacher, student, run.config, world), indent=2))
         raw, ema, opt = runkit.optimisation(student, cfg, device)
         g = torch.Generator(device).manual_seed(cfg.seed + 1000003 * rank)  # this process's knowledge stream
         b, w = cfg.batch // world, teacher.default_guidance
@@ -519,7 +519,7 @@ def train(cfg, teacher, student, run):
 
 
 # =====================================================================================================================
-# Running it: the config and each student's defaults, the input checks, the export, the command line.
+# Running it: the config and each teacher's presets, the input checks, the export, the command line.
 # Nothing above needs them to be read.
 # =====================================================================================================================
 METHODS = ("dynamic", "shuffled", "iterative", "data-free", "data")
@@ -538,7 +538,10 @@ class DKDMConfig:
         "adaln-zero", "vit: DiT's adaLN-Zero init, or diffusers' default", choices=["adaln-zero", "diffusers"]
     )
     method: str = flag("dynamic", "knowledge stream, or a baseline", choices=METHODS)
-    rho: float = flag(0.4, "dynamic pool size rho T b (Alg. 1); 0.4 pixel, 4 latent in the paper")
+    preset: str | None = flag(
+        None, "row of PRESETS to fill the preset fields from; default: the teacher's, found from what it is"
+    )
+    rho: float | None = flag(None, "dynamic pool size rho T b (Alg. 1); preset: 0.4 pixel, 4 latent (the paper's)")
     pool_init: str = flag(
         "auto",
         "auto: shuffle denoise (dynamic: the paper's; staggered on the embedded digits / gmm, "
@@ -549,22 +552,20 @@ class DKDMConfig:
     init_batch: int | None = flag(
         None, "shuffle-denoise init: samples per teacher pass; default 512 on CPU, 1024 on a GPU"
     )
-    batch: int = flag(64, "global batch b (divided over torchrun processes)")
-    iters: int | None = flag(None, "training iterations; default: the student's (STUDENT_DEFAULTS: 10,000 for both)")
+    batch: int | None = flag(None, "global batch b, divided over torchrun processes (preset)")
+    iters: int | None = flag(None, "training iterations (preset)")
     minutes: float | None = flag(None, "stop (checkpoint + export) after this many minutes of training in all reruns")
-    lr: float | None = flag(None, "AdamW peak learning rate after warm-up; default 1e-3 (cnn), 3e-3 (vit)")
-    warmup: int = flag(200, "linear lr warm-up iterations")
+    lr: float | None = flag(None, "AdamW peak learning rate after warm-up (preset)")
+    warmup: int | None = flag(None, "linear lr warm-up iterations (preset)")
     lr_decay: tuple[int, ...] | None = flag(
         None,
-        "START END: a cosine from the peak lr at iteration START to 10%% at END "
-        "(0 0: constant); default constant (cnn), 7000 10000 (vit)",
+        "START END: a cosine from the peak lr at iteration START to 10%% at END, fixed at the start (config.json: "
+        "a rerun with more --iters keeps it); 0 0: constant (preset)",
         nargs=2,
     )
-    ema: float | None = flag(None, "EMA decay of the exported student; default 0.998 (cnn), 0.9995 (vit)")
+    ema: float | None = flag(None, "EMA decay of the exported student (preset)")
     clip_grad: float | None = flag(
-        None,
-        "clip the gradient norm at this value; 0: none. Default: none, as the paper "
-        "and its code; 1.0 on the embedded teachers (digits, gmm; README)",
+        None, "clip the gradient norm at this value; 0: none, as the paper and its code (preset: 1.0 on digits, gmm)"
     )
     lam: float = flag(1.0, "weight lambda of L*vlb (Eq. 19), per timestep")
     p_uncond: float = flag(0.0, "fraction of samples with the null label (student learns CFG's unconditional model)")
@@ -596,11 +597,10 @@ class DKDMConfig:
     keep: int = flag(1, "checkpoints kept: the last N (checkpoints/step-*.pt; latest.pt is the newest)")
     export_every: int = flag(0, "also export the EMA student + preview.png every K iterations (0: at the end only)")
 
-    def __post_init__(self):  # unset (None): the student's default (a config directory: the cnn's)
-        for k, v in STUDENT_DEFAULTS.get(self.student, STUDENT_DEFAULTS["cnn"]).items():
+    def __post_init__(self):  # unset (None): the teacher's preset row, as boot.py's (None -> preset -> resolved)
+        self.preset, row = preset_row(self)
+        for k, v in row.items():
             setattr(self, k, v if getattr(self, k) is None else getattr(self, k))
-        if self.clip_grad is None:  # the paper clips nothing; the CPU digits runs were all tuned with 1.0
-            self.clip_grad = 1.0 if self.teacher in EMBEDDED else 0.0
         if self.eval_every is None:  # 2,000 or the next multiple of --log-every: ~2.5% of a default run
             self.eval_every = -(-2000 // max(self.log_every, 1)) * max(self.log_every, 1)  # 0 is refused later
 
@@ -608,10 +608,53 @@ class DKDMConfig:
 # the fields a rerun may change (the run resumes); any other difference is refused
 RESUMABLE = ("iters", "minutes", "log_every", "ckpt_every", "precision", "grad_checkpointing", "keep")
 RESUMABLE += ("export_every", "init_batch", "eval_every")
-STUDENT_DEFAULTS = {
-    "cnn": dict(iters=10_000, lr=1e-3, ema=0.998, lr_decay=(0, 0)),
-    "vit": dict(iters=10_000, lr=3e-3, ema=0.9995, lr_decay=(7000, 10_000)),
+# Each teacher's row, per student; a student without its own (a config directory, or vit on a teacher with only the
+# official CNN recipe) takes the row's "cnn". `source` says where the numbers come from: measured here (the digits
+# bench rows, bench/run.py) or the official recipe (github.com/qianlong0502/DKDM, its CNN students); a field neither
+# gives comes from BASE, as a teacher without a row does. The digits DiT's warm-up-stable-decay schedule was tuned
+# at 10,000 iterations on the embedded teachers only.
+BASE = dict(iters=10_000, lr=1e-3, ema=0.998, lr_decay=(0, 0), warmup=200, batch=64, rho=0.4, clip_grad=0.0)
+DIGITS = dict(
+    source="measured here: the digits bench rows (clip 1.0: every CPU run was tuned with it)",
+    cnn=dict(BASE, clip_grad=1.0),
+    vit=dict(BASE, lr=3e-3, ema=0.9995, lr_decay=(7000, 10_000), clip_grad=1.0),
+)
+OFFICIAL = dict(ema=0.9999, lr_decay=(0, 0), warmup=0, clip_grad=0.0)  # EMA, no anneal / warm-up / clipping
+PRESETS = {
+    "digits": DIGITS,
+    "gmm": DIGITS,
+    "ddpm-cifar10": dict(
+        source="official: guided-diffusion yaml/cifar10_32 (lr 1e-4, no weight decay, batch 128 on 1 GPU, "
+        "EMA 0.9999, rho 0.4); 200,000 iterations: the paper's Fig. 4a",
+        cnn=dict(OFFICIAL, lr=1e-4, batch=128, rho=0.4, iters=200_000),
+    ),
+    "ldm-celebahq": dict(
+        source="official: latent-diffusion dkdm-celebahq-ldm-vq-4.yaml with --scale_lr False (lr 9.6e-5, batch 48 "
+        "on 1 GPU, rho 4, EMA 0.9999; it trains until stopped: iters from BASE)",
+        cnn=dict(OFFICIAL, lr=9.6e-5, batch=48, rho=4.0),
+    ),
 }
+
+
+def preset_row(cfg) -> tuple:
+    """(row name, its fields over BASE): --preset, else the entry the teacher is (teachers.teacher_family, as boot.py
+    finds its preset; the embedded teachers by name); "base" when none fits."""
+    name = cfg.preset or (cfg.teacher if cfg.teacher in PRESETS else teachers.teacher_family(cfg.teacher)[0])
+    if cfg.preset is None and name not in PRESETS and cfg.model_id:
+        name = teachers.teacher_family(cfg.model_id)[0]
+    if name not in PRESETS:
+        return ("base" if cfg.preset in (None, "base") else cfg.preset), BASE
+    row = PRESETS[name]
+    return name, {**BASE, **row.get(cfg.student, row["cnn"])}
+
+
+def preset_note(cfg) -> str:
+    """What filled the preset fields, for the log and the dry-run."""
+    if cfg.preset not in PRESETS:
+        return "base: no preset for this teacher (BASE)"
+    row = PRESETS[cfg.preset]
+    own = cfg.student in row
+    return row["source"] + ("" if own else f"; no row for student '{cfg.student}': the teacher's cnn row")
 
 
 def resolved_init(cfg):
@@ -660,11 +703,9 @@ def synth_n(cfg):
     return cfg.synth_n or TRAIN_SET_SIZE.get(cfg.teacher, 10000)
 
 
-def load_inputs(cfg):
-    """(teacher, student, run directory): every input checked, on every process, before any process
-    group is made or anything is written."""
+def check_config(cfg, world: int) -> str:
+    """Every check that needs no teacher (one line each); returns the run directory."""
     cli.check_run_fields(cfg)
-    runkit.teacher_dtype(cfg.half, runkit.env()[2])  # --half needs a GPU
     positive = {k: getattr(cfg, k) for k in ("batch", "chains", "init_batch", "synth_steps", "synth_n", "width")}
     checks = [
         *((v is None or v >= 1, f"--{k.replace('_', '-')} must be at least 1") for k, v in positive.items()),
@@ -678,6 +719,8 @@ def load_inputs(cfg):
             cfg.method != "iterative" or cfg.pool_init in ("auto", "noise"),
             "--method iterative starts every sample at T-1 (--pool-init auto or noise)",
         ),
+        (cfg.batch % world == 0, f"--batch {cfg.batch} is not divisible by the {world} processes"),
+        (cfg.preset in (*PRESETS, "base"), f"unknown preset '{cfg.preset}' (known: {', '.join(PRESETS)}, base)"),
     ]
     for ok, message in checks:
         if not ok:
@@ -685,13 +728,11 @@ def load_inputs(cfg):
     teachers.check_teacher_files(cfg.teacher, cfg.model_id)
     out = cfg.out or f"runs/dkdm-{Path(cfg.teacher).name}-{Path(cfg.student).name}-{cfg.method}"
     cli.check_output_dir(out, "--out")
-    teachers.check_hub(cfg.teacher, cfg.model_id)  # before any download
-    rank, world, device = runkit.env()
-    if cfg.batch % world:
-        raise UserError(f"--batch {cfg.batch} is not divisible by the {world} processes")
-    teacher = teachers.load_teacher(
-        cfg.teacher, device=device, model_id=cfg.model_id, dtype=runkit.teacher_dtype(cfg.half, device)
-    )
+    return out
+
+
+def check_teacher(cfg, teacher, world: int):
+    """The checks that need the teacher (its weights or only its configs); returns the student it gets."""
     if cfg.method == "data" and teacher.name != "digits":
         raise UserError("--method data needs the embedded digits teacher (its real data ships with scikit-learn)")
     if cfg.p_uncond > 0 and not teacher.num_classes:
@@ -700,30 +741,61 @@ def load_inputs(cfg):
     student = build_student(cfg, teacher)
     if cfg.method in ("dynamic", "shuffled", "iterative") and resolved_init(cfg) == "staggered":
         check_chains(pool_size(cfg, teacher.schedule.T, cfg.batch // world), teacher.schedule.T, cfg.chains)
-    config = {
-        **dataclasses.asdict(cfg),
-        "out": out,
-        "world_size": world,
-        "pool_init": resolved_init(cfg) if cfg.method not in ("data", "data-free") else None,
-    }
-    run = runkit.RunDir(
-        config["out"],
-        config,
-        rank,
-        resumable=RESUMABLE,
-        keep=cfg.keep,
-        per_rank={"stream": "knowledge-stream checkpoint"},
-    )
+    return student
+
+
+def load_inputs(cfg):
+    """(teacher, student, run directory): every input checked, on every process, before any process
+    group is made or anything is written."""
+    rank, world, device = runkit.env()
+    out = check_config(cfg, world)
+    dtype = runkit.teacher_dtype(cfg.half, device)  # --half needs a GPU
+    teachers.check_hub(cfg.teacher, cfg.model_id)  # before any download
+    teacher = teachers.load_teacher(cfg.teacher, device=device, model_id=cfg.model_id, dtype=dtype)
+    student = check_teacher(cfg, teacher, world)
+    run = runkit.RunDir(out, run_config(cfg, out, world), rank, resumable=RESUMABLE, keep=cfg.keep, per_rank=PER_RANK)
     return teacher, student, run
 
 
-def run_facts(cfg, teacher, student, run, world):
+PER_RANK = {"stream": "knowledge-stream checkpoint"}  # each process's own state in a checkpoint (its pool)
+
+
+def run_config(cfg, out, world: int) -> dict:
+    """config.json: the resolved config, the run directory, the process count, the pool's initialisation."""
+    init = resolved_init(cfg) if cfg.method not in ("data", "data-free") else None
+    return {**dataclasses.asdict(cfg), "out": out, "world_size": world, "pool_init": init}
+
+
+def plan(cfg, world: int) -> dict:
+    """--dry-run: the config, what the run will do and its memory per GPU, from the teacher's configs alone (no
+    weight read; a float16 teacher with --half, on any machine). A teacher whose configs cannot be had: the config,
+    and the estimate says so."""
+    facts = {**run_config(cfg, check_config(cfg, world), world), "preset_source": preset_note(cfg)}
+    row = "dkdm_vit_cifar10" if (cfg.preset, cfg.student) == ("ddpm-cifar10", "vit") else None  # bench/gpu.py's
+    time = costs.measured_time(row, cfg.iters, world, cfg.batch // world)
+    try:
+        teachers.quiet_libraries()
+        dtype = torch.float16 if cfg.half else torch.float32
+        teacher = teachers.load_teacher(cfg.teacher, "meta", dtype, model_id=cfg.model_id, weights=False)
+    except UserError as e:
+        return {
+            **facts,
+            "memory_estimate": f"unavailable: it needs the teacher's configs ({e})",
+            "time_estimate": time,
+        }
+    student = check_teacher(cfg, teacher, world)
+    facts = run_facts(cfg, teacher, student, facts, world)
+    return {**facts, "memory_estimate": memory_estimate(teacher, student, cfg, world), "time_estimate": time}
+
+
+def run_facts(cfg, teacher, student, config, world):
     """The config with its defaults filled in, and what the run will do (--dry-run, start of a run)."""
     T, b = teacher.schedule.T, cfg.batch // world
     facts = {
         "teacher": f"{teacher.name} {teacher.sample_shape} T={T} variance={teacher.variance_type}",
         "student": f"{type(student).__name__} {sum(p.numel() for p in student.parameters()):,} params",
         "objective": "L*simple + lam L*vlb" if teacher.learned_variance else "L*simple (fixed-variance teacher)",
+        "preset_source": preset_note(cfg),
     }
     if cfg.width is None and cfg.student in ("cnn", "vit"):
         c = student.config
@@ -738,7 +810,7 @@ def run_facts(cfg, teacher, student, run, world):
         facts["pool"] = (
             f"{n} x {world} entries, init {resolved_init(cfg)}: {evals:,.0f} sample evaluations, {passes:,} passes"
         )
-    return {**run.config, **facts}
+    return {**config, **facts}
 
 
 def memory_estimate(teacher, student, cfg: DKDMConfig, world: int) -> dict:
@@ -807,24 +879,19 @@ USAGE = "dkdm.py sample RUN [--sampler ancestral|ddim] [--steps N] [--n N]"
 
 def parser():
     """The command line: DKDMConfig's flags, and `dkdm.py sample RUN ...`."""
-    return cli.add_usage(cli.parser_from_dataclass(DKDMConfig, __doc__), USAGE)
+    return cli.add_usage(cli.add_processes(cli.parser_from_dataclass(DKDMConfig, __doc__)), USAGE)
 
 
 def command(argv):
     if argv[:1] == ["sample"]:  # samples of a finished run (pipelines/students.py)
         return students.sample_command("dkdm", argv[1:])
     args = vars(parser().parse_args(argv))
-    dry_run = args.pop("dry_run")
+    dry_run, world = cli.planned(args)
     cfg = DKDMConfig(**args)
     cfg = dataclasses.replace(cfg, **{k: teachers.local_path(getattr(cfg, k)) for k in ("teacher", "model_id")})
-    teacher, student, run = load_inputs(cfg)
-    if dry_run:  # the config, what the run will do, and its memory per GPU
-        world = run.config["world_size"]
-        memory = memory_estimate(teacher, student, cfg, world)
-        return print0(
-            json.dumps({**run_facts(cfg, teacher, student, run, world), "memory_estimate": memory}, indent=2)
-        )
-    train(cfg, teacher, student, run)
+    if dry_run:  # the config, what the run will do, its memory per GPU and time: no weight read
+        return print0(json.dumps(plan(cfg, world), indent=2))
+    train(cfg, *load_inputs(cfg))
 
 
 def main(argv=None):

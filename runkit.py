@@ -8,14 +8,16 @@ one process or N under torchrun, is here, written once for both methods:
                      tensors are made on the run device by device_tensor(): NCCL takes no other
     precision        teacher_dtype() (--half), student_autocast() (bf16), TF32, grad checkpointing
     EMA              EMA
-    checkpoints      atomic fsynced writes, weights_only reads, only finite weights saved
-    run directory    RunDir: one writer, config.json, resume, metrics.jsonl, budgets, checkpoints
+    checkpoints      atomic fsynced writes by a background writer, weights_only reads, only finite weights
+    run directory    RunDir: one writer, config.json, resume (every rank rank 0's run and step), metrics.jsonl,
+                     budgets, checkpoints
     signals          Interrupt: Ctrl-C / SIGTERM end the iteration, checkpoint, exit 130 / 143
     metrics          Meter: windowed losses and the teacher / student / eval / other time split
 
 Guarantees: a crash or kill -9 never leaves half a file; rerunning a command resumes it with the
-weights and metrics.jsonl of a run never stopped; only finite weights are saved; a decision that
-changes which collectives run (stop, budget, a non-finite update) is the same on every rank.
+weights and metrics.jsonl of a run never stopped, and never from mixed states (every rank checks that it resumes
+rank 0's run at rank 0's step); only finite weights are saved; no rank waits while a checkpoint is written; a
+decision that changes which collectives run (stop, budget, a non-finite update) is the same on every rank.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ import ctypes
 import fcntl
 import json
 import os
+import secrets
 import shlex
 import shutil
 import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
@@ -40,7 +44,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from cli import UserError, check_output_dir, first_line, read_json
+from cli import RankError, UserError, check_output_dir, first_line, read_json
 
 
 # --- Process group: torchrun is detected from RANK; one process makes none ----------------------
@@ -255,6 +259,49 @@ def replace_dir(tmp, final):
     fsync_dir(final.parent)
 
 
+def host_copy(obj):
+    """A checkpoint's state copied off the training tensors, to host memory: the loop changes them in place while a
+    background writer saves the copy."""
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(host_copy(v) for v in obj)
+    return obj
+
+
+class Writer:
+    """Rank 0's checkpoint writer: one background thread saving one state at a time (atomically, as
+    save_checkpoint does), so that no rank waits for the disk at a checkpoint. `wait` joins it and raises
+    what it raised."""
+
+    def __init__(self):
+        self.thread, self.error = None, None
+
+    def submit(self, path, state: dict, then=None):
+        self.wait()
+
+        def write():
+            try:
+                save_checkpoint(path, state)
+                if then is not None:
+                    then()
+            except BaseException as e:  # noqa: BLE001 - raised again by wait(), in the training thread
+                self.error = e
+
+        self.thread = threading.Thread(target=write, name="checkpoint-writer", daemon=True)
+        self.thread.start()
+
+    def wait(self, reraise: bool = True):
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        error, self.error = self.error, None
+        if error is not None and reraise:
+            raise error
+
+
 def state_of(obj):
     """What a checkpoint keeps of obj: a torch.Generator's state, or its state_dict()."""
     return obj.get_state() if isinstance(obj, torch.Generator) else obj.state_dict()
@@ -317,9 +364,12 @@ class RunDir:
     def __init__(self, path, config: dict, rank=0, resumable=(), keep=1, per_rank=None):
         self.path, self.config, self.rank, self.keep = Path(path), json.loads(json.dumps(config)), rank, keep
         self.per_rank, self.ckpt, self.bar = per_rank or {}, Path(path) / "checkpoints" / "latest.pt", None
+        self.writer = Writer()
         check_output_dir(self.path, "--out")
+        self.run_id = None  # config.json's id of the run: rank 0's and every rank's must agree (same_run)
         if (self.path / "config.json").exists():
             old = read_json(self.path / "config.json", "run config")
+            self.run_id = old.get("run_id")
             diff = sorted(
                 k
                 for k in old.keys() & config.keys()  # an option added since the run began is no difference
@@ -334,6 +384,7 @@ class RunDir:
         self.lock.check()
         self._state = load_checkpoint(self.ckpt, mmap=True) if self.ckpt.is_file() else None
         self.resume_step = None if self._state is None else self._state["step"]  # None: a fresh run
+        self.last_step = self.resume_step  # the step latest.pt names
         self.rank_states = (
             {
                 name: load_checkpoint(self.rank_file(name, self.resume_step), what=what)
@@ -347,7 +398,9 @@ class RunDir:
         """Rank 0 takes the lock, writes config.json and cuts metrics.jsonl back to the checkpoint: a
         killed run may have logged past it, and the resumed run logs those steps again."""
         self.device, metrics = device, self.path / "metrics.jsonl"
+        self.same_run(device)  # before anything is written: a rank that sees another run stops them all
         self.path.mkdir(parents=True, exist_ok=True)
+        self.config["run_id"] = self.run_id or secrets.randbits(52)  # a number: exact in a float64 collective
         if self.rank == 0:
             self.lock.check(hold=True)
             (self.path / "checkpoints").mkdir(exist_ok=True)
@@ -362,6 +415,25 @@ class RunDir:
             if metrics.is_file():
                 write_text_atomic(metrics, "".join(keep))
         barrier(device)  # the directories exist before any process writes into them
+
+    def same_run(self, device):
+        """Every rank resumes rank 0's run (config.json's run id) at rank 0's step, or all stop with one line on
+        every rank: a rank that finds no checkpoint in its own --out would train from step 0 beside the others."""
+        if not dist.is_initialized():
+            return
+        mine = device_tensor(
+            [-1 if self.run_id is None else self.run_id, -1 if self.resume_step is None else self.resume_step], device
+        )
+        views = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+        dist.all_gather(views, mine)
+        seen = [tuple(int(x) for x in v.tolist()) for v in views]  # every rank sees all: the same decision
+        odd = next((r for r, v in enumerate(seen) if v != seen[0]), None)
+        if odd is not None:
+            what = lambda v: "a fresh run" if v[1] < 0 else f"run {v[0]} at step {v[1]}"  # noqa: E731
+            raise RankError(
+                f"the ranks would not resume one run: rank 0 finds {what(seen[0])} in its --out, rank {odd} "
+                f"{what(seen[odd])}; every node needs the same --out, on a filesystem they share (docs/runs.md)"
+            )
 
     def log(self, record: dict):
         if self.rank == 0:
@@ -398,6 +470,8 @@ class RunDir:
         return self.elapsed0 + time.time() - self.t_start
 
     def kept(self) -> str:
+        if self.rank == 0:
+            self.writer.wait()  # a checkpoint being written is good: it was checked finite
         step = load_checkpoint(self.ckpt, mmap=True)["step"] if self.ckpt.is_file() else None
         return "no checkpoint yet" if step is None else f"last good checkpoint (step {step}) kept at {self.ckpt}"
 
@@ -412,12 +486,17 @@ class RunDir:
                 f"error: non-finite loss or gradient norm at iteration {step}; not applied, {self.kept()}"
             )
 
-    def checkpoint(self, step: int, meter, objs: dict):
-        """The per-process states, then latest.pt naming that step (with the open metrics window and
-        the elapsed time); with --keep N, step-<step>.pt files and latest.pt a link to the newest."""
+    def checkpoint(self, step: int, meter, objs: dict, final: bool = False):
+        """The per-process states, then latest.pt naming that step (with the open metrics window and the elapsed
+        time); with --keep N, step-<step>.pt files and latest.pt a link to the newest. Rank 0 copies the state to
+        host memory and a background writer writes it while every rank trains on; the next checkpoint, a `final` one
+        (the loop's last) and the exit wait for it. A per-process file goes once a newer latest.pt is whole."""
+        if self.rank == 0:
+            self.writer.wait()  # the previous latest.pt is whole: the files of the one before it may go
         for name in self.per_rank:
             save_checkpoint(self.rank_file(name, step), state_of(objs[name]))
-        barrier(self.device)
+        barrier(self.device)  # every process's file of `step` is on disk; so is the previous latest.pt
+        self.prune({step, self.last_step})
         state = {
             **{k: state_of(v) for k, v in objs.items() if k not in self.per_rank},
             "step": step,
@@ -436,17 +515,29 @@ class RunDir:
             )
         if self.rank == 0:
             name = f"step-{int(step):09d}.pt" if self.keep > 1 else "latest.pt"
-            save_checkpoint(self.ckpt.with_name(name), state)
-            if self.keep > 1:  # latest.pt: a relative link to the newest (the run directory may move)
-                link = self.ckpt.with_name("latest.pt.link")
-                link.unlink(missing_ok=True)
-                os.symlink(name, link)
-                os.replace(link, self.ckpt)
-                for old in sorted(self.ckpt.parent.glob("step-*.pt"))[: -self.keep]:
-                    old.unlink(missing_ok=True)
-        barrier(self.device)
-        kept = {step} | {int(f.stem.split("-")[1]) for f in self.ckpt.parent.glob("step-*.pt")}
-        for name in self.per_rank:  # per-process files of checkpoints no longer kept go
+            self.writer.submit(self.ckpt.with_name(name), host_copy(state), lambda: self.link_latest(name))
+        self.last_step = step
+        if final:
+            if self.rank == 0:
+                self.writer.wait()
+            barrier(self.device)
+            self.prune({step})
+
+    def link_latest(self, name: str):
+        """With --keep N: latest.pt a relative link to the newest step file (the run directory may move), the
+        oldest files beyond N removed."""
+        if self.keep > 1:
+            link = self.ckpt.with_name("latest.pt.link")
+            link.unlink(missing_ok=True)
+            os.symlink(name, link)
+            os.replace(link, self.ckpt)
+            for old in sorted(self.ckpt.parent.glob("step-*.pt"))[: -self.keep]:
+                old.unlink(missing_ok=True)
+
+    def prune(self, steps: set):
+        """This process's files of checkpoints neither in `steps` nor kept as step-*.pt go."""
+        kept = steps | {int(f.stem.split("-")[1]) for f in self.ckpt.parent.glob("step-*.pt")}
+        for name in self.per_rank:
             for f in self.path.glob(f"checkpoints/{name}-rank{self.rank}-step*.pt"):
                 if int(f.stem.rsplit("step", 1)[1]) not in kept:
                     f.unlink(missing_ok=True)
@@ -471,7 +562,7 @@ class RunDir:
         elif self.rank == 0:  # this process's open window (no collective)
             self.bar.set_postfix(meter.postfix(), refresh=False)
         if step % c["ckpt_every"] == 0 or why:
-            self.checkpoint(step, meter, objs)
+            self.checkpoint(step, meter, objs, final=bool(why))
         if why:
             self.bar.close()
         if why == "signal":
@@ -535,6 +626,7 @@ def training(run: RunDir):
     finally:
         if run.bar is not None:
             run.bar.close()
+        run.writer.wait(reraise=sys.exc_info()[0] is None)  # the last checkpoint whole before the lock goes
         run.lock.release()
         teardown()
 

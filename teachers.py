@@ -13,7 +13,7 @@ Read in this order: `Schedule` -> `Teacher` (CFG, thresholding, eps / x0 / v, `p
 `gaussian_step` -> the samplers `ddim`, `ancestral` -> the analytic `GaussianMixture` and the
 embedded digits teacher -> `REGISTRY` and `load_teacher` (hub id, local directory, what a teacher is).
 
-    python teachers.py                              # the registry (no download)
+    python teachers.py --list                       # the registry (no download)
     python evaluate.py --teacher digits --nfe 50    # FD of the embedded teacher's DDIM-50 samples
     python assets/train.py digits                   # re-train the embedded teacher
 """
@@ -839,6 +839,15 @@ def quiet_libraries():
         lib.utils.logging.disable_progress_bar()
 
 
-if __name__ == "__main__":  # python teachers.py: the registry (nothing is downloaded)
+def main(argv=None):
+    """python teachers.py [--list]: the registry, one teacher a line (nothing is downloaded)."""
+    p = cli.OneLineParser(prog="teachers.py", description=main.__doc__)
+    p.add_argument("--list", action="store_true", help="print the registry (what a bare call does too)")
+    p.parse_args(argv)
     for name, e in REGISTRY.items():
         print(f"{name:14s} {e.kind:9s} {e.default_id or '(built in)':42s} {e.about}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's
 
 import torch
 
+import cli
 import dkdm
 import evaluate
 import runkit
@@ -157,7 +158,7 @@ def train_classifier(out_dir=evaluate.CLASSIFIER_DIR, seed=0, held_out=360, epoc
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["digits", "classifier"], help="which asset to re-train")
     p.add_argument("--steps", type=int, default=2500, help="digits: optimisation steps")
     p.add_argument("--seed", type=int, default=0)

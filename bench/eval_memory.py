@@ -80,7 +80,11 @@ def measure() -> dict:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--child"]:
-        print(json.dumps(child(int(sys.argv[2]), "--keep-samples" in sys.argv)))
-    else:
-        print(json.dumps(measure(), indent=1))
+    sys.path.insert(0, str(ROOT))
+    import cli
+
+    p = cli.OneLineParser(description="peak memory of an evaluation at n and 4n samples")
+    p.add_argument("--child", type=int, default=None, help="one child: score n samples, print its peak")
+    p.add_argument("--keep-samples", action="store_true", help="the child keeps every sample (the control)")
+    a = p.parse_args()
+    print(json.dumps(child(a.child, a.keep_samples)) if a.child else json.dumps(measure(), indent=1))

@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import boot  # noqa: E402
+import cli  # noqa: E402
 import dkdm  # noqa: E402
 import runkit  # noqa: E402
 import teachers  # noqa: E402
@@ -212,6 +213,29 @@ def teacher_passes(name, teacher, device, b, tiny):
     return rows
 
 
+def checkpoint_stall(state, out: Path, every: int, ms_iter: float, device) -> dict:
+    """What a checkpoint costs the training loop (runkit.RunDir.checkpoint): rank 0 copies the state to host memory
+    (the stall), a background writer saves the copy while every rank trains on; the loop waits for the writer only
+    when the save outlasts the `every` iterations to the next checkpoint. Both parts timed here, on this device."""
+    sync(device)
+    start = time.perf_counter()
+    snapshot = runkit.host_copy(state)
+    copy_s = time.perf_counter() - start
+    start = time.perf_counter()
+    runkit.save_checkpoint(out / "latest.pt", snapshot)
+    write_s, interval_s = time.perf_counter() - start, every * ms_iter / 1000
+    stall_s = copy_s + max(0.0, write_s - interval_s)
+    return {
+        "checkpoint_GB": round((out / "latest.pt").stat().st_size / 1e9, 2),
+        "checkpoint_save_s": round(write_s, 2),  # what every rank waited for when rank 0 saved in the loop
+        "checkpoint_copy_s": round(copy_s, 3),
+        "checkpoint_every": every,
+        "checkpoint_stall_s": round(stall_s, 3),
+        "checkpoint_stall_share": round(stall_s / (interval_s + stall_s), 5),
+        "checkpoint_save_share": round(write_s / (interval_s + write_s), 5),
+    }
+
+
 def boot_iteration(teacher_dir, device, b, tiny, out: Path):
     """BOOT on an SD-size teacher with the teacher-copy student: ms per iteration (teacher / student /
     other), samples/s, peak memory beside --dry-run's estimate, checkpoint size and save time."""
@@ -244,17 +268,13 @@ def boot_iteration(teacher_dir, device, b, tiny, out: Path):
     split = meter.split()
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     estimate = boot.memory_estimate(cfg, 1)["total_at_local_batch_GiB"]
-    start = time.perf_counter()
-    runkit.save_checkpoint(
-        out / "latest.pt", {"model": raw.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict()}
-    )
+    state = {"model": raw.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict()}
     return {
         **split,
         "samples_per_s": round(1000 * b / split["ms_iter"], 1),
         "max_memory_allocated_GiB": peak,
         "estimate_GiB": estimate,
-        "checkpoint_GB": round((out / "latest.pt").stat().st_size / 1e9, 2),
-        "checkpoint_save_s": round(time.perf_counter() - start, 1),
+        **checkpoint_stall(state, out, cfg.ckpt_every, split["ms_iter"], device),
         "batch": b,
         "teacher_flops": flops(
             lambda: boot.guided_teacher(teacher, context.fixed(1), 7.5)(
@@ -275,7 +295,7 @@ def boot_iteration(teacher_dir, device, b, tiny, out: Path):
     }
 
 
-def dkdm_iteration(teacher, device, b):
+def dkdm_iteration(teacher, device, b, out: Path):
     """DKDM with the DiT student on the teacher: ms per iteration (teacher / student / other)."""
     cfg = dkdm.DKDMConfig(student="vit", precision="auto")
     student = dkdm.build_student(cfg, teacher)
@@ -297,9 +317,11 @@ def dkdm_iteration(teacher, device, b):
     meter.reset()
     for _ in range(5):
         iteration()
+    split, state = meter.split(), {"model": raw.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict()}
     return {
-        **meter.split(),
-        "samples_per_s": round(1000 * b / meter.split()["ms_iter"], 1),
+        **split,
+        "samples_per_s": round(1000 * b / split["ms_iter"], 1),
+        **checkpoint_stall(state, out, cfg.ckpt_every, split["ms_iter"], device),
         "batch": b,
         "student_params": sum(p.numel() for p in student.parameters()),
     }
@@ -346,44 +368,77 @@ def measure(names, tiny=False) -> dict:
                 for p, bb, r, bare in rows
             ]
             if name == "ddpm-cifar10":
-                out["dkdm_vit_cifar10"] = dkdm_iteration(teacher, device, 16 if tiny else 128)
+                out["dkdm_vit_cifar10"] = dkdm_iteration(teacher, device, 16 if tiny else 128, Path(tmp))
     return out
+
+
+def ms(r, key: str) -> str:
+    """A row's milliseconds: the measured value, or the range a record of before gave."""
+    lo, hi = r.get(f"{key}_range") or (r.get(key), r.get(key))
+    return "–" if lo is None else f"{lo:.0f}" if lo == hi else f"{lo:.0f}–{hi:.0f}"
+
+
+def iteration_line(what: str, r: dict) -> str:
+    """A training iteration's time split, memory and checkpoint, as measured."""
+    line = (
+        f"\n{what}, batch {r['batch']}: {ms(r, 'ms_iter')} ms / iteration (teacher {ms(r, 'ms_teacher')}, "
+        f"student {ms(r, 'ms_student')}, other {ms(r, 'ms_other')})"
+        + (f", {r['samples_per_s']:,.0f} samples/s" if "samples_per_s" in r else "")
+    )
+    if r.get("max_memory_allocated_GiB") is not None:
+        line += (
+            f"; peak memory {r['max_memory_allocated_GiB']:.1f} GiB (--dry-run estimate {r['estimate_GiB']:.1f} GiB)"
+        )
+    if "checkpoint_stall_s" in r:
+        line += (
+            f"; checkpoint {r['checkpoint_GB']} GB: saved in {r['checkpoint_save_s']} s by a background writer while "
+            f"the loop trains on, which stops {r['checkpoint_stall_s']} s for the host copy, "
+            f"{r['checkpoint_stall_share']:.2%} of the training time at one checkpoint every {r['checkpoint_every']} "
+            f"iterations ({r['checkpoint_save_share']:.2%} when every rank waited for the save)"
+        )
+    elif "checkpoint_GB" in r:
+        line += f"; checkpoint {r['checkpoint_GB']} GB"
+    return line
 
 
 def table(res) -> str:
     lines = [
-        f"{res['device']}, torch {res['torch']} ({res['date']}; hub teachers rebuilt from their public configs "
-        "with random weights, digits the embedded one"
-        f"{', tiny configs' if res['tiny'] else ''}; matmul peak {res['matmul_peak_tflops']} TFLOP/s)",
-        "",
-        "| teacher pass | batch | samples/s | bare forward samples/s | ratio | MFU |",
-        "|---|---|---|---|---|---|",
+        f"{res['device']}, torch {res['torch']} ({res['date']}; "
+        + (
+            res["source"]
+            if "source" in res
+            else "hub teachers rebuilt from their public configs with random weights, digits the embedded one"
+            f"{', tiny configs' if res['tiny'] else ''}; matmul peak {res['matmul_peak_tflops']} TFLOP/s"
+        )
+        + ")",
     ]
-    mfu = (lambda r: f"{r['mfu']:.1%}") if res["device"] != "cpu" else (lambda r: "–")  # a GPU's figure
-    lines += [
-        f"| {r['pass']} | {r['batch']} | {r['samples_per_s']:,.0f} | {r['bare_samples_per_s']:,.0f} | "
-        f"**{r['ratio']:.2f}** | {mfu(r)} |"
-        for r in res["passes"]
-    ]
+    if res.get("passes"):
+        mfu = (lambda r: f"{r['mfu']:.1%}") if res["device"] != "cpu" else (lambda r: "–")  # a GPU's figure
+        lines += [
+            "",
+            "| teacher pass | batch | samples/s | bare forward samples/s | ratio | MFU |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['pass']} | {r['batch']} | {r['samples_per_s']:,.0f} | {r['bare_samples_per_s']:,.0f} | "
+            f"**{r['ratio']:.2f}** | {mfu(r)} |"
+            for r in res["passes"]
+        ]
     for key, what in (
         ("boot_sd21", "BOOT, SD 2.1-base, teacher copy"),
         ("dkdm_vit_cifar10", "DKDM, DiT student, CIFAR-10 teacher"),
     ):
-        r = res.get(key)
-        if r:
-            lines.append(
-                f"\n{what}, batch {r['batch']}: {r['ms_iter']:.0f} ms / iteration (teacher {r['ms_teacher']:.0f}, "
-                f"student {r['ms_student']:.0f}, other {r['ms_other']:.0f}), {r['samples_per_s']:,.0f} samples/s"
-                + (
-                    f"; peak memory {r['max_memory_allocated_GiB']:.1f} GiB (--dry-run estimate "
-                    f"{r['estimate_GiB']:.1f} GiB); checkpoint {r['checkpoint_GB']} GB in {r['checkpoint_save_s']} s"
-                    if r.get("max_memory_allocated_GiB") is not None
-                    else f"; checkpoint {r.get('checkpoint_GB', '–')} GB"
-                    if "checkpoint_GB" in r
-                    else ""
-                )
-            )
+        if res.get(key):
+            lines.append(iteration_line(what, res[key]))
     return "\n".join(lines)
+
+
+def with_record(results: dict, record: dict) -> dict:
+    """bench/results.json's "gpu" entry with `record` added: one record per device kind, a new one replacing only
+    its own device's (a record of before, unkeyed, keyed by its device)."""
+    import costs
+
+    return {**costs.gpu_records(results), record["device"]: record}
 
 
 def default_teachers(tiny=False):
@@ -391,7 +446,7 @@ def default_teachers(tiny=False):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="tiny configs (the CPU smoke test)")
     p.add_argument("--teachers", nargs="+", choices=["sd21", "ddpm-cifar10", "ldm-celebahq", "digits"])
     p.add_argument("--json", help="write the measurements here")

@@ -150,4 +150,7 @@ def main():
 
 
 if __name__ == "__main__":
+    import cli
+
+    cli.OneLineParser(description=__doc__).parse_args()  # no arguments: an unknown one is refused
     main()

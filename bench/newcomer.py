@@ -157,3 +157,8 @@ KEYS = {"help": "help", "install": "install", "boot": "boot_default", "boot-full
 def measure(parts=("help", "install", "boot")) -> dict:
     """{record name: record} for the parts asked for; each record carries its date."""
     return {KEYS[p]: {**PARTS[p](), "date": time.strftime("%Y-%m-%d")} for p in parts}
+
+
+if __name__ == "__main__":  # a part of bench/run.py, not a command of its own
+    print("bench/newcomer.py runs through bench/run.py: python bench/run.py newcomer", file=sys.stderr)
+    sys.exit(2)

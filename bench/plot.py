@@ -47,4 +47,7 @@ def main(out=ROOT / "assets" / "figures" / "loss-curves.png"):
 
 
 if __name__ == "__main__":
+    import cli
+
+    cli.OneLineParser(description=__doc__).parse_args()  # no arguments: an unknown one is refused
     main()

@@ -52,6 +52,9 @@ def replay(rho, T=1000, b=64, chains=512, iters=10000, low=100, seed=0):
 
 
 if __name__ == "__main__":
+    import cli
+
+    cli.OneLineParser(description=__doc__).parse_args()  # no arguments: an unknown one is refused
     for rho in (0.4, 0.02):
         r = replay(rho)
         print(

@@ -221,7 +221,7 @@ def table_curves(results, names=("curve-cnn", "curve-vit")):
             fd = _pick(p["records"], sampler="student").get("digits", {}).get("fid") if p else None
             teacher = teacher or (_pick(p["records"], "ddim", 50).get("digits", {}).get("fid") if p else None)
             cell = _f(fd)
-            if p and k == dkdm.STUDENT_DEFAULTS[name.split("-")[1]]["iters"]:
+            if p and k == dkdm.PRESETS["digits"][name.split("-")[1]]["iters"]:
                 cell = f"**{cell}**" + (" (default)" if "--lr-decay" not in results[name]["train"] else "")
             cells += [cell, _f((p or {}).get("last_metrics", {}).get("ms_iter"), ".0f")]
         lines.append(f"| {k:,} | " + " | ".join(cells) + f" | {_f(teacher)} |")
@@ -234,19 +234,23 @@ def table_curves(results, names=("curve-cnn", "curve-vit")):
 
 
 def table_gpu(results):
-    """bench/gpu.py's last run (docs/gpu.md): on the device it found, with its date."""
-    r = results.get("gpu")
-    if not r:
-        return "(not measured yet: `python bench/run.py gpu`)"
+    """bench/gpu.py's last run on each device kind (docs/gpu.md), with its date; GPUs first."""
+    import costs
     from bench import gpu
 
-    note = (
-        ""
-        if r["device"] != "cpu"
-        else "\n\nThis run found no GPU: the rows are CPU rates, one thread; on a machine "
-        "with a GPU, `python bench/run.py gpu` measures the real architectures there and replaces them."
-    )
-    return gpu.table(r) + note + "\n\n`python bench/run.py gpu`"
+    records = costs.gpu_records(results)
+    if not records:
+        return "(not measured yet: `python bench/run.py gpu`)"
+    parts = []
+    for device, r in sorted(records.items(), key=lambda kv: kv[0] == "cpu"):
+        note = (
+            "\n\nThis run found no GPU: the rows are CPU rates, one thread; on a machine with a GPU, "
+            "`python bench/run.py gpu` measures the real architectures there and adds that GPU's record."
+            if device == "cpu"
+            else ""
+        )
+        parts.append(gpu.table(r) + note)
+    return "\n\n".join(parts) + "\n\n`python bench/run.py gpu` (one record per device kind)"
 
 
 def table_memory(results):
@@ -739,3 +743,10 @@ def write_docs(results):
     for name in FILES:
         path = ROOT / name
         path.write_text(render(path.read_text(), results, path.parent))
+
+
+if __name__ == "__main__":  # a part of bench/run.py, not a command of its own
+    import sys
+
+    print("bench/render.py runs through bench/run.py: python bench/run.py --render", file=sys.stderr)
+    sys.exit(2)

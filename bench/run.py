@@ -375,7 +375,9 @@ def run_cpu(cmd, env, log) -> float:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    import cli  # the repository root is on sys.path (below)
+
+    p = cli.OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("targets", nargs="*", help="groups (boot, dkdm, speed, gpu, ...) or experiment names")
     p.add_argument("--list", action="store_true")
     p.add_argument("--force", action="store_true", help="rerun finished experiments")
@@ -433,8 +435,9 @@ def main(argv=None):
     if "gpu" in args.targets:  # what a run costs on this machine's GPU (or CPU): docs/gpu.md
         from bench import gpu
 
+        record = gpu.measure(gpu.default_teachers())
         results = load_results()
-        results["gpu"] = gpu.measure(gpu.default_teachers())
+        results["gpu"] = gpu.with_record(results, record)  # one record per device kind
         RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
     for target, parts in NEWCOMER.items():
         if target in args.targets:

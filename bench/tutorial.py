@@ -302,7 +302,9 @@ def fd_figure(path=FIGURES / "tutorial-fd-curves.png"):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    import cli
+
+    p = cli.OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["boot", "dkdm", "figures"])
     p.add_argument("--delta", type=float, default=None, help="boot: the step size delta (default: the preset's)")
     a = p.parse_args(argv)

@@ -34,6 +34,9 @@ EX, XP = "tests/test_checkpoints_exports.py::", "tests/test_exports.py::"
 ES, PR = "tests/test_eval_scale.py::", "tests/test_protocols.py::"
 
 
+PS, ME, BC = "tests/test_paper_scale.py::", "tests/test_memory_estimate.py::", "tests/test_boot_cli.py::"
+
+
 def M(name, breaks, tests, *edits):
     """A mutant: name, the paper item it breaks, the tests that must kill it, (file, old, new) edits."""
     return {"name": name, "breaks": breaks, "tests": tests, "edits": edits}
@@ -649,7 +652,8 @@ MUTANTS = [
         "dkdm-clips-the-papers-teachers",
         "DKDM training (no gradient clipping)",
         ["tests/test_defaults.py::test_clip_grad_default_is_the_papers_none_except_on_the_embedded_teachers"],
-        ("dkdm.py", "self.clip_grad = 1.0 if self.teacher in EMBEDDED else 0.0", "self.clip_grad = 1.0"),
+        ("dkdm.py", "rho=0.4, clip_grad=0.0)", "rho=0.4, clip_grad=1.0)"),
+        ("dkdm.py", "warmup=0, clip_grad=0.0)", "warmup=0, clip_grad=1.0)"),
     ),
     M(
         "dkdm-staggered-init-on-the-papers-teachers",
@@ -701,6 +705,176 @@ MUTANTS = [
             "kept_seeds = seeds[rank::world], set(seeds[:keep])",
             "kept_seeds = seeds[rank::world], set(seeds)",
         ),
+    ),
+    # --- the paper-scale run: the mistakes the suite missed, and the guarantees added with them
+    M(
+        "dkdm-lr-warmup-starts-at-0",
+        "DKDM lr: warm-up's first step",
+        [PS + "test_dkdm_learning_rate_at_given_steps"],
+        ("dkdm.py", "min(1.0, (step + 1) / max(1, cfg.warmup))", "min(1.0, step / max(1, cfg.warmup))"),
+    ),
+    M(
+        "dkdm-lr-cosine-past-its-end",
+        "DKDM lr: after the decay's end",
+        [PS + "test_dkdm_learning_rate_at_given_steps"],
+        ("dkdm.py", "min(step - start, end - start) / (end - start)", "(step - start) / (end - start)"),
+    ),
+    M(
+        "dkdm-lr-restarts-on-resume",
+        "DKDM lr: a continued run",
+        [PS + "test_a_continued_run_keeps_its_schedule"],
+        (
+            "dkdm.py",
+            'group["lr"] = learning_rate(cfg, step)',
+            'group["lr"] = learning_rate(cfg, step - (run.resume_step or 0))',
+        ),
+    ),
+    M(
+        "dkdm-digits-schedule-on-every-teacher",
+        "DKDM presets per teacher",
+        [PS + "test_dkdm_presets_follow_the_teacher"],
+        ("dkdm.py", "    row = PRESETS[name]\n", '    row = PRESETS["digits"]\n'),
+    ),
+    M(
+        "ema-copy-refreshed-only-once",
+        "EMA weights of later exports / proxies",
+        [EX + "test_every_export_holds_the_ema_of_its_step", EX + "test_later_proxy_evaluations_see_the_current_ema"],
+        (
+            "runkit.py",
+            "            self.copy.zero_grad(set_to_none=True)\n        self.copy_to(self.copy)",
+            "            self.copy.zero_grad(set_to_none=True)\n            self.copy_to(self.copy)",
+        ),
+    ),
+    M(
+        "dkdm-proxy-ema-not-refreshed",
+        "EMA weights of later proxies",
+        [EX + "test_later_proxy_evaluations_see_the_current_ema"],
+        ("dkdm.py", "        ema.model()  # the averaged weights, refreshed into that copy\n", ""),
+    ),
+    M(
+        "boot-proxy-ema-taken-once",
+        "EMA weights of later proxies",
+        [EX + "test_later_proxy_evaluations_see_the_current_ema"],
+        (
+            "boot.py",
+            "    w = default_weight(cfg, teacher)\n\n    def sample(noise, cond):",
+            "    w = default_weight(cfg, teacher)\n    net = ema.model()\n\n    def sample(noise, cond):",
+        ),
+        ("boot.py", "y_theta(ema.model(), student, noise, t, cond, w)", "y_theta(net, student, noise, t, cond, w)"),
+    ),
+    M(
+        "memory-16-bytes-a-parameter",
+        "--dry-run memory: bytes per parameter",
+        [ME + "test_bytes_per_parameter_and_the_batch_that_fits"],
+        ("costs.py", "t_bytes + 20 * n_s + fixed", "t_bytes + 16 * n_s + fixed"),
+        ("costs.py", "round(20 * n_s / GiB, 3)", "round(16 * n_s / GiB, 3)"),
+    ),
+    M(
+        "memory-fits-without-headroom",
+        "--dry-run memory: the batch that fits",
+        [ME + "test_bytes_per_parameter_and_the_batch_that_fits"],
+        ("costs.py", "int((0.9 * cap * 1e9 - static) // per)", "int((cap * 1e9 - static) // per)"),
+    ),
+    M(
+        "boot-pipeline-drops-guidance-scale",
+        "BootPipeline(guidance_scale=w)",
+        [XP + "test_the_exported_pipeline_computes_boot_y_theta_bitwise"],
+        (
+            "pipelines/pipeline_boot.py",
+            "x = self.denoise(latents, cond or None, guidance_scale)",
+            "x = self.denoise(latents, cond or None)",
+        ),
+    ),
+    M(
+        "boot-bc-averaged-over-every-iteration",
+        "logged mean of the boundary loss (Eq. 8)",
+        [BC + "test_logged_boundary_loss_is_its_mean_over_the_iterations_that_compute_it"],
+        ("boot.py", '**({"bc": parts["bc"]} if boundary else {})', 'bc=parts["bc"]'),
+    ),
+    M(
+        "meter-mean-over-the-whole-window",
+        "logged mean of the boundary loss (Eq. 8)",
+        [BC + "test_logged_boundary_loss_is_its_mean_over_the_iterations_that_compute_it"],
+        ("runkit.py", "v / max(self.counts[key], 1) for key, v", "v / max(self.n, 1) for key, v"),
+    ),
+    M(
+        "boot-prompts-checked-after-loading",
+        "text-to-image teacher without --prompts",
+        [BC + "test_text_teacher_without_prompts"],
+        (
+            "boot.py",
+            'teachers.REGISTRY[family].kind in ("text2img", "cascade") if family in teachers.REGISTRY else None\n',
+            "None\n",
+        ),
+    ),
+    M(
+        "boot-dry-run-refuses-half-on-cpu",
+        "--dry-run for the GPU command",
+        [PS + "test_the_dry_run_plans_the_gpu_command_on_a_cpu"],
+        (
+            "boot.py",
+            "    cli.check_run_fields(cfg)\n    checks = [",
+            "    cli.check_run_fields(cfg)\n    runkit.teacher_dtype(cfg.half, 'cpu')\n    checks = [",
+        ),
+    ),
+    M(
+        "dkdm-dry-run-reads-weights",
+        "--dry-run for the GPU command",
+        [PS + "test_the_dry_run_plans_the_gpu_command_on_a_cpu"],
+        (
+            "dkdm.py",
+            'load_teacher(cfg.teacher, "meta", dtype, model_id=cfg.model_id, weights=False)',
+            "load_teacher(cfg.teacher, model_id=cfg.model_id)",
+        ),
+    ),
+    M(
+        "dry-run-hours-of-one-gpu",
+        "--dry-run time: GPU-hours",
+        [PS + "test_dry_run_time_from_the_gpu_records"],
+        ("costs.py", "ms * scale * iters * world / 3.6e6", "ms * scale * iters / 3.6e6"),
+    ),
+    M(
+        "gpu-record-replaces-every-device",
+        "bench/gpu.py: one record per device kind",
+        [PS + "test_dry_run_time_from_the_gpu_records"],
+        (
+            "bench/gpu.py",
+            'return {**costs.gpu_records(results), record["device"]: record}',
+            'return {record["device"]: record}',
+        ),
+    ),
+    M(
+        "ranks-resume-mixed-states",
+        "many nodes: one run, one step",
+        ["tests/test_strict_dist.py::test_two_nodes_resuming_different_steps_stop_on_every_rank"],
+        (
+            "runkit.py",
+            "        self.same_run(device)  # before anything is written",
+            "        pass  # before anything is written",
+        ),
+    ),
+    M(
+        "checkpoint-written-in-the-loop",
+        "checkpoints that do not stall",
+        ["tests/test_run_safety.py::test_ranks_train_on_while_rank_0_writes_a_checkpoint"],
+        (
+            "runkit.py",
+            '        self.thread = threading.Thread(target=write, name="checkpoint-writer", daemon=True)\n'
+            "        self.thread.start()",
+            "        write()",
+        ),
+    ),
+    M(
+        "prompts-keep-coco-captions",
+        "prompt file without COCO captions",
+        ["tests/test_prompts_tool.py::test_normalised_unique_prompts_without_coco_captions"],
+        ("tools/prompts.py", "        if key in coco:\n", "        if key in coco and False:\n"),
+    ),
+    M(
+        "prompts-unique-before-normalising",
+        "prompt file de-duplicated after normalising",
+        ["tests/test_prompts_tool.py::test_normalised_unique_prompts_without_coco_captions"],
+        ("tools/prompts.py", "        key = normalise(p)\n", "        key = p.strip()\n"),
     ),
 ]
 

@@ -36,4 +36,8 @@ def test_gpu_bench_runs_on_tiny_configs(tmp_path):
         split = res[key]
         assert split["ms_iter"] >= split["ms_teacher"] + split["ms_student"] - 0.2 > 0, split
     assert res["boot_sd21"]["checkpoint_GB"] >= 0 and res["boot_sd21"]["estimate_GiB"] > 0
+    for key in ("boot_sd21", "dkdm_vit_cifar10"):  # the checkpoint's stall at the preset's interval
+        r = res[key]
+        assert r["checkpoint_every"] in (250, 1000) and r["checkpoint_copy_s"] > 0 and r["checkpoint_save_s"] > 0
+        assert r["checkpoint_stall_s"] >= r["checkpoint_copy_s"] and 0 < r["checkpoint_stall_share"] < 1
     assert "| teacher pass | batch | samples/s |" in p.stdout and "BOOT, SD 2.1-base" in p.stdout

@@ -96,11 +96,25 @@ def test_batch_not_divisible_by_world_size(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-def test_text_teacher_without_prompts(tiny_sd_dir, tmp_path, monkeypatch, capsys):
+def test_text_teacher_without_prompts(tiny_sd_dir, tiny_if_dirs, tmp_path, monkeypatch, capsys):
+    """Known from the registry or model_index.json before any weight is read (load_teacher never called), in the
+    dry-run too; and prompts for a teacher known not to take them."""
     monkeypatch.chdir(tmp_path)
-    assert boot.main(["--teacher", str(tiny_sd_dir)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "needs --prompts" in err[0] and not (tmp_path / "runs").exists()
+    monkeypatch.setattr(teachers, "load_teacher", lambda *a, **k: pytest.fail("a teacher was loaded"))
+    (tmp_path / "p.txt").write_text("a cat\n")
+    for args in (
+        ["--teacher", str(tiny_sd_dir)],
+        ["--teacher", str(tiny_sd_dir), "--dry-run"],
+        ["--teacher", "sd21", "--dry-run"],
+        ["--teacher", "if", "--half", "--dry-run"],
+        ["--teacher", str(tiny_if_dirs[0])],
+        ["--teacher", "gmm", "--prompts", "p.txt", "--dry-run"],
+        ["--teacher", "ddpm-cifar10", "--prompts", "p.txt"],
+    ):
+        assert boot.main(args) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and ("needs --prompts FILE" in err[0] or "--prompts does not apply" in err[0]), err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_bad_input_from_the_command_line(tmp_path):
@@ -110,7 +124,8 @@ def test_bad_input_from_the_command_line(tmp_path):
 
 
 def test_dry_run_prints_resolved_config_and_writes_nothing(tmp_path):
-    p = boot_cli("--teacher", "sd21", "--dry-run", cwd=tmp_path)
+    (tmp_path / "p.txt").write_text("a cat\n")
+    p = boot_cli("--teacher", "sd21", "--prompts", tmp_path / "p.txt", "--dry-run", cwd=tmp_path)
     cfg = json.loads(p.stdout)
     assert cfg["delta"] == 0.01 and cfg["weighting"] == "lambda" and cfg["out"] == "runs/boot-sd21"  # Table 3
     assert not (tmp_path / "runs").exists()
@@ -339,3 +354,23 @@ def test_gmm_default_run_learns_within_a_minute(tmp_path):
     d = json.loads((tmp_path / "gmm" / "distance.json").read_text())
     print(p.stdout.strip().splitlines()[-2], f"({time.time() - t0:.0f} s)")
     assert d["n"] == 256 and d["student"] < 0.01 and d["student"] < 0.1 * d["DDIM-1"]
+
+
+def test_logged_boundary_loss_is_its_mean_over_the_iterations_that_compute_it(tmp_path, monkeypatch):
+    """BOOT's boundary term (Eq. 8) is computed on every --boundary-every-th iteration only: metrics.jsonl's bc is
+    the mean over those (here 2 of each 4-iteration window), not over the window; loss and bs over all of it."""
+    seen, real = [], boot.boot_step
+    monkeypatch.setattr(
+        boot, "boot_step", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1]
+    )  # (loss, {"bs", "bc"}) of every iteration, in order
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    run = tmp_path / "run"
+    args = ["--teacher", "gmm", "--iters", "8", "--batch", "4", "--boundary-every", "2", "--log-every", "4"]
+    assert boot.main([*args, "--preview", "0", "--check", "0", "--out", str(run)]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [4, 8] and len(seen) == 8
+    for r, window in zip(records, (seen[:4], seen[4:])):
+        bc = [parts["bc"].item() for _, parts in window[::2]]  # iterations 0, 2 (4, 6): the boundary ones
+        assert all(v > 0 for v in bc) and all(parts["bc"].item() == 0 for _, parts in window[1::2])
+        assert r["bc"] == pytest.approx(sum(bc) / 2, rel=1e-12)
+        assert r["loss"] == pytest.approx(sum(loss.item() for loss, _ in window) / 4, rel=1e-12)

@@ -130,3 +130,50 @@ def test_exported_student_loads_as_a_teacher(tmp_path):
     ref = teachers.call_net(student, x, i.float(), dkdm.as_cond(torch.tensor([1, 2])))
     got = loaded.model_output(x, loaded.schedule.t_of(i).float(), loaded.label_cond([1, 2]))
     torch.testing.assert_close(torch.cat(got, 1), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_every_export_holds_the_ema_of_its_step(tmp_path):
+    """--export-every 2 over 4 iterations exports twice: the second export (the run's end) holds the EMA weights of
+    step 4, bitwise those of the checkpoint, not those of the first export (one EMA copy, refreshed at each call)."""
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    args = ["--teacher", "gmm", "--batch", "4", "--preview", "0", "--check", "0", "--ema", "0.5", "--lr", "1e-2"]
+    assert boot.main([*args, "--iters", "4", "--export-every", "2", "--out", str(run)]) == 0
+    exported = load_file(str(run / "student" / "unet" / "diffusion_pytorch_model.safetensors"))
+    ema = runkit.load_checkpoint(run / "checkpoints" / "latest.pt")["ema"]
+    assert exported.keys() <= ema.keys() and all(torch.equal(exported[k], ema[k]) for k in exported)
+
+
+def proxy_sample(module, monkeypatch, *args):
+    """The `sample(noise, cond)` a method's proxy scores (what it hands to evaluate.proxy)."""
+    import evaluate
+
+    monkeypatch.setattr(evaluate, "proxy", lambda every, teacher, cond_of, w, meter, sample: sample)
+    return module.proxy(*args)
+
+
+def test_later_proxy_evaluations_see_the_current_ema(monkeypatch):
+    """Both methods' proxy samples from the EMA weights of the step it scores: after the EMA moved, its samples are
+    those of a proxy made fresh on the new weights, not the first evaluation's."""
+    torch.manual_seed(0)
+    g = teachers.load_teacher("gmm")
+    cfg = boot.resolve(boot.BootConfig(teacher="gmm", eval_every=50))
+    context = boot.Context(g)
+    net, student = boot.make_student(g, cfg, boot.default_weight(cfg, g))
+    dcfg = dkdm.DKDMConfig(teacher="gmm", eval_every=100)
+    dnet = dkdm.build_student(dcfg, g)
+    noise, cond = torch.randn(4, *g.sample_shape), context.fixed(4)
+    for module, model, args in (
+        (boot, net, lambda ema: (cfg, g, context, ema, student, None)),
+        (dkdm, dnet, lambda ema: (dcfg, g, ema, None)),
+    ):
+        ema = runkit.EMA(model, 0.0)  # decay 0: the EMA is the model's weights
+        sample = proxy_sample(module, monkeypatch, *args(ema))
+        with torch.no_grad():
+            first = sample(noise, cond)
+            for p in model.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        ema.update(model)
+        later, fresh = sample(noise, cond), proxy_sample(module, monkeypatch, *args(ema))(noise, cond)
+        assert not torch.equal(first, later) and torch.equal(later, fresh), module.__name__

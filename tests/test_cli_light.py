@@ -3,6 +3,7 @@ torch; the dry-run shows resolved values instead of nulls; one `sample RUN` shap
 training scripts."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -65,7 +66,14 @@ def test_boot_dry_run_without_nulls_where_a_default_applies(tmp_path):
     cfg = json.loads(out)
     assert cfg["w"] == 1.0 and cfg["iters"] == 3000 and cfg["out"] == "runs/boot-digits"
     assert [k for k, v in cfg.items() if v is None] == ["model_id", "stage1_run", "prompts", "w_max", "minutes"]
-    assert json.loads(probe("boot.py", "--teacher", "sd21", "--dry-run")[0])["w"] == 7.5  # Table 3
+    (tmp_path / "p.txt").write_text("a red cube\n")
+    sd21 = json.loads(probe("boot.py", "--teacher", "sd21", "--prompts", str(tmp_path / "p.txt"), "--dry-run")[0])
+    assert sd21["w"] == 7.5  # Table 3
+    # a text-to-image teacher without prompts: refused before any weight is read, the dry-run too
+    _, err, facts = probe("boot.py", "--teacher", "sd21", "--dry-run")
+    assert facts["code"] == 2 and err == [
+        "error: text-to-image teacher 'sd21' needs --prompts FILE (one prompt per line; tools/prompts.py builds one)"
+    ]
     # bad input is still one line and exit code 2
     _, err, facts = probe("boot.py", "--teacher", "gmm", "--delta", "0", "--dry-run")
     assert facts["code"] == 2 and len(err) == 1 and err[0].startswith("error: need 0 < delta")
@@ -86,7 +94,7 @@ def test_usage_lines_and_help_text():
     assert "boot.py sample RUN" in boot_help.split("\n\n")[0]  # in the usage block
     dkdm_help = probe("dkdm.py", "--help")[0]
     assert "dkdm.py sample RUN" in dkdm_help.split("\n\n")[0]
-    assert "--batch 128 \\\n        --lr 1e-4" in dkdm_help  # the torchrun example keeps its continuation
+    assert "--teacher ddpm-cifar10 \\\n        --out" in dkdm_help  # the torchrun example keeps its continuation
 
 
 def test_sample_subcommand_of_both_scripts(tmp_path, capsys):
@@ -97,3 +105,49 @@ def test_sample_subcommand_of_both_scripts(tmp_path, capsys):
     for main in (boot.main, dkdm.main):
         assert main(["sample", str(tmp_path)]) == 2
         assert "has no student/generator.json" in capsys.readouterr().err
+
+
+# Runs every entry point as __main__ in one interpreter with an argument none of them knows.
+EVERY = """
+import contextlib, io, json, runpy, sys
+sys.path.insert(0, {root!r})
+seen = {{}}
+for script in {scripts!r}:
+    sys.argv, err = [script, "--no-such-flag"], io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            runpy.run_path(script, run_name="__main__")
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    seen[script] = [code, err.getvalue().strip().splitlines()]
+print(json.dumps(seen))
+"""
+ENTRY_POINTS = [
+    "boot.py",
+    "dkdm.py",
+    "evaluate.py",
+    "teachers.py",
+    "assets/train.py",
+    "tools/prompts.py",
+    *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "bench").glob("*.py") if p.name != "__init__.py"),
+]
+
+
+def test_every_entry_point_refuses_an_unknown_argument_in_one_line():
+    """boot.py, dkdm.py, evaluate.py, teachers.py, assets/train.py, tools/prompts.py and every bench/*.py: an
+    argument they do not know is one line and exit code 2 (`python teachers.py --sample gmm` printed the registry
+    and exited 0)."""
+    p = subprocess.run(
+        [sys.executable, "-c", EVERY.format(root=str(ROOT), scripts=[str(ROOT / s) for s in ENTRY_POINTS])],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    seen = json.loads(p.stdout.strip().splitlines()[-1])
+    assert len(seen) == len(ENTRY_POINTS) >= 12
+    for script, (code, err) in seen.items():
+        assert code == 2 and len(err) == 1, (script, code, err)
+        assert "--no-such-flag" in err[0] or "runs through bench/run.py" in err[0] or "required" in err[0], err

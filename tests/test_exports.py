@@ -10,6 +10,7 @@ trust_remote_code=True)` and the diffusers call conventions (per-image seeded ge
 """
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -119,7 +120,8 @@ def boot_reference(run):
     loaded from checkpoints/latest.pt, y_theta = boot.y_theta with the run's own constants,
     conditions from the teacher (labels k mod K, its prompt encoder, IF-II's noised stage-I
     output), decoded by the teacher. Seeds 0..N-1, the student's default w. Model space and images."""
-    cfg = boot.BootConfig(**json.loads((Path(run) / "config.json").read_text()))
+    stored = json.loads((Path(run) / "config.json").read_text())  # the config's fields, and the run's id
+    cfg = boot.BootConfig(**{f.name: stored[f.name] for f in dataclasses.fields(boot.BootConfig)})
     teacher, conds = boot.load_teacher_and_context(cfg, torch.device("cpu"))
     model, student = boot.make_student(teacher, cfg, boot.default_weight(cfg, teacher))
     model.load_state_dict(runkit.load_checkpoint(Path(run) / "checkpoints" / "latest.pt")["ema"])
@@ -388,3 +390,10 @@ def test_the_exported_pipeline_computes_boot_y_theta_bitwise(kind, tmp_path, tin
                 a = boot.y_theta(net, student, eps, tt, cond, w)
                 b = boot_generate(net, pipe.config, eps, tt, cond, w)
                 assert torch.equal(a, b), (kind, t, w, (a - b).abs().max())
+        if prompts:  # a pipeline call's guidance_scale reaches the student: its sample at t = 0 for that w
+            kw = dict(prompt_embeds=cond["encoder_hidden_states"], latents=eps, output_type="latent")
+            call = lambda w: pipe(**kw, guidance_scale=w).images  # noqa: E731
+            zero = torch.zeros(3)
+            assert torch.equal(call(2.0), boot.y_theta(net, student, eps, zero, cond, 2.0))
+            assert torch.equal(call(5.0), boot.y_theta(net, student, eps, zero, cond, 5.0))
+            assert not torch.equal(call(2.0), call(5.0))

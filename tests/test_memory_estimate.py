@@ -77,3 +77,38 @@ def test_activation_estimate_matches_the_measured_cpu_peak(tiny_sd_dir, tmp_path
         f"{measured / 2**20:.0f} MiB"
     )
     assert 0.7 < estimated / measured < 1.3
+
+
+def test_bytes_per_parameter_and_the_batch_that_fits(tiny_sd_dir, monkeypatch):
+    """The student's part is the bytes its float32 weights, gradients, AdamW's two moments and the EMA copy take
+    after one real AdamW step, counted tensor by tensor; the batch that fits C GB is the largest b whose total stays
+    within 90 % of C x 10^9 bytes (10 % left to the CUDA context), totals read at two batches (costs.GiB = 1: the
+    estimate's figures in bytes)."""
+    import torch
+
+    import costs
+    import runkit
+    import teachers
+
+    monkeypatch.setattr(costs, "GiB", 1)
+    cfg = boot.resolve(boot.BootConfig(teacher=str(tiny_sd_dir), precision="fp32", batch=8))
+    est = boot.memory_estimate(cfg, 1)
+    teacher = teachers.load_teacher(str(tiny_sd_dir))
+    net, student = boot.make_student(teacher, cfg, 7.5)
+    raw, ema, opt = runkit.optimisation(net, cfg, "cpu")
+    cond = {"encoder_hidden_states": teacher.encode_prompts(["a red cube"] * 2)["encoder_hidden_states"]}
+    boot.y_theta(
+        raw, student, torch.randn(2, *teacher.sample_shape), torch.rand(2), cond, 7.5
+    ).square().mean().backward()
+    opt.step()
+    ema.update(raw)
+    named = dict(raw.named_parameters())
+    tensors = [*named.values(), *(p.grad for p in named.values()), *(ema.shadow[k] for k in named)]
+    tensors += [v for s in opt.state.values() for k, v in s.items() if k in ("exp_avg", "exp_avg_sq")]
+    assert est["student_weights_grads_adamw_ema_GiB"] == sum(t.numel() * t.element_size() for t in tensors)
+    big = boot.memory_estimate(boot.resolve(boot.BootConfig(teacher=str(tiny_sd_dir), precision="fp32", batch=64)), 1)
+    per = (big["total_at_local_batch_GiB"] - est["total_at_local_batch_GiB"]) / (64 - 8)
+    static = est["total_at_local_batch_GiB"] - 8 * per
+    for cap in (40, 80):
+        b = est["max_local_batch_fitting"][f"{cap}GB"]
+        assert b > 0 and static + b * per <= 0.9 * cap * 1e9 < static + (b + 1) * per, cap

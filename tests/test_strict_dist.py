@@ -1,10 +1,15 @@
 """The strict distributed mode (tests/strict_dist.py) makes CPU torchrun runs fail where NCCL on GPUs
 would: a tensor not made on the run device, ranks at different collectives, a decision taken from a
 per-rank clock. The probe below makes each mistake on purpose; the two CLI runs show that both
-training loops pass under it (their --minutes stop is rank 0's decision)."""
+training loops pass under it (their --minutes stop is rank 0's decision); two launchers started as two nodes
+would be, each with its own --out, stop on every rank when they would resume different steps."""
 
+import contextlib
 import json
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -144,3 +149,62 @@ def test_dkdm_two_processes_minutes_budget(tmp_path):
         f"stream-rank1-step{step}.pt",
     ]
     assert (run / "student" / "generator.json").is_file()
+
+
+def two_nodes(args_of_node, tmp_path, timeout=60):
+    """Two torchrun launchers of one process each, as two nodes would start them (--nnodes 2, --node-rank 0 / 1,
+    a static rendezvous on localhost), in the strict mode; (returncode, stderr) of each once both have ended."""
+    import socket
+
+    with socket.socket() as s:  # a free port for rank 0's store
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "STRICT_DIST": "1",
+        "STRICT_DIST_TIMEOUT": "60",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "strict"), str(ROOT)]),
+    }
+    procs = []
+    for node, args in enumerate(args_of_node):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node)]
+        cmd += ["--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port), *map(str, args)]
+        log = open(tmp_path / f"node{node}.err", "w+")
+        p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        procs.append((p, log))
+    try:
+        codes = [p.wait(timeout=timeout) for p, _ in procs]  # a desynchronised or hanging run fails here
+    finally:
+        for p, _ in procs:  # each launcher and its workers
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+    out = []
+    for code, (_, log) in zip(codes, procs):
+        log.seek(0)
+        out.append((code, log.read()))
+    return out
+
+
+def test_two_nodes_resuming_different_steps_stop_on_every_rank(tmp_path):
+    """Each node its own --out (not shared): rank 0 finds the run at step 8, rank 1 the same run at step 4. Both
+    stop with one line, exit code 2, before anything is written: metrics.jsonl and config.json stay as they were."""
+    args = ["--teacher", "gmm", "--batch", "8", "--ckpt-every", "4", "--log-every", "2", "--preview", "0"]
+    args += ["--check", "0"]
+    a, b = tmp_path / "node0", tmp_path / "node1"
+    boot_run = [sys.executable, str(ROOT / "boot.py"), *args, "--out", str(a)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    subprocess.run([*boot_run, "--iters", "4"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    shutil.copytree(a, b)  # the same run, then node 0's copy goes on
+    subprocess.run([*boot_run, "--iters", "8"], cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+    before = {d: [(d / f).read_bytes() for f in ("metrics.jsonl", "config.json")] for d in (a, b)}
+    ends = two_nodes([[ROOT / "boot.py", *args, "--iters", "12", "--out", d] for d in (a, b)], tmp_path)
+    for code, err in ends:
+        ours = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+        assert code != 0 and len(ours) == 1, err[-3000:]
+        assert "rank 0 finds run " in ours[0] and "at step 8" in ours[0] and "rank 1 run " in ours[0], ours
+        assert "at step 4" in ours[0] and "filesystem they share" in ours[0], ours
+        assert re.search(r"exitcode\s*:\s*2\b", err), err[-3000:]  # our exit code, as torchrun reports it
+    assert before == {d: [(d / f).read_bytes() for f in ("metrics.jsonl", "config.json")] for d in (a, b)}
+    assert runkit.load_checkpoint(a / "checkpoints" / "latest.pt")["step"] == 8

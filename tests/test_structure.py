@@ -17,8 +17,13 @@ CORE = sorted([*ROOT.glob("*.py"), *ROOT.glob("pipelines/*.py")])
 # every teacher and DKDM student goes through (moved in from the BOOT export file); dkdm.py by its estimate;
 # evaluate.py 830 -> 1223: the field's protocols (CIFAR-10 50k, COCO-2014 30k), per-batch features, --save-images;
 # the method files by the --help hook that reads their config from their source (cli.help_from_source).
-LIMITS = {"teachers.py": 850, "dkdm.py": 835, "evaluate.py": 1223, "boot.py": 845}  # other top-level modules: 650
-CORE_LIMIT = 5545
+# Then boot.py by the prompts check before loading (a text-to-image teacher known from what it is) and the dry-run's
+# time; teachers.py by its command line (`--list`, unknown arguments refused); dkdm.py by its presets per teacher (the
+# official recipe and the measured rows, with their sources) and a dry-run from the teacher's configs alone;
+# runkit.py (650 before) by the check that every rank resumes rank 0's run and step, and the background checkpoint
+# writer.
+LIMITS = {"teachers.py": 855, "dkdm.py": 905, "evaluate.py": 1223, "boot.py": 865, "runkit.py": 705}  # others: 650
+CORE_LIMIT = 5800
 FUNCTION_LINES = 70  # the longest function, formatted, when the limit was set (evaluate.run_evaluation, since split)
 
 
