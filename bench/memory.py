@@ -73,8 +73,8 @@ TINY = dict(
 
 
 def sd21_dir(root: Path, weights=False, tiny=False) -> Path:
-    """An SD 2.1-base pipeline directory: the component configs, and with `weights` random float16
-    weights and a byte-level tokenizer (bench/gpu.py); `tiny`: small configs of the same family."""
+    """An SD 2.1-base pipeline directory: the component configs and a byte-level tokenizer, and with `weights`
+    random float16 weights (bench/gpu.py); `tiny`: small configs of the same family."""
     import diffusers
     from diffusers import DDPMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -106,13 +106,11 @@ def sd21_dir(root: Path, weights=False, tiny=False) -> Path:
             (d / name / "config.json").write_text(json.dumps(conf))
     if weights:
         CLIPTextModel(text).half().save_pretrained(d / "text_encoder")
-        chars = list(bytes_to_unicode().values())
-        vocab = {
-            c: i for i, c in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])
-        }
-        CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77).save_pretrained(d / "tokenizer")
     else:
         text.save_pretrained(d / "text_encoder")
+    chars = list(bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"])}
+    CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77).save_pretrained(d / "tokenizer")
     DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(d / "scheduler")
     (d / "model_index.json").write_text(
         json.dumps(

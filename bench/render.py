@@ -406,8 +406,59 @@ def table_eval_memory(results):
     )
 
 
+RECIPE_CARDS = ("digits", "gmm", "ddpm-cifar10", "ldm-celebahq", "sd21", "if")  # docs/recipes.md, in order
+
+
+def _recipe_row(r) -> str:
+    cmd = f"`{r['command']}`"
+    if "refused" in r:
+        return f"| {cmd} | – | refused: {r['refused']} | – | – |"
+    m, ema = r["memory"], r.get("ema")
+    preset = f"{r['preset']}: {r['iters']:,} it. × batch {r['batch']}, lr {r['lr']:g}" + (
+        f", EMA {ema}" if ema else ""
+    )
+    if "unavailable" in m:
+        memory, fits = m["unavailable"], "–"
+    else:
+        size = f"{m['GiB']:.1f} GiB" if m["GiB"] >= 1 else f"{m['GiB'] * 1024:.0f} MiB"
+        memory, fits = f"{size} (batch {m['local_batch']} per GPU)", f"{m['fits_80GB']:,}"
+    hours = "; ".join(f"{h['gpu_hours']} on {h['device']} ({h['date']})" for h in r["gpu_hours"]) or "not measured"
+    return f"| {cmd} | {preset} | {memory} | {fits} | {hours} |"
+
+
+def table_recipe(results, teacher: str) -> str:
+    """A card of docs/recipes.md: each training command's dry-run (bench/recipes.py)."""
+    rec = results.get("recipes")
+    if not rec or teacher not in rec["cards"]:
+        return "(not measured yet: `python bench/run.py recipes`)"
+    head = (
+        "| command (the dry-run's processes) | preset as resolved | memory per GPU | batch per GPU that fits 80 GB "
+        "| GPU-hours (bench/gpu.py records) |\n|---|---|---|---|---|"
+    )
+    rows = "\n".join(_recipe_row(r) for r in rec["cards"][teacher])
+    return f"{head}\n{rows}\n\n`python bench/run.py recipes` ({rec['date']}){_proxy_at_end(results, teacher)}"
+
+
+PROXY_RUNS = {"digits": ("boot-default", "dkdm-default")}  # bench rows of a card's commands, with a proxy logged
+
+
+def _proxy_at_end(results, teacher: str) -> str:
+    """Where the proxy ended in the bench's runs of the card's commands, beside the teacher's own floor."""
+    parts = []
+    for name in PROXY_RUNS.get(teacher, ()):
+        m = results[name]["last_metrics"]
+        floor = re.search(r"own DDIM-50: FD ([\d.]+)", m["proxy"]).group(1)
+        parts.append(f"`{results[name]['train']}` ended at proxy FD {m['proxy_fd']:.1f} ({m['step']:,} it.)")
+        parts.append(f"against the teacher's own {floor}")
+    if not parts:
+        return ""
+    pairs = [" ".join(parts[k : k + 2]) for k in range(0, len(parts), 2)]
+    return "\n\nWhen to stop, as measured here: " + "; ".join(pairs) + " (n = 256 each)."
+
+
 def blocks(results) -> dict[str, str]:
     return {
+        **{f"recipe-{name}": table_recipe(results, name) for name in RECIPE_CARDS},
         "tutorial-boot": table_tutorial_boot(results),
         "tutorial-boot-delta01": table_tutorial_boot(results, "boot_delta01"),
         "tutorial-dkdm": table_tutorial_dkdm(results),
@@ -709,7 +760,8 @@ def table_headline(results):
 
 ROOT = Path(__file__).resolve().parents[1]
 LINK = re.compile(r"\[`([A-Za-z_][\w.]*)`\]\(((?:\.\./)?[\w/]+\.py)#L\d+\)")
-FILES = ("README.md", "docs/tutorial.md", "docs/runs.md", "docs/gpu.md", "docs/results.md", "docs/testing.md")
+FILES = ("README.md", "docs/tutorial.md", "docs/recipes.md", "docs/runs.md", "docs/gpu.md", "docs/results.md")
+FILES += ("docs/testing.md",)
 
 
 def line_of(path: Path, name: str) -> int:

@@ -390,7 +390,11 @@ def main(argv=None):
                 f"{e.group:6s} {e.name:18s} {e.about}\n{'':25s} python {' '.join(e.train or ['evaluate.py', *e.eval])}"
             )
         return 0
-    groups = {e.group for e in EXPERIMENTS} | {"speed", "gpu", "memory", "eval-memory", "tutorial"} | set(NEWCOMER)
+    groups = (
+        {e.group for e in EXPERIMENTS}
+        | {"speed", "gpu", "memory", "eval-memory", "tutorial", "recipes"}
+        | set(NEWCOMER)
+    )
     bad = [t for t in args.targets if t not in BY_NAME and t not in groups]
     if bad:
         print(f"error: unknown experiment or group {', '.join(bad)}; see --list", file=sys.stderr)
@@ -417,6 +421,13 @@ def main(argv=None):
 
         results = load_results()
         results["memory"] = {**memory.main(), "date": time.strftime("%Y-%m-%d")}
+        RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
+    if "recipes" in args.targets:  # every training command of docs/recipes.md, dry-run (bench/recipes.py)
+        from bench import recipes
+
+        measured = recipes.measure()
+        results = load_results()
+        results["recipes"] = measured
         RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True))
     if "tutorial" in args.targets:  # docs/tutorial.md's worked iterations (bench/tutorial.py)
         from bench import tutorial
