@@ -725,6 +725,12 @@ def check_config(cfg, world: int) -> str:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    family = teachers.teacher_family(cfg.teacher)[0] or (cfg.model_id and teachers.teacher_family(cfg.model_id)[0])
+    if family in teachers.REGISTRY and teachers.REGISTRY[family].kind in ("text2img", "cascade"):
+        raise UserError(  # known before any weight is read (teachers load only the pipelines they know), dry-run too
+            f"DKDM distils unconditional and class-conditional teachers (the paper's); '{cfg.teacher}' is "
+            "text-to-image: boot.py distils it"
+        )
     teachers.check_teacher_files(cfg.teacher, cfg.model_id)
     out = cfg.out or f"runs/dkdm-{Path(cfg.teacher).name}-{Path(cfg.student).name}-{cfg.method}"
     cli.check_output_dir(out, "--out")

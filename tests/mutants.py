@@ -34,6 +34,7 @@ EX, XP = "tests/test_checkpoints_exports.py::", "tests/test_exports.py::"
 ES, PR = "tests/test_eval_scale.py::", "tests/test_protocols.py::"
 
 
+BAD = "tests/test_bad_inputs.py::test_bad_input_is_one_line_exit_2_nothing_written"
 PS, ME, BC = "tests/test_paper_scale.py::", "tests/test_memory_estimate.py::", "tests/test_boot_cli.py::"
 
 
@@ -796,6 +797,15 @@ MUTANTS = [
         "logged mean of the boundary loss (Eq. 8)",
         [BC + "test_logged_boundary_loss_is_its_mean_over_the_iterations_that_compute_it"],
         ("runkit.py", "v / max(self.counts[key], 1) for key, v", "v / max(self.n, 1) for key, v"),
+    ),
+    M(
+        "dkdm-text-teacher-accepted",
+        "DKDM refuses a text-to-image teacher before loading",
+        [
+            BAD + "[dkdm: --teacher sd21 --iters 2]",
+            BAD + "[dkdm: --teacher if --iters 2 --dry-run]",
+        ],
+        ("dkdm.py", 'teachers.REGISTRY[family].kind in ("text2img", "cascade"):', "False:"),
     ),
     M(
         "boot-prompts-checked-after-loading",

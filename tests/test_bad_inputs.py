@@ -147,6 +147,8 @@ CASES = [
     ("dkdm", "--teacher {t_nounet} --iters 2", "has no unet/ folder"),
     ("dkdm", "--teacher {t_badindex} --iters 2", "is not valid JSON"),
     ("dkdm", "--teacher no-such-teacher --iters 2", "unknown teacher 'no-such-teacher'"),
+    ("dkdm", "--teacher sd21 --iters 2", "DKDM distils unconditional and class-conditional teachers"),
+    ("dkdm", "--teacher if --iters 2 --dry-run", "'if' is text-to-image: boot.py distils it"),
     ("dkdm", f"{DT} --out {{afile}}", "is a file, not a directory"),
     ("dkdm", f"{DT} --out /proc/dkdm-run", "is not writable"),
     ("dkdm", f"{DT} --out {{dkdm_badcfg}}", "is not valid JSON"),
