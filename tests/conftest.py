@@ -70,23 +70,25 @@ def tiny_unet(in_channels, out_channels, size=8, cross=32, **kw):
     )
 
 
-def tiny_ddpm_dir(path):
+def tiny_ddpm_dir(path, learned=False):
     """A tiny unconditional 3x8x8 DDPMPipeline (the ddpm-cifar10 family: a UNet2DModel, fixed variance, linear
-    betas) with seeded random weights, saved to `path`."""
+    betas; learned: 6 output channels and learned_range, the DKDM paper's teachers) with seeded random weights,
+    saved to `path`."""
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
     torch.manual_seed(0)
     unet = UNet2DModel(
         sample_size=8,
         in_channels=3,
-        out_channels=3,
+        out_channels=6 if learned else 3,
         layers_per_block=1,
         block_out_channels=(16, 32),
         down_block_types=("DownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "UpBlock2D"),
         norm_num_groups=8,
     )
-    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(path)
+    sched = DDPMScheduler(variance_type="learned_range" if learned else "fixed_small")  # linear betas, T = 1000
+    DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(path)
     return path
 
 

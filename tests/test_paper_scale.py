@@ -6,37 +6,17 @@ import json
 import shutil
 
 import pytest
-import torch
 
 import boot
 import costs
 import dkdm
 
-
-def cifar_like(path, learned=False):
-    """A DDPMPipeline of the google/ddpm-cifar10-32 family: an unconditional UNet2DModel (3x8x8 here), a linear
-    schedule with T = 1000, fixed variance (learned: 6 output channels and learned_range, the paper's teachers)."""
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=6 if learned else 3,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D",) * 2,
-        up_block_types=("UpBlock2D",) * 2,
-        norm_num_groups=4,
-    )
-    sched = DDPMScheduler(beta_schedule="linear", variance_type="learned_range" if learned else "fixed_small")
-    DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(path)
-    return path
+from conftest import tiny_ddpm_dir
 
 
 @pytest.fixture(scope="module")
 def cifar_dir(tmp_path_factory):
-    return cifar_like(tmp_path_factory.mktemp("cifar") / "ddpm")
+    return tiny_ddpm_dir(tmp_path_factory.mktemp("cifar") / "ddpm")
 
 
 def dry(main, args, capsys):
@@ -106,7 +86,7 @@ def test_dkdm_presets_follow_the_teacher(cifar_dir, tmp_path):
     for name in ("digits", "gmm"):
         assert fields(dkdm.DKDMConfig(teacher=name)) == MEASURED_CNN
         assert fields(dkdm.DKDMConfig(teacher=name, student="vit")) == MEASURED_VIT
-    learned = cifar_like(tmp_path / "iddpm", learned=True)
+    learned = tiny_ddpm_dir(tmp_path / "iddpm", learned=True)
     for name in ("ddpm-cifar10", "google/ddpm-cifar10-32", str(cifar_dir), str(learned)):
         for student in ("cnn", "vit"):
             cfg = dkdm.DKDMConfig(teacher=name, student=student)
