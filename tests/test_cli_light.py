@@ -59,24 +59,33 @@ def test_help_answers_without_torch_and_is_the_scripts_own_parser(script):
     assert out.startswith(f"usage: {script}") and out == own
 
 
-def test_boot_dry_run_without_nulls_where_a_default_applies(tmp_path):
-    out, _, facts = probe("boot.py", "--dry-run")
+def test_boot_dry_run_without_nulls_where_a_default_applies(tmp_path, monkeypatch, capsys):
+    import boot
+
+    def dry(*args):
+        code = boot.main([*args, "--dry-run"])
+        out, err = capsys.readouterr()
+        return code, out, [ln for ln in err.splitlines() if ln.strip()]
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, out, _ = dry()
     # the memory estimate builds the networks from their configs (diffusers)
-    assert facts["code"] == 0 and "memory_estimate" in json.loads(out)
+    assert code == 0 and "memory_estimate" in json.loads(out)
     cfg = json.loads(out)
     assert cfg["w"] == 1.0 and cfg["iters"] == 3000 and cfg["out"] == "runs/boot-digits"
     assert [k for k, v in cfg.items() if v is None] == ["model_id", "stage1_run", "prompts", "w_max", "minutes"]
     (tmp_path / "p.txt").write_text("a red cube\n")
-    sd21 = json.loads(probe("boot.py", "--teacher", "sd21", "--prompts", str(tmp_path / "p.txt"), "--dry-run")[0])
+    sd21 = json.loads(dry("--teacher", "sd21", "--prompts", str(tmp_path / "p.txt"))[1])
     assert sd21["w"] == 7.5  # Table 3
     # a text-to-image teacher without prompts: refused before any weight is read, the dry-run too
-    _, err, facts = probe("boot.py", "--teacher", "sd21", "--dry-run")
-    assert facts["code"] == 2 and err == [
+    code, _, err = dry("--teacher", "sd21")
+    assert code == 2 and err == [
         "error: text-to-image teacher 'sd21' needs --prompts FILE (one prompt per line; tools/prompts.py builds one)"
     ]
     # bad input is still one line and exit code 2
-    _, err, facts = probe("boot.py", "--teacher", "gmm", "--delta", "0", "--dry-run")
-    assert facts["code"] == 2 and len(err) == 1 and err[0].startswith("error: need 0 < delta")
+    code, _, err = dry("--teacher", "gmm", "--delta", "0")
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: need 0 < delta")
 
 
 def test_registry_guidance_shown_by_dry_run_is_the_loaded_teachers(tiny_sd_dir):

@@ -3,10 +3,12 @@ metadata (a .jsonl and a .csv with a prompt column; the parquet itself where pya
 caption files: N unique prompts, de-duplicated after normalising, no COCO caption among them, the same file for the
 same inputs and seed."""
 
+import contextlib
 import csv
+import io
 import json
-import subprocess
 import sys
+import types
 import unicodedata
 
 import pytest
@@ -43,13 +45,14 @@ KEPT = [
 
 
 def run(*args):
-    return subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "prompts.py"), *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
+    """tools/prompts.py's main in this process (as a process: tests/test_cli_light.py's every-entry-point test)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = prompts.main([str(a) for a in args])
+        except SystemExit as e:  # argparse
+            code = e.code
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 @pytest.fixture
@@ -101,18 +104,13 @@ def test_normal_form():
         ("unknown flag", ["--shuffle"], "unrecognized arguments: --shuffle"),
     ],
 )
-def test_bad_input_is_one_line(inputs, case, args, message):
+def test_bad_input_is_one_line(inputs, case, args, message, monkeypatch):
+    monkeypatch.chdir(inputs)
     base = {"--source": "meta.csv", "--coco": "captions_val2014.json", "--n": "2", "--out": "out.txt"}
     for k, v in zip(args[::2], args[1::2]):
         base[k] = v
     argv = [x for kv in base.items() for x in kv] + ([] if len(args) % 2 == 0 else args)
-    p = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "prompts.py"), *map(str, argv)],
-        capture_output=True,
-        text=True,
-        cwd=inputs,
-        timeout=300,
-    )
+    p = run(*argv)  # as a process too: tests/test_cli_light.py's every-entry-point test
     err = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(err) == 1 and message in err[0], (case, p.stderr)
     assert not (inputs / "out.txt").exists()
