@@ -8,7 +8,7 @@ downloaded; DeepFloyd IF's configs are gated, so its dry-run says what the estim
 the preset, iterations, batch, learning rate and EMA as resolved, the memory per GPU at that process count and the
 batch per GPU that fits 80 GB (the dry-run's estimate), and the GPU-hours of bench/gpu.py's records for that run.
 
-    python bench/run.py recipes      # ~3 min, ~12 GB of RAM: SD 2.1-base's activations are measured on CPU
+    python bench/run.py recipes      # 73 s here; SD 2.1-base's activations are measured on CPU (bench/memory.py)
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def is_training(script: str, argv: list[str]) -> bool:
     return script in ("boot.py", "dkdm.py") and argv[:1] != ["sample"] and "--dry-run" not in argv
 
 
-def dry_run(script: str, argv: list[str], world: int, replace: dict[str, str]) -> dict:
+def dry_run(script: str, argv: list[str], world: int, replace: dict) -> dict:
     """The dry-run's JSON of a training command, its paths swapped for `replace`'s (the teacher by --model-id)."""
     import boot
     import dkdm

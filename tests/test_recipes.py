@@ -41,6 +41,17 @@ def test_split_reads_the_process_count_from_torchrun():
     assert recipes.split(line) == ("boot.py", ["--teacher", "sd21"], 16)
 
 
+def test_gpu_hours_are_read_from_the_dry_runs_time_estimate(tmp_path):
+    """The cards' GPU-hours column takes them from costs.measured_time's own text (a format change fails here)."""
+    import costs
+
+    record = {"device": "G", "date": "2026-01-02", "boot_sd21": {"ms_iter_range": [90, 110], "batch": 4}}
+    (tmp_path / "r.json").write_text(json.dumps({"gpu": {"G": record}}))
+    estimate = costs.measured_time("boot_sd21", 9000, 8, 8, tmp_path / "r.json")
+    assert recipes.hours(estimate) == [{"device": "G", "gpu_hours": "3.6-4.4", "date": "2026-01-02"}]
+    assert recipes.hours("no GPU has measured this run yet") == []
+
+
 @pytest.fixture(scope="module")
 def standins(tmp_path_factory, tiny_sd_dir, tiny_if_dirs):
     from bench import gpu
