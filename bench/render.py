@@ -760,8 +760,15 @@ def table_headline(results):
 
 ROOT = Path(__file__).resolve().parents[1]
 LINK = re.compile(r"\[`([A-Za-z_][\w.]*)`\]\(((?:\.\./)?[\w/]+\.py)#L\d+\)")
-FILES = ("README.md", "docs/tutorial.md", "docs/recipes.md", "docs/runs.md", "docs/gpu.md", "docs/results.md")
-FILES += ("docs/testing.md",)
+FILES = (
+    "README.md",
+    "docs/tutorial.md",
+    "docs/recipes.md",
+    "docs/runs.md",
+    "docs/gpu.md",
+    "docs/results.md",
+    "docs/testing.md",
+)
 
 
 def line_of(path: Path, name: str) -> int:
