@@ -556,20 +556,13 @@ def preset_for(cfg: BootConfig):
     'base' when none fits. A local copy of SD 2.1 gets the sd21 row, not the digits defaults."""
     if cfg.preset is not None:
         return cfg.preset, "--preset"
-    family, why = (cfg.teacher, "registry entry") if cfg.teacher in PRESETS else family_of(cfg)
+    family, why = (
+        (cfg.teacher, "registry entry") if cfg.teacher in PRESETS else teachers.family_of(cfg.teacher, cfg.model_id)
+    )
     key = (family or "") + ("-2" if cfg.stage == 2 else "")
     if key in PRESETS:
         return key, why
     return "base", f"no preset for {why}" if family is None else f"no preset for '{family}' ({why})"
-
-
-def family_of(cfg: BootConfig):
-    """(registry entry, why) of what the teacher is (teachers.teacher_family), or of --model-id when the name tells
-    nothing: known before any weight is read."""
-    family, why = teachers.teacher_family(cfg.teacher)
-    if family is None and cfg.model_id:
-        family, why = teachers.teacher_family(cfg.model_id)
-    return family, why
 
 
 def check_prompts(cfg: BootConfig, text: bool | None):
@@ -621,10 +614,7 @@ def validate(cfg: BootConfig, world: int):
             raise UserError(message)
     if cfg.stage == 2:
         students.check_finished_run(cfg.stage1_run, "stage-1")
-    family = family_of(cfg)[0]  # a text-to-image teacher is known before loading: --prompts checked here
-    check_prompts(
-        cfg, teachers.REGISTRY[family].kind in ("text2img", "cascade") if family in teachers.REGISTRY else None
-    )
+    check_prompts(cfg, teachers.is_text_teacher(cfg.teacher, cfg.model_id))  # known before loading: checked here
     teachers.check_teacher_files(cfg.teacher, cfg.model_id, cfg.stage)
     cli.check_output_dir(cfg.out, "--out")
 

@@ -725,8 +725,7 @@ def check_config(cfg, world: int) -> str:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
-    family = teachers.teacher_family(cfg.teacher)[0] or (cfg.model_id and teachers.teacher_family(cfg.model_id)[0])
-    if family in teachers.REGISTRY and teachers.REGISTRY[family].kind in ("text2img", "cascade"):
+    if teachers.is_text_teacher(cfg.teacher, cfg.model_id):
         raise UserError(  # known before any weight is read (teachers load only the pipelines they know), dry-run too
             f"DKDM distils unconditional and class-conditional teachers (the paper's); '{cfg.teacher}' is "
             "text-to-image: boot.py distils it"

@@ -564,6 +564,22 @@ def teacher_family(name_or_path: str):
     return None, f"a {cls or 'bare model'}"
 
 
+def family_of(name_or_path: str, model_id=None):
+    """(registry entry, why) of what a teacher is (teacher_family), or of its model_id when the name tells nothing:
+    known before any weight is read."""
+    family, why = teacher_family(name_or_path)
+    if family is None and model_id:
+        family, why = teacher_family(model_id)
+    return family, why
+
+
+def is_text_teacher(name_or_path: str, model_id=None) -> bool | None:
+    """Whether a teacher is text-to-image (a text2img or cascade entry), before any weight is read; None when what
+    it is cannot be told yet."""
+    family = family_of(name_or_path, model_id)[0]
+    return REGISTRY[family].kind in ("text2img", "cascade") if family in REGISTRY else None
+
+
 def teacher_source(name_or_path: str, model_id=None, stage: int = 1):
     """Where a teacher loads from: a registry entry's hub id (model_id overrides it; IF stage 2 has its
     own), None for a built-in teacher without one; any other name or path as given."""

@@ -805,7 +805,7 @@ MUTANTS = [
             BAD + "[dkdm: --teacher sd21 --iters 2]",
             BAD + "[dkdm: --teacher if --iters 2 --dry-run]",
         ],
-        ("dkdm.py", 'teachers.REGISTRY[family].kind in ("text2img", "cascade"):', "False:"),
+        ("dkdm.py", "    if teachers.is_text_teacher(cfg.teacher, cfg.model_id):", "    if False:"),
     ),
     M(
         "boot-prompts-checked-after-loading",
@@ -813,8 +813,8 @@ MUTANTS = [
         [BC + "test_text_teacher_without_prompts"],
         (
             "boot.py",
-            'teachers.REGISTRY[family].kind in ("text2img", "cascade") if family in teachers.REGISTRY else None\n',
-            "None\n",
+            "check_prompts(cfg, teachers.is_text_teacher(cfg.teacher, cfg.model_id))",
+            "check_prompts(cfg, None)",
         ),
     ),
     M(

@@ -21,9 +21,10 @@ CORE = sorted([*ROOT.glob("*.py"), *ROOT.glob("pipelines/*.py")])
 # time; teachers.py by its command line (`--list`, unknown arguments refused); dkdm.py by its presets per teacher (the
 # official recipe and the measured rows, with their sources) and a dry-run from the teacher's configs alone;
 # runkit.py (650 before) by the check that every rank resumes rank 0's run and step, and the background checkpoint
-# writer; dkdm.py by refusing a text-to-image teacher before it loads.
-LIMITS = {"teachers.py": 855, "dkdm.py": 910, "evaluate.py": 1223, "boot.py": 865, "runkit.py": 705}  # others: 650
-CORE_LIMIT = 5810
+# writer; dkdm.py by refusing a text-to-image teacher before it loads; teachers.py by family_of / is_text_teacher,
+# the one check of what a teacher is before loading that boot.py (its --prompts) and dkdm.py (its refusal) share.
+LIMITS = {"teachers.py": 870, "dkdm.py": 910, "evaluate.py": 1223, "boot.py": 855, "runkit.py": 705}  # others: 650
+CORE_LIMIT = 5815
 FUNCTION_LINES = 70  # the longest function, formatted, when the limit was set (evaluate.run_evaluation, since split)
 
 
