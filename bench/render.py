@@ -444,16 +444,15 @@ PROXY_RUNS = {"digits": ("boot-default", "dkdm-default")}  # bench rows of a car
 
 def _proxy_at_end(results, teacher: str) -> str:
     """Where the proxy ended in the bench's runs of the card's commands, beside the teacher's own floor."""
-    parts = []
+    runs = []
     for name in PROXY_RUNS.get(teacher, ()):
         m = results[name]["last_metrics"]
         floor = re.search(r"own DDIM-50: FD ([\d.]+)", m["proxy"]).group(1)
-        parts.append(f"`{results[name]['train']}` ended at proxy FD {m['proxy_fd']:.1f} ({m['step']:,} it.)")
-        parts.append(f"against the teacher's own {floor}")
-    if not parts:
-        return ""
-    pairs = [" ".join(parts[k : k + 2]) for k in range(0, len(parts), 2)]
-    return "\n\nWhen to stop, as measured here: " + "; ".join(pairs) + " (n = 256 each)."
+        runs.append(
+            f"`{results[name]['train']}` ended at proxy FD {m['proxy_fd']:.1f} ({m['step']:,} it.) "
+            f"against the teacher's own {floor}"
+        )
+    return "\n\nWhen to stop, as measured here: " + "; ".join(runs) + " (n = 256 each)." if runs else ""
 
 
 def blocks(results) -> dict[str, str]:
